@@ -1,0 +1,412 @@
+//! Typed settings read from the environment (and a `.env` file, loaded by
+//! `main` before this runs).
+//!
+//! Every setting has a default that runs the service on a laptop; every bad
+//! value stops the start with one line naming the setting, the value and what
+//! was expected. Settings are read through a lookup function rather than
+//! `std::env` directly so tests can build them from a map without touching
+//! the process environment (which tests running in parallel share).
+
+use std::fmt;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// A configuration error: which setting, what it held, what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {setting}={value:?}: {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub value: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, value: &str, problem: impl Into<String>) -> Self {
+        Self {
+            setting,
+            value: value.to_owned(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// What a request gets when Redis cannot answer within the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Allow the request and mark the response as degraded.
+    Open,
+    /// Refuse the request with 503.
+    Closed,
+}
+
+impl FailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Open => "open",
+            FailureMode::Closed => "closed",
+        }
+    }
+}
+
+impl FromStr for FailureMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "open" => Ok(FailureMode::Open),
+            "closed" => Ok(FailureMode::Closed),
+            _ => Err("expected `open` or `closed`".into()),
+        }
+    }
+}
+
+impl fmt::Display for FailureMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One limit: `limit` requests per `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitSettings {
+    pub limit: NonZeroU32,
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// A `redis://` URL; built from REDIS_HOST/PORT/PASSWORD/DB when REDIS_URL is unset.
+    pub url: String,
+    /// How many multiplexed connections the pool keeps open.
+    pub pool_size: u32,
+    /// The bound on every Redis call, connection checkout included.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub host: String,
+    pub port: u16,
+    /// HTTP worker threads; `None` means one per CPU core.
+    pub workers: Option<usize>,
+    pub environment: String,
+    pub log_level: log::LevelFilter,
+    pub redis: RedisSettings,
+    pub user_limit: LimitSettings,
+    pub ip_limit: LimitSettings,
+    pub failure_mode: FailureMode,
+    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Longest `X-API-Key` accepted, in bytes.
+    pub max_api_key_length: usize,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (a name -> value function). Empty
+    /// values count as unset, so `PORT=` in a `.env` file means "default".
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let redis = RedisSettings {
+            url: redis_url(&env)?,
+            pool_size: env.parse_with("REDIS_POOL_SIZE", 4, |v| {
+                bounded_integer(v, 1, 1024).map(|n| n as u32)
+            })?,
+            timeout: env.parse_with("REDIS_TIMEOUT_MS", Duration::from_millis(100), |v| {
+                bounded_integer(v, 1, 60_000).map(Duration::from_millis)
+            })?,
+        };
+        Ok(Settings {
+            host: env.parse_with("HOST", "0.0.0.0".to_owned(), |v| {
+                if v.parse::<IpAddr>().is_ok() || is_hostname(v) {
+                    Ok(v.to_owned())
+                } else {
+                    Err("expected an IP address or a host name".into())
+                }
+            })?,
+            port: env.parse_with("PORT", 8000, |v| {
+                bounded_integer(v, 0, 65535).map(|n| n as u16)
+            })?,
+            workers: env.parse_with("WORKERS", None, |v| {
+                bounded_integer(v, 1, 1024).map(|n| Some(n as usize))
+            })?,
+            environment: env
+                .get("ENVIRONMENT")
+                .unwrap_or_else(|| "development".into()),
+            log_level: env.parse_with("LOG_LEVEL", log::LevelFilter::Info, |v| {
+                v.parse::<log::LevelFilter>()
+                    .map_err(|_| "expected one of off, error, warn, info, debug, trace".into())
+            })?,
+            redis,
+            user_limit: limit_settings(&env, "RATE_LIMIT_USER_LIMIT", "RATE_LIMIT_USER_WINDOW")?,
+            ip_limit: limit_settings(&env, "RATE_LIMIT_IP_LIMIT", "RATE_LIMIT_IP_WINDOW")?,
+            failure_mode: env
+                .parse_with("RATE_LIMIT_FAILURE_MODE", FailureMode::Open, |v| v.parse())?,
+            trusted_proxies: env.parse_with("TRUSTED_PROXIES", Vec::new(), parse_networks)?,
+            max_api_key_length: env.parse_with("MAX_API_KEY_LENGTH", 256, |v| {
+                bounded_integer(v, 1, 4096).map(|n| n as usize)
+            })?,
+        })
+    }
+}
+
+/// The lookup function plus the parsing helpers every setting shares.
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        (self.0)(name)
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn parse_with<T>(
+        &self,
+        name: &'static str,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<T, ConfigError> {
+        match self.get(name) {
+            None => Ok(default),
+            Some(value) => parse(&value).map_err(|problem| ConfigError::new(name, &value, problem)),
+        }
+    }
+}
+
+fn bounded_integer(value: &str, min: u64, max: u64) -> Result<u64, String> {
+    match value.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
+    }
+}
+
+/// A window: a whole number of seconds (`60`) or a duration with a unit
+/// (`90s`, `15m`, `1h`, `1d`). Whole milliseconds, at least one.
+pub fn parse_window(value: &str) -> Result<Duration, String> {
+    let duration = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(value).map_err(|_| {
+            "expected seconds (`60`) or a duration with a unit (`90s`, `15m`, `1h`, `1d`)"
+                .to_owned()
+        })?,
+    };
+    if duration.as_millis() == 0 {
+        return Err("a window must be at least 1 ms".into());
+    }
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return Err("a window must be a whole number of milliseconds".into());
+    }
+    if duration > Duration::from_secs(366 * 24 * 3600) {
+        return Err("a window must be at most a year".into());
+    }
+    Ok(duration)
+}
+
+fn limit_settings(
+    env: &Env<'_>,
+    limit_name: &'static str,
+    window_name: &'static str,
+) -> Result<LimitSettings, ConfigError> {
+    let limit = env.parse_with(
+        limit_name,
+        NonZeroU32::new(20).expect("20 > 0"),
+        |v| match v.parse::<u32>() {
+            Ok(n) => NonZeroU32::new(n).ok_or_else(|| "a limit must be at least 1".to_owned()),
+            Err(_) => Err("expected a whole number from 1 to 4294967295".into()),
+        },
+    )?;
+    let window = env.parse_with(window_name, Duration::from_secs(60), parse_window)?;
+    Ok(LimitSettings { limit, window })
+}
+
+fn parse_networks(value: &str) -> Result<Vec<IpNet>, String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            item.parse::<IpNet>()
+                .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| {
+                    format!("`{item}` is not an IP address or network (e.g. 10.0.0.1, 10.0.0.0/8)")
+                })
+        })
+        .collect()
+}
+
+fn is_hostname(value: &str) -> bool {
+    !value.is_empty()
+        && value.len() <= 253
+        && value.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// REDIS_URL wins; otherwise the URL is built from its parts, with the
+/// password percent-encoded so any character in it survives.
+fn redis_url(env: &Env<'_>) -> Result<String, ConfigError> {
+    if let Some(url) = env.get("REDIS_URL") {
+        let parsed = redis::parse_redis_url(&url);
+        let scheme_ok = matches!(
+            parsed.as_ref().map(|u| u.scheme()),
+            Some("redis") | Some("redis+unix") | Some("unix")
+        );
+        if !scheme_ok {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                &url,
+                "expected a URL such as redis://[:password@]host:port[/db]",
+            ));
+        }
+        return Ok(url);
+    }
+    let host = env.parse_with("REDIS_HOST", "127.0.0.1".to_owned(), |v| {
+        if v.parse::<IpAddr>().is_ok() || is_hostname(v) {
+            Ok(v.to_owned())
+        } else {
+            Err("expected an IP address or a host name".into())
+        }
+    })?;
+    let port = env.parse_with("REDIS_PORT", 6379u16, |v| {
+        bounded_integer(v, 1, 65535).map(|n| n as u16)
+    })?;
+    let db = env.parse_with("REDIS_DB", 0u32, |v| {
+        bounded_integer(v, 0, 1_000_000).map(|n| n as u32)
+    })?;
+    let host = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => host,
+    };
+    let auth = match env.get("REDIS_PASSWORD") {
+        Some(password) => format!(
+            ":{}@",
+            percent_encoding::utf8_percent_encode(&password, percent_encoding::NON_ALPHANUMERIC)
+        ),
+        None => String::new(),
+    };
+    Ok(format!("redis://{auth}{host}:{port}/{db}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_run_a_local_service() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.port, 8000);
+        assert_eq!(s.host, "0.0.0.0");
+        assert_eq!(s.redis.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(s.redis.timeout, Duration::from_millis(100));
+        assert_eq!(s.user_limit.limit.get(), 20);
+        assert_eq!(s.user_limit.window, Duration::from_secs(60));
+        assert_eq!(s.ip_limit.limit.get(), 20);
+        assert_eq!(s.failure_mode, FailureMode::Open);
+        assert!(s.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn each_bad_value_names_its_setting() {
+        let cases: &[(&str, &str)] = &[
+            ("PORT", "abc"),
+            ("PORT", "70000"),
+            ("RATE_LIMIT_USER_LIMIT", "0"),
+            ("RATE_LIMIT_IP_LIMIT", "-5"),
+            ("RATE_LIMIT_USER_WINDOW", "soon"),
+            ("RATE_LIMIT_IP_WINDOW", "0"),
+            ("REDIS_TIMEOUT_MS", "0"),
+            ("REDIS_POOL_SIZE", "lots"),
+            ("REDIS_PORT", "0"),
+            ("REDIS_URL", "http://example"),
+            ("RATE_LIMIT_FAILURE_MODE", "maybe"),
+            ("TRUSTED_PROXIES", "10.0.0.1,not-an-ip"),
+            ("LOG_LEVEL", "loud"),
+            ("HOST", "bad host!"),
+            ("WORKERS", "0"),
+        ];
+        for (name, value) in cases {
+            let err = settings(&[(name, value)]).unwrap_err();
+            assert_eq!(err.setting, *name, "{err}");
+            assert_eq!(err.value, *value);
+            let line = err.to_string();
+            assert!(
+                line.starts_with(&format!("invalid setting {name}=")),
+                "{line}"
+            );
+            assert!(!line.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn url_is_built_from_parts_with_an_encoded_password() {
+        let s = settings(&[
+            ("REDIS_HOST", "redis.internal"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_PASSWORD", "p@ss:w/rd"),
+            ("REDIS_DB", "2"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.redis.url,
+            "redis://:p%40ss%3Aw%2Frd@redis.internal:6380/2"
+        );
+        let info = redis::parse_redis_url(&s.redis.url).unwrap();
+        assert_eq!(info.host_str(), Some("redis.internal"));
+    }
+
+    #[test]
+    fn redis_url_wins_over_parts() {
+        let s = settings(&[
+            ("REDIS_URL", "redis://10.1.2.3:7000/1"),
+            ("REDIS_HOST", "ignored"),
+        ])
+        .unwrap();
+        assert_eq!(s.redis.url, "redis://10.1.2.3:7000/1");
+    }
+
+    #[test]
+    fn windows_take_seconds_or_units() {
+        assert_eq!(parse_window("60"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_window("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_window("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_window("1d"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_window("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_window("0s").is_err());
+        assert!(parse_window("1us").is_err());
+        assert!(parse_window("-1").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_take_addresses_and_networks() {
+        let s = settings(&[("TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8,::1")]).unwrap();
+        assert_eq!(s.trusted_proxies.len(), 3);
+        assert!(s.trusted_proxies[1].contains(&"10.2.3.4".parse::<IpAddr>().unwrap()));
+    }
+
+    #[test]
+    fn empty_values_mean_default() {
+        let s = settings(&[("PORT", ""), ("REDIS_URL", "  ")]).unwrap();
+        assert_eq!(s.port, 8000);
+        assert_eq!(s.redis.url, "redis://127.0.0.1:6379/0");
+    }
+}

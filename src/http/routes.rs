@@ -1,0 +1,214 @@
+//! The handlers. Each parses, calls, responds; the decisions live elsewhere.
+
+use std::time::SystemTime;
+
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::errors::{ApiError, ErrorBody};
+use super::ratelimit::{identify, RateLimitExceeded};
+use super::AppState;
+use crate::limiter::Store;
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResourceData {
+    pub processed: bool,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResourceResponse {
+    #[schema(example = "Request successful")]
+    pub message: &'static str,
+    /// Unique per request.
+    #[schema(example = "req_9f1c2d3e4b5a49c8a7d6e5f4a3b2c1d0")]
+    pub request_id: String,
+    /// When the request was served, RFC 3339 in UTC.
+    #[schema(example = "2026-11-27T23:40:33.123Z")]
+    pub timestamp: String,
+    pub data: ResourceData,
+}
+
+/// The protected resource.
+///
+/// Every call counts against the caller's limit: the `user` limit when an
+/// `X-API-Key` header is sent, the `ip` limit otherwise. A JSON body is
+/// optional.
+#[utoipa::path(
+    post,
+    path = "/api/resource",
+    tag = "resource",
+    params(
+        ("X-API-Key" = Option<String>, Header, description = "Identifies the caller (strategy `user`). Without it the client IP is used (strategy `ip`). At most 256 bytes (MAX_API_KEY_LENGTH), UTF-8, no control characters."),
+    ),
+    request_body(content = Option<serde_json::Value>, content_type = "application/json", description = "Optional; any JSON value."),
+    responses(
+        (status = 200, description = "Allowed and served", body = ResourceResponse),
+        (status = 400, description = "Malformed JSON body or an unusable X-API-Key", body = ErrorBody),
+        (status = 405, description = "Only POST is allowed", body = ErrorBody),
+        (status = 429, description = "Rate limit exceeded: wait `Retry-After` seconds", body = RateLimitExceeded),
+        (status = 503, description = "Redis cannot answer and RATE_LIMIT_FAILURE_MODE is `closed`", body = ErrorBody),
+    )
+)]
+pub async fn resource(body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&body)
+            .map_err(|err| ApiError::InvalidJson(err.to_string()))?;
+    }
+    Ok(HttpResponse::Ok().json(ResourceResponse {
+        message: "Request successful",
+        request_id: format!("req_{}", uuid::Uuid::new_v4().simple()),
+        timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        data: ResourceData { processed: true },
+    }))
+}
+
+pub async fn method_not_allowed() -> HttpResponse {
+    ApiError::MethodNotAllowed { allow: "POST" }.error_response()
+}
+
+pub async fn not_found() -> HttpResponse {
+    ApiError::NotFound.error_response()
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RateLimitStatus {
+    /// `user` (identified by X-API-Key) or `ip`.
+    #[schema(example = "user")]
+    pub strategy: &'static str,
+    #[schema(example = "demo-key")]
+    pub identifier: String,
+    #[schema(example = 20)]
+    pub limit: u32,
+    #[schema(example = 17)]
+    pub remaining: u32,
+    /// Unix seconds when the window resets.
+    #[schema(example = 1795823280)]
+    pub reset: u64,
+    /// Window length in seconds.
+    #[schema(example = 60)]
+    pub window: u64,
+}
+
+/// The caller's current limit, without counting a request.
+#[utoipa::path(
+    get,
+    path = "/rate-limit/status",
+    tag = "rate limit",
+    params(
+        ("X-API-Key" = Option<String>, Header, description = "The caller, as for /api/resource"),
+    ),
+    responses(
+        (status = 200, description = "The caller's state", body = RateLimitStatus),
+        (status = 400, description = "An unusable X-API-Key", body = ErrorBody),
+        (status = 503, description = "Redis cannot answer", body = ErrorBody),
+    )
+)]
+pub async fn rate_limit_status(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = identify(&req, &state.identifier)?;
+    let (policy, quota) = state
+        .limiter
+        .status(&identity)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    Ok(HttpResponse::Ok().json(RateLimitStatus {
+        strategy: identity.strategy.as_str(),
+        identifier: identity.id,
+        limit: quota.limit,
+        remaining: quota.remaining,
+        reset: quota.reset_at_unix(),
+        window: policy.window.as_secs(),
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RedisHealth {
+    /// `up` or `down`.
+    #[schema(example = "up")]
+    pub status: &'static str,
+    /// PING round trip in milliseconds; null when Redis did not answer.
+    #[schema(example = 0.21)]
+    pub latency_ms: Option<f64>,
+    /// Why Redis is down.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `healthy` or `unhealthy`.
+    #[schema(example = "healthy")]
+    pub status: &'static str,
+    pub redis: RedisHealth,
+    /// What limited requests get while Redis is down: `open` or `closed`.
+    #[schema(example = "open")]
+    pub failure_mode: &'static str,
+    #[schema(example = "development")]
+    pub environment: String,
+    #[schema(example = "0.1.0")]
+    pub version: &'static str,
+    #[schema(example = "2026-11-27T23:40:33.123Z")]
+    pub timestamp: String,
+}
+
+/// Readiness: the service and its Redis.
+#[utoipa::path(
+    get,
+    path = "/health",
+    tag = "health",
+    responses(
+        (status = 200, description = "Redis answers PING", body = Health),
+        (status = 503, description = "Redis does not answer within REDIS_TIMEOUT_MS", body = Health),
+    )
+)]
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let ping = state.limiter.store().ping().await;
+    let (mut response, status, redis) = match ping {
+        Ok(latency) => (
+            HttpResponse::Ok(),
+            "healthy",
+            RedisHealth {
+                status: "up",
+                latency_ms: Some((latency.as_secs_f64() * 1e6).round() / 1e3),
+                error: None,
+            },
+        ),
+        Err(err) => (
+            HttpResponse::ServiceUnavailable(),
+            "unhealthy",
+            RedisHealth {
+                status: "down",
+                latency_ms: None,
+                error: Some(err.to_string()),
+            },
+        ),
+    };
+    response.json(Health {
+        status,
+        redis,
+        failure_mode: state.limiter.failure_mode().as_str(),
+        environment: state.environment.clone(),
+        version: env!("CARGO_PKG_VERSION"),
+        timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Liveness {
+    #[schema(example = "alive")]
+    pub status: &'static str,
+}
+
+/// Liveness: 200 while the process runs. Never calls Redis.
+#[utoipa::path(
+    get,
+    path = "/livez",
+    tag = "health",
+    responses((status = 200, description = "The process is running", body = Liveness))
+)]
+pub async fn livez() -> HttpResponse {
+    HttpResponse::Ok().json(Liveness { status: "alive" })
+}

@@ -1,0 +1,365 @@
+//! Who is calling: an API key (strategy `user`) or, without one, the client
+//! IP (strategy `ip`).
+//!
+//! This module knows no HTTP framework: the HTTP layer hands it the raw
+//! header bytes and the peer address. Forwarding headers are believed only
+//! when the peer itself is a trusted proxy; otherwise any client could pick
+//! its own identity by sending `X-Forwarded-For`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+/// How a caller was identified; also the first part of its Redis keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Strategy {
+    User,
+    Ip,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::User => "user",
+            Strategy::Ip => "ip",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A caller: the strategy and the identifier under it (the API key itself,
+/// or the IP address in its canonical text form).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub strategy: Strategy,
+    pub id: String,
+}
+
+impl Identity {
+    pub fn user(key: impl Into<String>) -> Self {
+        Identity {
+            strategy: Strategy::User,
+            id: key.into(),
+        }
+    }
+
+    pub fn ip(ip: IpAddr) -> Self {
+        Identity {
+            strategy: Strategy::Ip,
+            id: canonical_ip(ip).to_string(),
+        }
+    }
+
+    /// The identifier as it may appear in a log line: API keys are secrets,
+    /// so only their first four characters and their length are shown.
+    pub fn redacted(&self) -> String {
+        match self.strategy {
+            Strategy::Ip => format!("ip:{}", self.id),
+            Strategy::User => {
+                let head: String = self.id.chars().take(4).collect();
+                format!("user:{head}…({} bytes)", self.id.len())
+            }
+        }
+    }
+}
+
+/// Why a request carries no usable identity. Each is the caller's fault and
+/// maps to a 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error("X-API-Key is {length} bytes long; the longest accepted is {max}")]
+    KeyTooLong { length: usize, max: usize },
+    #[error("X-API-Key is not valid UTF-8")]
+    KeyNotUtf8,
+    #[error("X-API-Key contains control characters")]
+    KeyHasControlCharacters,
+    #[error("the client address is unknown")]
+    NoClientAddress,
+}
+
+/// Identifies callers; built once from the settings.
+#[derive(Debug, Clone)]
+pub struct Identifier {
+    trusted_proxies: Vec<IpNet>,
+    max_key_length: usize,
+}
+
+/// The parts of a request that identification reads.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RequestParts<'a> {
+    /// The first `X-API-Key` header, raw.
+    pub api_key: Option<&'a [u8]>,
+    /// Every `X-Forwarded-For` header value, in order.
+    pub x_forwarded_for: &'a [&'a [u8]],
+    /// Every `Forwarded` header value, in order.
+    pub forwarded: &'a [&'a [u8]],
+    /// The TCP peer.
+    pub peer: Option<SocketAddr>,
+}
+
+impl Identifier {
+    pub fn new(trusted_proxies: Vec<IpNet>, max_key_length: usize) -> Self {
+        Identifier {
+            trusted_proxies,
+            max_key_length,
+        }
+    }
+
+    pub fn identify(&self, parts: &RequestParts<'_>) -> Result<Identity, IdentityError> {
+        if let Some(raw) = parts.api_key {
+            if let Some(key) = self.api_key(raw)? {
+                return Ok(Identity::user(key));
+            }
+        }
+        self.client_ip(parts)
+            .map(Identity::ip)
+            .ok_or(IdentityError::NoClientAddress)
+    }
+
+    /// A key, or `None` for an empty (all-whitespace) header, which counts as absent.
+    fn api_key<'a>(&self, raw: &'a [u8]) -> Result<Option<&'a str>, IdentityError> {
+        // The length is checked before anything else touches the bytes: an
+        // 8 KB key must cost no more than a short one.
+        if raw.len() > self.max_key_length {
+            return Err(IdentityError::KeyTooLong {
+                length: raw.len(),
+                max: self.max_key_length,
+            });
+        }
+        let key = std::str::from_utf8(raw).map_err(|_| IdentityError::KeyNotUtf8)?;
+        let key = key.trim_matches([' ', '\t']);
+        if key.chars().any(char::is_control) {
+            return Err(IdentityError::KeyHasControlCharacters);
+        }
+        Ok(Some(key).filter(|k| !k.is_empty()))
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client IP. Behind trusted proxies it is the right-most address
+    /// in the forwarding chain that is not itself a trusted proxy: entries to
+    /// its left were written by the client and prove nothing.
+    fn client_ip(&self, parts: &RequestParts<'_>) -> Option<IpAddr> {
+        let peer = canonical_ip(parts.peer?.ip());
+        if !self.is_trusted(peer) {
+            return Some(peer);
+        }
+        let chain: Vec<Option<IpAddr>> = if !parts.x_forwarded_for.is_empty() {
+            list_items(parts.x_forwarded_for)
+                .map(|item| parse_node(item.trim_matches('"')))
+                .collect()
+        } else {
+            list_items(parts.forwarded)
+                .map(forwarded_for)
+                .filter(|hop| !matches!(hop, Some(None)))
+                .map(Option::flatten)
+                .collect()
+        };
+        let mut client = peer;
+        for hop in chain.into_iter().rev() {
+            match hop {
+                // An unreadable hop: we cannot see past it, so the last
+                // address we could trust the origin of is the answer.
+                None => break,
+                Some(ip) => {
+                    client = ip;
+                    if !self.is_trusted(ip) {
+                        break;
+                    }
+                }
+            }
+        }
+        Some(client)
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`, as a dual-stack listener
+/// reports IPv4 peers) are the IPv4 address: one client, one identity.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// The comma-separated items of several header values, in order.
+fn list_items<'a>(values: &'a [&'a [u8]]) -> impl Iterator<Item = &'a str> + 'a {
+    values
+        .iter()
+        .flat_map(|v| std::str::from_utf8(v).unwrap_or("\u{0}").split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+}
+
+/// An address with an optional port: `1.2.3.4`, `1.2.3.4:80`, `::1`,
+/// `[::1]`, `[::1]:80`.
+fn parse_node(node: &str) -> Option<IpAddr> {
+    if let Ok(ip) = node.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(addr) = node.parse::<SocketAddr>() {
+        return Some(addr.ip());
+    }
+    node.strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+        .and_then(|inner| inner.parse::<IpAddr>().ok())
+}
+
+/// The `for=` of one RFC 7239 `Forwarded` element: `None` when the element
+/// has no `for=`, `Some(None)` when it has one we cannot read (`unknown`,
+/// an obfuscated name), `Some(Some(ip))` otherwise.
+fn forwarded_for(element: &str) -> Option<Option<IpAddr>> {
+    element.split(';').find_map(|pair| {
+        let (name, value) = pair.split_once('=')?;
+        name.trim()
+            .eq_ignore_ascii_case("for")
+            .then(|| parse_node(value.trim().trim_matches('"')))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identifier(trusted: &[&str]) -> Identifier {
+        Identifier::new(trusted.iter().map(|s| s.parse().unwrap()).collect(), 256)
+    }
+
+    fn peer(s: &str) -> Option<SocketAddr> {
+        Some(SocketAddr::new(s.parse().unwrap(), 5000))
+    }
+
+    #[test]
+    fn an_api_key_wins_over_the_address() {
+        let id = identifier(&[])
+            .identify(&RequestParts {
+                api_key: Some(b" key-1 "),
+                peer: peer("10.0.0.1"),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(id, Identity::user("key-1"));
+    }
+
+    #[test]
+    fn an_empty_key_falls_back_to_the_address() {
+        let id = identifier(&[])
+            .identify(&RequestParts {
+                api_key: Some(b"   "),
+                peer: peer("10.0.0.1"),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(id, Identity::ip("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn hostile_keys_are_refused_with_a_reason() {
+        let ident = identifier(&[]);
+        let long = vec![b'a'; 8192];
+        let cases: [(&[u8], IdentityError); 3] = [
+            (
+                &long,
+                IdentityError::KeyTooLong {
+                    length: 8192,
+                    max: 256,
+                },
+            ),
+            (b"\xff\xfe", IdentityError::KeyNotUtf8),
+            (b"a\x01b", IdentityError::KeyHasControlCharacters),
+        ];
+        for (key, expected) in cases {
+            let err = ident
+                .identify(&RequestParts {
+                    api_key: Some(key),
+                    peer: peer("10.0.0.1"),
+                    ..Default::default()
+                })
+                .unwrap_err();
+            assert_eq!(err, expected);
+        }
+    }
+
+    #[test]
+    fn forwarding_headers_are_ignored_from_untrusted_peers() {
+        let xff: &[&[u8]] = &[b"1.1.1.1"];
+        let id = identifier(&["10.0.0.0/8"])
+            .identify(&RequestParts {
+                x_forwarded_for: xff,
+                peer: peer("192.168.1.9"),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(id.id, "192.168.1.9");
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_hop_is_the_client() {
+        // The client forged 6.6.6.6; the first trusted proxy saw 2.2.2.2.
+        let xff: &[&[u8]] = &[b"6.6.6.6, 2.2.2.2", b"10.0.0.5"];
+        let id = identifier(&["10.0.0.0/8"])
+            .identify(&RequestParts {
+                x_forwarded_for: xff,
+                peer: peer("10.0.0.1"),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(id.id, "2.2.2.2");
+    }
+
+    #[test]
+    fn forwarded_header_is_read_when_no_x_forwarded_for() {
+        let fwd: &[&[u8]] = &[b"for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.7"];
+        let id = identifier(&["10.0.0.0/8"])
+            .identify(&RequestParts {
+                forwarded: fwd,
+                peer: peer("10.0.0.1"),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(id.id, "2001:db8::1");
+    }
+
+    #[test]
+    fn an_unreadable_hop_stops_the_walk() {
+        let xff: &[&[u8]] = &[b"3.3.3.3, garbage"];
+        let id = identifier(&["10.0.0.0/8"])
+            .identify(&RequestParts {
+                x_forwarded_for: xff,
+                peer: peer("10.0.0.1"),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(id.id, "10.0.0.1");
+    }
+
+    #[test]
+    fn mapped_ipv4_is_plain_ipv4() {
+        let id = identifier(&[])
+            .identify(&RequestParts {
+                peer: peer("::ffff:192.0.2.1"),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(id.id, "192.0.2.1");
+    }
+
+    #[test]
+    fn redaction_hides_most_of_a_key() {
+        let id = Identity::user("sk_live_abcdefgh");
+        assert_eq!(id.redacted(), "user:sk_l…(16 bytes)");
+        assert!(!id.redacted().contains("abcdefgh"));
+    }
+}

@@ -1,0 +1,24 @@
+//! A distributed rate-limiting service. Every decision is one atomic Lua
+//! script run in Redis, so any number of instances share exact limits.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed settings from the environment and `.env`; a bad value
+//!   stops the start with a line naming the setting.
+//! - [`identity`]: who is calling: `X-API-Key` (strategy `user`) or the client
+//!   IP (strategy `ip`), forwarding headers only from trusted proxies.
+//! - [`limiter`]: policies, quotas and decisions, and the [`limiter::Store`]
+//!   trait. Knows neither HTTP nor Redis.
+//! - [`redis`]: the only code that talks to Redis: the pool of multiplexed
+//!   connections, the Lua scripts of `lua/`, the key layout, error mapping.
+//! - [`http`]: routes, the rate-limit middleware, JSON errors, OpenAPI,
+//!   Swagger UI and ReDoc. Never builds a Redis command.
+//! - [`startup`]: all the wiring; `main` and the tests start the service
+//!   through [`startup::Application`].
+
+pub mod config;
+pub mod http;
+pub mod identity;
+pub mod limiter;
+pub mod redis;
+pub mod startup;

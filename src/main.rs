@@ -1,0 +1,51 @@
+use std::process::ExitCode;
+
+use rate_limiter::config::Settings;
+use rate_limiter::startup::Application;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    // A missing .env is normal; a malformed one is a configuration error.
+    if let Err(err) = dotenvy::dotenv() {
+        if !err.not_found() {
+            eprintln!("rate-limiter: cannot read .env: {err}");
+            return ExitCode::from(2);
+        }
+    }
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("rate-limiter: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    env_logger::Builder::new()
+        .filter_level(settings.log_level)
+        .parse_env("RUST_LOG")
+        .init();
+
+    let host = settings.host.clone();
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(err) => {
+            log::error!("{err}");
+            eprintln!("rate-limiter: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    log::info!(
+        "rate-limiter {} listening on {host}:{}",
+        env!("CARGO_PKG_VERSION"),
+        app.port()
+    );
+    match app.run_until_stopped().await {
+        Ok(()) => {
+            log::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            log::error!("server error: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
