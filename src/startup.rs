@@ -78,6 +78,11 @@ impl Application {
         })
     }
 
+    /// Stops the server from elsewhere (tests; `main` relies on signals).
+    pub fn handle(&self) -> actix_web::dev::ServerHandle {
+        self.server.handle()
+    }
+
     /// The port actually bound (useful with PORT=0).
     pub fn port(&self) -> u16 {
         self.port
