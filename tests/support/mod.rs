@@ -127,6 +127,10 @@ impl RedisServer {
             .await
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server is running").id()
+    }
+
     /// Kills the server (SIGKILL: as abrupt as a crash).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,0 +1,147 @@
+//! The `rate-limiter` binary itself: start-up errors for bad settings, and a
+//! clean start, serve and stop on SIGTERM.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::{RedisServer, TempDir};
+
+/// The binary, run in an empty directory (so no developer's `.env` is read)
+/// with a clean environment plus `vars`.
+fn binary(dir: &TempDir, vars: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rate-limiter"));
+    cmd.current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(vars.iter().copied())
+        .stdin(Stdio::null());
+    cmd
+}
+
+#[test]
+fn each_bad_setting_stops_the_start_with_one_line_naming_it() {
+    let dir = TempDir::new("badcfg");
+    let cases = [
+        ("PORT", "abc"),
+        ("RATE_LIMIT_USER_LIMIT", "0"),
+        ("RATE_LIMIT_IP_WINDOW", "forever"),
+        ("REDIS_TIMEOUT_MS", "-1"),
+        ("RATE_LIMIT_FAILURE_MODE", "sometimes"),
+        ("TRUSTED_PROXIES", "300.1.1.1"),
+        ("REDIS_URL", "mysql://localhost"),
+    ];
+    for (name, value) in cases {
+        let out = binary(&dir, &[(name, value)])
+            .output()
+            .expect("run the binary");
+        assert_eq!(out.status.code(), Some(2), "{name}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "one line: {stderr}");
+        assert!(
+            lines[0].starts_with(&format!("rate-limiter: invalid setting {name}=")),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn settings_are_read_from_a_dotenv_file() {
+    let dir = TempDir::new("dotenv");
+    std::fs::write(dir.path().join(".env"), "PORT=notaport\n").unwrap();
+    let out = binary(&dir, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid setting PORT=\"notaport\""));
+
+    std::fs::write(dir.path().join(".env"), "THIS IS NOT AN ENV FILE\n").unwrap();
+    let out = binary(&dir, &[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read .env"));
+}
+
+#[test]
+fn a_port_in_use_is_a_clear_start_up_error() {
+    let dir = TempDir::new("inuse");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = binary(
+        &dir,
+        &[("HOST", "127.0.0.1"), ("PORT", &port), ("REDIS_PORT", "1")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen on 127.0.0.1:"), "{stderr}");
+    assert!(stderr.contains("HOST and PORT"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_binary_serves_and_stops_gracefully_on_sigterm() {
+    let redis = RedisServer::start().await;
+    let dir = TempDir::new("run");
+    let mut child = binary(
+        &dir,
+        &[
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+            ("WORKERS", "1"),
+            ("REDIS_URL", &redis.url()),
+            ("LOG_LEVEL", "info"),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+
+    // The start-up line names the port chosen for PORT=0.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let port = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a start-up line");
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            break rest.trim().parse::<u16>().unwrap();
+        }
+    };
+
+    let client = reqwest::Client::new();
+    let r = client
+        .post(format!("http://127.0.0.1:{port}/api/resource"))
+        .header("X-API-Key", "sk_live_secretsecret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+
+    let log: Vec<String> = rx.try_iter().collect();
+    let access = log
+        .iter()
+        .find(|l| l.contains("POST /api/resource"))
+        .expect("one access log line per request");
+    assert!(access.contains(" 200 "), "{access}");
+    assert!(
+        log.iter().all(|l| !l.contains("secretsecret")),
+        "an API key reached the log: {log:?}"
+    );
+}
