@@ -19,10 +19,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    env_logger::Builder::new()
-        .filter_level(settings.log_level)
-        .parse_env("RUST_LOG")
-        .init();
+    let mut logger = env_logger::Builder::new();
+    logger.filter_level(settings.log_level);
+    // RUST_LOG, when set and not empty, refines LOG_LEVEL per module.
+    if let Some(filters) = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()) {
+        logger.parse_filters(&filters);
+    }
+    logger.init();
 
     let host = settings.host.clone();
     let app = match Application::build(settings).await {

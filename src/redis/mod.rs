@@ -35,7 +35,7 @@ const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC
 /// Cluster hash tag, so all keys of one identity share a slot.
 pub fn counter_key(identity: &Identity, policy: &Policy) -> String {
     let window_ms = policy.window.as_millis();
-    let window = if window_ms % 1000 == 0 {
+    let window = if window_ms.is_multiple_of(1000) {
         (window_ms / 1000).to_string()
     } else {
         format!("{window_ms}ms")

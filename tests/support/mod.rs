@@ -163,7 +163,7 @@ pub struct TestApp {
 impl Drop for TestApp {
     fn drop(&mut self) {
         // stop() sends the command at once; its future only reports completion.
-        let _ = self.handle.stop(false);
+        drop(self.handle.stop(false));
     }
 }
 
