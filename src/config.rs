@@ -409,4 +409,28 @@ mod tests {
         assert_eq!(s.port, 8000);
         assert_eq!(s.redis.url, "redis://127.0.0.1:6379/0");
     }
+
+    #[test]
+    fn env_example_lists_every_setting_with_its_default() {
+        let example = include_str!("../.env.example");
+        let pairs: HashMap<String, String> = example
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let (k, v) = l.split_once('=').expect("NAME=value");
+                (k.to_owned(), v.to_owned())
+            })
+            .collect();
+        let read = std::cell::RefCell::new(std::collections::BTreeSet::new());
+        let from_example = Settings::from_lookup(|k| {
+            read.borrow_mut().insert(k.to_owned());
+            pairs.get(k).cloned()
+        })
+        .unwrap();
+        assert_eq!(from_example, settings(&[]).unwrap(), "the example shows the defaults");
+        let listed: std::collections::BTreeSet<String> = pairs.keys().cloned().collect();
+        // REDIS_URL being empty, the parts are read too: every setting was asked for.
+        assert_eq!(read.into_inner(), listed);
+    }
 }
