@@ -428,7 +428,11 @@ mod tests {
             pairs.get(k).cloned()
         })
         .unwrap();
-        assert_eq!(from_example, settings(&[]).unwrap(), "the example shows the defaults");
+        assert_eq!(
+            from_example,
+            settings(&[]).unwrap(),
+            "the example shows the defaults"
+        );
         let listed: std::collections::BTreeSet<String> = pairs.keys().cloned().collect();
         // REDIS_URL being empty, the parts are read too: every setting was asked for.
         assert_eq!(read.into_inner(), listed);

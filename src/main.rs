@@ -22,7 +22,10 @@ async fn main() -> ExitCode {
     let mut logger = env_logger::Builder::new();
     logger.filter_level(settings.log_level);
     // RUST_LOG, when set and not empty, refines LOG_LEVEL per module.
-    if let Some(filters) = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()) {
+    if let Some(filters) = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+    {
         logger.parse_filters(&filters);
     }
     logger.init();
