@@ -10,10 +10,13 @@
 use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
+
+use crate::limiter::{Algorithm, MAX_LIMIT_TIMES_WINDOW_MS};
 
 /// A configuration error: which setting, what it held, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +100,10 @@ pub struct Settings {
     pub redis: RedisSettings,
     pub user_limit: LimitSettings,
     pub ip_limit: LimitSettings,
+    /// The algorithm of the built-in `user` and `ip` policies.
+    pub algorithm: Algorithm,
+    /// A TOML rules file; when set, its policies replace the built-in ones.
+    pub rules_path: Option<PathBuf>,
     pub failure_mode: FailureMode,
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -147,6 +154,17 @@ impl Settings {
             redis,
             user_limit: limit_settings(&env, "RATE_LIMIT_USER_LIMIT", "RATE_LIMIT_USER_WINDOW")?,
             ip_limit: limit_settings(&env, "RATE_LIMIT_IP_LIMIT", "RATE_LIMIT_IP_WINDOW")?,
+            algorithm: env.parse_with("RATE_LIMIT_ALGORITHM", Algorithm::FixedWindow, |v| {
+                v.parse()
+            })?,
+            rules_path: env.parse_with("RATE_LIMIT_CONFIG", None, |v| {
+                let path = PathBuf::from(v);
+                if path.is_file() {
+                    Ok(Some(path))
+                } else {
+                    Err("no such file".into())
+                }
+            })?,
             failure_mode: env
                 .parse_with("RATE_LIMIT_FAILURE_MODE", FailureMode::Open, |v| v.parse())?,
             trusted_proxies: env.parse_with("TRUSTED_PROXIES", Vec::new(), parse_networks)?,
@@ -223,6 +241,13 @@ fn limit_settings(
         },
     )?;
     let window = env.parse_with(window_name, Duration::from_secs(60), parse_window)?;
+    if u128::from(limit.get()) * window.as_millis() >= MAX_LIMIT_TIMES_WINDOW_MS {
+        return Err(ConfigError::new(
+            window_name,
+            &env.get(window_name).unwrap_or_default(),
+            format!("limit × window in ms must stay below 2^53 (the limit is {limit})"),
+        ));
+    }
     Ok(LimitSettings { limit, window })
 }
 
@@ -343,6 +368,8 @@ mod tests {
             ("LOG_LEVEL", "loud"),
             ("HOST", "bad host!"),
             ("WORKERS", "0"),
+            ("RATE_LIMIT_ALGORITHM", "leaky"),
+            ("RATE_LIMIT_CONFIG", "/no/such/rules.toml"),
         ];
         for (name, value) in cases {
             let err = settings(&[(name, value)]).unwrap_err();

@@ -12,7 +12,7 @@ use actix_web::{web, App, HttpServer};
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::identity::Identifier;
-use crate::limiter::{Limiter, Policies};
+use crate::limiter::{Limiter, Rules, RulesError};
 use crate::redis::{RedisSetupError, RedisStore};
 
 /// The limiter the service runs: counters in Redis.
@@ -26,6 +26,8 @@ const ACCESS_LOG_FORMAT: &str = r#"%a "%r" %s %b %Dms degraded=%{X-RateLimit-Deg
 pub enum StartupError {
     #[error(transparent)]
     Redis(#[from] RedisSetupError),
+    #[error("invalid rules file (setting RATE_LIMIT_CONFIG): {0}")]
+    Rules(#[from] RulesError),
     #[error("cannot listen on {address} (settings HOST and PORT): {source}")]
     Bind { address: String, source: io::Error },
 }
@@ -37,12 +39,12 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let rules = match &settings.rules_path {
+            Some(path) => Rules::load(path)?,
+            None => Rules::builtin(&settings),
+        };
         let store = RedisStore::connect(&settings.redis).await?;
-        let limiter = Limiter::new(
-            store,
-            Policies::from_settings(&settings),
-            settings.failure_mode,
-        );
+        let limiter = Limiter::new(store, rules, settings.failure_mode);
         let state = web::Data::new(AppState {
             limiter,
             identifier: Identifier::new(
@@ -58,6 +60,7 @@ impl Application {
             source,
         };
         let listener = TcpListener::bind(&address).map_err(bind_error)?;
+        let reload_state = state.clone();
         let port = listener.local_addr().map_err(bind_error)?.port();
 
         let mut server = HttpServer::new(move || {
@@ -72,10 +75,11 @@ impl Application {
         if let Some(workers) = settings.workers {
             server = server.workers(workers);
         }
-        Ok(Application {
-            port,
-            server: server.run(),
-        })
+        let server = server.run();
+        if let Some(path) = settings.rules_path.clone() {
+            crate::reload::spawn(path, reload_state);
+        }
+        Ok(Application { port, server })
     }
 
     /// Stops the server from elsewhere (tests; `main` relies on signals).

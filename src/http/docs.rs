@@ -37,6 +37,7 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         routes::ResourceResponse,
         routes::ResourceData,
         routes::RateLimitStatus,
+        routes::PolicyStatus,
         routes::Health,
         routes::RedisHealth,
         routes::Liveness

@@ -31,6 +31,9 @@ pub enum ApiError {
     /// or an endpoint that has nothing to show without it).
     #[error("rate limiter unavailable: {0}")]
     Unavailable(StoreError),
+    /// The caller is on the rules file's deny-list.
+    #[error("caller blocked")]
+    Blocked,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -45,6 +48,10 @@ impl ApiError {
             ApiError::Unavailable(err) => (
                 "Rate limiter unavailable",
                 Some(format!("redis {}", err.kind())),
+            ),
+            ApiError::Blocked => (
+                "Forbidden",
+                Some("this caller is blocked by the rate limiter's rules".to_owned()),
             ),
             ApiError::NotFound => ("Not found", None),
             ApiError::MethodNotAllowed { allow } => {
@@ -63,6 +70,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Identity(_) | ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Blocked => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
         }

@@ -1,6 +1,8 @@
 //! The rate-limit middleware: identify the caller, ask the limiter, then
 //! either run the handler and add the `X-RateLimit-*` headers, or answer 429.
 
+use std::fmt::Write;
+
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -12,7 +14,7 @@ use utoipa::ToSchema;
 use super::errors::ApiError;
 use super::AppState;
 use crate::identity::{Identifier, Identity, IdentityError, RequestParts};
-use crate::limiter::{Decision, LimiterError, Quota};
+use crate::limiter::{Decision, LimiterError, Outcome, Route};
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -20,6 +22,10 @@ pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-r
 /// Set when a request was let through without asking Redis (failure mode
 /// `open`); its value says why, e.g. `redis-timeout`.
 pub const X_RATELIMIT_DEGRADED: HeaderName = HeaderName::from_static("x-ratelimit-degraded");
+/// IETF draft-ietf-httpapi-ratelimit-headers: the policies that apply.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+/// IETF draft-ietf-httpapi-ratelimit-headers: the state under each policy.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
@@ -56,15 +62,61 @@ fn values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Vec<&'a [u8]> {
     headers.get_all(name).map(HeaderValue::as_bytes).collect()
 }
 
-/// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds).
-pub fn insert_quota_headers(headers: &mut HeaderMap, quota: &Quota) {
+/// The route as the rules see it: the matched pattern (so
+/// `/items/{id}` is one route, not one per id) or else the path.
+pub fn route_of(req: &HttpRequest) -> (String, String) {
+    let path = req.match_pattern().unwrap_or_else(|| req.path().to_owned());
+    (req.method().as_str().to_owned(), path)
+}
+
+/// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds) of the
+/// reported policy, and the IETF `RateLimit-Policy` / `RateLimit` fields
+/// (draft-ietf-httpapi-ratelimit-headers-10) with one item per policy.
+pub fn insert_quota_headers(headers: &mut HeaderMap, outcome: &Outcome) {
+    let (_, quota) = outcome.reported();
     headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(quota.limit));
     headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(quota.remaining));
     headers.insert(X_RATELIMIT_RESET, HeaderValue::from(quota.reset_at_unix()));
+
+    let mut policy_field = String::new();
+    let mut state_field = String::new();
+    for (i, (policy, quota)) in outcome.quotas.iter().enumerate() {
+        if i > 0 {
+            policy_field.push_str(", ");
+            state_field.push_str(", ");
+        }
+        // Policy names are restricted to [A-Za-z0-9_-], so they need no
+        // escaping inside an sf-string. w: whole seconds, at least 1.
+        let window = policy.window.as_millis().div_ceil(1000).max(1);
+        let _ = write!(
+            policy_field,
+            "\"{}\";q={};w={window}",
+            policy.name, policy.limit
+        );
+        // t: seconds until more quota: when this policy denies, until it
+        // allows again; otherwise until it is full again.
+        let more = if quota.allowed {
+            quota.reset_secs()
+        } else {
+            quota.retry_after_secs()
+        };
+        let _ = write!(
+            state_field,
+            "\"{}\";r={};t={more}",
+            policy.name, quota.remaining
+        );
+    }
+    if let Ok(value) = HeaderValue::from_str(&policy_field) {
+        headers.insert(RATELIMIT_POLICY, value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&state_field) {
+        headers.insert(RATELIMIT, value);
+    }
 }
 
-fn too_many_requests(identity: &Identity, quota: &Quota) -> HttpResponse {
-    let retry_after = quota.retry_after_secs();
+fn too_many_requests(identity: &Identity, outcome: &Outcome) -> HttpResponse {
+    let retry_after = outcome.retry_after_secs();
+    let (_, quota) = outcome.reported();
     let mut response = HttpResponse::TooManyRequests()
         .insert_header((header::RETRY_AFTER, retry_after))
         .json(RateLimitExceeded {
@@ -73,7 +125,7 @@ fn too_many_requests(identity: &Identity, quota: &Quota) -> HttpResponse {
             limit: quota.limit,
             retry_after,
         });
-    insert_quota_headers(response.headers_mut(), quota);
+    insert_quota_headers(response.headers_mut(), outcome);
     response
 }
 
@@ -90,25 +142,33 @@ pub async fn rate_limit(
         Ok(identity) => identity,
         Err(err) => return Ok(req.into_response(ApiError::from(err).error_response())),
     };
-    let decision = match state.limiter.check(&identity, 1).await {
+    let (method, path) = route_of(req.request());
+    let route = Route {
+        method: &method,
+        path: &path,
+    };
+    let decision = match state.limiter.check(&identity, &route).await {
         Ok(decision) => decision,
         Err(LimiterError::Unavailable(err)) => {
             return Ok(req.into_response(ApiError::Unavailable(err).error_response()));
         }
     };
     match decision {
-        Decision::Allowed(quota) => {
+        Decision::Allowed(outcome) => {
             let mut response = next.call(req).await?.map_into_boxed_body();
-            insert_quota_headers(response.headers_mut(), &quota);
+            insert_quota_headers(response.headers_mut(), &outcome);
             Ok(response)
         }
-        Decision::Denied(quota) => Ok(req.into_response(too_many_requests(&identity, &quota))),
-        Decision::Degraded(err) => {
-            let limit = state.limiter.policy_for(&identity).limit.get();
+        Decision::Denied(outcome) => Ok(req.into_response(too_many_requests(&identity, &outcome))),
+        Decision::Unlimited => Ok(next.call(req).await?.map_into_boxed_body()),
+        Decision::Blocked => Ok(req.into_response(ApiError::Blocked.error_response())),
+        Decision::Degraded { error, policies } => {
             let mut response = next.call(req).await?.map_into_boxed_body();
             let headers = response.headers_mut();
-            headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
-            let reason = match err.kind() {
+            if let Some(limit) = policies.iter().map(|p| p.limit.get()).min() {
+                headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
+            }
+            let reason = match error.kind() {
                 "timeout" => "redis-timeout",
                 "connection" => "redis-unreachable",
                 _ => "redis-error",

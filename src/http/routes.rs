@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use super::errors::{ApiError, ErrorBody};
 use super::ratelimit::{identify, RateLimitExceeded};
 use super::AppState;
-use crate::limiter::Store;
+use crate::limiter::{Route, Standing, Store};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ResourceData {
@@ -72,25 +72,55 @@ pub async fn not_found() -> HttpResponse {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+pub struct PolicyStatus {
+    #[schema(example = "user")]
+    pub name: String,
+    /// fixed_window, sliding_window, token_bucket or gcra.
+    #[schema(example = "fixed_window")]
+    pub algorithm: &'static str,
+    #[schema(example = 20)]
+    pub limit: u32,
+    /// Window length in seconds (may be fractional).
+    #[schema(example = 60.0)]
+    pub window: f64,
+    /// Units each request takes.
+    #[schema(example = 1)]
+    pub cost: u32,
+    #[schema(example = 17)]
+    pub remaining: u32,
+    /// Unix seconds when this policy's full limit is back.
+    #[schema(example = 1795823280)]
+    pub reset: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RateLimitStatus {
     /// `user` (identified by X-API-Key) or `ip`.
     #[schema(example = "user")]
     pub strategy: &'static str,
     #[schema(example = "demo-key")]
     pub identifier: String,
+    /// `limited`; `unlimited` (allow-listed, or no policy applies);
+    /// `blocked` (deny-listed).
+    #[schema(example = "limited")]
+    pub status: &'static str,
+    /// The policy closest to exhaustion: its limit.
     #[schema(example = 20)]
-    pub limit: u32,
+    pub limit: Option<u32>,
     #[schema(example = 17)]
-    pub remaining: u32,
-    /// Unix seconds when the window resets.
+    pub remaining: Option<u32>,
+    /// Unix seconds when its full limit is back.
     #[schema(example = 1795823280)]
-    pub reset: u64,
-    /// Window length in seconds.
+    pub reset: Option<u64>,
+    /// Its window length in whole seconds (rounded up).
     #[schema(example = 60)]
-    pub window: u64,
+    pub window: Option<u64>,
+    /// Every policy that applies to POST /api/resource for this caller.
+    pub policies: Vec<PolicyStatus>,
 }
 
-/// The caller's current limit, without counting a request.
+/// The caller's current limits on `POST /api/resource`, without counting a
+/// request.
 #[utoipa::path(
     get,
     path = "/rate-limit/status",
@@ -109,19 +139,50 @@ pub async fn rate_limit_status(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let identity = identify(&req, &state.identifier)?;
-    let (policy, quota) = state
+    let route = Route {
+        method: "POST",
+        path: "/api/resource",
+    };
+    let standing = state
         .limiter
-        .status(&identity)
+        .status(&identity, &route)
         .await
         .map_err(ApiError::Unavailable)?;
-    Ok(HttpResponse::Ok().json(RateLimitStatus {
+    let mut body = RateLimitStatus {
         strategy: identity.strategy.as_str(),
         identifier: identity.id,
-        limit: quota.limit,
-        remaining: quota.remaining,
-        reset: quota.reset_at_unix(),
-        window: policy.window.as_secs(),
-    }))
+        status: match standing {
+            Standing::Blocked => "blocked",
+            _ => "unlimited",
+        },
+        limit: None,
+        remaining: None,
+        reset: None,
+        window: None,
+        policies: Vec::new(),
+    };
+    if let Standing::Limited(outcome) = standing {
+        let (policy, quota) = outcome.reported();
+        body.status = "limited";
+        body.limit = Some(quota.limit);
+        body.remaining = Some(quota.remaining);
+        body.reset = Some(quota.reset_at_unix());
+        body.window = Some(policy.window.as_millis().div_ceil(1000) as u64);
+        body.policies = outcome
+            .quotas
+            .iter()
+            .map(|(policy, quota)| PolicyStatus {
+                name: policy.name.clone(),
+                algorithm: policy.algorithm.as_str(),
+                limit: quota.limit,
+                window: policy.window.as_secs_f64(),
+                cost: policy.cost,
+                remaining: quota.remaining,
+                reset: quota.reset_at_unix(),
+            })
+            .collect();
+    }
+    Ok(HttpResponse::Ok().json(body))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -1,90 +1,148 @@
 //! The rate-limit decision, independent of both HTTP and Redis.
 //!
-//! A [`Limiter`] takes an identity and a cost, picks the policy that applies,
-//! asks its [`Store`] (in production the Redis layer, which runs one Lua
-//! script) and turns the answer into a [`Decision`]. Being limited is a normal
+//! A [`Limiter`] takes an identity and the route it calls, finds the policies
+//! that apply (the [`rules`]), asks its [`Store`] to check all of them in one
+//! atomic step (in production the Redis layer, which runs one Lua script),
+//! and turns the answer into a [`Decision`]. Being limited is a normal
 //! outcome ([`Decision::Denied`]), not an error; [`LimiterError`] is only for
 //! a store that cannot answer while the failure mode is `closed`.
 
+pub mod rules;
+
+use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{FailureMode, LimitSettings, Settings};
-use crate::identity::{Identity, Strategy};
+use arc_swap::ArcSwap;
 
-/// The algorithm a policy counts with. Each has one Lua script in `lua/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::config::FailureMode;
+use crate::identity::Identity;
+pub use rules::{Resolution, Route, Rules, RulesError};
+
+/// The algorithm a policy counts with. Each has one Lua module in `lua/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
     FixedWindow,
+    SlidingWindow,
+    TokenBucket,
+    Gcra,
 }
 
 impl Algorithm {
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+        Algorithm::Gcra,
+    ];
+
+    /// The name used in settings, rules files and the Lua module table.
     pub fn as_str(self) -> &'static str {
         match self {
             Algorithm::FixedWindow => "fixed_window",
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::TokenBucket => "token_bucket",
+            Algorithm::Gcra => "gcra",
         }
     }
 }
 
-/// One limit: `limit` units per `window`, counted by `algorithm`.
-/// `NonZeroU32` makes a zero limit unrepresentable.
+impl FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| {
+                "expected one of fixed_window, sliding_window, token_bucket, gcra".to_owned()
+            })
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The scripts compute in integers held in Lua's doubles; limit × window (in
+/// ms) above this would lose exactness.
+pub const MAX_LIMIT_TIMES_WINDOW_MS: u128 = 1 << 53;
+
+/// One limit: `limit` units per `window`, counted by `algorithm`; each
+/// request takes `cost` units. `NonZeroU32` makes a zero limit
+/// unrepresentable; [`Policy::new`] checks the rest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
     pub algorithm: Algorithm,
     pub limit: NonZeroU32,
     pub window: Duration,
+    pub cost: u32,
 }
 
 impl Policy {
-    pub fn fixed_window(name: impl Into<String>, limits: LimitSettings) -> Self {
-        Policy {
-            name: name.into(),
-            algorithm: Algorithm::FixedWindow,
-            limit: limits.limit,
-            window: limits.window,
+    /// A policy, or why it cannot be one.
+    pub fn new(
+        name: impl Into<String>,
+        algorithm: Algorithm,
+        limit: NonZeroU32,
+        window: Duration,
+        cost: u32,
+    ) -> Result<Self, String> {
+        let name = name.into();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "policy name {name:?}: use 1 to 64 letters, digits, '_' or '-'"
+            ));
         }
-    }
-}
-
-/// Which policy applies to which caller.
-#[derive(Debug, Clone)]
-pub struct Policies {
-    user: Policy,
-    ip: Policy,
-}
-
-impl Policies {
-    pub fn new(user: Policy, ip: Policy) -> Self {
-        Policies { user, ip }
-    }
-
-    pub fn from_settings(settings: &Settings) -> Self {
-        Policies::new(
-            Policy::fixed_window("user", settings.user_limit),
-            Policy::fixed_window("ip", settings.ip_limit),
-        )
-    }
-
-    pub fn for_identity(&self, identity: &Identity) -> &Policy {
-        match identity.strategy {
-            Strategy::User => &self.user,
-            Strategy::Ip => &self.ip,
+        if window.as_millis() == 0 || !window.subsec_nanos().is_multiple_of(1_000_000) {
+            return Err("the window must be a whole number of milliseconds, at least 1".into());
         }
+        if cost > limit.get() {
+            return Err(format!(
+                "cost {cost} is above the limit {limit}: no request could ever be allowed"
+            ));
+        }
+        if u128::from(limit.get()) * window.as_millis() >= MAX_LIMIT_TIMES_WINDOW_MS {
+            return Err(format!(
+                "limit × window in ms must stay below 2^53 (limit {limit}, window {} ms)",
+                window.as_millis()
+            ));
+        }
+        Ok(Policy {
+            name,
+            algorithm,
+            limit,
+            window,
+            cost,
+        })
+    }
+
+    pub fn window_ms(&self) -> u64 {
+        self.window.as_millis() as u64
     }
 }
 
 /// The state of one identity under one policy, as the store reports it
-/// (the common reply of every Lua script).
+/// (the common reply of every algorithm).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Quota {
+    /// This policy alone would allow the request.
     pub allowed: bool,
     pub limit: u32,
     pub remaining: u32,
     /// Until the full limit is available again.
     pub reset: Duration,
-    /// Until the same request would be allowed; zero when allowed.
+    /// Until this policy would allow the same request; zero when it does.
     pub retry_after: Duration,
     /// The store's clock at the decision, in ms since the Unix epoch.
     pub now_ms: u64,
@@ -97,11 +155,33 @@ impl Quota {
         (self.now_ms + self.reset.as_millis() as u64).div_ceil(1000)
     }
 
+    /// Seconds until the full limit is back, rounded up.
+    pub fn reset_secs(&self) -> u64 {
+        (self.reset.as_millis() as u64).div_ceil(1000)
+    }
+
     /// `Retry-After` in whole seconds: rounded up, and at least 1, so that a
     /// client honouring it is never refused again for being early.
     pub fn retry_after_secs(&self) -> u64 {
         (self.retry_after.as_millis() as u64).div_ceil(1000).max(1)
     }
+
+    /// Is `self` closer to exhaustion than `other`? Compares the fraction
+    /// left (remaining / limit), then the absolute remaining.
+    fn tighter_than(&self, other: &Quota) -> bool {
+        let mine = u64::from(self.remaining) * u64::from(other.limit);
+        let theirs = u64::from(other.remaining) * u64::from(self.limit);
+        mine < theirs || (mine == theirs && self.remaining < other.remaining)
+    }
+}
+
+/// What the store answers for one check of several policies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreReply {
+    /// Every policy allowed, and every policy was charged.
+    pub allowed: bool,
+    /// One per policy, in the order asked.
+    pub quotas: Vec<Quota>,
 }
 
 /// Why the store could not answer. Backend-neutral: the Redis layer maps its
@@ -133,27 +213,91 @@ impl StoreError {
 /// Where counters live. The Redis layer implements it; the limiter never
 /// builds a Redis command.
 pub trait Store: Send + Sync + 'static {
-    /// Counts `cost` units for `identity` under `policy` if they fit, in one
-    /// atomic step. A `cost` of 0 only reads.
+    /// Checks every policy for `identity` in one atomic step and, if all
+    /// allow and `charge` is set, charges each its cost. If any denies, none
+    /// is charged. With `charge` unset nothing is written (a status read).
     fn check(
         &self,
         identity: &Identity,
-        policy: &Policy,
-        cost: u32,
-    ) -> impl Future<Output = Result<Quota, StoreError>> + Send;
+        policies: &[Arc<Policy>],
+        charge: bool,
+    ) -> impl Future<Output = Result<StoreReply, StoreError>> + Send;
 
     /// Round-trip time of a trivial call, for health checks.
     fn ping(&self) -> impl Future<Output = Result<Duration, StoreError>> + Send;
 }
 
+/// The policies checked for one request, each with its quota.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub quotas: Vec<(Arc<Policy>, Quota)>,
+    /// Index into `quotas` of the one to report in `X-RateLimit-*`: when
+    /// denied, the denying policy that frees up last; otherwise the policy
+    /// closest to exhaustion.
+    pub reported: usize,
+}
+
+impl Outcome {
+    fn new(policies: Vec<Arc<Policy>>, quotas: Vec<Quota>, allowed: bool) -> Self {
+        let quotas: Vec<(Arc<Policy>, Quota)> = policies.into_iter().zip(quotas).collect();
+        let mut reported = 0;
+        for (i, (_, q)) in quotas.iter().enumerate().skip(1) {
+            let best = &quotas[reported].1;
+            let better = if allowed {
+                q.tighter_than(best)
+            } else {
+                match (q.allowed, best.allowed) {
+                    (false, true) => true,
+                    (true, false) => false,
+                    _ => q.retry_after > best.retry_after,
+                }
+            };
+            if better {
+                reported = i;
+            }
+        }
+        Outcome { quotas, reported }
+    }
+
+    pub fn reported(&self) -> (&Policy, &Quota) {
+        let (policy, quota) = &self.quotas[self.reported];
+        (policy, quota)
+    }
+
+    /// `Retry-After` for a denied request: until every denying policy allows.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.quotas
+            .iter()
+            .map(|(_, q)| q.retry_after_secs())
+            .max()
+            .unwrap_or(1)
+    }
+}
+
 /// The outcome of a check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Allowed(Quota),
-    Denied(Quota),
+    Allowed(Outcome),
+    Denied(Outcome),
+    /// No policy applies to this caller and route, or the caller is on the
+    /// allow-list: answered without Redis.
+    Unlimited,
+    /// The caller is on the deny-list: refused without Redis.
+    Blocked,
     /// The store could not answer and the failure mode is `open`: the
     /// request goes through uncounted.
-    Degraded(StoreError),
+    Degraded {
+        error: StoreError,
+        policies: Vec<Arc<Policy>>,
+    },
+}
+
+/// Where a caller stands, read without counting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    Limited(Outcome),
+    Unlimited,
+    Blocked,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,15 +309,15 @@ pub enum LimiterError {
 
 pub struct Limiter<S> {
     store: S,
-    policies: Policies,
+    rules: ArcSwap<Rules>,
     failure_mode: FailureMode,
 }
 
 impl<S: Store> Limiter<S> {
-    pub fn new(store: S, policies: Policies, failure_mode: FailureMode) -> Self {
+    pub fn new(store: S, rules: Rules, failure_mode: FailureMode) -> Self {
         Limiter {
             store,
-            policies,
+            rules: ArcSwap::from_pointee(rules),
             failure_mode,
         }
     }
@@ -186,28 +330,62 @@ impl<S: Store> Limiter<S> {
         self.failure_mode
     }
 
-    pub fn policy_for(&self, identity: &Identity) -> &Policy {
-        self.policies.for_identity(identity)
+    /// The rules in force now.
+    pub fn rules(&self) -> Arc<Rules> {
+        self.rules.load_full()
     }
 
-    /// Counts one request of `cost` units for `identity`.
-    pub async fn check(&self, identity: &Identity, cost: u32) -> Result<Decision, LimiterError> {
-        let policy = self.policy_for(identity);
-        match self.store.check(identity, policy, cost).await {
-            Ok(quota) if quota.allowed => Ok(Decision::Allowed(quota)),
-            Ok(quota) => Ok(Decision::Denied(quota)),
-            Err(err) => match self.failure_mode {
-                FailureMode::Open => Ok(Decision::Degraded(err)),
-                FailureMode::Closed => Err(LimiterError::Unavailable(err)),
+    /// Puts new rules in force for the next request. Requests in flight
+    /// finish under the rules they started with.
+    pub fn replace_rules(&self, rules: Rules) {
+        self.rules.store(Arc::new(rules));
+    }
+
+    /// Checks (and, if allowed, counts) one request of `identity` on `route`.
+    pub async fn check(
+        &self,
+        identity: &Identity,
+        route: &Route<'_>,
+    ) -> Result<Decision, LimiterError> {
+        let policies = match self.rules.load().resolve(identity, route) {
+            Resolution::Unlimited => return Ok(Decision::Unlimited),
+            Resolution::Blocked => return Ok(Decision::Blocked),
+            Resolution::Limited(policies) => policies,
+        };
+        match self.store.check(identity, &policies, true).await {
+            Ok(reply) => {
+                let allowed = reply.allowed;
+                let outcome = Outcome::new(policies, reply.quotas, allowed);
+                Ok(if allowed {
+                    Decision::Allowed(outcome)
+                } else {
+                    Decision::Denied(outcome)
+                })
+            }
+            Err(error) => match self.failure_mode {
+                FailureMode::Open => Ok(Decision::Degraded { error, policies }),
+                FailureMode::Closed => Err(LimiterError::Unavailable(error)),
             },
         }
     }
 
-    /// The state of `identity` without counting anything.
-    pub async fn status(&self, identity: &Identity) -> Result<(&Policy, Quota), StoreError> {
-        let policy = self.policy_for(identity);
-        let quota = self.store.check(identity, policy, 0).await?;
-        Ok((policy, quota))
+    /// The state of `identity` on `route` without counting anything.
+    pub async fn status(
+        &self,
+        identity: &Identity,
+        route: &Route<'_>,
+    ) -> Result<Standing, StoreError> {
+        let policies = match self.rules.load().resolve(identity, route) {
+            Resolution::Limited(policies) => policies,
+            Resolution::Unlimited => return Ok(Standing::Unlimited),
+            Resolution::Blocked => return Ok(Standing::Blocked),
+        };
+        let reply = self.store.check(identity, &policies, false).await?;
+        Ok(Standing::Limited(Outcome::new(
+            policies,
+            reply.quotas,
+            true,
+        )))
     }
 }
 
@@ -215,30 +393,87 @@ impl<S: Store> Limiter<S> {
 mod tests {
     use super::*;
 
-    fn quota(now_ms: u64, reset_ms: u64, retry_ms: u64) -> Quota {
+    fn quota(remaining: u32, limit: u32, retry_ms: u64) -> Quota {
         Quota {
             allowed: retry_ms == 0,
-            limit: 10,
-            remaining: 0,
-            reset: Duration::from_millis(reset_ms),
+            limit,
+            remaining,
+            reset: Duration::from_millis(1000),
             retry_after: Duration::from_millis(retry_ms),
-            now_ms,
+            now_ms: 0,
         }
+    }
+
+    fn policy(name: &str) -> Arc<Policy> {
+        Arc::new(
+            Policy::new(
+                name,
+                Algorithm::FixedWindow,
+                NonZeroU32::new(10).unwrap(),
+                Duration::from_secs(1),
+                1,
+            )
+            .unwrap(),
+        )
     }
 
     #[test]
     fn retry_after_rounds_up_and_is_at_least_one_second() {
-        assert_eq!(quota(0, 0, 1).retry_after_secs(), 1);
-        assert_eq!(quota(0, 0, 999).retry_after_secs(), 1);
-        assert_eq!(quota(0, 0, 1000).retry_after_secs(), 1);
-        assert_eq!(quota(0, 0, 1001).retry_after_secs(), 2);
-        assert_eq!(quota(0, 0, 0).retry_after_secs(), 1);
+        assert_eq!(quota(0, 10, 1).retry_after_secs(), 1);
+        assert_eq!(quota(0, 10, 999).retry_after_secs(), 1);
+        assert_eq!(quota(0, 10, 1000).retry_after_secs(), 1);
+        assert_eq!(quota(0, 10, 1001).retry_after_secs(), 2);
+        assert_eq!(quota(0, 10, 0).retry_after_secs(), 1);
     }
 
     #[test]
     fn reset_is_an_absolute_second_never_early() {
-        assert_eq!(quota(1_000_000, 500, 0).reset_at_unix(), 1001);
-        assert_eq!(quota(1_000_000, 1000, 0).reset_at_unix(), 1001);
-        assert_eq!(quota(1_000_001, 59_999, 0).reset_at_unix(), 1060);
+        let q = |now_ms, reset_ms| Quota {
+            now_ms,
+            reset: Duration::from_millis(reset_ms),
+            ..quota(0, 10, 0)
+        };
+        assert_eq!(q(1_000_000, 500).reset_at_unix(), 1001);
+        assert_eq!(q(1_000_000, 1000).reset_at_unix(), 1001);
+        assert_eq!(q(1_000_001, 59_999).reset_at_unix(), 1060);
+    }
+
+    #[test]
+    fn the_reported_policy_is_the_closest_to_exhaustion() {
+        // 5 of 10 left is tighter than 90 of 100.
+        let o = Outcome::new(
+            vec![policy("a"), policy("b")],
+            vec![quota(90, 100, 0), quota(5, 10, 0)],
+            true,
+        );
+        assert_eq!(o.reported().0.name, "b");
+        // When denied, the denying policy that frees up last.
+        let o = Outcome::new(
+            vec![policy("a"), policy("b"), policy("c")],
+            vec![quota(0, 10, 2000), quota(3, 10, 0), quota(0, 10, 9000)],
+            false,
+        );
+        assert_eq!(o.reported().0.name, "c");
+        assert_eq!(o.retry_after_secs(), 9);
+    }
+
+    #[test]
+    fn policies_refuse_what_the_scripts_cannot_count() {
+        let limit = NonZeroU32::new(5).unwrap();
+        let window = Duration::from_secs(60);
+        assert!(Policy::new("ok-name_1", Algorithm::Gcra, limit, window, 1).is_ok());
+        assert!(Policy::new("bad name", Algorithm::Gcra, limit, window, 1).is_err());
+        assert!(Policy::new("", Algorithm::Gcra, limit, window, 1).is_err());
+        assert!(Policy::new("x", Algorithm::Gcra, limit, window, 6).is_err());
+        assert!(Policy::new("x", Algorithm::Gcra, limit, Duration::from_micros(1500), 1).is_err());
+        let huge = NonZeroU32::new(u32::MAX).unwrap();
+        assert!(Policy::new(
+            "x",
+            Algorithm::Gcra,
+            huge,
+            Duration::from_secs(86400 * 30),
+            1
+        )
+        .is_err());
     }
 }

@@ -6,6 +6,7 @@ mod pool;
 pub mod scripts;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -14,9 +15,8 @@ use tokio::time::timeout_at;
 
 use crate::config::RedisSettings;
 use crate::identity::Identity;
-use crate::limiter::{Algorithm, Policy, Quota, Store, StoreError};
+use crate::limiter::{Algorithm, Policy, Quota, Store, StoreError, StoreReply};
 use pool::{Connection, LogErrors, Manager};
-use scripts::LuaScript;
 
 /// Characters kept as they are in a key; everything else is percent-encoded.
 /// `{` and `}` must go (they would move the Cluster hash tag), `:` must go
@@ -30,9 +30,13 @@ const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'@');
 
 /// The Redis key of one identity's counter under one policy:
-/// `rate:{<strategy>:<id>}:<window>`, the window in seconds (or `<n>ms` when
-/// it is not a whole number of seconds). Everything inside the braces is the
-/// Cluster hash tag, so all keys of one identity share a slot.
+/// `rate:{<strategy>:<id>}:<window>` for the built-in fixed-window policies
+/// (`user` and `ip`), and `rate:{<strategy>:<id>}:<window>:<algorithm>:<policy>`
+/// for every other. The window is in seconds (or `<n>ms` when it is not a
+/// whole number of seconds). Everything inside the braces is the Cluster
+/// hash tag, so all keys of one identity share a slot and one script may
+/// touch them all. The algorithm is part of the name because each stores a
+/// different shape of value.
 pub fn counter_key(identity: &Identity, policy: &Policy) -> String {
     let window_ms = policy.window.as_millis();
     let window = if window_ms.is_multiple_of(1000) {
@@ -40,12 +44,31 @@ pub fn counter_key(identity: &Identity, policy: &Policy) -> String {
     } else {
         format!("{window_ms}ms")
     };
-    format!(
+    let mut key = format!(
         "rate:{{{}:{}}}:{}",
         identity.strategy,
         utf8_percent_encode(&identity.id, KEY_SAFE),
         window
-    )
+    );
+    let builtin =
+        policy.algorithm == Algorithm::FixedWindow && policy.name == identity.strategy.as_str();
+    if !builtin {
+        key.push(':');
+        key.push_str(policy.algorithm.as_str());
+        key.push(':');
+        key.push_str(&policy.name);
+    }
+    key
+}
+
+/// One policy of a check, as the script takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScriptPolicy {
+    pub key: String,
+    pub algorithm: Algorithm,
+    pub limit: u32,
+    pub window_ms: u64,
+    pub cost: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,48 +120,40 @@ impl RedisStore {
         Ok(store)
     }
 
-    /// SCRIPT LOAD of every script.
+    /// SCRIPT LOAD of the check script.
     pub async fn load_scripts(&self) -> Result<(), StoreError> {
         // Start-up may wait for the first connection longer than a request
         // would.
         let deadline = Instant::now() + self.timeout.max(Duration::from_secs(2));
         self.call(deadline, |mut conn| async move {
-            for script in scripts::ALL {
-                scripts::load(&mut conn, script).await?;
-            }
-            Ok(())
+            scripts::load(&mut conn, &scripts::CHECK).await
         })
         .await
     }
 
-    /// One fixed-window check. `now_ms` replaces Redis TIME; only tests pass it.
-    pub async fn fixed_window(
+    /// Runs check.lua over `policies` (keys of one hash tag). `now_ms`
+    /// replaces Redis TIME; only tests pass it.
+    pub async fn run_check(
         &self,
-        key: &str,
-        limit: u32,
-        window: Duration,
-        cost: u32,
+        policies: &[ScriptPolicy],
         now_ms: Option<u64>,
-    ) -> Result<Quota, StoreError> {
-        let args = [limit as u64, window.as_millis() as u64, cost as u64];
-        self.run(&scripts::FIXED_WINDOW, &[key], &args, now_ms)
-            .await
-    }
-
-    async fn run(
-        &self,
-        script: &'static LuaScript,
-        keys: &[&str],
-        args: &[u64],
-        now_ms: Option<u64>,
-    ) -> Result<Quota, StoreError> {
+    ) -> Result<StoreReply, StoreError> {
+        let keys: Vec<String> = policies.iter().map(|p| p.key.clone()).collect();
+        let mut args = Vec::with_capacity(1 + 4 * policies.len());
+        args.push(now_ms.map(|n| n.to_string()).unwrap_or_default());
+        for p in policies {
+            args.push(p.algorithm.as_str().to_owned());
+            args.push(p.limit.to_string());
+            args.push(p.window_ms.to_string());
+            args.push(p.cost.to_string());
+        }
         let deadline = Instant::now() + self.timeout;
         let reply = self
             .call(deadline, |mut conn| async move {
-                scripts::evalsha(&mut conn, script, keys, args, now_ms).await
+                scripts::evalsha(&mut conn, &scripts::CHECK, &keys, &args).await
             })
             .await?;
-        parse_reply(script, &reply)
+        parse_reply(&reply, policies.len())
     }
 
     /// Checks out a connection and runs `op` on it, all before `deadline`,
@@ -202,22 +217,30 @@ impl RedisStore {
     }
 }
 
-fn parse_reply(script: &LuaScript, reply: &[i64]) -> Result<Quota, StoreError> {
-    let [allowed, limit, remaining, reset, retry_after, now] = reply else {
+fn parse_reply(reply: &[i64], policies: usize) -> Result<StoreReply, StoreError> {
+    if reply.len() != 2 + 5 * policies {
         return Err(StoreError::Script(format!(
-            "{} returned {} values, expected 6",
-            script.name,
-            reply.len()
+            "check.lua returned {} values for {policies} policies, expected {}",
+            reply.len(),
+            2 + 5 * policies
         )));
-    };
+    }
     let non_negative = |v: i64| v.max(0) as u64;
-    Ok(Quota {
-        allowed: *allowed == 1,
-        limit: non_negative(*limit) as u32,
-        remaining: non_negative(*remaining) as u32,
-        reset: Duration::from_millis(non_negative(*reset)),
-        retry_after: Duration::from_millis(non_negative(*retry_after)),
-        now_ms: non_negative(*now),
+    let now_ms = non_negative(reply[1]);
+    let quotas = reply[2..]
+        .chunks_exact(5)
+        .map(|q| Quota {
+            allowed: q[0] == 1,
+            limit: non_negative(q[1]) as u32,
+            remaining: non_negative(q[2]).min(u64::from(u32::MAX)) as u32,
+            reset: Duration::from_millis(non_negative(q[3])),
+            retry_after: Duration::from_millis(non_negative(q[4])),
+            now_ms,
+        })
+        .collect();
+    Ok(StoreReply {
+        allowed: reply[0] == 1,
+        quotas,
     })
 }
 
@@ -243,16 +266,20 @@ impl Store for RedisStore {
     async fn check(
         &self,
         identity: &Identity,
-        policy: &Policy,
-        cost: u32,
-    ) -> Result<Quota, StoreError> {
-        let key = counter_key(identity, policy);
-        match policy.algorithm {
-            Algorithm::FixedWindow => {
-                self.fixed_window(&key, policy.limit.get(), policy.window, cost, None)
-                    .await
-            }
-        }
+        policies: &[Arc<Policy>],
+        charge: bool,
+    ) -> Result<StoreReply, StoreError> {
+        let policies: Vec<ScriptPolicy> = policies
+            .iter()
+            .map(|p| ScriptPolicy {
+                key: counter_key(identity, p),
+                algorithm: p.algorithm,
+                limit: p.limit.get(),
+                window_ms: p.window_ms(),
+                cost: if charge { p.cost } else { 0 },
+            })
+            .collect();
+        self.run_check(&policies, None).await
     }
 
     async fn ping(&self) -> Result<Duration, StoreError> {
@@ -269,27 +296,26 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LimitSettings;
     use std::num::NonZeroU32;
 
     fn policy(window: Duration) -> Policy {
-        Policy::fixed_window(
+        Policy::new(
             "user",
-            LimitSettings {
-                limit: NonZeroU32::new(5).unwrap(),
-                window,
-            },
+            Algorithm::FixedWindow,
+            NonZeroU32::new(5).unwrap(),
+            window,
+            1,
         )
+        .unwrap()
     }
 
     #[test]
     fn keys_carry_one_hash_tag_per_identity() {
         let key = counter_key(&Identity::user("abc"), &policy(Duration::from_secs(60)));
         assert_eq!(key, "rate:{user:abc}:60");
-        let key = counter_key(
-            &Identity::ip("::1".parse().unwrap()),
-            &policy(Duration::from_millis(1500)),
-        );
+        let mut ip_policy = policy(Duration::from_millis(1500));
+        ip_policy.name = "ip".into();
+        let key = counter_key(&Identity::ip("::1".parse().unwrap()), &ip_policy);
         assert_eq!(key, "rate:{ip:%3A%3A1}:1500ms");
     }
 
@@ -307,5 +333,27 @@ mod tests {
         let a = counter_key(&Identity::user("%7D"), &policy(Duration::from_secs(60)));
         let b = counter_key(&Identity::user("}"), &policy(Duration::from_secs(60)));
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn other_policies_name_their_algorithm_and_policy() {
+        let p = Policy::new(
+            "burst",
+            Algorithm::TokenBucket,
+            NonZeroU32::new(5).unwrap(),
+            Duration::from_secs(1),
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            counter_key(&Identity::user("k"), &p),
+            "rate:{user:k}:1:token_bucket:burst"
+        );
+        // The built-in name on the other strategy is not the built-in key.
+        let user = policy(Duration::from_secs(60));
+        assert_eq!(
+            counter_key(&Identity::ip("10.0.0.1".parse().unwrap()), &user),
+            "rate:{ip:10.0.0.1}:60:fixed_window:user"
+        );
     }
 }

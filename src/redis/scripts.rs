@@ -1,6 +1,11 @@
-//! The Lua scripts, one static per file in `lua/`, compiled into the binary.
+//! The Lua script, compiled into the binary from the files in `lua/`.
 //!
-//! Each is loaded with SCRIPT LOAD at start-up and run with EVALSHA by its
+//! One script runs per request: `lua/check.lua`, with the four algorithm
+//! modules placed before it, each bound as `ALGORITHMS[<name>]`. Assembling
+//! them into one script keeps one file per algorithm while letting a request
+//! check policies of different algorithms in one atomic EVALSHA.
+//!
+//! It is loaded with SCRIPT LOAD at start-up and run with EVALSHA by its
 //! SHA1. Redis forgets scripts on restart, on failover to a replica that never
 //! saw the load, and on SCRIPT FLUSH; EVALSHA then answers NOSCRIPT and
 //! [`evalsha`] loads the script and retries once, so no request fails for it.
@@ -10,44 +15,52 @@ use std::sync::LazyLock;
 use redis::aio::MultiplexedConnection;
 use redis::{RedisResult, ServerErrorKind};
 
+use crate::limiter::Algorithm;
+
 pub struct LuaScript {
     pub name: &'static str,
-    pub source: &'static str,
-    sha: LazyLock<String>,
+    pub source: String,
+    pub sha: String,
 }
 
 impl LuaScript {
-    pub fn sha(&self) -> &str {
-        &self.sha
+    fn new(name: &'static str, source: String) -> Self {
+        let sha = redis::Script::new(&source).get_hash().to_owned();
+        LuaScript { name, source, sha }
     }
 }
 
-macro_rules! lua_script {
-    ($name:literal) => {
-        LuaScript {
-            name: $name,
-            source: include_str!(concat!("../../lua/", $name, ".lua")),
-            sha: LazyLock::new(|| {
-                redis::Script::new(include_str!(concat!("../../lua/", $name, ".lua")))
-                    .get_hash()
-                    .to_owned()
-            }),
-        }
-    };
+/// The source of each algorithm module, by algorithm.
+pub fn module_source(algorithm: Algorithm) -> &'static str {
+    match algorithm {
+        Algorithm::FixedWindow => include_str!("../../lua/fixed_window.lua"),
+        Algorithm::SlidingWindow => include_str!("../../lua/sliding_window.lua"),
+        Algorithm::TokenBucket => include_str!("../../lua/token_bucket.lua"),
+        Algorithm::Gcra => include_str!("../../lua/gcra.lua"),
+    }
 }
 
-pub static FIXED_WINDOW: LuaScript = lua_script!("fixed_window");
-
-/// Every script, for loading at start-up.
-pub static ALL: [&LuaScript; 1] = [&FIXED_WINDOW];
+/// check.lua with every algorithm module before it.
+pub static CHECK: LazyLock<LuaScript> = LazyLock::new(|| {
+    let mut source = String::from("local ALGORITHMS = {}\n");
+    for algorithm in Algorithm::ALL {
+        source.push_str(&format!(
+            "ALGORITHMS['{}'] = (function()\n{}\nend)()\n",
+            algorithm.as_str(),
+            module_source(algorithm)
+        ));
+    }
+    source.push_str(include_str!("../../lua/check.lua"));
+    LuaScript::new("check", source)
+});
 
 pub(crate) async fn load(conn: &mut MultiplexedConnection, script: &LuaScript) -> RedisResult<()> {
     let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg(script.source)
+        .arg(&script.source)
         .query_async(conn)
         .await?;
-    debug_assert_eq!(sha, script.sha());
+    debug_assert_eq!(sha, script.sha);
     Ok(())
 }
 
@@ -55,15 +68,11 @@ pub(crate) async fn load(conn: &mut MultiplexedConnection, script: &LuaScript) -
 pub(crate) async fn evalsha(
     conn: &mut MultiplexedConnection,
     script: &LuaScript,
-    keys: &[&str],
-    args: &[u64],
-    now_ms: Option<u64>,
+    keys: &[String],
+    args: &[String],
 ) -> RedisResult<Vec<i64>> {
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(script.sha()).arg(keys.len()).arg(keys).arg(args);
-    if let Some(now) = now_ms {
-        cmd.arg(now);
-    }
+    cmd.arg(&script.sha).arg(keys.len()).arg(keys).arg(args);
     match cmd.query_async(conn).await {
         Err(err) if err.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
             log::info!(

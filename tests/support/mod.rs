@@ -5,6 +5,8 @@
 //! test leaves nothing behind.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod models;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,65 @@
+--[[
+gcra.lua: the generic cell rate algorithm (leaky bucket as a meter), as a
+module of check.lua.
+
+One stored value per key: the theoretical arrival time (TAT), the moment the
+meter would be empty, as an integer in microseconds since the Unix epoch
+(a plain string key, readable with GET). The emission interval is
+T = ceil(window x 1000 / limit) us, rounded up so the rate never exceeds
+limit per window; the burst is `limit`: a request fits when
+
+  max(TAT, now) + cost x T - now <= limit x T
+
+and then TAT becomes max(TAT, now) + cost x T.
+
+M.check(key, limit, window, cost, now) -> verdict, as in fixed_window.lua:
+  remaining    whole requests that would still fit now
+  reset        ms until the meter is empty (TAT reached), rounded up
+  retry_after  ms until the same request fits, rounded up: a client that
+               waits that long is allowed
+]]
+
+local M = {}
+
+local function ceil_div(a, b)
+  return math.floor((a + b - 1) / b)
+end
+
+function M.check(key, limit, window, cost, now)
+  local interval = ceil_div(window * 1000, limit)
+  local capacity = limit * interval
+  local now_us = now * 1000
+
+  local stored = redis.pcall('GET', key)
+  local tat = now_us
+  local foreign = type(stored) == 'table' and stored.err ~= nil
+  if not foreign and stored then
+    local t = tonumber(stored)
+    if t and t > now_us then tat = t end
+  end
+
+  local new_tat = tat + cost * interval
+  if new_tat - now_us <= capacity then
+    local ahead = new_tat - now_us
+    return {
+      allowed = true,
+      remaining = math.floor((capacity - ahead) / interval),
+      reset = ceil_div(ahead, 1000),
+      retry_after = 0,
+      ttl = ceil_div(ahead, 1000), -- an empty meter is a missing key
+      commit = function()
+        -- SET replaces a key of any type. %d: an integer, never 1.79e+15.
+        redis.call('SET', key, string.format('%d', new_tat))
+      end,
+    }
+  end
+  return {
+    allowed = false,
+    remaining = math.floor((capacity - (tat - now_us)) / interval),
+    reset = ceil_div(tat - now_us, 1000),
+    retry_after = ceil_div(new_tat - now_us - capacity, 1000),
+    ttl = ceil_div(tat - now_us, 1000),
+  }
+end
+
+return M

@@ -1,0 +1,100 @@
+--[[
+sliding_window.lua: the weighted two-window counter, as a module of check.lua.
+
+The count of the sliding window ending now is estimated from two fixed
+(epoch-aligned) windows: the previous window's count, weighted by the part
+of it still inside the sliding window, plus the current window's count:
+
+  estimate = floor(previous * (window - elapsed) / window) + current
+
+where `elapsed` is the time since the current window started. A request fits
+when estimate + cost <= limit.
+
+Bound: no fixed window ever counts more than `limit`, so no span of one
+window admits more than 2 x limit, and only when the second half arrives at
+the very end of the next window. Right after a window that ended with a
+burst of `limit`, at most ceil(limit x e / window) more get through within e
+ms of the edge (the fixed window would let another `limit` through at once).
+tests/algorithms.rs measures it.
+
+Storage: KEY is a hash {w = start of the current window (ms), c = its
+count, p = the previous window's count}. One key, so both counters always
+share the identity's hash tag.
+
+M.check(key, limit, window, cost, now) -> verdict, as in fixed_window.lua:
+  reset        ms until the estimate is 0 again (the full limit is back)
+  retry_after  the exact ms until the same request fits, from the formula
+               above (the weighted part shrinks every millisecond)
+Integers only: limit x window must stay below 2^53 (checked at config load).
+]]
+
+local M = {}
+
+-- Smallest d >= 0 such that floor(count * (span - d) / window) <= room,
+-- i.e. count * (span - d) <= (room + 1) * window - 1.
+local function decay_until(count, span, window, room)
+  if count == 0 then return 0 end
+  return math.max(0, span - math.floor(((room + 1) * window - 1) / count))
+end
+
+function M.check(key, limit, window, cost, now)
+  local current_start = now - (now % window)
+  local rest = current_start + window - now -- ms left in the current window
+
+  local stored = redis.pcall('HMGET', key, 'w', 'c', 'p')
+  local foreign = type(stored) == 'table' and stored.err ~= nil
+  local current, previous = 0, 0
+  if not foreign then
+    local w = tonumber(stored[1])
+    if w == current_start then
+      current = tonumber(stored[2]) or 0
+      previous = tonumber(stored[3]) or 0
+    elseif w == current_start - window then
+      previous = tonumber(stored[2]) or 0
+    end
+  end
+
+  local estimate = math.floor(previous * rest / window) + current
+
+  -- ms until the estimate reaches 0 for these counts.
+  local function until_empty(cur, prev)
+    if cur > 0 then
+      return rest + decay_until(cur, window, window, 0)
+    end
+    return decay_until(prev, rest, window, 0)
+  end
+
+  if estimate + cost <= limit then
+    return {
+      allowed = true,
+      remaining = limit - estimate - cost,
+      reset = until_empty(current + cost, previous),
+      retry_after = 0,
+      ttl = rest + window, -- the current count weighs on the next window too
+      commit = function()
+        if foreign then redis.call('DEL', key) end
+        redis.call('HSET', key, 'w', current_start, 'c', current + cost, 'p', previous)
+      end,
+    }
+  end
+
+  local retry_after
+  local room = limit - current - cost
+  if room >= 0 then
+    -- Fits within this window once the previous window's weight has decayed.
+    retry_after = decay_until(previous, rest, window, room)
+  else
+    -- Only in the next window, once this window's count (then "previous")
+    -- has decayed enough.
+    retry_after = rest + decay_until(current, window, window, limit - cost)
+  end
+  return {
+    allowed = false,
+    remaining = math.max(0, limit - estimate),
+    reset = until_empty(current, previous),
+    retry_after = retry_after,
+    ttl = rest + window,
+  }
+end
+
+return M

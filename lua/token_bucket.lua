@@ -1,0 +1,73 @@
+--[[
+token_bucket.lua: the token bucket, as a module of check.lua.
+
+A bucket holds up to `limit` tokens and refills continuously at
+limit / window tokens per ms; a request takes `cost` tokens if there are that
+many. There is no refill job: the level is brought up to date from the time
+elapsed whenever the key is read.
+
+Exact integer arithmetic: the level is stored in units of 1/window token,
+so the refill is exactly `limit` units per ms and the capacity is
+limit x window units (which must stay below 2^53, checked at config load).
+
+Storage: KEY is a hash {l = level in 1/window tokens, t = when it was
+measured (ms)}. A missing key is a full bucket; the TTL is the time until
+the bucket is full again, after which the key would say nothing new.
+
+M.check(key, limit, window, cost, now) -> verdict, as in fixed_window.lua:
+  remaining    whole tokens left
+  reset        ms until the bucket is full
+  retry_after  ms until `cost` tokens are there
+]]
+
+local M = {}
+
+local function ceil_div(a, b)
+  return math.floor((a + b - 1) / b)
+end
+
+function M.check(key, limit, window, cost, now)
+  local capacity = limit * window
+  local level = capacity
+
+  local stored = redis.pcall('HMGET', key, 'l', 't')
+  local foreign = type(stored) == 'table' and stored.err ~= nil
+  if not foreign then
+    local l, t = tonumber(stored[1]), tonumber(stored[2])
+    if l and t then
+      local elapsed = math.max(0, now - t) -- a clock that stepped back refills nothing
+      if elapsed >= window then
+        level = capacity -- also keeps elapsed x limit far from 2^53
+      else
+        level = math.min(capacity, l + elapsed * limit)
+      end
+    end
+  end
+
+  local need = cost * window
+  if level >= need then
+    local after = level - need
+    local reset = ceil_div(capacity - after, limit)
+    return {
+      allowed = true,
+      remaining = math.floor(after / window),
+      reset = reset,
+      retry_after = 0,
+      ttl = reset, -- a full bucket is a missing key
+      commit = function()
+        if foreign then redis.call('DEL', key) end
+        redis.call('HSET', key, 'l', after, 't', now)
+      end,
+    }
+  end
+  local reset = ceil_div(capacity - level, limit)
+  return {
+    allowed = false,
+    remaining = math.floor(level / window),
+    reset = reset,
+    retry_after = ceil_div(need - level, limit),
+    ttl = reset,
+  }
+end
+
+return M

@@ -1,0 +1,456 @@
+//! The four algorithms of lua/, run through check.lua against a real
+//! redis-server with an explicit `now`: property tests against reference
+//! models, window edges, TTLs, and several policies in one call.
+
+mod support;
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use rate_limiter::config::RedisSettings;
+use rate_limiter::limiter::{Algorithm, StoreReply};
+use rate_limiter::redis::{RedisStore, ScriptPolicy};
+use support::models::{self, Model};
+use support::RedisServer;
+
+/// A window start: 2026-11-27T00:00:00Z, a multiple of every window used here.
+const T0: u64 = 1_795_737_600_000;
+
+async fn store(redis: &RedisServer) -> RedisStore {
+    RedisStore::connect(&RedisSettings {
+        url: redis.url(),
+        pool_size: 2,
+        timeout: Duration::from_secs(5),
+    })
+    .await
+    .expect("store")
+}
+
+fn policy(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64, cost: u32) -> ScriptPolicy {
+    ScriptPolicy {
+        key: key.to_owned(),
+        algorithm,
+        limit,
+        window_ms,
+        cost,
+    }
+}
+
+async fn one(store: &RedisStore, p: ScriptPolicy, now: u64) -> StoreReply {
+    store.run_check(&[p], Some(now)).await.expect("script runs")
+}
+
+fn model(algorithm: Algorithm, limit: u64, window: u64) -> Box<dyn Model> {
+    match algorithm {
+        Algorithm::FixedWindow => Box::new(models::FixedWindow::new(limit, window)),
+        Algorithm::SlidingWindow => Box::new(models::SlidingWindow::new(limit, window)),
+        Algorithm::TokenBucket => Box::new(models::TokenBucket::new(limit, window)),
+        Algorithm::Gcra => Box::new(models::Gcra::new(limit, window)),
+    }
+}
+
+/// Random (limit, window, start offset, [(time step, cost)]) sequences; each
+/// request is sent to the model and to the script, which must agree on
+/// allowed, remaining, reset and retry_after, field by field.
+fn agrees_with_model(algorithm: Algorithm) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let redis = runtime.block_on(RedisServer::start());
+    let store = runtime.block_on(store(&redis));
+    let cases = (1u32..=12, 1u64..=3000).prop_flat_map(|(limit, window)| {
+        let step = 0..=window * 3 / 2;
+        (
+            Just(limit),
+            Just(window),
+            0..window,
+            prop::collection::vec((step, 0u32..=3), 1..40),
+        )
+    });
+    let mut runner = TestRunner::new(Config {
+        cases: 96,
+        ..Config::default()
+    });
+    let case = std::sync::atomic::AtomicU32::new(0);
+    runner
+        .run(&cases, |(limit, window, offset, steps)| {
+            let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let key = format!("rate:{{user:prop-{n}}}:{}", algorithm.as_str());
+            let mut model = model(algorithm, limit.into(), window);
+            let mut now = T0 + offset;
+            for (i, (dt, cost)) in steps.into_iter().enumerate() {
+                now += dt;
+                let cost = cost.min(limit);
+                let expected = model.request(now, cost.into());
+                let reply = runtime.block_on(one(
+                    &store,
+                    policy(&key, algorithm, limit, window, cost),
+                    now,
+                ));
+                let q = reply.quotas[0];
+                let got = models::Reply {
+                    allowed: reply.allowed,
+                    remaining: q.remaining.into(),
+                    reset: q.reset.as_millis() as u64,
+                    retry_after: q.retry_after.as_millis() as u64,
+                };
+                prop_assert_eq!(
+                    got,
+                    expected,
+                    "request {} (t = +{} ms, cost {}) of limit {} per {} ms",
+                    i,
+                    now - T0,
+                    cost,
+                    limit,
+                    window
+                );
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn fixed_window_agrees_with_its_model() {
+    agrees_with_model(Algorithm::FixedWindow);
+}
+
+#[test]
+fn sliding_window_agrees_with_its_model() {
+    agrees_with_model(Algorithm::SlidingWindow);
+}
+
+#[test]
+fn token_bucket_agrees_with_its_model() {
+    agrees_with_model(Algorithm::TokenBucket);
+}
+
+#[test]
+fn gcra_agrees_with_its_model() {
+    agrees_with_model(Algorithm::Gcra);
+}
+
+/// Requests admitted out of `n` sent at `now`, one by one.
+async fn burst(store: &RedisStore, p: &ScriptPolicy, now: u64, n: u32) -> u32 {
+    let mut admitted = 0;
+    for _ in 0..n {
+        admitted += one(store, p.clone(), now).await.allowed as u32;
+    }
+    admitted
+}
+
+#[tokio::test]
+async fn window_edges_per_algorithm() {
+    // `limit` sent in the last millisecond of one window, then `limit` in the
+    // first millisecond of the next: what each algorithm lets through.
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let (limit, window) = (10u32, 60_000u64);
+    let end = T0 + window - 1;
+    let start = T0 + window;
+    let mut admitted = Vec::new();
+    for algorithm in Algorithm::ALL {
+        let key = format!("rate:{{user:edge}}:{}", algorithm.as_str());
+        let p = policy(&key, algorithm, limit, window, 1);
+        // A quiet first part of the window, so only the burst counts.
+        let before = burst(&store, &p, end, limit + 5).await;
+        let after = burst(&store, &p, start, limit + 5).await;
+        admitted.push((algorithm, before, after));
+    }
+    for (algorithm, before, after) in admitted {
+        assert_eq!(
+            before, limit,
+            "{algorithm}: the first burst fills the limit"
+        );
+        match algorithm {
+            // The fixed window forgets everything at the edge: 2 x limit.
+            Algorithm::FixedWindow => assert_eq!(after, limit),
+            // The previous window still weighs (window - 0) / window = all
+            // of it, less the rounding: nothing more fits 1 ms later.
+            Algorithm::SlidingWindow => assert_eq!(after, 0),
+            // 1 ms refills limit / window = 1/6000 of a token: nothing.
+            Algorithm::TokenBucket | Algorithm::Gcra => assert_eq!(after, 0),
+        }
+    }
+}
+
+#[tokio::test]
+async fn sliding_window_stays_within_its_bound_across_an_edge() {
+    // Documented bound: after a window that ended with a burst of `limit`,
+    // at most ceil(limit x e / window) more get through within e ms of the
+    // edge, and no fixed window ever holds more than `limit`, so no span of
+    // one window sees more than 2 x limit.
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let (limit, window) = (10u64, 1_000u64);
+    let p = policy(
+        "rate:{user:slide}:sw",
+        Algorithm::SlidingWindow,
+        limit as u32,
+        window,
+        1,
+    );
+    let edge = T0 + window;
+    assert_eq!(burst(&store, &p, edge - 1, 15).await as u64, limit);
+    let mut admitted = 0u64;
+    for e in 0..window {
+        admitted += burst(&store, &p, edge + e, 3).await as u64;
+        let bound = (limit * (e + 1)).div_ceil(window);
+        assert!(
+            admitted <= bound,
+            "{admitted} admitted {e} ms after the edge, bound {bound}"
+        );
+    }
+    assert_eq!(
+        admitted, limit,
+        "the next window fills up as the previous one decays"
+    );
+}
+
+#[tokio::test]
+async fn token_bucket_and_gcra_admit_exactly_their_refill() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    // 10 per second: one every 100 ms after the burst.
+    for algorithm in [Algorithm::TokenBucket, Algorithm::Gcra] {
+        let key = format!("rate:{{user:refill}}:{}", algorithm.as_str());
+        let p = policy(&key, algorithm, 10, 1_000, 1);
+        assert_eq!(
+            burst(&store, &p, T0, 20).await,
+            10,
+            "{algorithm}: the burst"
+        );
+        assert_eq!(
+            burst(&store, &p, T0 + 99, 5).await,
+            0,
+            "{algorithm}: 99 ms refill nothing"
+        );
+        assert_eq!(
+            burst(&store, &p, T0 + 100, 5).await,
+            1,
+            "{algorithm}: 100 ms refill one"
+        );
+        assert_eq!(
+            burst(&store, &p, T0 + 550, 5).await,
+            4,
+            "{algorithm}: 450 ms more"
+        );
+        assert_eq!(
+            burst(&store, &p, T0 + 10_000, 50).await,
+            10,
+            "{algorithm}: full again, capped"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retry_after_is_exactly_long_enough() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    for algorithm in Algorithm::ALL {
+        let key = format!("rate:{{user:retry}}:{}", algorithm.as_str());
+        let p = policy(&key, algorithm, 3, 7_000, 1);
+        let mut now = T0 + 1_234;
+        burst(&store, &p, now, 3).await;
+        for _ in 0..4 {
+            let denied = one(&store, p.clone(), now).await;
+            assert!(!denied.allowed, "{algorithm}");
+            let wait = denied.quotas[0].retry_after.as_millis() as u64;
+            assert!(wait > 0);
+            // Denied requests charge nothing, so probing is free: one
+            // millisecond early is still too early.
+            let early = one(&store, p.clone(), now + wait - 1).await;
+            assert!(!early.allowed, "{algorithm}: allowed before retry_after");
+            now += wait;
+            assert!(
+                one(&store, p.clone(), now).await.allowed,
+                "{algorithm}: allowed after waiting"
+            );
+            burst(&store, &p, now, 3).await; // used up again
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_denied_request_charges_no_policy() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let mut conn = redis.connection().await.unwrap();
+    let policies: Vec<ScriptPolicy> = Algorithm::ALL
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            // The fixed window is the tight one: 2 per minute.
+            let limit = if i == 0 { 2 } else { 100 };
+            policy(
+                &format!("rate:{{user:multi}}:{}", a.as_str()),
+                a,
+                limit,
+                60_000,
+                1,
+            )
+        })
+        .collect();
+    for _ in 0..2 {
+        let r = store.run_check(&policies, Some(T0)).await.unwrap();
+        assert!(r.allowed);
+    }
+    let dump = |conn: &mut redis::aio::MultiplexedConnection| {
+        let keys: Vec<String> = policies.iter().map(|p| p.key.clone()).collect();
+        let mut conn = conn.clone();
+        async move {
+            let mut values = Vec::new();
+            for key in keys {
+                let v: redis::Value = redis::cmd("DUMP")
+                    .arg(&key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                values.push(format!("{v:?}"));
+            }
+            values
+        }
+    };
+    let before = dump(&mut conn).await;
+    for _ in 0..5 {
+        let r = store.run_check(&policies, Some(T0 + 10)).await.unwrap();
+        assert!(!r.allowed);
+        assert!(!r.quotas[0].allowed);
+        for q in &r.quotas[1..] {
+            assert!(q.allowed, "the others would allow");
+            assert_eq!(q.remaining, 98, "and report their level, uncharged");
+        }
+    }
+    assert_eq!(dump(&mut conn).await, before, "no counter moved");
+}
+
+#[tokio::test]
+async fn every_key_expires_once_it_stops_mattering() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let mut conn = redis.connection().await.unwrap();
+    let now = T0 + 45_000;
+    for algorithm in Algorithm::ALL {
+        let key = format!("rate:{{user:ttl}}:{}", algorithm.as_str());
+        one(&store, policy(&key, algorithm, 5, 60_000, 1), now).await;
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let (low, high) = match algorithm {
+            Algorithm::FixedWindow => (15_000, 16_000), // the window's end + 1 s
+            Algorithm::SlidingWindow => (75_000, 76_000), // the next window's end + 1 s
+            Algorithm::TokenBucket | Algorithm::Gcra => (12_000, 13_000), // full again + 1 s
+        };
+        assert!((low..=high).contains(&pttl), "{algorithm}: pttl {pttl}");
+    }
+}
+
+#[tokio::test]
+async fn a_key_without_ttl_gets_one_and_a_foreign_key_is_replaced() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let mut conn = redis.connection().await.unwrap();
+    for algorithm in Algorithm::ALL {
+        let key = format!("rate:{{user:foreign}}:{}", algorithm.as_str());
+        let _: () = redis::cmd("RPUSH")
+            .arg(&key)
+            .arg("junk")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let r = one(&store, policy(&key, algorithm, 3, 60_000, 1), T0).await;
+        assert!(r.allowed, "{algorithm}: a list under our key is replaced");
+        assert_eq!(r.quotas[0].remaining, 2);
+
+        let _: () = redis::cmd("PERSIST")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let denied_or_peek = one(&store, policy(&key, algorithm, 3, 60_000, 0), T0 + 1).await;
+        assert!(denied_or_peek.allowed);
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            pttl > 0,
+            "{algorithm}: a counter without TTL gets one (pttl {pttl})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_peek_reads_without_writing() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let mut conn = redis.connection().await.unwrap();
+    for algorithm in Algorithm::ALL {
+        let key = format!("rate:{{user:peek}}:{}", algorithm.as_str());
+        let r = one(&store, policy(&key, algorithm, 5, 60_000, 0), T0 + 1).await;
+        assert!(r.allowed);
+        assert_eq!(r.quotas[0].remaining, 5);
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(exists, 0, "{algorithm}: a peek must not create the key");
+        one(&store, policy(&key, algorithm, 5, 60_000, 1), T0 + 2).await;
+        let r = one(&store, policy(&key, algorithm, 5, 60_000, 0), T0 + 3).await;
+        assert_eq!(r.quotas[0].remaining, 4, "{algorithm}");
+    }
+}
+
+#[tokio::test]
+async fn without_now_the_redis_clock_is_used() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let mut conn = redis.connection().await.unwrap();
+    let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
+    let redis_now = secs * 1000 + micros / 1000;
+    let r = store
+        .run_check(
+            &[policy(
+                "rate:{user:clock}:60",
+                Algorithm::FixedWindow,
+                5,
+                60_000,
+                1,
+            )],
+            None,
+        )
+        .await
+        .unwrap();
+    let q = r.quotas[0];
+    assert!(q.now_ms >= redis_now && q.now_ms < redis_now + 5_000);
+    assert_eq!(
+        q.now_ms + q.reset.as_millis() as u64,
+        (q.now_ms / 60_000 + 1) * 60_000,
+        "reset points at the end of the epoch-aligned window"
+    );
+}
+
+#[tokio::test]
+async fn a_lowered_limit_never_reports_more_than_itself() {
+    // A reload may lower a limit below what an identity already used.
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    for algorithm in Algorithm::ALL {
+        let key = format!("rate:{{user:lowered}}:{}", algorithm.as_str());
+        burst(&store, &policy(&key, algorithm, 10, 60_000, 1), T0, 5).await;
+        let r = one(&store, policy(&key, algorithm, 3, 60_000, 1), T0 + 1).await;
+        assert!(r.quotas[0].remaining <= 3, "{algorithm}: {:?}", r.quotas[0]);
+        match algorithm {
+            // Counters: 5 used of 3 allowed, nothing fits, 0 left (not -2).
+            Algorithm::FixedWindow | Algorithm::SlidingWindow => {
+                assert!(!r.allowed, "{algorithm}");
+                assert_eq!(r.quotas[0].remaining, 0, "{algorithm}");
+            }
+            // Buckets: the smaller capacity caps what is there.
+            Algorithm::TokenBucket | Algorithm::Gcra => assert!(r.allowed, "{algorithm}"),
+        }
+    }
+}
