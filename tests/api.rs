@@ -469,13 +469,15 @@ async fn openapi_documents_every_endpoint_status_and_header() {
         );
     }
     let responses = &paths["/api/resource"]["post"]["responses"];
-    for status in ["200", "400", "405", "429", "503"] {
+    for status in ["200", "400", "403", "405", "429", "503"] {
         assert!(responses[status].is_object(), "status {status} documented");
     }
     for header in [
         "X-RateLimit-Limit",
         "X-RateLimit-Remaining",
         "X-RateLimit-Reset",
+        "RateLimit-Policy",
+        "RateLimit",
     ] {
         assert!(
             responses["200"]["headers"][header].is_object(),

@@ -98,21 +98,8 @@ async fn the_binary_serves_and_stops_gracefully_on_sigterm() {
     .unwrap();
 
     // The start-up line names the port chosen for PORT=0.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let port = loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("a start-up line");
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            break rest.trim().parse::<u16>().unwrap();
-        }
-    };
+    let rx = log_lines(&mut child);
+    let port = wait_for_port(&rx);
 
     let client = reqwest::Client::new();
     let r = client
@@ -123,11 +110,7 @@ async fn the_binary_serves_and_stops_gracefully_on_sigterm() {
         .unwrap();
     assert_eq!(r.status(), 200);
 
-    assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
+    signal(&child, "-TERM");
     let status = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
@@ -144,4 +127,101 @@ async fn the_binary_serves_and_stops_gracefully_on_sigterm() {
         log.iter().all(|l| !l.contains("secretsecret")),
         "an API key reached the log: {log:?}"
     );
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_rules_file() {
+    let redis = RedisServer::start().await;
+    let dir = TempDir::new("sighup");
+    let rules = dir.path().join("rules.toml");
+    let write = |limit: u32| {
+        std::fs::write(
+            &rules,
+            format!(
+                "[[policy]]\nname = \"p\"\nalgorithm = \"gcra\"\nlimit = {limit}\nwindow = \"1m\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write(5);
+    let mut child = binary(
+        &dir,
+        &[
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+            ("WORKERS", "1"),
+            ("REDIS_URL", &redis.url()),
+            ("RATE_LIMIT_CONFIG", rules.to_str().unwrap()),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let lines = log_lines(&mut child);
+    let port = wait_for_port(&lines);
+    let limit = || async {
+        let r = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/api/resource"))
+            .header("X-API-Key", "k")
+            .send()
+            .await
+            .unwrap();
+        r.headers()["X-RateLimit-Limit"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(limit().await, "5");
+
+    write(8);
+    signal(&child, "-HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seen_sighup = false;
+    while !seen_sighup {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a log line");
+        seen_sighup = line.contains("SIGHUP received");
+        assert!(std::time::Instant::now() < deadline);
+    }
+    let reloaded = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("a log line");
+    assert!(reloaded.contains("rules: reloaded"), "{reloaded}");
+    assert_eq!(limit().await, "8");
+
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+}
+
+fn signal(child: &std::process::Child, sig: &str) {
+    assert!(Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+}
+
+/// The child's stderr, line by line, from a reader thread.
+fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// The port from the start-up line ("listening on 127.0.0.1:PORT").
+fn wait_for_port(lines: &std::sync::mpsc::Receiver<String>) -> u16 {
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a start-up line");
+        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+            return rest.trim().parse().unwrap();
+        }
+    }
 }

@@ -58,71 +58,71 @@ const LIMITED_PATHS: [&str; 1] = ["/api/resource"];
 /// one place rather than repeated in each `responses(...)` list.
 struct RateLimitHeaders;
 
+/// (header, integer or string, description)
+type HeaderDoc = (&'static str, Type, &'static str);
+
+const QUOTA_HEADERS: [HeaderDoc; 5] = [
+    ("X-RateLimit-Limit", Type::Integer, "The limit of the policy closest to exhaustion, of those that applied."),
+    ("X-RateLimit-Remaining", Type::Integer, "What that policy has left."),
+    ("X-RateLimit-Reset", Type::Integer, "Unix time (seconds) when that policy's full limit is back."),
+    (
+        "RateLimit-Policy",
+        Type::String,
+        "IETF draft-ietf-httpapi-ratelimit-headers-10: a Structured Field list, one item per policy that applied: `\"<name>\";q=<limit>;w=<window seconds>`.",
+    ),
+    (
+        "RateLimit",
+        Type::String,
+        "IETF draft-ietf-httpapi-ratelimit-headers-10: a Structured Field list, one item per policy: `\"<name>\";r=<remaining>;t=<seconds until more quota>` (when the policy denies, until it allows again; otherwise until it is full again).",
+    ),
+];
+
+const RETRY_AFTER_429: HeaderDoc = (
+    "Retry-After",
+    Type::Integer,
+    "Whole seconds (at least 1) until the request would be allowed; equals `retry_after` in the body.",
+);
+
+const RETRY_AFTER_503: HeaderDoc = (
+    "Retry-After",
+    Type::Integer,
+    "Always 1: Redis may be back any moment.",
+);
+
+const DEGRADED: HeaderDoc = (
+    "X-RateLimit-Degraded",
+    Type::String,
+    "Present only when Redis could not answer and the request was let through uncounted (RATE_LIMIT_FAILURE_MODE=open): `redis-timeout`, `redis-unreachable` or `redis-error`. X-RateLimit-Remaining and X-RateLimit-Reset are then absent.",
+);
+
 impl Modify for RateLimitHeaders {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let integer = || -> Object { ObjectBuilder::new().schema_type(Type::Integer).build() };
-        let quota_headers = [
-            ("X-RateLimit-Limit", "Requests allowed per window."),
-            (
-                "X-RateLimit-Remaining",
-                "Requests left in the current window.",
-            ),
-            (
-                "X-RateLimit-Reset",
-                "Unix time (seconds) when the window resets.",
-            ),
-        ];
         for path in LIMITED_PATHS {
-            let Some(item) = openapi.paths.paths.get_mut(path) else {
-                continue;
-            };
-            let Some(op) = item.post.as_mut() else {
+            let Some(op) = openapi
+                .paths
+                .paths
+                .get_mut(path)
+                .and_then(|item| item.post.as_mut())
+            else {
                 continue;
             };
             for (status, response) in op.responses.responses.iter_mut() {
                 let RefOr::T(response) = response else {
                     continue;
                 };
-                let limited = matches!(status.as_str(), "200" | "429");
-                if limited {
-                    for (name, description) in quota_headers {
-                        response.headers.insert(
-                            name.to_owned(),
-                            HeaderBuilder::new()
-                                .schema(integer())
-                                .description(Some(description))
-                                .build(),
-                        );
-                    }
-                }
-                if status == "429" {
+                let docs: Vec<&HeaderDoc> = match status.as_str() {
+                    "200" => QUOTA_HEADERS.iter().chain([&DEGRADED]).collect(),
+                    "429" => QUOTA_HEADERS.iter().chain([&RETRY_AFTER_429]).collect(),
+                    "503" => vec![&RETRY_AFTER_503],
+                    _ => Vec::new(),
+                };
+                for (name, kind, description) in docs {
+                    let schema: Object = ObjectBuilder::new().schema_type(kind.clone()).build();
                     response.headers.insert(
-                        "Retry-After".to_owned(),
+                        (*name).to_owned(),
                         HeaderBuilder::new()
-                            .schema(integer())
-                            .description(Some(
-                                "Whole seconds (at least 1) until the request would be allowed; equals `retry_after` in the body.",
-                            ))
-                            .build(),
-                    );
-                }
-                if status == "200" {
-                    response.headers.insert(
-                        "X-RateLimit-Degraded".to_owned(),
-                        HeaderBuilder::new()
-                            .schema(ObjectBuilder::new().schema_type(Type::String).build())
-                            .description(Some(
-                                "Present only when Redis could not answer and the request was let through uncounted (RATE_LIMIT_FAILURE_MODE=open): `redis-timeout`, `redis-unreachable` or `redis-error`. X-RateLimit-Remaining and X-RateLimit-Reset are then absent.",
-                            ))
-                            .build(),
-                    );
-                }
-                if status == "503" {
-                    response.headers.insert(
-                        "Retry-After".to_owned(),
-                        HeaderBuilder::new()
-                            .schema(integer())
-                            .description(Some("Always 1: Redis may be back any moment."))
+                            .schema(schema)
+                            .description(Some(*description))
                             .build(),
                     );
                 }

@@ -45,6 +45,7 @@ pub struct ResourceResponse {
     responses(
         (status = 200, description = "Allowed and served", body = ResourceResponse),
         (status = 400, description = "Malformed JSON body or an unusable X-API-Key", body = ErrorBody),
+        (status = 403, description = "The caller is on the rules file's deny-list (`blocked = true`)", body = ErrorBody),
         (status = 405, description = "Only POST is allowed", body = ErrorBody),
         (status = 429, description = "Rate limit exceeded: wait `Retry-After` seconds", body = RateLimitExceeded),
         (status = 503, description = "Redis cannot answer and RATE_LIMIT_FAILURE_MODE is `closed`", body = ErrorBody),
