@@ -44,6 +44,8 @@ pub enum FailureMode {
     Open,
     /// Refuse the request with 503.
     Closed,
+    /// Keep approximate limits in this process until Redis returns.
+    Local,
 }
 
 impl FailureMode {
@@ -51,6 +53,7 @@ impl FailureMode {
         match self {
             FailureMode::Open => "open",
             FailureMode::Closed => "closed",
+            FailureMode::Local => "local",
         }
     }
 }
@@ -61,7 +64,8 @@ impl FromStr for FailureMode {
         match s.to_ascii_lowercase().as_str() {
             "open" => Ok(FailureMode::Open),
             "closed" => Ok(FailureMode::Closed),
-            _ => Err("expected `open` or `closed`".into()),
+            "local" => Ok(FailureMode::Local),
+            _ => Err("expected `open`, `closed` or `local`".into()),
         }
     }
 }
@@ -79,14 +83,60 @@ pub struct LimitSettings {
     pub window: Duration,
 }
 
+/// Where Redis is: one server, a Sentinel-monitored master, or a Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// A `redis://` URL; built from REDIS_HOST/PORT/PASSWORD/DB when REDIS_URL is unset.
+    Single { url: String },
+    /// Ask these sentinels for the master of `master`, and follow failovers.
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        master: String,
+        password: Option<String>,
+        sentinel_password: Option<String>,
+        db: i64,
+    },
+    /// A Redis Cluster reached through any of these seed nodes.
+    Cluster {
+        nodes: Vec<(String, u16)>,
+        password: Option<String>,
+    },
+}
+
+impl RedisTopology {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RedisTopology::Single { .. } => "single",
+            RedisTopology::Sentinel { .. } => "sentinel",
+            RedisTopology::Cluster { .. } => "cluster",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// A `redis://` URL; built from REDIS_HOST/PORT/PASSWORD/DB when REDIS_URL is unset.
-    pub url: String,
+    pub topology: RedisTopology,
     /// How many multiplexed connections the pool keeps open.
     pub pool_size: u32,
     /// The bound on every Redis call, connection checkout included.
     pub timeout: Duration,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker answers at once before probing Redis again.
+    pub breaker_cooldown: Duration,
+}
+
+impl RedisSettings {
+    /// One server at `url`, the defaults otherwise (tests and tools).
+    pub fn single(url: impl Into<String>, timeout: Duration) -> Self {
+        RedisSettings {
+            topology: RedisTopology::Single { url: url.into() },
+            pool_size: 4,
+            timeout,
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_millis(500),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,13 +172,21 @@ impl Settings {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
         let redis = RedisSettings {
-            url: redis_url(&env)?,
+            topology: redis_topology(&env)?,
             pool_size: env.parse_with("REDIS_POOL_SIZE", 4, |v| {
                 bounded_integer(v, 1, 1024).map(|n| n as u32)
             })?,
             timeout: env.parse_with("REDIS_TIMEOUT_MS", Duration::from_millis(100), |v| {
                 bounded_integer(v, 1, 60_000).map(Duration::from_millis)
             })?,
+            breaker_failures: env.parse_with("REDIS_BREAKER_FAILURES", 3, |v| {
+                bounded_integer(v, 1, 1_000_000).map(|n| n as u32)
+            })?,
+            breaker_cooldown: env.parse_with(
+                "REDIS_BREAKER_COOLDOWN_MS",
+                Duration::from_millis(500),
+                |v| bounded_integer(v, 1, 600_000).map(Duration::from_millis),
+            )?,
         };
         Ok(Settings {
             host: env.parse_with("HOST", "0.0.0.0".to_owned(), |v| {
@@ -278,6 +336,61 @@ fn is_hostname(value: &str) -> bool {
         })
 }
 
+/// `host:port,host:port,...` (IPv6 as `[::1]:26379`).
+fn parse_addresses(value: &str) -> Result<Vec<(String, u16)>, String> {
+    let addresses: Vec<(String, u16)> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|item| {
+            let (host, port) = item
+                .rsplit_once(':')
+                .ok_or_else(|| format!("`{item}` is not host:port"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port =
+                bounded_integer(port, 1, 65535).map_err(|_| format!("`{item}`: bad port"))?;
+            if host.parse::<IpAddr>().is_err() && !is_hostname(host) {
+                return Err(format!("`{item}`: bad host"));
+            }
+            Ok((host.to_owned(), port as u16))
+        })
+        .collect::<Result<_, String>>()?;
+    if addresses.is_empty() {
+        return Err("expected host:port[,host:port...]".into());
+    }
+    Ok(addresses)
+}
+
+fn redis_topology(env: &Env<'_>) -> Result<RedisTopology, ConfigError> {
+    let sentinels = env.parse_with("REDIS_SENTINELS", None, |v| parse_addresses(v).map(Some))?;
+    let cluster = env.parse_with("REDIS_CLUSTER_NODES", None, |v| {
+        parse_addresses(v).map(Some)
+    })?;
+    let password = env.get("REDIS_PASSWORD");
+    match (sentinels, cluster) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "REDIS_CLUSTER_NODES",
+            &env.get("REDIS_CLUSTER_NODES").unwrap_or_default(),
+            "set either REDIS_SENTINELS or REDIS_CLUSTER_NODES, not both",
+        )),
+        (Some(sentinels), None) => Ok(RedisTopology::Sentinel {
+            sentinels,
+            master: env
+                .get("REDIS_SENTINEL_MASTER")
+                .unwrap_or_else(|| "mymaster".into()),
+            password,
+            sentinel_password: env.get("REDIS_SENTINEL_PASSWORD"),
+            db: env.parse_with("REDIS_DB", 0, |v| {
+                bounded_integer(v, 0, 1_000_000).map(|n| n as i64)
+            })?,
+        }),
+        (None, Some(nodes)) => Ok(RedisTopology::Cluster { nodes, password }),
+        (None, None) => Ok(RedisTopology::Single {
+            url: redis_url(env)?,
+        }),
+    }
+}
+
 /// REDIS_URL wins; otherwise the URL is built from its parts, with the
 /// password percent-encoded so any character in it survives.
 fn redis_url(env: &Env<'_>) -> Result<String, ConfigError> {
@@ -336,12 +449,54 @@ mod tests {
         Settings::from_lookup(|k| map.get(k).cloned())
     }
 
+    fn single(url: &str) -> RedisTopology {
+        RedisTopology::Single { url: url.into() }
+    }
+
+    #[test]
+    fn sentinel_and_cluster_topologies() {
+        let s = settings(&[
+            (
+                "REDIS_SENTINELS",
+                "10.0.0.1:26379, sentinel-b:26380,[::1]:26381",
+            ),
+            ("REDIS_PASSWORD", "pw"),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.redis.topology,
+            RedisTopology::Sentinel {
+                sentinels: vec![
+                    ("10.0.0.1".into(), 26379),
+                    ("sentinel-b".into(), 26380),
+                    ("::1".into(), 26381)
+                ],
+                master: "mymaster".into(),
+                password: Some("pw".into()),
+                sentinel_password: None,
+                db: 0,
+            }
+        );
+        let s = settings(&[("REDIS_CLUSTER_NODES", "127.0.0.1:7000,127.0.0.1:7001")]).unwrap();
+        assert_eq!(s.redis.topology.name(), "cluster");
+        let err = settings(&[
+            ("REDIS_CLUSTER_NODES", "127.0.0.1:7000"),
+            ("REDIS_SENTINELS", "127.0.0.1:26379"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.setting, "REDIS_CLUSTER_NODES");
+        for bad in ["nohost", "h:0", "bad host!:1", ","] {
+            let err = settings(&[("REDIS_SENTINELS", bad)]).unwrap_err();
+            assert_eq!(err.setting, "REDIS_SENTINELS", "{bad}");
+        }
+    }
+
     #[test]
     fn defaults_run_a_local_service() {
         let s = settings(&[]).unwrap();
         assert_eq!(s.port, 8000);
         assert_eq!(s.host, "0.0.0.0");
-        assert_eq!(s.redis.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(s.redis.topology, single("redis://127.0.0.1:6379/0"));
         assert_eq!(s.redis.timeout, Duration::from_millis(100));
         assert_eq!(s.user_limit.limit.get(), 20);
         assert_eq!(s.user_limit.window, Duration::from_secs(60));
@@ -370,6 +525,9 @@ mod tests {
             ("WORKERS", "0"),
             ("RATE_LIMIT_ALGORITHM", "leaky"),
             ("RATE_LIMIT_CONFIG", "/no/such/rules.toml"),
+            ("REDIS_BREAKER_FAILURES", "0"),
+            ("REDIS_BREAKER_COOLDOWN_MS", "soon"),
+            ("REDIS_CLUSTER_NODES", "127.0.0.1"),
         ];
         for (name, value) in cases {
             let err = settings(&[(name, value)]).unwrap_err();
@@ -393,11 +551,11 @@ mod tests {
             ("REDIS_DB", "2"),
         ])
         .unwrap();
-        assert_eq!(
-            s.redis.url,
-            "redis://:p%40ss%3Aw%2Frd@redis.internal:6380/2"
-        );
-        let info = redis::parse_redis_url(&s.redis.url).unwrap();
+        let RedisTopology::Single { url } = &s.redis.topology else {
+            panic!("single")
+        };
+        assert_eq!(url, "redis://:p%40ss%3Aw%2Frd@redis.internal:6380/2");
+        let info = redis::parse_redis_url(url).unwrap();
         assert_eq!(info.host_str(), Some("redis.internal"));
     }
 
@@ -408,7 +566,7 @@ mod tests {
             ("REDIS_HOST", "ignored"),
         ])
         .unwrap();
-        assert_eq!(s.redis.url, "redis://10.1.2.3:7000/1");
+        assert_eq!(s.redis.topology, single("redis://10.1.2.3:7000/1"));
     }
 
     #[test]
@@ -434,7 +592,7 @@ mod tests {
     fn empty_values_mean_default() {
         let s = settings(&[("PORT", ""), ("REDIS_URL", "  ")]).unwrap();
         assert_eq!(s.port, 8000);
-        assert_eq!(s.redis.url, "redis://127.0.0.1:6379/0");
+        assert_eq!(s.redis.topology, single("redis://127.0.0.1:6379/0"));
     }
 
     #[test]
@@ -460,8 +618,16 @@ mod tests {
             settings(&[]).unwrap(),
             "the example shows the defaults"
         );
+        // The Sentinel settings are read only once REDIS_SENTINELS is set.
+        Settings::from_lookup(|k| {
+            read.borrow_mut().insert(k.to_owned());
+            match k {
+                "REDIS_SENTINELS" => Some("127.0.0.1:26379".to_owned()),
+                _ => pairs.get(k).cloned(),
+            }
+        })
+        .unwrap();
         let listed: std::collections::BTreeSet<String> = pairs.keys().cloned().collect();
-        // REDIS_URL being empty, the parts are read too: every setting was asked for.
         assert_eq!(read.into_inner(), listed);
     }
 }

@@ -18,13 +18,9 @@ use support::RedisServer;
 const T0: u64 = 1_795_737_600_000;
 
 async fn store(redis: &RedisServer) -> RedisStore {
-    RedisStore::connect(&RedisSettings {
-        url: redis.url(),
-        pool_size: 2,
-        timeout: Duration::from_secs(5),
-    })
-    .await
-    .expect("store")
+    RedisStore::connect(&RedisSettings::single(redis.url(), Duration::from_secs(5)))
+        .await
+        .expect("store")
 }
 
 fn policy(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64, cost: u32) -> ScriptPolicy {

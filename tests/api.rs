@@ -377,12 +377,19 @@ async fn health_reports_redis_and_livez_needs_nothing() {
     assert_eq!(body["redis"]["status"], "up");
     assert!(body["redis"]["latency_ms"].as_f64().unwrap() >= 0.0);
     assert_eq!(body["failure_mode"], "open");
+    assert_eq!(body["redis"]["topology"], "single");
+    assert_eq!(body["redis"]["breaker"], "closed");
 
     redis.kill();
     let r = app.get("/health").await;
     assert_eq!(r.status(), 503);
     let body: Value = r.json().await.unwrap();
-    assert_eq!(body["status"], "unhealthy");
+    // Requests are still served (failure mode open): degraded, with why.
+    assert_eq!(body["status"], "degraded");
+    assert!(body["reason"]
+        .as_str()
+        .unwrap()
+        .contains("allowed uncounted"));
     assert_eq!(body["redis"]["status"], "down");
     assert!(body["redis"]["latency_ms"].is_null());
     assert!(body["redis"]["error"].is_string());

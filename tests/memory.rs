@@ -30,13 +30,9 @@ async fn used_memory(conn: &mut redis::aio::MultiplexedConnection) -> i64 {
 #[tokio::test]
 async fn memory_per_identity_per_algorithm() {
     let redis = RedisServer::start().await;
-    let store = RedisStore::connect(&RedisSettings {
-        url: redis.url(),
-        pool_size: 4,
-        timeout: Duration::from_secs(10),
-    })
-    .await
-    .unwrap();
+    let store = RedisStore::connect(&RedisSettings::single(redis.url(), Duration::from_secs(10)))
+        .await
+        .unwrap();
     let mut conn = redis.connection().await.unwrap();
     println!("\nRedis memory per active identity ({IDENTITIES} identities, one policy, key rate:{{user:<20-char id>}}:60[:<algorithm>:<policy>]):");
     for algorithm in Algorithm::ALL {

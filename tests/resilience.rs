@@ -222,7 +222,15 @@ async fn a_paused_redis_is_bounded_by_the_timeout() {
     // SIGSTOP: the socket stays open but nothing answers, the case a plain
     // connection would wait on forever.
     let redis = RedisServer::start().await;
-    let app = spawn_app(&redis, &[("REDIS_TIMEOUT_MS", "200")]).await;
+    let app = spawn_app(
+        &redis,
+        &[
+            ("REDIS_TIMEOUT_MS", "200"),
+            ("REDIS_BREAKER_FAILURES", "3"),
+            ("REDIS_BREAKER_COOLDOWN_MS", "60000"),
+        ],
+    )
+    .await;
     let key = unique_key("paused");
     assert_eq!(app.post_resource(Some(&key)).await.status(), 200);
 
@@ -234,16 +242,79 @@ async fn a_paused_redis_is_bounded_by_the_timeout() {
             .expect("kill")
     };
     assert!(signal("-STOP").success());
-    let outcome = async {
-        for _ in 0..8 {
-            let (r, took) = timed_post(&app, &key).await;
-            assert!(took < NO_HANG, "answered in {took:?}");
-            assert_eq!(r.status(), 200);
-            assert_eq!(r.headers()["X-RateLimit-Degraded"], "redis-timeout");
+    let mut reasons = Vec::new();
+    let mut fast = Vec::new();
+    for _ in 0..8 {
+        let (r, took) = timed_post(&app, &key).await;
+        assert!(took < NO_HANG, "answered in {took:?}");
+        assert_eq!(r.status(), 200);
+        let reason = r.headers()["X-RateLimit-Degraded"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        if reason == "redis-circuit-open" {
+            fast.push(took);
         }
-        assert_eq!(app.get("/health").await.status(), 503);
-    };
-    outcome.await;
+        reasons.push(reason);
+    }
+    // Three timeouts open the breaker; from then on requests are answered
+    // without waiting for Redis at all.
+    assert_eq!(
+        reasons[..3],
+        ["redis-timeout", "redis-timeout", "redis-timeout"]
+    );
+    assert!(
+        reasons[3..].iter().all(|r| r == "redis-circuit-open"),
+        "{reasons:?}"
+    );
+    eprintln!(
+        "paused Redis: timeouts then breaker open; answers with the breaker open took {fast:?}"
+    );
+    let health: Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(health["redis"]["breaker"], "open");
     assert!(signal("-CONT").success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_in_local_mode_keeps_approximate_limits_and_recovers() {
+    let mut redis = RedisServer::start().await;
+    let app = spawn_app(
+        &redis,
+        &[
+            ("RATE_LIMIT_FAILURE_MODE", "local"),
+            ("RATE_LIMIT_USER_LIMIT", "3"),
+            ("RATE_LIMIT_USER_WINDOW", "1h"),
+        ],
+    )
+    .await;
+    let key = unique_key("local");
+    assert_eq!(app.post_resource(Some(&key)).await.status(), 200);
+
+    redis.kill();
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (r, took) = timed_post(&app, &key).await;
+        assert!(took < NO_HANG, "answered in {took:?}");
+        let reason = r.headers()["X-RateLimit-Degraded"].to_str().unwrap();
+        assert!(reason.ends_with("; local"), "{reason}");
+        assert_eq!(header_u64(&r, "X-RateLimit-Limit"), 3);
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            // One request every 20 minutes refills a local quota of 3/h.
+            let retry = header_u64(&r, "Retry-After");
+            assert!((1..=1200).contains(&retry), "{retry}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["retry_after"], retry);
+        }
+    }
+    // The local limiter starts from a full quota: 3 allowed, then refused.
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let health: Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(health["status"], "degraded");
+    assert!(health["reason"].as_str().unwrap().contains("per instance"));
+
+    redis.restart().await;
     wait_for_recovery(&app, &key).await;
+    let body: Value = app.status(&key).await.json().await.unwrap();
+    assert_eq!(body["remaining"], 2, "exact counting again, in Redis");
 }

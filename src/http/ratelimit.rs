@@ -14,7 +14,9 @@ use utoipa::ToSchema;
 use super::errors::ApiError;
 use super::AppState;
 use crate::identity::{Identifier, Identity, IdentityError, RequestParts};
-use crate::limiter::{Decision, LimiterError, Outcome, Route};
+use std::sync::Arc;
+
+use crate::limiter::{Decision, LimiterError, Outcome, Policy, Route, StoreError};
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -164,17 +166,64 @@ pub async fn rate_limit(
         Decision::Blocked => Ok(req.into_response(ApiError::Blocked.error_response())),
         Decision::Degraded { error, policies } => {
             let mut response = next.call(req).await?.map_into_boxed_body();
-            let headers = response.headers_mut();
-            if let Some(limit) = policies.iter().map(|p| p.limit.get()).min() {
-                headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
-            }
-            let reason = match error.kind() {
-                "timeout" => "redis-timeout",
-                "connection" => "redis-unreachable",
-                _ => "redis-error",
-            };
-            headers.insert(X_RATELIMIT_DEGRADED, HeaderValue::from_static(reason));
+            mark_degraded(response.headers_mut(), &error, &policies, false);
             Ok(response)
         }
+        Decision::Local {
+            error,
+            verdict,
+            policies,
+        } if verdict.allowed => {
+            let mut response = next.call(req).await?.map_into_boxed_body();
+            mark_degraded(response.headers_mut(), &error, &policies, true);
+            Ok(response)
+        }
+        Decision::Local {
+            error,
+            verdict,
+            policies,
+        } => {
+            let retry_after = (verdict.retry_after.as_millis() as u64)
+                .div_ceil(1000)
+                .max(1);
+            let limit = policies.iter().map(|p| p.limit.get()).min().unwrap_or(0);
+            let mut response = HttpResponse::TooManyRequests()
+                .insert_header((header::RETRY_AFTER, retry_after))
+                .json(RateLimitExceeded {
+                    error: "Rate limit exceeded",
+                    identifier: identity.id.clone(),
+                    limit,
+                    retry_after,
+                });
+            let headers = response.headers_mut();
+            mark_degraded(headers, &error, &policies, true);
+            headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(0u32));
+            Ok(req.into_response(response))
+        }
     }
+}
+
+/// A response decided without Redis: `X-RateLimit-Degraded` says why (and,
+/// with `local`, that this instance counted alone), `X-RateLimit-Limit` the
+/// tightest limit that applied.
+fn mark_degraded(
+    headers: &mut HeaderMap,
+    error: &StoreError,
+    policies: &[Arc<Policy>],
+    local: bool,
+) {
+    if let Some(limit) = policies.iter().map(|p| p.limit.get()).min() {
+        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
+    }
+    let reason = match (error, local) {
+        (StoreError::Timeout(_), false) => "redis-timeout",
+        (StoreError::Connection(_), false) => "redis-unreachable",
+        (StoreError::CircuitOpen, false) => "redis-circuit-open",
+        (_, false) => "redis-error",
+        (StoreError::Timeout(_), true) => "redis-timeout; local",
+        (StoreError::Connection(_), true) => "redis-unreachable; local",
+        (StoreError::CircuitOpen, true) => "redis-circuit-open; local",
+        (_, true) => "redis-error; local",
+    };
+    headers.insert(X_RATELIMIT_DEGRADED, HeaderValue::from_static(reason));
 }

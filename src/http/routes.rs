@@ -9,6 +9,7 @@ use utoipa::ToSchema;
 use super::errors::{ApiError, ErrorBody};
 use super::ratelimit::{identify, RateLimitExceeded};
 use super::AppState;
+use crate::config::FailureMode;
 use crate::limiter::{Route, Standing, Store};
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -197,15 +198,27 @@ pub struct RedisHealth {
     /// Why Redis is down.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// `single`, `sentinel` or `cluster`.
+    #[schema(example = "single")]
+    pub topology: &'static str,
+    /// The circuit breaker: `closed` (calls go to Redis) or `open` (calls
+    /// fail at once until the next probe).
+    #[schema(example = "closed")]
+    pub breaker: &'static str,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Health {
-    /// `healthy` or `unhealthy`.
+    /// `healthy`; `degraded` when Redis does not answer and requests are
+    /// served by the failure mode (`open` or `local`); `unhealthy` when Redis
+    /// does not answer and requests are refused (`closed`).
     #[schema(example = "healthy")]
     pub status: &'static str,
+    /// Why the status is not `healthy`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     pub redis: RedisHealth,
-    /// What limited requests get while Redis is down: `open` or `closed`.
+    /// What limited requests get while Redis is down: `open`, `closed` or `local`.
     #[schema(example = "open")]
     pub failure_mode: &'static str,
     #[schema(example = "development")]
@@ -227,29 +240,57 @@ pub struct Health {
     )
 )]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let ping = state.limiter.store().ping().await;
-    let (mut response, status, redis) = match ping {
+    let store = state.limiter.store();
+    let ping = store.ping().await;
+    let breaker = if store.breaker_open() {
+        "open"
+    } else {
+        "closed"
+    };
+    let mode = state.limiter.failure_mode();
+    let (mut response, status, reason, redis) = match ping {
         Ok(latency) => (
             HttpResponse::Ok(),
             "healthy",
+            None,
             RedisHealth {
                 status: "up",
                 latency_ms: Some((latency.as_secs_f64() * 1e6).round() / 1e3),
                 error: None,
+                topology: store.topology(),
+                breaker,
             },
         ),
         Err(err) => (
             HttpResponse::ServiceUnavailable(),
-            "unhealthy",
+            if mode == FailureMode::Closed {
+                "unhealthy"
+            } else {
+                "degraded"
+            },
+            Some(match mode {
+                FailureMode::Closed => format!("redis {}: limited requests get 503", err.kind()),
+                FailureMode::Open => format!(
+                    "redis {}: limited requests are allowed uncounted",
+                    err.kind()
+                ),
+                FailureMode::Local => format!(
+                    "redis {}: limits are kept per instance, approximately",
+                    err.kind()
+                ),
+            }),
             RedisHealth {
                 status: "down",
                 latency_ms: None,
                 error: Some(err.to_string()),
+                topology: store.topology(),
+                breaker,
             },
         ),
     };
     response.json(Health {
         status,
+        reason,
         redis,
         failure_mode: state.limiter.failure_mode().as_str(),
         environment: state.environment.clone(),

@@ -7,6 +7,7 @@
 //! outcome ([`Decision::Denied`]), not an error; [`LimiterError`] is only for
 //! a store that cannot answer while the failure mode is `closed`.
 
+pub mod local;
 pub mod rules;
 
 use std::fmt;
@@ -196,6 +197,10 @@ pub enum StoreError {
     Script(String),
     #[error("store error: {0}")]
     Other(String),
+    /// The circuit breaker is open: the store failed repeatedly and is not
+    /// asked again until its cool-down ends.
+    #[error("circuit breaker open: the store failed repeatedly and is given a rest")]
+    CircuitOpen,
 }
 
 impl StoreError {
@@ -206,6 +211,7 @@ impl StoreError {
             StoreError::Connection(_) => "connection",
             StoreError::Script(_) => "script",
             StoreError::Other(_) => "other",
+            StoreError::CircuitOpen => "circuit_open",
         }
     }
 }
@@ -290,6 +296,13 @@ pub enum Decision {
         error: StoreError,
         policies: Vec<Arc<Policy>>,
     },
+    /// The store could not answer and the failure mode is `local`: this
+    /// instance decided alone, approximately.
+    Local {
+        error: StoreError,
+        verdict: local::LocalVerdict,
+        policies: Vec<Arc<Policy>>,
+    },
 }
 
 /// Where a caller stands, read without counting.
@@ -311,6 +324,7 @@ pub struct Limiter<S> {
     store: S,
     rules: ArcSwap<Rules>,
     failure_mode: FailureMode,
+    local: local::LocalLimiter,
 }
 
 impl<S: Store> Limiter<S> {
@@ -319,6 +333,7 @@ impl<S: Store> Limiter<S> {
             store,
             rules: ArcSwap::from_pointee(rules),
             failure_mode,
+            local: local::LocalLimiter::default(),
         }
     }
 
@@ -365,6 +380,14 @@ impl<S: Store> Limiter<S> {
             Err(error) => match self.failure_mode {
                 FailureMode::Open => Ok(Decision::Degraded { error, policies }),
                 FailureMode::Closed => Err(LimiterError::Unavailable(error)),
+                FailureMode::Local => {
+                    let verdict = self.local.check(identity, &policies);
+                    Ok(Decision::Local {
+                        error,
+                        verdict,
+                        policies,
+                    })
+                }
             },
         }
     }

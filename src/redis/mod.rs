@@ -2,8 +2,10 @@
 //! the key layout, and the mapping of Redis errors onto [`StoreError`].
 //! It knows nothing about HTTP.
 
+mod breaker;
 mod pool;
 pub mod scripts;
+mod sentinel;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,10 +15,11 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use redis::RedisError;
 use tokio::time::timeout_at;
 
-use crate::config::RedisSettings;
+use crate::config::{RedisSettings, RedisTopology};
 use crate::identity::Identity;
 use crate::limiter::{Algorithm, Policy, Quota, Store, StoreError, StoreReply};
-use pool::{Connection, LogErrors, Manager};
+use breaker::{Admission, Breaker};
+use pool::{AnyConnection, Connection, LogErrors, Manager};
 
 /// Characters kept as they are in a key; everything else is percent-encoded.
 /// `{` and `}` must go (they would move the Cluster hash tag), `:` must go
@@ -73,17 +76,20 @@ pub struct ScriptPolicy {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisSetupError {
-    #[error("invalid setting REDIS_URL: {0}")]
+    #[error("invalid Redis settings (REDIS_URL, REDIS_SENTINELS or REDIS_CLUSTER_NODES): {0}")]
     BadUrl(RedisError),
     #[error("cannot build the Redis pool: {0}")]
     Pool(RedisError),
 }
 
-/// Counters in one Redis server, reached through a pool of multiplexed
-/// connections. Every call is bounded by the configured timeout.
+/// Counters in Redis (one server, Sentinel or Cluster), reached through a
+/// pool of multiplexed connections. Every call is bounded by the configured
+/// timeout and guarded by a circuit breaker.
 pub struct RedisStore {
     pool: bb8::Pool<Manager>,
     timeout: Duration,
+    topology: &'static str,
+    breaker: Breaker,
     /// Whether the last call succeeded; only used to log each loss and each
     /// recovery once.
     reachable: AtomicBool,
@@ -96,7 +102,21 @@ impl RedisStore {
     pub async fn connect(settings: &RedisSettings) -> Result<Self, RedisSetupError> {
         let connect_timeout = settings.timeout.max(Duration::from_secs(1));
         let manager =
-            Manager::new(&settings.url, connect_timeout).map_err(RedisSetupError::BadUrl)?;
+            Manager::new(&settings.topology, connect_timeout).map_err(RedisSetupError::BadUrl)?;
+        if let RedisTopology::Sentinel {
+            sentinels,
+            master,
+            sentinel_password,
+            ..
+        } = &settings.topology
+        {
+            sentinel::watch_switch_master(
+                sentinels.clone(),
+                master.clone(),
+                sentinel_password.clone(),
+                manager.generation(),
+            );
+        }
         let pool = bb8::Pool::builder()
             .max_size(settings.pool_size)
             .min_idle(Some(settings.pool_size))
@@ -109,6 +129,8 @@ impl RedisStore {
         let store = RedisStore {
             pool,
             timeout: settings.timeout,
+            topology: settings.topology.name(),
+            breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
             reachable: AtomicBool::new(true),
         };
         if let Err(err) = store.load_scripts().await {
@@ -125,10 +147,20 @@ impl RedisStore {
         // Start-up may wait for the first connection longer than a request
         // would.
         let deadline = Instant::now() + self.timeout.max(Duration::from_secs(2));
-        self.call(deadline, |mut conn| async move {
+        self.call(deadline, false, |mut conn| async move {
             scripts::load(&mut conn, &scripts::CHECK).await
         })
         .await
+    }
+
+    /// `single`, `sentinel` or `cluster`.
+    pub fn topology(&self) -> &'static str {
+        self.topology
+    }
+
+    /// Whether the circuit breaker is open (requests fail fast).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
     }
 
     /// Runs check.lua over `policies` (keys of one hash tag). `now_ms`
@@ -149,7 +181,7 @@ impl RedisStore {
         }
         let deadline = Instant::now() + self.timeout;
         let reply = self
-            .call(deadline, |mut conn| async move {
+            .call(deadline, true, |mut conn| async move {
                 scripts::evalsha(&mut conn, &scripts::CHECK, &keys, &args).await
             })
             .await?;
@@ -157,14 +189,43 @@ impl RedisStore {
     }
 
     /// Checks out a connection and runs `op` on it, all before `deadline`,
-    /// recording the outcome in the connection's health.
-    async fn call<T, F, Fut>(&self, deadline: Instant, op: F) -> Result<T, StoreError>
+    /// recording the outcome in the connection's health and, when `guarded`,
+    /// going through the circuit breaker (health checks are not guarded: they
+    /// must see Redis as it is).
+    async fn call<T, F, Fut>(
+        &self,
+        deadline: Instant,
+        guarded: bool,
+        op: F,
+    ) -> Result<T, StoreError>
     where
-        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        F: FnOnce(AnyConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        if guarded && self.breaker.admit() == Admission::Reject {
+            return Err(StoreError::CircuitOpen);
+        }
+        let result = self.call_unguarded(deadline, op).await;
+        if guarded {
+            match &result {
+                Ok(_) => self.breaker.record_success(),
+                Err(StoreError::Timeout(_) | StoreError::Connection(_)) => {
+                    self.breaker.record_failure()
+                }
+                Err(_) => self.breaker.release_probe(),
+            }
+        }
+        self.note_reachability(&result);
+        result
+    }
+
+    async fn call_unguarded<T, F, Fut>(&self, deadline: Instant, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(AnyConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let deadline = tokio::time::Instant::from_std(deadline);
-        let result = match timeout_at(deadline, self.checkout()).await {
+        match timeout_at(deadline, self.checkout()).await {
             Err(_) => Err(StoreError::Timeout(self.timeout)),
             Ok(Err(err)) => Err(err),
             Ok(Ok(conn)) => match timeout_at(deadline, op(conn.conn.clone())).await {
@@ -181,9 +242,7 @@ impl RedisStore {
                     Ok(value)
                 }
             },
-        };
-        self.note_reachability(&result);
-        result
+        }
     }
 
     /// A healthy connection handle. The pool entry goes back at once: the
@@ -206,7 +265,7 @@ impl RedisStore {
     fn note_reachability<T>(&self, result: &Result<T, StoreError>) {
         let ok = !matches!(
             result,
-            Err(StoreError::Timeout(_)) | Err(StoreError::Connection(_))
+            Err(StoreError::Timeout(_) | StoreError::Connection(_) | StoreError::CircuitOpen)
         );
         if self.reachable.swap(ok, Ordering::Relaxed) != ok {
             match result {
@@ -282,14 +341,43 @@ impl Store for RedisStore {
         self.run_check(&policies, None).await
     }
 
+    /// PING on a Cluster (every node); ROLE elsewhere, because a demoted
+    /// master still answers PING but can take no write: a server that is not
+    /// a master is reported (and its connection replaced).
     async fn ping(&self) -> Result<Duration, StoreError> {
         let deadline = Instant::now() + self.timeout;
         let started = Instant::now();
-        self.call(deadline, |mut conn| async move {
-            redis::cmd("PING").query_async::<String>(&mut conn).await
-        })
-        .await?;
-        Ok(started.elapsed())
+        let cluster = self.topology == "cluster";
+        let role = self
+            .call(deadline, false, |mut conn| async move {
+                if cluster {
+                    redis::cmd("PING").query_async::<()>(&mut conn).await?;
+                    return Ok(None);
+                }
+                let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+                let role = match role.first() {
+                    Some(redis::Value::BulkString(bytes)) => {
+                        String::from_utf8_lossy(bytes).into_owned()
+                    }
+                    Some(redis::Value::SimpleString(s)) => s.clone(),
+                    _ => String::new(),
+                };
+                if role != "master" {
+                    // Reported through the error path, so the connection is
+                    // marked broken and the next one asks the sentinels.
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                        "connected to a server that is not a master",
+                        role,
+                    )));
+                }
+                Ok(Some(role))
+            })
+            .await;
+        match role {
+            Ok(_) => Ok(started.elapsed()),
+            Err(err) => Err(err),
+        }
     }
 }
 

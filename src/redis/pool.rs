@@ -1,4 +1,5 @@
-//! Connections to one Redis server, created and replaced by a bb8 pool.
+//! Connections to Redis (one server, the master behind Sentinel, or a
+//! Cluster), created and replaced by a bb8 pool.
 //!
 //! Each pool entry is a *multiplexed* connection: many commands in flight at
 //! once, answered in order. Requests do not hold a pool entry while their
@@ -11,18 +12,27 @@
 //! bb8 only learns that a connection broke through `has_broken`, which
 //! bb8-redis answers with a constant `false`, and a multiplexed connection
 //! whose socket died never recovers by itself. So every handle carries a
-//! shared [`Health`] record: a dropped connection, or several timeouts in a
-//! row, marks it broken, and the next checkout of that entry discards it and
-//! lets bb8 build a fresh one.
+//! shared [`Health`] record: a dropped connection, a READONLY reply (a
+//! demoted master after a Sentinel failover), or several timeouts in a row
+//! mark it broken, and the next checkout of that entry discards it and lets
+//! bb8 build a fresh one, which for Sentinel means asking the sentinels for
+//! the master again. A `+switch-master` event bumps the pool's generation,
+//! which breaks every connection made before it.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bb8::ManageConnection;
 use bb8_redis::RedisConnectionManager;
-use redis::aio::MultiplexedConnection;
-use redis::RedisError;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
+use redis::{Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, Value};
+
+use crate::config::RedisTopology;
 
 /// Timeouts in a row after which a connection is replaced. One slow answer
 /// is no reason to reconnect; a connection that keeps timing out is likely
@@ -35,16 +45,20 @@ pub(crate) struct Health {
     timeouts_in_a_row: AtomicU32,
 }
 
-/// A multiplexed connection plus its shared health record. Cheap to clone.
+/// A connection plus its shared health record. Cheap to clone.
 #[derive(Clone)]
 pub(crate) struct Connection {
-    pub(crate) conn: MultiplexedConnection,
+    pub(crate) conn: AnyConnection,
     health: Arc<Health>,
+    /// The pool generation it was made in, and the pool's current one.
+    generation: u64,
+    current: Arc<AtomicU64>,
 }
 
 impl Connection {
     pub(crate) fn is_broken(&self) -> bool {
         self.health.broken.load(Ordering::Relaxed)
+            || self.generation != self.current.load(Ordering::Relaxed)
     }
 
     pub(crate) fn record_success(&self) {
@@ -63,24 +77,140 @@ impl Connection {
     }
 
     pub(crate) fn record_error(&self, err: &RedisError) {
-        if err.is_connection_dropped() || err.is_io_error() || err.is_unrecoverable_error() {
+        // READONLY: this server was a master and is a replica now (Sentinel
+        // failover); a new connection asks the sentinels where the master is.
+        let demoted = err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+        if demoted
+            || err.is_connection_dropped()
+            || err.is_io_error()
+            || err.is_unrecoverable_error()
+        {
             self.health.broken.store(true, Ordering::Relaxed);
         }
     }
 }
 
-/// bb8-redis's manager, with a bound on connecting and broken-connection
-/// tracking added.
+/// A connection to a single server or a master found through Sentinel
+/// (both multiplexed), or to a Cluster (which routes each command by its key
+/// and follows MOVED/ASK itself).
+#[derive(Clone)]
+pub(crate) enum AnyConnection {
+    Multiplexed(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for AnyConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            AnyConnection::Multiplexed(c) => c.req_packed_command(cmd),
+            AnyConnection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            AnyConnection::Multiplexed(c) => c.req_packed_commands(pipeline, offset, count),
+            AnyConnection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AnyConnection::Multiplexed(c) => c.get_db(),
+            AnyConnection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How new connections are made, per topology.
+enum Connector {
+    /// bb8-redis's manager for one server.
+    Single(RedisConnectionManager),
+    /// Asks the sentinels for the current master at every connect.
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Cluster(ClusterClient),
+}
+
+/// Creates connections for bb8, with a bound on connecting and
+/// broken-connection tracking.
 pub(crate) struct Manager {
-    inner: RedisConnectionManager,
+    connector: Connector,
     connect_timeout: Duration,
+    /// Bumped when the master changes; connections of an older generation
+    /// count as broken.
+    generation: Arc<AtomicU64>,
 }
 
 impl Manager {
-    pub(crate) fn new(url: &str, connect_timeout: Duration) -> Result<Self, RedisError> {
+    pub(crate) fn new(
+        topology: &RedisTopology,
+        connect_timeout: Duration,
+    ) -> Result<Self, RedisError> {
+        let connector = match topology {
+            RedisTopology::Single { url } => {
+                Connector::Single(RedisConnectionManager::new(url.as_str())?)
+            }
+            RedisTopology::Sentinel {
+                sentinels,
+                master,
+                password,
+                sentinel_password,
+                db,
+            } => {
+                let addresses = sentinels
+                    .iter()
+                    .map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
+                let mut builder =
+                    SentinelClientBuilder::new(addresses, master, SentinelServerType::Master)?
+                        .set_client_to_redis_db(*db);
+                if let Some(password) = password {
+                    builder = builder.set_client_to_redis_password(password);
+                }
+                if let Some(password) = sentinel_password {
+                    builder = builder.set_client_to_sentinel_password(password);
+                }
+                Connector::Sentinel(tokio::sync::Mutex::new(builder.build()?))
+            }
+            RedisTopology::Cluster { nodes, password } => {
+                let urls: Vec<String> = nodes
+                    .iter()
+                    .map(|(host, port)| format!("redis://{host}:{port}"))
+                    .collect();
+                let mut builder = ClusterClient::builder(urls)
+                    .connection_timeout(connect_timeout)
+                    .response_timeout(connect_timeout);
+                if let Some(password) = password {
+                    builder = builder.password(password.clone());
+                }
+                Connector::Cluster(builder.build()?)
+            }
+        };
         Ok(Manager {
-            inner: RedisConnectionManager::new(url)?,
+            connector,
             connect_timeout,
+            generation: Arc::default(),
+        })
+    }
+
+    /// Breaks every connection made so far (the master moved).
+    pub(crate) fn generation(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
+    }
+
+    async fn open(&self) -> Result<AnyConnection, RedisError> {
+        Ok(match &self.connector {
+            Connector::Single(manager) => AnyConnection::Multiplexed(manager.connect().await?),
+            Connector::Sentinel(client) => {
+                AnyConnection::Multiplexed(client.lock().await.get_async_connection().await?)
+            }
+            Connector::Cluster(client) => {
+                AnyConnection::Cluster(client.get_async_connection().await?)
+            }
         })
     }
 }
@@ -90,9 +220,12 @@ impl bb8::ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Connection, RedisError> {
+        // Read before connecting: a switch during the connect makes this
+        // connection stale at once rather than trusted.
+        let generation = self.generation.load(Ordering::Relaxed);
         // Without this bound a connect to an address that drops packets
         // waits for the kernel's TCP timeout (minutes), holding a pool slot.
-        let conn = tokio::time::timeout(self.connect_timeout, self.inner.connect())
+        let conn = tokio::time::timeout(self.connect_timeout, self.open())
             .await
             .map_err(|_| {
                 RedisError::from(io::Error::new(
@@ -103,11 +236,13 @@ impl bb8::ManageConnection for Manager {
         Ok(Connection {
             conn,
             health: Arc::default(),
+            generation,
+            current: self.generation.clone(),
         })
     }
 
     async fn is_valid(&self, conn: &mut Connection) -> Result<(), RedisError> {
-        self.inner.is_valid(&mut conn.conn).await
+        redis::cmd("PING").query_async::<()>(&mut conn.conn).await
     }
 
     fn has_broken(&self, conn: &mut Connection) -> bool {

@@ -12,7 +12,7 @@
 
 use std::sync::LazyLock;
 
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
 use redis::{RedisResult, ServerErrorKind};
 
 use crate::limiter::Algorithm;
@@ -54,19 +54,23 @@ pub static CHECK: LazyLock<LuaScript> = LazyLock::new(|| {
     LuaScript::new("check", source)
 });
 
-pub(crate) async fn load(conn: &mut MultiplexedConnection, script: &LuaScript) -> RedisResult<()> {
-    let sha: String = redis::cmd("SCRIPT")
+pub(crate) async fn load<C: ConnectionLike + Send>(
+    conn: &mut C,
+    script: &LuaScript,
+) -> RedisResult<()> {
+    // On a Cluster this goes to every node; the reply is then each node's
+    // SHA, all equal, so it is not read.
+    redis::cmd("SCRIPT")
         .arg("LOAD")
         .arg(&script.source)
-        .query_async(conn)
+        .query_async::<redis::Value>(conn)
         .await?;
-    debug_assert_eq!(sha, script.sha);
     Ok(())
 }
 
 /// EVALSHA, reloading the script and retrying once on NOSCRIPT.
-pub(crate) async fn evalsha(
-    conn: &mut MultiplexedConnection,
+pub(crate) async fn evalsha<C: ConnectionLike + Send>(
+    conn: &mut C,
     script: &LuaScript,
     keys: &[String],
     args: &[String],

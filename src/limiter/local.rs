@@ -1,0 +1,146 @@
+//! The `local` failure mode: while Redis cannot answer, each instance keeps
+//! approximate limits in memory, so an outage neither lets every request
+//! through (`open`) nor refuses them all (`closed`).
+//!
+//! Approximate, and said so: each instance counts only what it sees (N
+//! instances admit up to N times a limit), every policy is enforced as a GCRA
+//! of the same rate and burst whatever its algorithm, and several policies
+//! are checked one after another (a request denied by the second policy has
+//! already been counted by the first). When Redis answers again the exact
+//! counters take over and the local state is simply no longer consulted.
+//!
+//! The counting itself is the `governor` crate's keyed GCRA.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use super::Policy;
+use crate::identity::{Identity, Strategy};
+
+/// Checks between two sweeps of identities that are back to a full quota.
+const SWEEP_EVERY: u64 = 10_000;
+
+type Key = (Strategy, String);
+/// A policy as the local limiter tells them apart: name, limit, window.
+type PolicyId = (String, u32, Duration);
+type Limiters = HashMap<PolicyId, Arc<DefaultKeyedRateLimiter<Key>>>;
+
+#[derive(Default)]
+pub struct LocalLimiter {
+    /// One keyed limiter per (policy name, limit, window). A std Mutex:
+    /// held only to look up or insert, never across an await.
+    limiters: Mutex<Limiters>,
+    checks: AtomicU64,
+    clock: DefaultClock,
+}
+
+/// What the local limiter decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalVerdict {
+    pub allowed: bool,
+    /// Until the denying policy would allow; zero when allowed.
+    pub retry_after: Duration,
+}
+
+impl LocalLimiter {
+    fn limiter(&self, policy: &Policy) -> Arc<DefaultKeyedRateLimiter<Key>> {
+        let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
+        limiters
+            .entry((policy.name.clone(), policy.limit.get(), policy.window))
+            .or_insert_with(|| {
+                let period = (policy.window / policy.limit.get()).max(Duration::from_nanos(1));
+                let quota = Quota::with_period(period)
+                    .expect("a period of at least 1 ns")
+                    .allow_burst(policy.limit);
+                Arc::new(RateLimiter::keyed(quota))
+            })
+            .clone()
+    }
+
+    pub fn check(&self, identity: &Identity, policies: &[Arc<Policy>]) -> LocalVerdict {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.sweep();
+        }
+        let key = (identity.strategy, identity.id.clone());
+        for policy in policies {
+            let Some(cost) = NonZeroU32::new(policy.cost) else {
+                continue;
+            };
+            match self.limiter(policy).check_key_n(&key, cost) {
+                Ok(Ok(_)) => {}
+                Ok(Err(not_until)) => {
+                    return LocalVerdict {
+                        allowed: false,
+                        retry_after: not_until.wait_time_from(self.clock.now()),
+                    }
+                }
+                // Cost above the burst: cannot happen, Policy::new refuses it.
+                Err(_) => {
+                    return LocalVerdict {
+                        allowed: false,
+                        retry_after: policy.window,
+                    }
+                }
+            }
+        }
+        LocalVerdict {
+            allowed: true,
+            retry_after: Duration::ZERO,
+        }
+    }
+
+    /// Forgets identities whose quota is full again: memory stays bounded by
+    /// the identities active within one window.
+    fn sweep(&self) {
+        let limiters: Vec<_> = self
+            .limiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for limiter in limiters {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::Algorithm;
+
+    #[test]
+    fn admits_the_burst_then_refuses_with_a_wait() {
+        let local = LocalLimiter::default();
+        let policy = Arc::new(
+            Policy::new(
+                "p",
+                Algorithm::FixedWindow,
+                NonZeroU32::new(3).unwrap(),
+                Duration::from_secs(60),
+                1,
+            )
+            .unwrap(),
+        );
+        let a = Identity::user("a");
+        for _ in 0..3 {
+            assert!(local.check(&a, std::slice::from_ref(&policy)).allowed);
+        }
+        let denied = local.check(&a, std::slice::from_ref(&policy));
+        assert!(!denied.allowed);
+        assert!(denied.retry_after > Duration::from_secs(15));
+        assert!(denied.retry_after <= Duration::from_secs(20));
+        assert!(
+            local.check(&Identity::user("b"), &[policy]).allowed,
+            "per identity"
+        );
+    }
+}
