@@ -1,0 +1,135 @@
+//! Redis Cluster: three masters created with `redis-cli --cluster create`.
+//! Identities spread over every node, each limited exactly; several
+//! policies of one identity in one script call (one slot, thanks to the hash
+//! tag).
+
+mod support;
+
+use futures::future::join_all;
+use serde_json::Value;
+use support::{header_u64, spawn_app_on, unique_key, Cluster, TempDir};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identities_spread_over_all_nodes_are_each_limited_exactly() {
+    let cluster = Cluster::start().await;
+    let nodes = cluster.nodes_setting();
+    let app = spawn_app_on(&[
+        ("REDIS_CLUSTER_NODES", nodes.as_str()),
+        ("RATE_LIMIT_USER_LIMIT", "3"),
+        ("RATE_LIMIT_USER_WINDOW", "1h"),
+        ("RATE_LIMIT_ALGORITHM", "sliding_window"),
+        ("REDIS_TIMEOUT_MS", "1000"),
+    ])
+    .await;
+    let health: Value = app.get("/health").await.json().await.unwrap();
+    assert_eq!(health["status"], "healthy", "{health}");
+    assert_eq!(health["redis"]["topology"], "cluster");
+
+    let keys: Vec<String> = (0..60).map(|i| unique_key(&format!("c{i}"))).collect();
+    for key in &keys {
+        let statuses: Vec<u16> = join_all((0..4).map(|_| app.post_resource(Some(key))))
+            .await
+            .iter()
+            .map(|r| r.status().as_u16())
+            .collect();
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            3,
+            "{key}: {statuses:?}"
+        );
+        assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1, "{key}");
+    }
+    // The counters are spread over the three masters.
+    for node in &cluster.nodes {
+        let mut conn = node.connection().await.unwrap();
+        let n: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+        assert!(n > 5, "node {} holds {n} of 60 counters", node.port);
+    }
+
+    // 1,000 concurrent requests for one key over two instances.
+    let b = spawn_app_on(&[
+        ("REDIS_CLUSTER_NODES", nodes.as_str()),
+        ("RATE_LIMIT_USER_LIMIT", "3"),
+        ("RATE_LIMIT_USER_WINDOW", "1h"),
+        ("RATE_LIMIT_ALGORITHM", "sliding_window"),
+        ("REDIS_TIMEOUT_MS", "5000"),
+    ])
+    .await;
+    let key = unique_key("burst");
+    let responses = join_all((0..1000).map(|i| {
+        let app = if i % 2 == 0 { &app } else { &b };
+        app.post_resource(Some(&key))
+    }))
+    .await;
+    assert!(responses
+        .iter()
+        .all(|r| r.headers().get("X-RateLimit-Degraded").is_none()));
+    assert_eq!(responses.iter().filter(|r| r.status() == 200).count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_policies_of_one_identity_run_in_one_call_on_a_cluster() {
+    let cluster = Cluster::start().await;
+    let nodes = cluster.nodes_setting();
+    let dir = TempDir::new("cluster-rules");
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        r#"
+[[policy]]
+name = "second"
+algorithm = "token_bucket"
+limit = 2
+window = "10s"
+
+[[policy]]
+name = "hour"
+algorithm = "gcra"
+limit = 100
+window = "1h"
+
+[[policy]]
+name = "day"
+algorithm = "fixed_window"
+limit = 1000
+window = "1d"
+"#,
+    )
+    .unwrap();
+    let app = spawn_app_on(&[
+        ("REDIS_CLUSTER_NODES", nodes.as_str()),
+        ("RATE_LIMIT_CONFIG", rules.to_str().unwrap()),
+        ("REDIS_TIMEOUT_MS", "1000"),
+    ])
+    .await;
+    let key = unique_key("multi");
+    assert_eq!(app.post_resource(Some(&key)).await.status(), 200);
+    assert_eq!(app.post_resource(Some(&key)).await.status(), 200);
+    for _ in 0..3 {
+        let r = app.post_resource(Some(&key)).await;
+        assert_eq!(r.status(), 429);
+        assert_eq!(header_u64(&r, "X-RateLimit-Limit"), 2);
+    }
+    let status: Value = app.status(&key).await.json().await.unwrap();
+    assert_eq!(
+        status["policies"][1]["remaining"], 98,
+        "denials charged no other policy"
+    );
+    assert_eq!(status["policies"][2]["remaining"], 998);
+
+    // All three keys of the identity sit on one node, in one slot.
+    let mut holders = 0;
+    for node in &cluster.nodes {
+        let mut conn = node.connection().await.unwrap();
+        let found: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("rate:{{user:{key}}}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !found.is_empty() {
+            assert_eq!(found.len(), 3);
+            holders += 1;
+        }
+    }
+    assert_eq!(holders, 1);
+}
