@@ -11,30 +11,9 @@ cd "$(dirname "$0")"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-# Debian package for each program the tests run.
-declare -A package_of=(
-  [redis-server]=redis-server
-  [redis-cli]=redis-tools
-  [redis-sentinel]=redis-sentinel
-)
-missing=()
-for program in "${!package_of[@]}"; do
-  command -v "$program" >/dev/null 2>&1 || missing+=("${package_of[$program]}")
-done
-if ((${#missing[@]})); then
-  log "installing ${missing[*]}"
-  if [[ $(id -u) -eq 0 ]]; then
-    as_root=()
-  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
-    as_root=(sudo -n)
-  else
-    echo "run_tests.sh: missing ${missing[*]}; install them (apt-get install -y ${missing[*]}) or run as root" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  "${as_root[@]}" apt-get update -qq
-  "${as_root[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+# The programs the tests run, and the Debian packages that bring them.
+scripts/install_packages.sh \
+  redis-server=redis-server redis-cli=redis-tools redis-sentinel=redis-sentinel
 # The Debian package may start a system-wide redis-server on 6379. The tests
 # never use it (each starts its own on a free port), so it is left alone.
 

@@ -1,0 +1,36 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: compile in the Rust image, run from a slim Debian with
+# only the binary, as an unprivileged user.
+#   docker build -t rate-limiter .
+#   docker run -p 8000:8000 -e REDIS_HOST=host.docker.internal rate-limiter
+
+FROM rust:1.89-bookworm AS build
+WORKDIR /src
+# Dependencies first, so a source change does not rebuild them.
+COPY Cargo.toml Cargo.lock ./
+RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+    && cargo build --release --locked \
+    && rm -rf src target/release/.fingerprint/rate-limiter-*
+COPY src ./src
+COPY lua ./lua
+COPY static ./static
+RUN cargo build --release --locked && strip target/release/rate-limiter
+
+FROM debian:bookworm-slim AS runtime
+# curl for the HEALTHCHECK; ca-certificates for a Redis reached over TLS later.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin ratelimiter
+COPY --from=build /src/target/release/rate-limiter /usr/local/bin/rate-limiter
+COPY rules.example.toml /etc/rate-limiter/rules.example.toml
+USER 10001
+ENV HOST=0.0.0.0 \
+    PORT=8000 \
+    LOG_LEVEL=info
+EXPOSE 8000
+# Liveness only: /livez never calls Redis, so a Redis outage does not get the
+# container restarted (the failure mode handles that).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD curl -fsS http://127.0.0.1:8000/livez || exit 1
+ENTRYPOINT ["/usr/local/bin/rate-limiter"]

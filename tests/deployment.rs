@@ -1,0 +1,316 @@
+//! The deployment files, checked statically (no Docker engine here): every
+//! file parses, and every service, port, healthcheck, environment variable
+//! and path refers to something that exists.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde_yaml::Value;
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn yaml(path: &str) -> Value {
+    let mut value: Value =
+        serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+    value.apply_merge().unwrap();
+    value
+}
+
+/// Every setting the service reads: the names in .env.example (a unit test
+/// in src/config.rs keeps that file equal to what the code reads).
+fn settings() -> BTreeSet<String> {
+    read(".env.example")
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+        .map(|l| l.split('=').next().unwrap().trim().to_owned())
+        .collect()
+}
+
+fn str_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => panic!("not a scalar: {other:?}"),
+    }
+}
+
+/// Checks one compose file; returns its service names.
+fn check_compose(path: &str) -> BTreeSet<String> {
+    let doc = yaml(path);
+    let services = doc["services"]
+        .as_mapping()
+        .unwrap_or_else(|| panic!("{path}: no services"));
+    let names: BTreeSet<String> = services.keys().map(str_of).collect();
+    let known = settings();
+    let mut service_instances = 0;
+    for (name, service) in services {
+        let name = str_of(name);
+        assert!(
+            service["image"].is_string() || service["build"].is_string(),
+            "{path}: {name} has neither image nor build"
+        );
+        assert!(
+            service["healthcheck"]["test"].is_sequence(),
+            "{path}: {name} has no healthcheck"
+        );
+        if let Some(deps) = service["depends_on"].as_mapping() {
+            for (dep, cond) in deps {
+                let dep = str_of(dep);
+                assert!(
+                    names.contains(&dep),
+                    "{path}: {name} depends on unknown {dep}"
+                );
+                assert_eq!(
+                    cond["condition"], "service_healthy",
+                    "{path}: {name} -> {dep}"
+                );
+            }
+        }
+        if service["build"].is_string() {
+            service_instances += 1;
+            assert_eq!(
+                service["build"], ".",
+                "{path}: {name} builds the Dockerfile"
+            );
+            let test: Vec<String> = service["healthcheck"]["test"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .map(str_of)
+                .collect();
+            assert!(
+                test.iter().any(|t| t.ends_with(":8000/livez")),
+                "{path}: {name} healthcheck on /livez"
+            );
+            let env = service["environment"].as_mapping().expect("environment");
+            for (key, value) in env {
+                let key = str_of(key);
+                assert!(
+                    known.contains(&key),
+                    "{path}: {name} sets {key}, which the service does not read"
+                );
+                let value = str_of(value);
+                // Addresses point at services of this file.
+                match key.as_str() {
+                    "REDIS_HOST" => assert!(names.contains(&value), "{path}: REDIS_HOST={value}"),
+                    "REDIS_SENTINELS" | "REDIS_CLUSTER_NODES" => {
+                        for addr in value.split(',') {
+                            let host = addr.rsplit_once(':').unwrap().0;
+                            assert!(names.contains(host), "{path}: {key} names unknown {host}");
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // The values themselves are valid settings.
+            let lookup: std::collections::HashMap<String, String> =
+                env.iter().map(|(k, v)| (str_of(k), str_of(v))).collect();
+            rate_limiter::config::Settings::from_lookup(|k| lookup.get(k).cloned())
+                .unwrap_or_else(|e| panic!("{path}: {name}: {e}"));
+            for port in service["ports"].as_sequence().expect("ports") {
+                let port = str_of(port);
+                assert!(
+                    port.ends_with(":8000"),
+                    "{path}: {name} publishes {port}, the service listens on 8000"
+                );
+            }
+        }
+    }
+    assert!(service_instances >= 1, "{path}: no instance of the service");
+    names
+}
+
+#[test]
+fn docker_compose_runs_redis_and_the_service() {
+    let names = check_compose("docker-compose.yml");
+    assert!(names.contains("redis") && names.contains("rate-limiter"));
+}
+
+#[test]
+fn docker_compose_sentinel_has_a_master_a_replica_three_sentinels_and_two_instances() {
+    let path = "docker-compose.sentinel.yml";
+    let names = check_compose(path);
+    for name in [
+        "redis-master",
+        "redis-replica",
+        "sentinel-1",
+        "sentinel-2",
+        "sentinel-3",
+        "rate-limiter-1",
+        "rate-limiter-2",
+    ] {
+        assert!(names.contains(name), "{path}: missing {name}");
+    }
+    let doc = yaml(path);
+    let replica: Vec<String> = doc["services"]["redis-replica"]["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(str_of)
+        .collect();
+    let at = replica
+        .iter()
+        .position(|a| a == "--replicaof")
+        .expect("--replicaof");
+    assert_eq!(replica[at + 1], "redis-master");
+    let sentinel_script = str_of(&doc["services"]["sentinel-1"]["command"][2]);
+    assert!(sentinel_script.contains("sentinel monitor mymaster redis-master 6379 2"));
+    let instances_master =
+        str_of(&doc["services"]["rate-limiter-1"]["environment"]["REDIS_SENTINEL_MASTER"]);
+    assert_eq!(instances_master, "mymaster");
+    let ports: BTreeSet<String> = ["rate-limiter-1", "rate-limiter-2"]
+        .iter()
+        .map(|s| str_of(&doc["services"][*s]["ports"][0]))
+        .collect();
+    assert_eq!(
+        ports.len(),
+        2,
+        "the two instances publish different host ports"
+    );
+}
+
+#[test]
+fn dockerfile_is_multi_stage_non_root_with_a_livez_healthcheck() {
+    let text = read("Dockerfile");
+    let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert!(froms.len() >= 2, "multi-stage");
+    // The build image is at least the Rust the crate needs.
+    let manifest = read("Cargo.toml");
+    let needed = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .unwrap()
+        .trim_matches('"');
+    assert!(
+        froms[0].contains(&format!("rust:{needed}")),
+        "{} vs rust-version {needed}",
+        froms[0]
+    );
+    assert!(text.contains("cargo build --release --locked"));
+    let user = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
+        .expect("USER");
+    assert_ne!(user.trim(), "root");
+    assert_ne!(user.trim(), "0");
+    let health = text.split("\nHEALTHCHECK ").nth(1).expect("HEALTHCHECK");
+    assert!(health.contains("http://127.0.0.1:8000/livez"));
+    assert!(text.contains("EXPOSE 8000"));
+    // Every COPY source from the build context exists.
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        for source in &parts[1..parts.len() - 1] {
+            assert!(
+                root().join(source).exists(),
+                "Dockerfile copies missing {source}"
+            );
+        }
+    }
+    let binary = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ENTRYPOINT "))
+        .unwrap();
+    assert!(binary.contains("/usr/local/bin/rate-limiter"));
+    assert!(read(".dockerignore").lines().any(|l| l.trim() == "target/"));
+}
+
+#[test]
+fn kubernetes_manifests_fit_together() {
+    let text = read("deploy/kubernetes/rate-limiter.yaml");
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| {
+            use serde::Deserialize;
+            Value::deserialize(d).unwrap()
+        })
+        .collect();
+    let kind = |k: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == k)
+            .unwrap_or_else(|| panic!("no {k}"))
+    };
+    let (config, deployment, service) = (kind("ConfigMap"), kind("Deployment"), kind("Service"));
+
+    // The rules in the ConfigMap are a valid rules file.
+    let rules = str_of(&config["data"]["rules.toml"]);
+    rate_limiter::limiter::Rules::parse("configmap rules.toml", &rules).expect("valid rules");
+
+    let spec = &deployment["spec"];
+    assert_eq!(
+        spec["selector"]["matchLabels"],
+        spec["template"]["metadata"]["labels"]
+    );
+    assert_eq!(service["spec"]["selector"], spec["selector"]["matchLabels"]);
+    let container = &spec["template"]["spec"]["containers"][0];
+    let port_name = str_of(&container["ports"][0]["name"]);
+    assert_eq!(str_of(&container["ports"][0]["containerPort"]), "8000");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/livez");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/health");
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(str_of(&container[probe]["httpGet"]["port"]), port_name);
+    }
+    assert_eq!(
+        str_of(&service["spec"]["ports"][0]["targetPort"]),
+        port_name
+    );
+
+    let known = settings();
+    let env: std::collections::HashMap<String, String> = container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| (str_of(&e["name"]), str_of(&e["value"])))
+        .collect();
+    for name in env.keys() {
+        assert!(
+            known.contains(name),
+            "the Deployment sets {name}, which the service does not read"
+        );
+    }
+    assert_eq!(env["PORT"], "8000");
+    // RATE_LIMIT_CONFIG points into the mounted ConfigMap, at a key it has.
+    let mount = str_of(&container["volumeMounts"][0]["mountPath"]);
+    let volume = str_of(&container["volumeMounts"][0]["name"]);
+    let volumes = spec["template"]["spec"]["volumes"].as_sequence().unwrap();
+    let source = volumes
+        .iter()
+        .find(|v| str_of(&v["name"]) == volume)
+        .expect("the volume");
+    assert_eq!(source["configMap"]["name"], config["metadata"]["name"]);
+    assert_eq!(env["RATE_LIMIT_CONFIG"], format!("{mount}/rules.toml"));
+    // Everything else in env is a valid setting (the file need not exist here).
+    let lookup: std::collections::HashMap<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k != "RATE_LIMIT_CONFIG")
+        .collect();
+    rate_limiter::config::Settings::from_lookup(|k| lookup.get(k).cloned())
+        .expect("valid settings");
+}
+
+#[test]
+fn systemd_unit_runs_the_binary_and_reloads_with_sighup() {
+    let text = read("deploy/systemd/rate-limiter.service");
+    let value = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}="))
+    };
+    assert_eq!(value("ExecStart"), "/usr/local/bin/rate-limiter");
+    assert_eq!(value("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(value("KillSignal"), "SIGTERM");
+    assert!(value("LimitNOFILE").parse::<u32>().unwrap() >= 10_000);
+    assert!(value("EnvironmentFile").starts_with("/etc/rate-limiter/"));
+    for section in ["[Unit]", "[Service]", "[Install]"] {
+        assert!(text.contains(section));
+    }
+}
