@@ -1,18 +1,34 @@
--- wrk script: POST /api/resource with an X-API-Key drawn at random from
--- KEYS distinct keys (default 10000), so counters spread over many keys.
---   wrk -s scripts/wrk/random_keys.lua http://127.0.0.1:8000/api/resource
+-- wrk script: POST /api/resource with an X-API-Key out of KEYS distinct keys
+-- (default 10000), so counters spread over many keys.
+--   KEYS=10000 wrk -s scripts/wrk/random_keys.lua http://127.0.0.1:8000/api/resource
+-- KEY_PREFIX names the key family (default "bench"); ORDER=sequential walks
+-- the keys in order (every key is used once per KEYS requests per thread),
+-- ORDER=random (default) draws them at random.
 local keys = tonumber(os.getenv("KEYS") or "10000")
 local prefix = os.getenv("KEY_PREFIX") or "bench"
+local sequential = os.getenv("ORDER") == "sequential"
+local counter = 0
+local thread_id = 0
+local next_id = 0
 
 function setup(thread)
+  next_id = next_id + 1
+  thread:set("thread_id", next_id)
   thread:set("seed", math.random(1, 1e9))
 end
 
 function init(args)
   math.randomseed(seed or os.time())
+  counter = thread_id or 0
 end
 
 request = function()
-  local key = prefix .. "-" .. math.random(1, keys)
-  return wrk.format("POST", nil, { ["X-API-Key"] = key })
+  local n
+  if sequential then
+    counter = counter + 1
+    n = counter % keys + 1
+  else
+    n = math.random(1, keys)
+  end
+  return wrk.format("POST", nil, { ["X-API-Key"] = prefix .. "-" .. n })
 end

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# The benchmark: starts its own Redis and two instances of the release
+# build, then measures in ONE run, interleaved, each case ROUNDS times:
+#   livez         GET /livez: the ceiling of this binary on this machine
+#   allowed-1     POST /api/resource, one key, always allowed
+#   allowed-10k   POST /api/resource, 10,000 keys, always allowed
+#   denied        POST /api/resource, 1,000 keys all over their limit
+# at 64 and at 1,000 connections, then 10,000 connections for errors only.
+# Prints req/s, p50, p99 and errors per case (the median round), and each
+# case's throughput as a ratio of /livez at the same connection count.
+#   scripts/bench.sh                      # ROUNDS=3 DURATION=10s
+#   ROUNDS=1 DURATION=5s scripts/bench.sh # a quick look
+# Environment for the service under test passes through (e.g. REDIS_POOL_SIZE).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install_packages.sh redis-server=redis-server wrk=wrk curl=curl
+
+rounds=${ROUNDS:-3}
+duration=${DURATION:-10s}
+threads=${THREADS:-2}
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no answer from $1" >&2; exit 1; }
+
+echo "building the release binary"
+cargo build --release --quiet
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
+  --logfile "$work/redis.log" &
+pids+=($!)
+
+start_instance() { # name port extra-env...
+  local name=$1 port=$2; shift 2
+  env HOST=127.0.0.1 PORT="$port" REDIS_URL="redis://127.0.0.1:$redis_port/0" LOG_LEVEL=warn "$@" \
+    ./target/release/rate-limiter >"$work/$name.log" 2>&1 &
+  pids+=($!)
+  wait_http "http://127.0.0.1:$port/livez"
+}
+allow_port=$(free_port)
+deny_port=$(free_port)
+start_instance allow "$allow_port" RATE_LIMIT_USER_LIMIT=1000000000 RATE_LIMIT_USER_WINDOW=1d
+start_instance deny "$deny_port" RATE_LIMIT_USER_LIMIT=1 RATE_LIMIT_USER_WINDOW=1d
+
+# Put the 1,000 "denied" keys over their limit: each used once (and more).
+KEYS=1000 KEY_PREFIX=abuser ORDER=sequential wrk -t1 -c1 -d2s -s scripts/wrk/random_keys.lua \
+  "http://127.0.0.1:$deny_port/api/resource" >/dev/null
+
+# run CASE CONNECTIONS -> "rps p50 p99 errors"
+run() {
+  local case=$1 conns=$2 url env=()
+  case $case in
+    livez)       url="http://127.0.0.1:$allow_port/livez" ;;
+    allowed-1)   url="http://127.0.0.1:$allow_port/api/resource"; env=(KEYS=1) ;;
+    allowed-10k) url="http://127.0.0.1:$allow_port/api/resource"; env=(KEYS=10000) ;;
+    denied)      url="http://127.0.0.1:$deny_port/api/resource"; env=(KEYS=1000 KEY_PREFIX=abuser) ;;
+  esac
+  local script=()
+  [[ $case != livez ]] && script=(-s scripts/wrk/random_keys.lua)
+  local out
+  out=$(env "${env[@]}" wrk -t"$threads" -c"$conns" -d"$duration" --latency --timeout 10s "${script[@]}" "$url" 2>&1)
+  local rps p50 p99 sock non2xx total errors
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
+  sock=$(awk '/Socket errors/ {gsub(",",""); print $4+$6+$8+$10}' <<<"$out")
+  non2xx=$(awk '/Non-2xx/ {print $5}' <<<"$out")
+  total=$(awk '/requests in/ {print $1}' <<<"$out")
+  errors=${sock:-0}
+  # Denied traffic is all 429 by design; anywhere else a non-2xx is an error.
+  if [[ $case == denied ]]; then
+    [[ ${non2xx:-0} -eq ${total:-0} ]] || errors=$((errors + ${total:-0} - ${non2xx:-0}))
+  else
+    errors=$((errors + ${non2xx:-0}))
+  fi
+  echo "${rps:-0} ${p50:-?} ${p99:-?} $errors"
+}
+
+declare -A results
+cases=(livez allowed-1 allowed-10k denied)
+for conns in 64 1000; do
+  for round in $(seq 1 "$rounds"); do
+    for case in "${cases[@]}"; do
+      printf '  round %s/%s  %-12s %5s connections ... ' "$round" "$rounds" "$case" "$conns" >&2
+      r=$(run "$case" "$conns")
+      echo "$r" >&2
+      results[$case,$conns]+="$r;"
+    done
+  done
+done
+
+# The median round of a case, by throughput.
+median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+
+echo
+echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t$threads, $duration per run, median of $rounds rounds"
+printf '%-12s %6s %10s %9s %9s %7s %9s\n' case conns req/s p50 p99 errors "x livez"
+for conns in 64 1000; do
+  base=$(median "${results[livez,$conns]}" | awk '{print $1}')
+  for case in "${cases[@]}"; do
+    read -r rps p50 p99 errors <<<"$(median "${results[$case,$conns]}")"
+    ratio=$(awk -v a="$rps" -v b="$base" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')
+    printf '%-12s %6s %10.0f %9s %9s %7s %9s\n' "$case" "$conns" "$rps" "$p50" "$p99" "$errors" "$ratio"
+  done
+done
+
+echo
+echo "10,000 connections (errors only):"
+for case in livez allowed-10k; do
+  read -r rps p50 p99 errors <<<"$(run "$case" 10000)"
+  printf '%-12s %6s %10.0f req/s, p99 %s, errors %s\n' "$case" 10000 "$rps" "$p99" "$errors"
+done
