@@ -63,8 +63,7 @@ local reply = { all_allowed and 1 or 0, now }
 for i, v in ipairs(verdicts) do
   local remaining = v.remaining
   if all_allowed and v.cost > 0 then
-    v.commit()
-    redis.call('PEXPIRE', KEYS[i], v.ttl + TTL_SLACK)
+    v.commit(v.ttl + TTL_SLACK)
   else
     if v.allowed and not all_allowed then
       remaining = remaining + v.cost -- nothing was taken

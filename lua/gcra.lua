@@ -4,7 +4,7 @@ module of check.lua.
 
 One stored value per key: the theoretical arrival time (TAT), the moment the
 meter would be empty, as an integer in microseconds since the Unix epoch
-(a plain string key, readable with GET). The emission interval is
+(a plain string key, readable with GET; one GET, one SET ... PX). The emission interval is
 T = ceil(window x 1000 / limit) us, rounded up so the rate never exceeds
 limit per window; the burst is `limit`: a request fits when
 
@@ -30,10 +30,10 @@ function M.check(key, limit, window, cost, now)
   local capacity = limit * interval
   local now_us = now * 1000
 
+  -- pcall: a key of another type reads as empty; the next SET replaces it.
   local stored = redis.pcall('GET', key)
   local tat = now_us
-  local foreign = type(stored) == 'table' and stored.err ~= nil
-  if not foreign and stored then
+  if type(stored) == 'string' then
     local t = tonumber(stored)
     if t and t > now_us then tat = t end
   end
@@ -47,9 +47,9 @@ function M.check(key, limit, window, cost, now)
       reset = ceil_div(ahead, 1000),
       retry_after = 0,
       ttl = ceil_div(ahead, 1000), -- an empty meter is a missing key
-      commit = function()
-        -- SET replaces a key of any type. %d: an integer, never 1.79e+15.
-        redis.call('SET', key, string.format('%d', new_tat))
+      commit = function(px)
+        -- %d: an integer, never 1.79e+15.
+        redis.call('SET', key, string.format('%d', new_tat), 'PX', px)
       end,
     }
   end

@@ -17,8 +17,8 @@ burst of `limit`, at most ceil(limit x e / window) more get through within e
 ms of the edge (the fixed window would let another `limit` through at once).
 tests/algorithms.rs measures it.
 
-Storage: KEY is a hash {w = start of the current window (ms), c = its
-count, p = the previous window's count}. One key, so both counters always
+Storage: KEY is a string "<current window start ms> <its count> <previous
+window's count>" (one GET, one SET ... PX). One key, so both counters always
 share the identity's hash tag.
 
 M.check(key, limit, window, cost, now) -> verdict, as in fixed_window.lua:
@@ -41,16 +41,16 @@ function M.check(key, limit, window, cost, now)
   local current_start = now - (now % window)
   local rest = current_start + window - now -- ms left in the current window
 
-  local stored = redis.pcall('HMGET', key, 'w', 'c', 'p')
-  local foreign = type(stored) == 'table' and stored.err ~= nil
+  -- pcall: a key of another type reads as empty; the next SET replaces it.
+  local stored = redis.pcall('GET', key)
   local current, previous = 0, 0
-  if not foreign then
-    local w = tonumber(stored[1])
+  if type(stored) == 'string' then
+    local w, c, p = string.match(stored, '^(%d+) (%d+) (%d+)$')
+    w = tonumber(w)
     if w == current_start then
-      current = tonumber(stored[2]) or 0
-      previous = tonumber(stored[3]) or 0
+      current, previous = tonumber(c), tonumber(p)
     elseif w == current_start - window then
-      previous = tonumber(stored[2]) or 0
+      previous = tonumber(c)
     end
   end
 
@@ -71,9 +71,8 @@ function M.check(key, limit, window, cost, now)
       reset = until_empty(current + cost, previous),
       retry_after = 0,
       ttl = rest + window, -- the current count weighs on the next window too
-      commit = function()
-        if foreign then redis.call('DEL', key) end
-        redis.call('HSET', key, 'w', current_start, 'c', current + cost, 'p', previous)
+      commit = function(px)
+        redis.call('SET', key, string.format('%d %d %d', current_start, current + cost, previous), 'PX', px)
       end,
     }
   end

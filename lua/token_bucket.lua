@@ -10,9 +10,10 @@ Exact integer arithmetic: the level is stored in units of 1/window token,
 so the refill is exactly `limit` units per ms and the capacity is
 limit x window units (which must stay below 2^53, checked at config load).
 
-Storage: KEY is a hash {l = level in 1/window tokens, t = when it was
-measured (ms)}. A missing key is a full bucket; the TTL is the time until
-the bucket is full again, after which the key would say nothing new.
+Storage: KEY is a string "<level in 1/window tokens> <when it was measured,
+ms>" (one GET, one SET ... PX). A missing key is a full bucket; the TTL is
+the time until the bucket is full again, after which the key would say
+nothing new.
 
 M.check(key, limit, window, cost, now) -> verdict, as in fixed_window.lua:
   remaining    whole tokens left
@@ -30,10 +31,11 @@ function M.check(key, limit, window, cost, now)
   local capacity = limit * window
   local level = capacity
 
-  local stored = redis.pcall('HMGET', key, 'l', 't')
-  local foreign = type(stored) == 'table' and stored.err ~= nil
-  if not foreign then
-    local l, t = tonumber(stored[1]), tonumber(stored[2])
+  -- pcall: a key of another type reads as empty; the next SET replaces it.
+  local stored = redis.pcall('GET', key)
+  if type(stored) == 'string' then
+    local l, t = string.match(stored, '^(%d+) (%d+)$')
+    l, t = tonumber(l), tonumber(t)
     if l and t then
       local elapsed = math.max(0, now - t) -- a clock that stepped back refills nothing
       if elapsed >= window then
@@ -54,9 +56,8 @@ function M.check(key, limit, window, cost, now)
       reset = reset,
       retry_after = 0,
       ttl = reset, -- a full bucket is a missing key
-      commit = function()
-        if foreign then redis.call('DEL', key) end
-        redis.call('HSET', key, 'l', after, 't', now)
+      commit = function(px)
+        redis.call('SET', key, string.format('%d %d', after, now), 'PX', px)
       end,
     }
   end

@@ -7,6 +7,7 @@
 //! outcome ([`Decision::Denied`]), not an error; [`LimiterError`] is only for
 //! a store that cannot answer while the failure mode is `closed`.
 
+pub mod deny_cache;
 pub mod local;
 pub mod rules;
 
@@ -325,6 +326,7 @@ pub struct Limiter<S> {
     rules: ArcSwap<Rules>,
     failure_mode: FailureMode,
     local: local::LocalLimiter,
+    denied: deny_cache::DenyCache,
 }
 
 impl<S: Store> Limiter<S> {
@@ -334,6 +336,7 @@ impl<S: Store> Limiter<S> {
             rules: ArcSwap::from_pointee(rules),
             failure_mode,
             local: local::LocalLimiter::default(),
+            denied: deny_cache::DenyCache::default(),
         }
     }
 
@@ -354,6 +357,13 @@ impl<S: Store> Limiter<S> {
     /// finish under the rules they started with.
     pub fn replace_rules(&self, rules: Rules) {
         self.rules.store(Arc::new(rules));
+        // A cached denial may not hold under the new limits.
+        self.denied.clear();
+    }
+
+    /// Identities denied until their retry_after, answered without Redis.
+    pub fn deny_cache(&self) -> &deny_cache::DenyCache {
+        &self.denied
     }
 
     /// Checks (and, if allowed, counts) one request of `identity` on `route`.
@@ -362,6 +372,9 @@ impl<S: Store> Limiter<S> {
         identity: &Identity,
         route: &Route<'_>,
     ) -> Result<Decision, LimiterError> {
+        if let Some(outcome) = self.denied.get(identity, route) {
+            return Ok(Decision::Denied(outcome));
+        }
         let policies = match self.rules.load().resolve(identity, route) {
             Resolution::Unlimited => return Ok(Decision::Unlimited),
             Resolution::Blocked => return Ok(Decision::Blocked),
@@ -374,6 +387,7 @@ impl<S: Store> Limiter<S> {
                 Ok(if allowed {
                     Decision::Allowed(outcome)
                 } else {
+                    self.denied.insert(identity, route, &outcome);
                     Decision::Denied(outcome)
                 })
             }

@@ -150,6 +150,7 @@ impl Manager {
     pub(crate) fn new(
         topology: &RedisTopology,
         connect_timeout: Duration,
+        generation: Arc<AtomicU64>,
     ) -> Result<Self, RedisError> {
         let connector = match topology {
             RedisTopology::Single { url } => {
@@ -193,13 +194,8 @@ impl Manager {
         Ok(Manager {
             connector,
             connect_timeout,
-            generation: Arc::default(),
+            generation,
         })
-    }
-
-    /// Breaks every connection made so far (the master moved).
-    pub(crate) fn generation(&self) -> Arc<AtomicU64> {
-        self.generation.clone()
     }
 
     async fn open(&self) -> Result<AnyConnection, RedisError> {
