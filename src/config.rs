@@ -116,7 +116,7 @@ impl RedisTopology {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
     pub topology: RedisTopology,
-    /// How many multiplexed connections the pool keeps open.
+    /// How many multiplexed connections each worker thread keeps open.
     pub pool_size: u32,
     /// The bound on every Redis call, connection checkout included.
     pub timeout: Duration,
@@ -131,7 +131,7 @@ impl RedisSettings {
     pub fn single(url: impl Into<String>, timeout: Duration) -> Self {
         RedisSettings {
             topology: RedisTopology::Single { url: url.into() },
-            pool_size: 4,
+            pool_size: 1,
             timeout,
             breaker_failures: 3,
             breaker_cooldown: Duration::from_millis(500),
@@ -173,7 +173,7 @@ impl Settings {
         let env = Env(&lookup);
         let redis = RedisSettings {
             topology: redis_topology(&env)?,
-            pool_size: env.parse_with("REDIS_POOL_SIZE", 4, |v| {
+            pool_size: env.parse_with("REDIS_POOL_SIZE", 1, |v| {
                 bounded_integer(v, 1, 1024).map(|n| n as u32)
             })?,
             timeout: env.parse_with("REDIS_TIMEOUT_MS", Duration::from_millis(100), |v| {

@@ -6,7 +6,7 @@ use std::io;
 use std::net::TcpListener;
 
 use actix_web::dev::Server;
-use actix_web::middleware::Logger;
+use actix_web::middleware::{Condition, Logger};
 use actix_web::{web, App, HttpServer};
 
 use crate::config::Settings;
@@ -63,10 +63,14 @@ impl Application {
         let reload_state = state.clone();
         let port = listener.local_addr().map_err(bind_error)?.port();
 
+        // actix's Logger renders its format for every request even when the
+        // line is then filtered out: only mount it when it will be written.
+        let access_log =
+            log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .wrap(Logger::new(ACCESS_LOG_FORMAT))
+                .wrap(Condition::new(access_log, Logger::new(ACCESS_LOG_FORMAT)))
                 .configure(http::configure)
         })
         .shutdown_timeout(5)
