@@ -1,7 +1,9 @@
 --[[
 check.lua: the one script run per request (with EVALSHA). It checks every
-policy that applies to one identity, all-or-nothing: if any policy denies,
-none is charged.
+policy that applies to one identity, all-or-nothing: if any enforced policy
+denies, none is charged. A shadow policy is checked and charged like the
+others but never blocks: its denial is reported, not enforced, and only
+that policy goes uncharged.
 
 The service loads it with the four algorithm modules placed before it
 (fixed_window.lua, sliding_window.lua, token_bucket.lua, gcra.lua), each
@@ -14,14 +16,16 @@ KEYS[i]   the counter of policy i: rate:{<strategy>:<id>}:... All keys of one
 ARGV[1]   now: ms since the Unix epoch, or empty to use the Redis server's
           clock (TIME). Only tests pass it; reading the clock inside Redis
           makes instances with skewed clocks agree.
-ARGV[2 + 4(i-1) ..]  four per policy i:
+ARGV[2 + 5(i-1) ..]  five per policy i:
           algorithm  fixed_window | sliding_window | token_bucket | gcra
           limit      integer >= 1
           window     ms, integer >= 1
           cost       integer >= 0 (0 for every policy: a read-only status)
+          shadow     1: report this policy's denial, never enforce it; 0: enforce
 
 Reply, an array of integers:
-  1  allowed   1 if every policy allowed (and all were charged), else 0
+  1  allowed   1 if every enforced policy allowed (and the policies that
+               allowed were charged), else 0 (and nothing was charged)
   2  now       the clock the decision used (ms since the epoch)
   then five per policy i, the common reply shape of every algorithm:
      allowed, limit, remaining, reset (ms until full again),
@@ -46,7 +50,7 @@ end
 local verdicts = {}
 local all_allowed = true
 for i = 1, #KEYS do
-  local base = 2 + 4 * (i - 1)
+  local base = 2 + 5 * (i - 1)
   local algorithm = ALGORITHMS[ARGV[base]]
   if not algorithm then
     return redis.error_reply('unknown algorithm ' .. tostring(ARGV[base]))
@@ -56,13 +60,15 @@ for i = 1, #KEYS do
   verdict.limit = limit
   verdict.cost = cost
   verdicts[i] = verdict
-  all_allowed = all_allowed and verdict.allowed
+  if ARGV[base + 4] ~= '1' then
+    all_allowed = all_allowed and verdict.allowed
+  end
 end
 
 local reply = { all_allowed and 1 or 0, now }
 for i, v in ipairs(verdicts) do
   local remaining = v.remaining
-  if all_allowed and v.cost > 0 then
+  if all_allowed and v.allowed and v.cost > 0 then
     v.commit(v.ttl + TTL_SLACK)
   else
     if v.allowed and not all_allowed then

@@ -76,6 +76,15 @@ impl fmt::Display for FailureMode {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable text (env_logger's format).
+    Plain,
+    /// One JSON object per line.
+    Json,
+}
+
 /// One limit: `limit` requests per `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitSettings {
@@ -154,6 +163,12 @@ pub struct Settings {
     pub algorithm: Algorithm,
     /// A TOML rules file; when set, its policies replace the built-in ones.
     pub rules_path: Option<PathBuf>,
+    /// Every policy in shadow mode: counted and reported, never enforced.
+    pub shadow: bool,
+    /// `plain` or `json` log lines.
+    pub log_format: LogFormat,
+    /// Enables `/admin` when set.
+    pub admin_token: Option<String>,
     pub failure_mode: FailureMode,
     /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
     pub trusted_proxies: Vec<IpNet>,
@@ -215,6 +230,21 @@ impl Settings {
             algorithm: env.parse_with("RATE_LIMIT_ALGORITHM", Algorithm::FixedWindow, |v| {
                 v.parse()
             })?,
+            shadow: env.parse_with("RATE_LIMIT_SHADOW", false, parse_bool)?,
+            log_format: env.parse_with("LOG_FORMAT", LogFormat::Plain, |v| match v {
+                "plain" => Ok(LogFormat::Plain),
+                "json" => Ok(LogFormat::Json),
+                _ => Err("expected `plain` or `json`".into()),
+            })?,
+            admin_token: env.parse_with("ADMIN_TOKEN", None, |v| {
+                if v.len() < 16 {
+                    Err("use at least 16 characters".into())
+                } else if !v.bytes().all(|b| b.is_ascii_graphic()) {
+                    Err("use printable ASCII without spaces".into())
+                } else {
+                    Ok(Some(v.to_owned()))
+                }
+            })?,
             rules_path: env.parse_with("RATE_LIMIT_CONFIG", None, |v| {
                 let path = PathBuf::from(v);
                 if path.is_file() {
@@ -253,6 +283,14 @@ impl Env<'_> {
             None => Ok(default),
             Some(value) => parse(&value).map_err(|problem| ConfigError::new(name, &value, problem)),
         }
+    }
+}
+
+fn parse_bool(value: &str) -> Result<bool, String> {
+    match value.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err("expected true or false".into()),
     }
 }
 
@@ -528,6 +566,9 @@ mod tests {
             ("REDIS_BREAKER_FAILURES", "0"),
             ("REDIS_BREAKER_COOLDOWN_MS", "soon"),
             ("REDIS_CLUSTER_NODES", "127.0.0.1"),
+            ("RATE_LIMIT_SHADOW", "perhaps"),
+            ("LOG_FORMAT", "xml"),
+            ("ADMIN_TOKEN", "short"),
         ];
         for (name, value) in cases {
             let err = settings(&[(name, value)]).unwrap_err();

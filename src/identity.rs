@@ -140,6 +140,11 @@ impl Identifier {
         Ok(Some(key).filter(|k| !k.is_empty()))
     }
 
+    /// Whether the TCP peer is a trusted proxy (whose headers are believed).
+    pub fn trusts(&self, peer: Option<SocketAddr>) -> bool {
+        peer.is_some_and(|p| self.is_trusted(p.ip()))
+    }
+
     fn is_trusted(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
         self.trusted_proxies.iter().any(|net| net.contains(&ip))

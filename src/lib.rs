@@ -15,6 +15,7 @@
 //! - [`http`]: routes, the rate-limit middleware, JSON errors, OpenAPI,
 //!   Swagger UI and ReDoc. Never builds a Redis command.
 //! - [`reload`]: hot reload of the rules file on SIGHUP and on change.
+//! - [`telemetry`]: the Prometheus metrics of one running application.
 //! - [`startup`]: all the wiring; `main` and the tests start the service
 //!   through [`startup::Application`].
 
@@ -25,3 +26,4 @@ pub mod limiter;
 pub mod redis;
 pub mod reload;
 pub mod startup;
+pub mod telemetry;

@@ -1,6 +1,7 @@
 use std::process::ExitCode;
 
-use rate_limiter::config::Settings;
+use rate_limiter::config::{LogFormat, Settings};
+use rate_limiter::http::access::ACCESS_TARGET;
 use rate_limiter::startup::Application;
 
 /// mimalloc instead of glibc's malloc: the request path allocates and frees
@@ -33,6 +34,23 @@ async fn main() -> ExitCode {
         .filter(|v| !v.trim().is_empty())
     {
         logger.parse_filters(&filters);
+    }
+    if settings.log_format == LogFormat::Json {
+        logger.format(|out, record| {
+            use std::io::Write;
+            // Access lines are JSON objects already; every other line
+            // becomes one.
+            if record.target() == ACCESS_TARGET {
+                return writeln!(out, "{}", record.args());
+            }
+            let line = serde_json::json!({
+                "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "message": record.args().to_string(),
+            });
+            writeln!(out, "{line}")
+        });
     }
     logger.init();
 

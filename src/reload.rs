@@ -45,10 +45,22 @@ pub fn reload_if_changed(path: &Path, last: &mut Option<String>, state: &AppStat
         Ok(rules) => {
             let count = rules.policies().count();
             state.limiter.replace_rules(rules);
+            state
+                .limiter
+                .metrics()
+                .rules_reloads
+                .with_label_values(&["success"])
+                .inc();
             log::info!("rules: reloaded {} ({count} policies)", path.display());
             Reloaded::Applied
         }
         Err(err) => {
+            state
+                .limiter
+                .metrics()
+                .rules_reloads
+                .with_label_values(&["failure"])
+                .inc();
             log::error!(
                 "rules: refused the new {}; the previous rules stay in force: {err}",
                 path.display()

@@ -4,23 +4,22 @@
 
 use std::io;
 use std::net::TcpListener;
+use std::sync::Arc;
 
 use actix_web::dev::Server;
-use actix_web::middleware::{Condition, Logger};
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::config::Settings;
 use crate::http::{self, AppState};
 use crate::identity::Identifier;
+use crate::limiter::overrides::REFRESH_INTERVAL;
 use crate::limiter::{Limiter, Rules, RulesError};
 use crate::redis::{RedisSetupError, RedisStore};
+use crate::telemetry::Metrics;
 
 /// The limiter the service runs: counters in Redis.
 pub type AppLimiter = Limiter<RedisStore>;
-
-/// One line per request. The peer address, not a forwarded one, and no
-/// request headers: an API key must never reach a log in full.
-const ACCESS_LOG_FORMAT: &str = r#"%a "%r" %s %b %Dms degraded=%{X-RateLimit-Degraded}o"#;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -43,8 +42,15 @@ impl Application {
             Some(path) => Rules::load(path)?,
             None => Rules::builtin(&settings),
         };
-        let store = RedisStore::connect(&settings.redis).await?;
-        let limiter = Limiter::new(store, rules, settings.failure_mode);
+        let metrics = Arc::new(Metrics::new());
+        let store = RedisStore::connect_with_metrics(&settings.redis, metrics.clone()).await?;
+        let limiter = Limiter::new(
+            store,
+            rules,
+            settings.failure_mode,
+            settings.shadow,
+            metrics,
+        );
         let state = web::Data::new(AppState {
             limiter,
             identifier: Identifier::new(
@@ -52,7 +58,10 @@ impl Application {
                 settings.max_api_key_length,
             ),
             environment: settings.environment.clone(),
+            log_format: settings.log_format,
+            admin_token: settings.admin_token.clone(),
         });
+        let admin = settings.admin_token.is_some();
 
         let address = format!("{}:{}", settings.host, settings.port);
         let bind_error = |source| StartupError::Bind {
@@ -63,15 +72,11 @@ impl Application {
         let reload_state = state.clone();
         let port = listener.local_addr().map_err(bind_error)?.port();
 
-        // actix's Logger renders its format for every request even when the
-        // line is then filtered out: only mount it when it will be written.
-        let access_log =
-            log::log_enabled!(target: "actix_web::middleware::logger", log::Level::Info);
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
-                .wrap(Condition::new(access_log, Logger::new(ACCESS_LOG_FORMAT)))
-                .configure(http::configure)
+                .wrap(from_fn(http::access::access))
+                .configure(|cfg| http::configure(cfg, admin))
         })
         .shutdown_timeout(5)
         .listen(listener)
@@ -81,8 +86,9 @@ impl Application {
         }
         let server = server.run();
         if let Some(path) = settings.rules_path.clone() {
-            crate::reload::spawn(path, reload_state);
+            crate::reload::spawn(path, reload_state.clone());
         }
+        spawn_override_refresh(reload_state);
         Ok(Application { port, server })
     }
 
@@ -100,4 +106,19 @@ impl Application {
     pub async fn run_until_stopped(self) -> io::Result<()> {
         self.server.await
     }
+}
+
+/// Rereads the overrides set through the admin API (by any instance) every
+/// [`REFRESH_INTERVAL`], for as long as the runtime that calls this runs.
+fn spawn_override_refresh(state: web::Data<AppState>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            if let Err(err) = state.limiter.refresh_overrides().await {
+                log::debug!("overrides: cannot refresh: {err}");
+            }
+        }
+    });
 }

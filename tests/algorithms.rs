@@ -30,6 +30,7 @@ fn policy(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64, cost: u32
         limit,
         window_ms,
         cost,
+        shadow: false,
     }
 }
 

@@ -57,6 +57,7 @@ async fn memory_per_identity_per_algorithm() {
                         limit: 100,
                         window_ms: 60_000,
                         cost: 1,
+                        shadow: false,
                     };
                     store.run_check(&[p], None).await.unwrap()
                 }

@@ -36,6 +36,12 @@ pub enum ApiError {
     Blocked,
     #[error("not found")]
     NotFound,
+    /// An admin call without the right bearer token.
+    #[error("unauthorized")]
+    Unauthorized,
+    /// A path or body that names no valid identity or override.
+    #[error("bad request: {0}")]
+    BadRequest(String),
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
 }
@@ -54,6 +60,11 @@ impl ApiError {
                 Some("this caller is blocked by the rate limiter's rules".to_owned()),
             ),
             ApiError::NotFound => ("Not found", None),
+            ApiError::Unauthorized => (
+                "Unauthorized",
+                Some("send Authorization: Bearer <ADMIN_TOKEN>".to_owned()),
+            ),
+            ApiError::BadRequest(detail) => ("Bad request", Some(detail.clone())),
             ApiError::MethodNotAllowed { allow } => {
                 ("Method not allowed", Some(format!("allowed: {allow}")))
             }
@@ -68,7 +79,10 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
-            ApiError::Identity(_) | ApiError::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            ApiError::Identity(_) | ApiError::InvalidJson(_) | ApiError::BadRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Blocked => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -84,6 +98,9 @@ impl ResponseError for ApiError {
             }
             ApiError::MethodNotAllowed { allow } => {
                 response.insert_header((header::ALLOW, *allow));
+            }
+            ApiError::Unauthorized => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             _ => {}
         }

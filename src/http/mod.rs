@@ -1,6 +1,8 @@
 //! The HTTP front end: routes, the rate-limit middleware, errors and the
 //! OpenAPI documents. It knows the limiter's API, never a Redis command.
 
+pub mod access;
+pub mod admin;
 pub mod docs;
 pub mod errors;
 pub mod ratelimit;
@@ -9,6 +11,7 @@ pub mod routes;
 use actix_web::middleware::from_fn;
 use actix_web::web;
 
+use crate::config::LogFormat;
 use crate::identity::Identifier;
 use crate::startup::AppLimiter;
 
@@ -17,12 +20,20 @@ pub struct AppState {
     pub limiter: AppLimiter,
     pub identifier: Identifier,
     pub environment: String,
+    pub log_format: LogFormat,
+    /// `/admin` exists only when this is set.
+    pub admin_token: Option<String>,
 }
 
 /// Largest request body accepted by the protected resource.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
+/// Every route. `admin` mounts `/admin` (ADMIN_TOKEN is set); without it
+/// the tree does not exist and answers 404 like any unknown path.
+pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
+    if admin {
+        cfg.service(admin::scope());
+    }
     cfg.service(
         web::resource("/api/resource")
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
@@ -41,6 +52,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     )
     .route("/health", web::get().to(routes::health))
     .route("/livez", web::get().to(routes::livez))
+    .route("/metrics", web::get().to(routes::metrics))
     .configure(docs::configure)
     .default_service(web::to(routes::not_found));
 }

@@ -7,7 +7,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{web, Error, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, Error, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -17,6 +17,7 @@ use crate::identity::{Identifier, Identity, IdentityError, RequestParts};
 use std::sync::Arc;
 
 use crate::limiter::{Decision, LimiterError, Outcome, Policy, Route, StoreError};
+use crate::telemetry::Metrics;
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
@@ -131,6 +132,35 @@ fn too_many_requests(identity: &Identity, outcome: &Outcome) -> HttpResponse {
     response
 }
 
+/// What the rate limiter decided for a request, for the access log
+/// (kept in the request's extensions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitInfo {
+    pub strategy: &'static str,
+    pub decision: &'static str,
+}
+
+/// Counts one decision under every policy it involved (labels: strategy,
+/// policy name from the configuration, decision; never a client value).
+fn count(metrics: &Metrics, strategy: &'static str, policies: &[&Policy], decision: &'static str) {
+    if policies.is_empty() {
+        metrics
+            .decisions
+            .with_label_values(&[strategy, "none", decision])
+            .inc();
+    }
+    for policy in policies {
+        metrics
+            .decisions
+            .with_label_values(&[strategy, &policy.name, decision])
+            .inc();
+    }
+}
+
+/// `X-RateLimit-Shadow` on a request that shadow policies would have denied:
+/// a Structured Field list of their names.
+pub const X_RATELIMIT_SHADOW: HeaderName = HeaderName::from_static("x-ratelimit-shadow");
+
 /// Middleware for limited routes (wrap them with `from_fn(rate_limit)`).
 pub async fn rate_limit(
     req: ServiceRequest,
@@ -144,27 +174,77 @@ pub async fn rate_limit(
         Ok(identity) => identity,
         Err(err) => return Ok(req.into_response(ApiError::from(err).error_response())),
     };
+    let strategy = identity.strategy.as_str();
     let (method, path) = route_of(req.request());
     let route = Route {
         method: &method,
         path: &path,
     };
+    let metrics = state.limiter.metrics();
     let decision = match state.limiter.check(&identity, &route).await {
         Ok(decision) => decision,
         Err(LimiterError::Unavailable(err)) => {
+            count(metrics, strategy, &[], "unavailable");
+            note(&req, strategy, "unavailable");
             return Ok(req.into_response(ApiError::Unavailable(err).error_response()));
         }
     };
     match decision {
         Decision::Allowed(outcome) => {
+            let shadow_denied: Vec<&str> = outcome
+                .quotas
+                .iter()
+                .filter(|(p, q)| p.shadow && !q.allowed)
+                .map(|(p, _)| p.name.as_str())
+                .collect();
+            let label = if shadow_denied.is_empty() {
+                "allowed"
+            } else {
+                "shadow_denied"
+            };
+            let policies: Vec<&Policy> = outcome.quotas.iter().map(|(p, _)| p.as_ref()).collect();
+            count(metrics, strategy, &policies, label);
+            for (policy, quota) in &outcome.quotas {
+                // Near the limit: less than 20 % left.
+                if quota.allowed && u64::from(quota.remaining) * 5 < u64::from(quota.limit) {
+                    metrics
+                        .near_limit
+                        .with_label_values(&[strategy, &policy.name])
+                        .inc();
+                }
+            }
+            note(&req, strategy, label);
             let mut response = next.call(req).await?.map_into_boxed_body();
-            insert_quota_headers(response.headers_mut(), &outcome);
+            let headers = response.headers_mut();
+            insert_quota_headers(headers, &outcome);
+            if !shadow_denied.is_empty() {
+                let names: Vec<String> = shadow_denied.iter().map(|n| format!("\"{n}\"")).collect();
+                if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
+                    headers.insert(X_RATELIMIT_SHADOW, value);
+                }
+            }
             Ok(response)
         }
-        Decision::Denied(outcome) => Ok(req.into_response(too_many_requests(&identity, &outcome))),
-        Decision::Unlimited => Ok(next.call(req).await?.map_into_boxed_body()),
-        Decision::Blocked => Ok(req.into_response(ApiError::Blocked.error_response())),
+        Decision::Denied(outcome) => {
+            let policies: Vec<&Policy> = outcome.quotas.iter().map(|(p, _)| p.as_ref()).collect();
+            count(metrics, strategy, &policies, "denied");
+            note(&req, strategy, "denied");
+            Ok(req.into_response(too_many_requests(&identity, &outcome)))
+        }
+        Decision::Unlimited => {
+            count(metrics, strategy, &[], "unlimited");
+            note(&req, strategy, "unlimited");
+            Ok(next.call(req).await?.map_into_boxed_body())
+        }
+        Decision::Blocked => {
+            count(metrics, strategy, &[], "blocked");
+            note(&req, strategy, "blocked");
+            Ok(req.into_response(ApiError::Blocked.error_response()))
+        }
         Decision::Degraded { error, policies } => {
+            let names: Vec<&Policy> = policies.iter().map(|p| p.as_ref()).collect();
+            count(metrics, strategy, &names, "degraded");
+            note(&req, strategy, "degraded");
             let mut response = next.call(req).await?.map_into_boxed_body();
             mark_degraded(response.headers_mut(), &error, &policies, false);
             Ok(response)
@@ -174,6 +254,9 @@ pub async fn rate_limit(
             verdict,
             policies,
         } if verdict.allowed => {
+            let names: Vec<&Policy> = policies.iter().map(|p| p.as_ref()).collect();
+            count(metrics, strategy, &names, "local_allowed");
+            note(&req, strategy, "local_allowed");
             let mut response = next.call(req).await?.map_into_boxed_body();
             mark_degraded(response.headers_mut(), &error, &policies, true);
             Ok(response)
@@ -183,6 +266,9 @@ pub async fn rate_limit(
             verdict,
             policies,
         } => {
+            let names: Vec<&Policy> = policies.iter().map(|p| p.as_ref()).collect();
+            count(metrics, strategy, &names, "local_denied");
+            note(&req, strategy, "local_denied");
             let retry_after = (verdict.retry_after.as_millis() as u64)
                 .div_ceil(1000)
                 .max(1);
@@ -201,6 +287,11 @@ pub async fn rate_limit(
             Ok(req.into_response(response))
         }
     }
+}
+
+fn note(req: &ServiceRequest, strategy: &'static str, decision: &'static str) {
+    req.extensions_mut()
+        .insert(LimitInfo { strategy, decision });
 }
 
 /// A response decided without Redis: `X-RateLimit-Degraded` says why (and,

@@ -6,11 +6,12 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::access::request_id;
 use super::errors::{ApiError, ErrorBody};
 use super::ratelimit::{identify, RateLimitExceeded};
 use super::AppState;
 use crate::config::FailureMode;
-use crate::limiter::{Route, Standing, Store};
+use crate::limiter::{Outcome, Route, Standing, Store};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ResourceData {
@@ -52,14 +53,15 @@ pub struct ResourceResponse {
         (status = 503, description = "Redis cannot answer and RATE_LIMIT_FAILURE_MODE is `closed`", body = ErrorBody),
     )
 )]
-pub async fn resource(body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn resource(req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     if !body.iter().all(u8::is_ascii_whitespace) {
         serde_json::from_slice::<serde::de::IgnoredAny>(&body)
             .map_err(|err| ApiError::InvalidJson(err.to_string()))?;
     }
     Ok(HttpResponse::Ok().json(ResourceResponse {
         message: "Request successful",
-        request_id: format!("req_{}", uuid::Uuid::new_v4().simple()),
+        // The same id as the X-Request-Id header and the access log line.
+        request_id: request_id(&req),
         timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         data: ResourceData { processed: true },
     }))
@@ -88,6 +90,8 @@ pub struct PolicyStatus {
     /// Units each request takes.
     #[schema(example = 1)]
     pub cost: u32,
+    /// Counted and reported, never enforced.
+    pub shadow: bool,
     #[schema(example = 17)]
     pub remaining: u32,
     /// Unix seconds when this policy's full limit is back.
@@ -170,21 +174,48 @@ pub async fn rate_limit_status(
         body.remaining = Some(quota.remaining);
         body.reset = Some(quota.reset_at_unix());
         body.window = Some(policy.window.as_millis().div_ceil(1000) as u64);
-        body.policies = outcome
-            .quotas
-            .iter()
-            .map(|(policy, quota)| PolicyStatus {
-                name: policy.name.clone(),
-                algorithm: policy.algorithm.as_str(),
-                limit: quota.limit,
-                window: policy.window.as_secs_f64(),
-                cost: policy.cost,
-                remaining: quota.remaining,
-                reset: quota.reset_at_unix(),
-            })
-            .collect();
+        body.policies = policy_statuses(&outcome);
     }
     Ok(HttpResponse::Ok().json(body))
+}
+
+/// Each policy of `outcome` as the status and admin endpoints show it.
+pub fn policy_statuses(outcome: &Outcome) -> Vec<PolicyStatus> {
+    outcome
+        .quotas
+        .iter()
+        .map(|(policy, quota)| PolicyStatus {
+            name: policy.name.clone(),
+            algorithm: policy.algorithm.as_str(),
+            limit: quota.limit,
+            window: policy.window.as_secs_f64(),
+            cost: policy.cost,
+            shadow: policy.shadow,
+            remaining: quota.remaining,
+            reset: quota.reset_at_unix(),
+        })
+        .collect()
+}
+
+/// Prometheus metrics, in the text exposition format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    responses((status = 200, description = "Prometheus text format (version 0.0.4)", content_type = "text/plain"))
+)]
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let metrics = state.limiter.metrics();
+    // Gauges are sampled when scraped, not kept up to date on the hot path.
+    metrics
+        .deny_cache_entries
+        .set(state.limiter.deny_cache().len() as i64);
+    metrics
+        .breaker_open
+        .set(i64::from(state.limiter.store().breaker_open()));
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(metrics.render())
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -9,19 +9,22 @@
 
 pub mod deny_cache;
 pub mod local;
+pub mod overrides;
 pub mod rules;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
 use crate::config::FailureMode;
-use crate::identity::Identity;
+use crate::identity::{Identity, Strategy};
+use crate::telemetry::Metrics;
 pub use rules::{Resolution, Route, Rules, RulesError};
 
 /// The algorithm a policy counts with. Each has one Lua module in `lua/`.
@@ -84,6 +87,9 @@ pub struct Policy {
     pub limit: NonZeroU32,
     pub window: Duration,
     pub cost: u32,
+    /// Checked and counted, never enforced: a denial is reported (header,
+    /// metrics) and the request goes through.
+    pub shadow: bool,
 }
 
 impl Policy {
@@ -126,6 +132,7 @@ impl Policy {
             limit,
             window,
             cost,
+            shadow: false,
         })
     }
 
@@ -232,6 +239,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// Round-trip time of a trivial call, for health checks.
     fn ping(&self) -> impl Future<Output = Result<Duration, StoreError>> + Send;
+
+    /// Deletes the counters of `identity` under `policies`; returns how many
+    /// existed.
+    fn reset(
+        &self,
+        identity: &Identity,
+        policies: &[Arc<Policy>],
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The overrides every instance shares, as (identity key, JSON) pairs.
+    fn load_overrides(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+
+    fn save_override(
+        &self,
+        key: &str,
+        json: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Whether there was one to delete.
+    fn delete_override(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
 }
 
 /// The policies checked for one request, each with its quota.
@@ -321,22 +350,48 @@ pub enum LimiterError {
     Unavailable(StoreError),
 }
 
+/// Dynamic overrides by identity, as last read from the store.
+type OverrideMap = HashMap<(Strategy, String), overrides::OverrideSpec>;
+
+/// Why an admin change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("invalid override: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 pub struct Limiter<S> {
     store: S,
     rules: ArcSwap<Rules>,
+    /// Every policy in shadow mode (RATE_LIMIT_SHADOW), through reloads.
+    shadow: bool,
     failure_mode: FailureMode,
     local: local::LocalLimiter,
     denied: deny_cache::DenyCache,
+    dynamic: ArcSwap<OverrideMap>,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: Store> Limiter<S> {
-    pub fn new(store: S, rules: Rules, failure_mode: FailureMode) -> Self {
+    pub fn new(
+        store: S,
+        rules: Rules,
+        failure_mode: FailureMode,
+        shadow: bool,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let rules = if shadow { rules.all_shadow() } else { rules };
         Limiter {
             store,
             rules: ArcSwap::from_pointee(rules),
+            shadow,
             failure_mode,
             local: local::LocalLimiter::default(),
             denied: deny_cache::DenyCache::default(),
+            dynamic: ArcSwap::from_pointee(HashMap::new()),
+            metrics,
         }
     }
 
@@ -348,6 +403,10 @@ impl<S: Store> Limiter<S> {
         self.failure_mode
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The rules in force now.
     pub fn rules(&self) -> Arc<Rules> {
         self.rules.load_full()
@@ -356,6 +415,11 @@ impl<S: Store> Limiter<S> {
     /// Puts new rules in force for the next request. Requests in flight
     /// finish under the rules they started with.
     pub fn replace_rules(&self, rules: Rules) {
+        let rules = if self.shadow {
+            rules.all_shadow()
+        } else {
+            rules
+        };
         self.rules.store(Arc::new(rules));
         // A cached denial may not hold under the new limits.
         self.denied.clear();
@@ -366,6 +430,22 @@ impl<S: Store> Limiter<S> {
         &self.denied
     }
 
+    /// The policies for `identity` on `route`, dynamic overrides first.
+    fn resolve(&self, identity: &Identity, route: &Route<'_>) -> Resolution {
+        let dynamic = self.dynamic.load();
+        let action = if dynamic.is_empty() {
+            None
+        } else {
+            dynamic
+                .get(&(identity.strategy, identity.id.clone()))
+                .filter(|spec| spec.active_at(SystemTime::now()))
+                .and_then(|spec| spec.action().ok())
+        };
+        self.rules
+            .load()
+            .resolve_with(identity, route, action.as_ref())
+    }
+
     /// Checks (and, if allowed, counts) one request of `identity` on `route`.
     pub async fn check(
         &self,
@@ -373,9 +453,10 @@ impl<S: Store> Limiter<S> {
         route: &Route<'_>,
     ) -> Result<Decision, LimiterError> {
         if let Some(outcome) = self.denied.get(identity, route) {
+            self.metrics.deny_cache_hits.inc();
             return Ok(Decision::Denied(outcome));
         }
-        let policies = match self.rules.load().resolve(identity, route) {
+        let policies = match self.resolve(identity, route) {
             Resolution::Unlimited => return Ok(Decision::Unlimited),
             Resolution::Blocked => return Ok(Decision::Blocked),
             Resolution::Limited(policies) => policies,
@@ -412,7 +493,7 @@ impl<S: Store> Limiter<S> {
         identity: &Identity,
         route: &Route<'_>,
     ) -> Result<Standing, StoreError> {
-        let policies = match self.rules.load().resolve(identity, route) {
+        let policies = match self.resolve(identity, route) {
             Resolution::Limited(policies) => policies,
             Resolution::Unlimited => return Ok(Standing::Unlimited),
             Resolution::Blocked => return Ok(Standing::Blocked),
@@ -423,6 +504,122 @@ impl<S: Store> Limiter<S> {
             reply.quotas,
             true,
         )))
+    }
+
+    /// Deletes the counters of `identity` under every policy that applies to
+    /// it on `route`; returns how many existed.
+    pub async fn reset(&self, identity: &Identity, route: &Route<'_>) -> Result<u64, StoreError> {
+        // The rules' policies, whatever an override says: an override
+        // changes limits, not keys.
+        let policies = match self.rules.load().resolve_with(identity, route, None) {
+            Resolution::Limited(policies) => policies,
+            Resolution::Unlimited | Resolution::Blocked => Vec::new(),
+        };
+        let deleted = self.store.reset(identity, &policies).await?;
+        self.denied.forget(identity);
+        Ok(deleted)
+    }
+
+    /// The override in force for `identity`, if any.
+    pub fn override_for(&self, identity: &Identity) -> Option<overrides::OverrideSpec> {
+        self.dynamic
+            .load()
+            .get(&(identity.strategy, identity.id.clone()))
+            .filter(|spec| spec.active_at(SystemTime::now()))
+            .cloned()
+    }
+
+    /// Every override in force.
+    pub fn overrides(&self) -> Vec<(Identity, overrides::OverrideSpec)> {
+        let now = SystemTime::now();
+        let mut all: Vec<_> = self
+            .dynamic
+            .load()
+            .iter()
+            .filter(|(_, spec)| spec.active_at(now))
+            .map(|((strategy, id), spec)| {
+                (
+                    Identity {
+                        strategy: *strategy,
+                        id: id.clone(),
+                    },
+                    spec.clone(),
+                )
+            })
+            .collect();
+        all.sort_by(|a, b| (a.0.strategy.as_str(), &a.0.id).cmp(&(b.0.strategy.as_str(), &b.0.id)));
+        all
+    }
+
+    /// Stores an override for every instance, and applies it here at once.
+    pub async fn set_override(
+        &self,
+        identity: &Identity,
+        spec: &overrides::OverrideSpec,
+    ) -> Result<(), AdminError> {
+        let action = spec.action().map_err(AdminError::Invalid)?;
+        self.rules
+            .load()
+            .check_override(identity.strategy, &action)
+            .map_err(|(key, problem)| AdminError::Invalid(format!("{key}: {problem}")))?;
+        if !spec.active_at(SystemTime::now()) {
+            return Err(AdminError::Invalid("until is in the past".into()));
+        }
+        let json = serde_json::to_string(spec).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        self.store
+            .save_override(&overrides::storage_key(identity), &json)
+            .await?;
+        self.refresh_overrides().await?;
+        Ok(())
+    }
+
+    /// Removes an override everywhere; whether there was one.
+    pub async fn delete_override(&self, identity: &Identity) -> Result<bool, StoreError> {
+        let existed = self
+            .store
+            .delete_override(&overrides::storage_key(identity))
+            .await?;
+        self.refresh_overrides().await?;
+        Ok(existed)
+    }
+
+    /// Rereads the shared overrides (every [`overrides::REFRESH_INTERVAL`],
+    /// and after each change). Identities whose override changed are
+    /// dropped from the deny cache, so a raised limit or an allow-listing
+    /// applies on every instance within the interval.
+    pub async fn refresh_overrides(&self) -> Result<(), StoreError> {
+        let stored = self.store.load_overrides().await?;
+        let mut fresh = OverrideMap::with_capacity(stored.len());
+        for (key, json) in stored {
+            let (Some(identity), Ok(spec)) = (
+                overrides::identity_of(&key),
+                serde_json::from_str::<overrides::OverrideSpec>(&json),
+            ) else {
+                log::warn!("overrides: ignoring an unreadable entry {key:?}");
+                continue;
+            };
+            fresh.insert((identity.strategy, identity.id), spec);
+        }
+        let old = self.dynamic.load_full();
+        if *old == fresh {
+            return Ok(());
+        }
+        for (key, spec) in old.iter() {
+            if fresh.get(key) != Some(spec) {
+                self.denied.forget(&Identity {
+                    strategy: key.0,
+                    id: key.1.clone(),
+                });
+            }
+        }
+        for key in fresh.keys().filter(|k| !old.contains_key(*k)) {
+            self.denied.forget(&Identity {
+                strategy: key.0,
+                id: key.1.clone(),
+            });
+        }
+        self.dynamic.store(Arc::new(fresh));
+        Ok(())
     }
 }
 

@@ -81,7 +81,7 @@ impl ScopedPolicy {
 
 /// What an override does to one identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum OverrideAction {
+pub enum OverrideAction {
     /// Allow-list: never limited, answered without Redis.
     Unlimited,
     /// Deny-list: always refused, answered without Redis.
@@ -131,6 +131,7 @@ impl Rules {
                 limit: limits.limit,
                 window: limits.window,
                 cost: 1,
+                shadow: settings.shadow,
             }),
             strategy: Some(strategy),
             route: None,
@@ -160,18 +161,39 @@ impl Rules {
         Parser { origin }.parse(text)
     }
 
+    /// Every policy in shadow mode (RATE_LIMIT_SHADOW=true).
+    pub fn all_shadow(mut self) -> Self {
+        for scoped in &mut self.policies {
+            Arc::make_mut(&mut scoped.policy).shadow = true;
+        }
+        self
+    }
+
     /// The policies of the file, with their names, for display.
     pub fn policies(&self) -> impl Iterator<Item = &Policy> {
         self.policies.iter().map(|p| p.policy.as_ref())
     }
 
     pub fn resolve(&self, identity: &Identity, route: &Route<'_>) -> Resolution {
-        let action = if self.overrides.is_empty() {
-            None
-        } else {
-            self.overrides
-                .get(&(identity.strategy, identity.id.clone()))
-        };
+        self.resolve_with(identity, route, None)
+    }
+
+    /// As [`Rules::resolve`], with `dynamic` (an override set through the
+    /// admin API) taking precedence over the file's.
+    pub fn resolve_with(
+        &self,
+        identity: &Identity,
+        route: &Route<'_>,
+        dynamic: Option<&OverrideAction>,
+    ) -> Resolution {
+        let action = dynamic.or_else(|| {
+            if self.overrides.is_empty() {
+                None
+            } else {
+                self.overrides
+                    .get(&(identity.strategy, identity.id.clone()))
+            }
+        });
         let applicable = self.policies.iter().filter(|p| p.applies(identity, route));
         let policies: Vec<Arc<Policy>> = match action {
             Some(OverrideAction::Unlimited) => return Resolution::Unlimited,
@@ -202,7 +224,62 @@ impl Rules {
     }
 }
 
-const POLICY_KEYS: [&str; 7] = [
+/// Whether `action` can apply to the policies of `strategy`: the named
+/// policy exists, and the new limit and window make valid policies.
+/// Err((key, problem)).
+fn check_override(
+    policies: &[ScopedPolicy],
+    strategy: Strategy,
+    action: &OverrideAction,
+) -> Result<(), (&'static str, String)> {
+    let OverrideAction::Limit {
+        policy: name,
+        limit,
+        window,
+    } = action
+    else {
+        return Ok(());
+    };
+    let targets: Vec<&ScopedPolicy> = policies
+        .iter()
+        .filter(|p| name.as_ref().is_none_or(|n| *n == p.policy.name))
+        .filter(|p| p.strategy.is_none_or(|s| s == strategy))
+        .collect();
+    if let Some(name) = name {
+        if targets.is_empty() {
+            return Err((
+                "policy",
+                format!("no policy named {name:?} applies to strategy \"{strategy}\""),
+            ));
+        }
+    }
+    for target in targets {
+        let p = &target.policy;
+        Policy::new(
+            p.name.clone(),
+            p.algorithm,
+            *limit,
+            window.unwrap_or(p.window),
+            p.cost,
+        )
+        .map_err(|problem| ("limit", format!("for policy {:?}: {problem}", p.name)))?;
+    }
+    Ok(())
+}
+
+impl Rules {
+    /// Whether an override set through the admin API fits these rules;
+    /// Err((key, problem)).
+    pub fn check_override(
+        &self,
+        strategy: Strategy,
+        action: &OverrideAction,
+    ) -> Result<(), (&'static str, String)> {
+        check_override(&self.policies, strategy, action)
+    }
+}
+
+const POLICY_KEYS: [&str; 8] = [
     "name",
     "algorithm",
     "limit",
@@ -210,6 +287,7 @@ const POLICY_KEYS: [&str; 7] = [
     "cost",
     "strategy",
     "route",
+    "shadow",
 ];
 const OVERRIDE_KEYS: [&str; 7] = [
     "strategy",
@@ -329,16 +407,19 @@ impl Parser<'_> {
                 Some(text) => Some(RouteMatch::parse(text).map_err(|e| field.bad("route", e))?),
                 None => None,
             };
-            let policy = Policy::new(name, algorithm, limit, window, cost).map_err(|problem| {
-                let key = if problem.contains("name") {
-                    "name"
-                } else if problem.contains("cost") {
-                    "cost"
-                } else {
-                    "limit"
-                };
-                field.bad(key, problem)
-            })?;
+            let shadow = field.boolean("shadow")?.unwrap_or(false);
+            let mut policy =
+                Policy::new(name, algorithm, limit, window, cost).map_err(|problem| {
+                    let key = if problem.contains("name") {
+                        "name"
+                    } else if problem.contains("cost") {
+                        "cost"
+                    } else {
+                        "limit"
+                    };
+                    field.bad(key, problem)
+                })?;
+            policy.shadow = shadow;
             out.push(ScopedPolicy {
                 policy: Arc::new(policy),
                 strategy,
@@ -407,39 +488,8 @@ impl Parser<'_> {
                     ))
                 }
             };
-            if let OverrideAction::Limit {
-                policy: name,
-                limit,
-                window,
-            } = &action
-            {
-                let targets: Vec<&ScopedPolicy> = policies
-                    .iter()
-                    .filter(|p| name.as_ref().is_none_or(|n| *n == p.policy.name))
-                    .filter(|p| p.strategy.is_none_or(|s| s == strategy))
-                    .collect();
-                if let Some(name) = name {
-                    if targets.is_empty() {
-                        return Err(field.bad(
-                            "policy",
-                            format!("no policy named {name:?} applies to strategy \"{strategy}\""),
-                        ));
-                    }
-                }
-                for target in targets {
-                    let p = &target.policy;
-                    Policy::new(
-                        p.name.clone(),
-                        p.algorithm,
-                        *limit,
-                        window.unwrap_or(p.window),
-                        p.cost,
-                    )
-                    .map_err(|problem| {
-                        field.bad("limit", format!("for policy {:?}: {problem}", p.name))
-                    })?;
-                }
-            }
+            check_override(policies, strategy, &action)
+                .map_err(|(key, problem)| field.bad(key, problem))?;
             if out.insert((strategy, id), action).is_some() {
                 return Err(field.bad("id", "a second override for the same identity"));
             }

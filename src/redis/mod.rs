@@ -20,6 +20,7 @@ use tokio::time::timeout_at;
 use crate::config::{RedisSettings, RedisTopology};
 use crate::identity::Identity;
 use crate::limiter::{Algorithm, Policy, Quota, Store, StoreError, StoreReply};
+use crate::telemetry::Metrics;
 use breaker::{Admission, Breaker};
 use pool::{AnyConnection, Connection, LogErrors, Manager};
 
@@ -66,6 +67,11 @@ pub fn counter_key(identity: &Identity, policy: &Policy) -> String {
     key
 }
 
+/// The hash of the overrides set through the admin API, shared by every
+/// instance: field `<strategy>:<id>`, value the override as JSON. It never
+/// expires; an override's own `until` ends it.
+pub const OVERRIDES_KEY: &str = "rate:overrides";
+
 /// One policy of a check, as the script takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptPolicy {
@@ -74,6 +80,8 @@ pub struct ScriptPolicy {
     pub limit: u32,
     pub window_ms: u64,
     pub cost: u32,
+    /// Report this policy's denial, never enforce it.
+    pub shadow: bool,
 }
 
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
@@ -118,6 +126,7 @@ pub struct RedisStore {
     timeout: Duration,
     topology: &'static str,
     breaker: Breaker,
+    metrics: Arc<Metrics>,
     /// Whether the last call succeeded; only used to log each loss and each
     /// recovery once.
     reachable: AtomicBool,
@@ -128,6 +137,14 @@ impl RedisStore {
     /// an error: the service starts, answers by its failure mode, and
     /// connects when Redis appears.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, RedisSetupError> {
+        Self::connect_with_metrics(settings, Arc::new(Metrics::new())).await
+    }
+
+    /// As [`RedisStore::connect`], counting into `metrics`.
+    pub async fn connect_with_metrics(
+        settings: &RedisSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, RedisSetupError> {
         let generation = Arc::new(AtomicU64::new(0));
         // Validates the settings once; the per-thread pools build the same.
         Manager::new(
@@ -157,6 +174,7 @@ impl RedisStore {
             timeout: settings.timeout,
             topology: settings.topology.name(),
             breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+            metrics,
             reachable: AtomicBool::new(true),
         };
         if let Err(err) = store.load_scripts().await {
@@ -197,18 +215,27 @@ impl RedisStore {
         now_ms: Option<u64>,
     ) -> Result<StoreReply, StoreError> {
         let keys: Vec<String> = policies.iter().map(|p| p.key.clone()).collect();
-        let mut args = Vec::with_capacity(1 + 4 * policies.len());
+        let mut args = Vec::with_capacity(1 + 5 * policies.len());
         args.push(now_ms.map(|n| n.to_string()).unwrap_or_default());
         for p in policies {
             args.push(p.algorithm.as_str().to_owned());
             args.push(p.limit.to_string());
             args.push(p.window_ms.to_string());
             args.push(p.cost.to_string());
+            args.push(if p.shadow { "1" } else { "0" }.to_owned());
         }
         let deadline = Instant::now() + self.timeout;
+        let metrics = &self.metrics;
         let reply = self
             .call(deadline, true, |mut conn| async move {
-                scripts::evalsha(&mut conn, &scripts::CHECK, &keys, &args).await
+                scripts::evalsha(
+                    &mut conn,
+                    &scripts::CHECK,
+                    &keys,
+                    &args,
+                    &metrics.script_reloads,
+                )
+                .await
             })
             .await?;
         parse_reply(&reply, policies.len())
@@ -229,9 +256,23 @@ impl RedisStore {
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         if guarded && self.breaker.admit() == Admission::Reject {
+            self.metrics
+                .redis_errors
+                .with_label_values(&["circuit_open"])
+                .inc();
             return Err(StoreError::CircuitOpen);
         }
+        let started = Instant::now();
         let result = self.call_unguarded(deadline, op).await;
+        self.metrics
+            .redis_latency
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(err) = &result {
+            self.metrics
+                .redis_errors
+                .with_label_values(&[err.kind()])
+                .inc();
+        }
         if guarded {
             match &result {
                 Ok(_) => self.breaker.record_success(),
@@ -390,9 +431,68 @@ impl Store for RedisStore {
                 limit: p.limit.get(),
                 window_ms: p.window_ms(),
                 cost: if charge { p.cost } else { 0 },
+                shadow: p.shadow,
             })
             .collect();
         self.run_check(&policies, None).await
+    }
+
+    async fn reset(
+        &self,
+        identity: &Identity,
+        policies: &[Arc<Policy>],
+    ) -> Result<u64, StoreError> {
+        let keys: Vec<String> = policies.iter().map(|p| counter_key(identity, p)).collect();
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let deadline = Instant::now() + self.timeout;
+        // One DEL: every key of one identity shares a hash tag, so this is a
+        // single-slot command on a Cluster too.
+        self.call(deadline, false, |mut conn| async move {
+            redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn load_overrides(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        self.call(deadline, false, |mut conn| async move {
+            redis::cmd("HGETALL")
+                .arg(OVERRIDES_KEY)
+                .query_async::<Vec<(String, String)>>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn save_override(&self, key: &str, json: &str) -> Result<(), StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        self.call(deadline, false, |mut conn| async move {
+            redis::cmd("HSET")
+                .arg(OVERRIDES_KEY)
+                .arg(key)
+                .arg(json)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn delete_override(&self, key: &str) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        self.call(deadline, false, |mut conn| async move {
+            redis::cmd("HDEL")
+                .arg(OVERRIDES_KEY)
+                .arg(key)
+                .query_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|n| n > 0)
     }
 
     /// PING on a Cluster (every node); ROLE elsewhere, because a demoted

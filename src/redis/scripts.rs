@@ -74,6 +74,7 @@ pub(crate) async fn evalsha<C: ConnectionLike + Send>(
     script: &LuaScript,
     keys: &[String],
     args: &[String],
+    reloads: &prometheus::IntCounter,
 ) -> RedisResult<Vec<i64>> {
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(&script.sha).arg(keys.len()).arg(keys).arg(args);
@@ -83,6 +84,7 @@ pub(crate) async fn evalsha<C: ConnectionLike + Send>(
                 "redis: script {} was missing (NOSCRIPT); reloading it",
                 script.name
             );
+            reloads.inc();
             load(conn, script).await?;
             cmd.query_async(conn).await
         }

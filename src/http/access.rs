@@ -1,0 +1,151 @@
+//! The outermost middleware: a request id for every request, one access log
+//! line per request (plain text or JSON), and the HTTP request counter.
+//!
+//! The request id is taken from an `X-Request-Id` header when a trusted
+//! proxy sent it (so one id follows a request through the proxies' logs and
+//! ours), generated otherwise, and returned in `X-Request-Id`.
+
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::middleware::Next;
+use actix_web::{web, Error, HttpMessage, HttpRequest};
+use serde::Serialize;
+
+use super::ratelimit::LimitInfo;
+use super::AppState;
+use crate::config::LogFormat;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Log target of access lines; `main` writes them as they are in JSON mode.
+pub const ACCESS_TARGET: &str = "access";
+
+/// This request's id (in the request's extensions).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The id of `req` (set by [`access`]), or a fresh one.
+pub fn request_id(req: &HttpRequest) -> String {
+    req.extensions()
+        .get::<RequestId>()
+        .map(|id| id.0.clone())
+        .unwrap_or_else(new_request_id)
+}
+
+fn new_request_id() -> String {
+    format!("req_{}", uuid::Uuid::new_v4().simple())
+}
+
+/// An id a proxy may hand us: short, printable, no spaces or quotes.
+fn acceptable(id: &str) -> bool {
+    (1..=128).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+}
+
+#[derive(Serialize)]
+struct AccessLine<'a> {
+    request_id: &'a str,
+    peer: String,
+    method: &'a str,
+    path: &'a str,
+    route: &'a str,
+    status: u16,
+    latency_ms: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strategy: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    decision: Option<&'static str>,
+}
+
+pub async fn access(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let started = Instant::now();
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .expect("AppState is registered by startup")
+        .clone();
+    let forwarded = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| acceptable(id) && state.identifier.trusts(req.peer_addr()))
+        .map(str::to_owned);
+    let id = forwarded.unwrap_or_else(new_request_id);
+    req.extensions_mut().insert(RequestId(id.clone()));
+
+    let mut response = next.call(req).await?;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    let request = response.request();
+    let route = request
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let status = response.status().as_u16();
+    state
+        .limiter
+        .metrics()
+        .http_requests
+        .with_label_values(&[&route, request.method().as_str(), &status.to_string()])
+        .inc();
+
+    if log::log_enabled!(target: ACCESS_TARGET, log::Level::Info) {
+        let info = request.extensions().get::<LimitInfo>().copied();
+        let line = AccessLine {
+            request_id: &id,
+            peer: request
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_else(|| "-".into()),
+            method: request.method().as_str(),
+            path: request.path(),
+            route: &route,
+            status,
+            latency_ms: (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
+            strategy: info.map(|i| i.strategy),
+            decision: info.map(|i| i.decision),
+        };
+        match state.log_format {
+            LogFormat::Json => {
+                if let Ok(json) = serde_json::to_string(&line) {
+                    log::info!(target: ACCESS_TARGET, "{json}");
+                }
+            }
+            // No headers and no identity: an API key must never reach a log.
+            LogFormat::Plain => log::info!(
+                target: ACCESS_TARGET,
+                "{} \"{} {}\" {} {:.3}ms request_id={} strategy={} decision={}",
+                line.peer,
+                line.method,
+                line.path,
+                line.status,
+                line.latency_ms,
+                line.request_id,
+                line.strategy.unwrap_or("-"),
+                line.decision.unwrap_or("-"),
+            ),
+        }
+    }
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_ids_must_be_short_and_printable() {
+        assert!(acceptable("abc-123_DEF"));
+        assert!(!acceptable(""));
+        assert!(!acceptable("has space"));
+        assert!(!acceptable("quote\""));
+        assert!(!acceptable(&"x".repeat(129)));
+    }
+}

@@ -1,0 +1,361 @@
+//! The admin API under `/admin`: inspect and reset an identity, and set
+//! overrides that every instance applies. Mounted only when ADMIN_TOKEN is
+//! set (otherwise the whole tree is a 404); every call needs
+//! `Authorization: Bearer <ADMIN_TOKEN>`, compared in constant time. Each
+//! change writes one audit log line (target `audit`): who, what, when;
+//! never the token, never a full API key.
+
+use std::net::IpAddr;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, Error, HttpResponse, ResponseError};
+use serde::Serialize;
+use subtle::ConstantTimeEq;
+use utoipa::ToSchema;
+
+use super::errors::{ApiError, ErrorBody};
+use super::routes::{policy_statuses, PolicyStatus};
+use super::AppState;
+use crate::identity::Identity;
+use crate::limiter::overrides::OverrideSpec;
+use crate::limiter::{AdminError, Route, Standing};
+
+/// Who made a change, for the audit log. There is one token, so one admin.
+const ACTOR: &str = "admin";
+
+/// The route whose policies the admin API shows and resets.
+const LIMITED_ROUTE: Route<'static> = Route {
+    method: "POST",
+    path: "/api/resource",
+};
+
+async fn require_token(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .expect("AppState is registered by startup")
+        .clone();
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let authorized = match (presented, state.admin_token.as_deref()) {
+        (Some(presented), Some(expected)) => {
+            bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
+        }
+        _ => false,
+    };
+    if !authorized {
+        return Ok(req
+            .into_response(ApiError::Unauthorized.error_response())
+            .map_into_right_body());
+    }
+    Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// The identity named by `{strategy}/{id}` in a path.
+fn identity(strategy: &str, id: &str) -> Result<Identity, ApiError> {
+    match strategy {
+        "user" if !id.is_empty() => Ok(Identity::user(id)),
+        "ip" => id
+            .parse::<IpAddr>()
+            .map(Identity::ip)
+            .map_err(|_| ApiError::BadRequest(format!("{id:?} is not an IP address"))),
+        "user" => Err(ApiError::BadRequest("empty identifier".into())),
+        other => Err(ApiError::BadRequest(format!(
+            "unknown strategy {other:?}: use user or ip"
+        ))),
+    }
+}
+
+fn audit(action: &str, identity: &Identity, detail: &str) {
+    log::info!(
+        target: "audit",
+        "actor={ACTOR} action={action} identity={} at={} {detail}",
+        identity.redacted(),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+    );
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IdentityReport {
+    #[schema(example = "user")]
+    pub strategy: &'static str,
+    #[schema(example = "customer-42")]
+    pub identifier: String,
+    /// `limited`, `unlimited` or `blocked`.
+    #[schema(example = "limited")]
+    pub status: &'static str,
+    /// The admin override in force, if any.
+    #[serde(rename = "override")]
+    pub override_spec: Option<OverrideSpec>,
+    /// Every policy that applies to it on POST /api/resource, read without
+    /// counting.
+    pub policies: Vec<PolicyStatus>,
+}
+
+/// Why is this customer limited? Every policy that applies, with limit,
+/// remaining and reset, read without consuming.
+#[utoipa::path(
+    get,
+    path = "/admin/identities/{strategy}/{id}",
+    tag = "admin",
+    params(
+        ("strategy" = String, Path, description = "`user` or `ip`"),
+        ("id" = String, Path, description = "The API key, or the IP address"),
+    ),
+    responses(
+        (status = 200, description = "Its standing", body = IdentityReport),
+        (status = 400, description = "Unknown strategy or bad IP address", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "Redis cannot answer", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn get_identity(
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = identity(&path.0, &path.1)?;
+    let standing = state
+        .limiter
+        .status(&identity, &LIMITED_ROUTE)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    let (status, policies) = match &standing {
+        Standing::Limited(outcome) => ("limited", policy_statuses(outcome)),
+        Standing::Unlimited => ("unlimited", Vec::new()),
+        Standing::Blocked => ("blocked", Vec::new()),
+    };
+    Ok(HttpResponse::Ok().json(IdentityReport {
+        strategy: identity.strategy.as_str(),
+        override_spec: state.limiter.override_for(&identity),
+        identifier: identity.id,
+        status,
+        policies,
+    }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResetReport {
+    /// Counters deleted (those that existed).
+    #[schema(example = 2)]
+    pub deleted: u64,
+}
+
+/// Resets an identity's counters under every policy that applies to it.
+#[utoipa::path(
+    delete,
+    path = "/admin/identities/{strategy}/{id}",
+    tag = "admin",
+    params(
+        ("strategy" = String, Path, description = "`user` or `ip`"),
+        ("id" = String, Path, description = "The API key, or the IP address"),
+    ),
+    responses(
+        (status = 200, description = "Reset", body = ResetReport),
+        (status = 400, description = "Unknown strategy or bad IP address", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "Redis cannot answer", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn reset_identity(
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = identity(&path.0, &path.1)?;
+    let deleted = state
+        .limiter
+        .reset(&identity, &LIMITED_ROUTE)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    audit("reset_counters", &identity, &format!("deleted={deleted}"));
+    Ok(HttpResponse::Ok().json(ResetReport { deleted }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OverrideEntry {
+    #[schema(example = "user")]
+    pub strategy: &'static str,
+    #[schema(example = "customer-42")]
+    pub identifier: String,
+    #[serde(rename = "override")]
+    pub override_spec: OverrideSpec,
+}
+
+/// Sets an override for one identity on every instance (each rereads them
+/// every second): `{"limit": N, "window": "1m"}`, `{"unlimited": true}` or
+/// `{"blocked": true}`, each optionally with `"until": <Unix seconds>`.
+#[utoipa::path(
+    put,
+    path = "/admin/overrides/{strategy}/{id}",
+    tag = "admin",
+    params(
+        ("strategy" = String, Path, description = "`user` or `ip`"),
+        ("id" = String, Path, description = "The API key, or the IP address"),
+    ),
+    request_body = OverrideSpec,
+    responses(
+        (status = 200, description = "Stored and in force", body = OverrideEntry),
+        (status = 400, description = "Not a valid override", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "Redis cannot answer", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn put_override(
+    path: web::Path<(String, String)>,
+    body: web::Json<OverrideSpec>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = identity(&path.0, &path.1)?;
+    let spec = body.into_inner();
+    state
+        .limiter
+        .set_override(&identity, &spec)
+        .await
+        .map_err(|err| match err {
+            AdminError::Invalid(problem) => ApiError::BadRequest(problem),
+            AdminError::Store(err) => ApiError::Unavailable(err),
+        })?;
+    audit(
+        "set_override",
+        &identity,
+        &serde_json::to_string(&spec).unwrap_or_default(),
+    );
+    Ok(HttpResponse::Ok().json(OverrideEntry {
+        strategy: identity.strategy.as_str(),
+        identifier: identity.id,
+        override_spec: spec,
+    }))
+}
+
+/// The override in force for one identity.
+#[utoipa::path(
+    get,
+    path = "/admin/overrides/{strategy}/{id}",
+    tag = "admin",
+    params(
+        ("strategy" = String, Path, description = "`user` or `ip`"),
+        ("id" = String, Path, description = "The API key, or the IP address"),
+    ),
+    responses(
+        (status = 200, description = "The override", body = OverrideEntry),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No override for this identity", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn get_override(
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = identity(&path.0, &path.1)?;
+    let spec = state
+        .limiter
+        .override_for(&identity)
+        .ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(OverrideEntry {
+        strategy: identity.strategy.as_str(),
+        identifier: identity.id,
+        override_spec: spec,
+    }))
+}
+
+/// Removes one identity's override on every instance.
+#[utoipa::path(
+    delete,
+    path = "/admin/overrides/{strategy}/{id}",
+    tag = "admin",
+    params(
+        ("strategy" = String, Path, description = "`user` or `ip`"),
+        ("id" = String, Path, description = "The API key, or the IP address"),
+    ),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No override for this identity", body = ErrorBody),
+        (status = 503, description = "Redis cannot answer", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn delete_override(
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let identity = identity(&path.0, &path.1)?;
+    let existed = state
+        .limiter
+        .delete_override(&identity)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    if !existed {
+        return Err(ApiError::NotFound);
+    }
+    audit("delete_override", &identity, "");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Every override in force.
+#[utoipa::path(
+    get,
+    path = "/admin/overrides",
+    tag = "admin",
+    responses(
+        (status = 200, description = "All overrides", body = [OverrideEntry]),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ),
+    security(("admin_token" = []))
+)]
+pub async fn list_overrides(state: web::Data<AppState>) -> HttpResponse {
+    let entries: Vec<OverrideEntry> = state
+        .limiter
+        .overrides()
+        .into_iter()
+        .map(|(identity, spec)| OverrideEntry {
+            strategy: identity.strategy.as_str(),
+            identifier: identity.id,
+            override_spec: spec,
+        })
+        .collect();
+    HttpResponse::Ok().json(entries)
+}
+
+/// The `/admin` tree, behind the bearer token.
+pub fn scope() -> actix_web::Scope<
+    impl actix_web::dev::ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = Error,
+        InitError = (),
+    >,
+> {
+    web::scope("/admin")
+        .wrap(from_fn(require_token))
+        .app_data(
+            web::JsonConfig::default()
+                .limit(16 * 1024)
+                .error_handler(|err, _| ApiError::InvalidJson(err.to_string()).into()),
+        )
+        .route("/overrides", web::get().to(list_overrides))
+        .service(
+            web::resource("/identities/{strategy}/{id}")
+                .route(web::get().to(get_identity))
+                .route(web::delete().to(reset_identity)),
+        )
+        .service(
+            web::resource("/overrides/{strategy}/{id}")
+                .route(web::put().to(put_override))
+                .route(web::get().to(get_override))
+                .route(web::delete().to(delete_override)),
+        )
+}

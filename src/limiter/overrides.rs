@@ -1,0 +1,161 @@
+//! Overrides set at run time through the admin API: another limit,
+//! `unlimited` or `blocked` for one identity, optionally until a given time.
+//! They are stored in the store (Redis) so that every instance applies them;
+//! each instance rereads them every [`REFRESH_INTERVAL`].
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::rules::OverrideAction;
+use crate::config::parse_window;
+use crate::identity::{Identity, Strategy};
+
+/// How stale an instance's copy of the overrides may be.
+pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// One override, as the admin API takes it and as it is stored (JSON).
+/// The OpenAPI schema is derived here too, so the documented body is the
+/// stored one by construction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideSpec {
+    /// Another limit, for `policy` or (without it) every policy that applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 1000)]
+    pub limit: Option<u32>,
+    /// With `limit`: another window, e.g. "1m", "1h".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = "1m")]
+    pub window: Option<String>,
+    /// With `limit`: the one policy it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// Never limited (answered without Redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlimited: Option<bool>,
+    /// Always refused with 403 (answered without Redis).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<bool>,
+    /// Unix seconds after which the override no longer applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(example = 1795910400)]
+    pub until: Option<u64>,
+}
+
+impl OverrideSpec {
+    /// What it does, or why it is not a valid override.
+    pub fn action(&self) -> Result<OverrideAction, String> {
+        let unlimited = self.unlimited.unwrap_or(false);
+        let blocked = self.blocked.unwrap_or(false);
+        match (self.limit, unlimited, blocked) {
+            (Some(limit), false, false) => {
+                let limit = std::num::NonZeroU32::new(limit)
+                    .ok_or_else(|| "limit must be at least 1".to_owned())?;
+                let window = self
+                    .window
+                    .as_deref()
+                    .map(parse_window)
+                    .transpose()
+                    .map_err(|e| format!("window: {e}"))?;
+                Ok(OverrideAction::Limit {
+                    policy: self.policy.clone(),
+                    limit,
+                    window,
+                })
+            }
+            (None, true, false) | (None, false, true) => {
+                if self.window.is_some() || self.policy.is_some() {
+                    return Err("window and policy go with limit only".into());
+                }
+                Ok(if unlimited {
+                    OverrideAction::Unlimited
+                } else {
+                    OverrideAction::Blocked
+                })
+            }
+            (None, false, false) => {
+                Err("give one of: limit, \"unlimited\": true, \"blocked\": true".into())
+            }
+            _ => Err("give only one of: limit, \"unlimited\": true, \"blocked\": true".into()),
+        }
+    }
+
+    /// Still in force at `now`?
+    pub fn active_at(&self, now: SystemTime) -> bool {
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.until.is_none_or(|until| until > now)
+    }
+}
+
+/// The field under which an identity's override is stored: `<strategy>:<id>`.
+pub fn storage_key(identity: &Identity) -> String {
+    format!("{}:{}", identity.strategy, identity.id)
+}
+
+/// The identity of a storage key, if it is one.
+pub fn identity_of(key: &str) -> Option<Identity> {
+    let (strategy, id) = key.split_once(':')?;
+    let strategy = match strategy {
+        "user" => Strategy::User,
+        "ip" => Strategy::Ip,
+        _ => return None,
+    };
+    Some(Identity {
+        strategy,
+        id: id.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Result<OverrideSpec, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn one_action_per_override() {
+        assert!(matches!(
+            spec(r#"{"limit": 5, "window": "1m"}"#).unwrap().action(),
+            Ok(OverrideAction::Limit { window: Some(w), .. }) if w == Duration::from_secs(60)
+        ));
+        assert_eq!(
+            spec(r#"{"unlimited": true}"#).unwrap().action(),
+            Ok(OverrideAction::Unlimited)
+        );
+        assert_eq!(
+            spec(r#"{"blocked": true, "until": 1}"#).unwrap().action(),
+            Ok(OverrideAction::Blocked)
+        );
+        assert!(spec(r#"{"limit": 5, "blocked": true}"#)
+            .unwrap()
+            .action()
+            .is_err());
+        assert!(spec(r#"{"limit": 0}"#).unwrap().action().is_err());
+        assert!(spec(r#"{}"#).unwrap().action().is_err());
+        assert!(spec(r#"{"limit": 5, "window": "soon"}"#)
+            .unwrap()
+            .action()
+            .is_err());
+        assert!(
+            spec(r#"{"limt": 5}"#).is_err(),
+            "unknown fields are refused"
+        );
+    }
+
+    #[test]
+    fn until_ends_it() {
+        let s = spec(r#"{"blocked": true, "until": 100}"#).unwrap();
+        assert!(s.active_at(UNIX_EPOCH + Duration::from_secs(99)));
+        assert!(!s.active_at(UNIX_EPOCH + Duration::from_secs(100)));
+    }
+
+    #[test]
+    fn storage_keys_round_trip() {
+        let id = Identity::user("a:b");
+        assert_eq!(identity_of(&storage_key(&id)), Some(id));
+        assert_eq!(identity_of("tenant:x"), None);
+    }
+}
