@@ -73,8 +73,10 @@ pub fn reload_if_changed(path: &Path, last: &mut Option<String>, state: &AppStat
 /// Watches `path` for as long as the runtime that calls this runs (in
 /// `main`, the life of the process).
 pub fn spawn(path: PathBuf, state: web::Data<AppState>) {
+    // Read now, not when the task first runs: the file may change between
+    // start-up and the task's first poll, and that change must be seen.
+    let mut last = std::fs::read_to_string(&path).ok();
     tokio::spawn(async move {
-        let mut last = std::fs::read_to_string(&path).ok();
         let mut hangup = hangup_signal();
         let mut ticker = tokio::time::interval(POLL_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -225,3 +225,95 @@ fn wait_for_port(lines: &std::sync::mpsc::Receiver<String>) -> u16 {
         }
     }
 }
+
+#[tokio::test]
+async fn json_logs_are_one_object_per_line_and_audit_lines_hide_secrets() {
+    let redis = RedisServer::start().await;
+    let dir = TempDir::new("jsonlog");
+    let token = "audit-token-abcdefghijklmnop";
+    let mut child = binary(
+        &dir,
+        &[
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+            ("WORKERS", "1"),
+            ("REDIS_URL", &redis.url()),
+            ("LOG_FORMAT", "json"),
+            ("ADMIN_TOKEN", token),
+        ],
+    )
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let lines = log_lines(&mut child);
+    let mut seen = Vec::new();
+    let port = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a log line");
+        let value: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+        seen.push(line);
+        if let Some(rest) = value["message"]
+            .as_str()
+            .and_then(|m| m.split("listening on 127.0.0.1:").nth(1))
+        {
+            break rest.trim().parse::<u16>().unwrap();
+        }
+    };
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let r = client
+        .post(format!("{base}/api/resource"))
+        .header("X-API-Key", "sk_live_topsecretvalue")
+        .send()
+        .await
+        .unwrap();
+    let request_id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let r = client
+        .put(format!(
+            "{base}/admin/overrides/user/sk_live_topsecretvalue"
+        ))
+        .bearer_auth(token)
+        .json(&serde_json::json!({"limit": 50}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    signal(&child, "-TERM");
+    assert!(child.wait().unwrap().success());
+    seen.extend(lines.try_iter());
+
+    let objects: Vec<serde_json::Value> = seen
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
+        .collect();
+    let access = objects
+        .iter()
+        .find(|o| o["request_id"] == request_id.as_str())
+        .expect("the access line of the request");
+    assert_eq!(access["route"], "/api/resource");
+    assert_eq!(access["method"], "POST");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["strategy"], "user");
+    assert_eq!(access["decision"], "allowed");
+    assert!(access["latency_ms"].as_f64().unwrap() >= 0.0);
+    let audit = objects
+        .iter()
+        .find(|o| o["target"] == "audit")
+        .expect("an audit line");
+    let message = audit["message"].as_str().unwrap();
+    assert!(
+        message.contains("actor=admin action=set_override"),
+        "{message}"
+    );
+    for line in &seen {
+        assert!(
+            !line.contains(token),
+            "the admin token reached the log: {line}"
+        );
+        assert!(
+            !line.contains("topsecretvalue"),
+            "an API key reached the log: {line}"
+        );
+    }
+}

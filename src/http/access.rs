@@ -105,7 +105,13 @@ pub async fn access(
                 .map(|p| p.ip().to_string())
                 .unwrap_or_else(|| "-".into()),
             method: request.method().as_str(),
-            path: request.path(),
+            // A dynamic route (`/admin/overrides/{strategy}/{id}`) can carry
+            // an API key in its path: such paths are logged as their pattern.
+            path: if route.contains('{') {
+                &route
+            } else {
+                request.path()
+            },
             route: &route,
             status,
             latency_ms: (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,

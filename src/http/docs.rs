@@ -13,7 +13,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::errors::ErrorBody;
 use super::ratelimit::RateLimitExceeded;
-use super::routes;
+use super::{admin, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,7 +29,14 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         routes::resource,
         routes::rate_limit_status,
         routes::health,
-        routes::livez
+        routes::livez,
+        routes::metrics,
+        admin::get_identity,
+        admin::reset_identity,
+        admin::put_override,
+        admin::get_override,
+        admin::delete_override,
+        admin::list_overrides
     ),
     components(schemas(
         ErrorBody,
@@ -40,16 +47,40 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         routes::PolicyStatus,
         routes::Health,
         routes::RedisHealth,
-        routes::Liveness
+        routes::Liveness,
+        admin::IdentityReport,
+        admin::ResetReport,
+        admin::OverrideEntry,
+        crate::limiter::overrides::OverrideSpec
     )),
-    modifiers(&RateLimitHeaders),
+    modifiers(&RateLimitHeaders, &AdminSecurity),
     tags(
         (name = "resource", description = "The protected, rate-limited API"),
         (name = "rate limit", description = "The caller's own limit"),
-        (name = "health", description = "Liveness and readiness")
+        (name = "health", description = "Liveness, readiness and metrics"),
+        (name = "admin", description = "Identities and overrides; only when ADMIN_TOKEN is set (otherwise 404), with Authorization: Bearer <ADMIN_TOKEN>")
     )
 )]
 pub struct ApiDoc;
+
+/// The bearer token scheme of the admin API.
+struct AdminSecurity;
+
+impl Modify for AdminSecurity {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The value of ADMIN_TOKEN"))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// Paths whose responses carry the rate-limit headers.
 const LIMITED_PATHS: [&str; 1] = ["/api/resource"];
@@ -89,6 +120,12 @@ const RETRY_AFTER_503: HeaderDoc = (
     "Always 1: Redis may be back any moment.",
 );
 
+const SHADOW: HeaderDoc = (
+    "X-RateLimit-Shadow",
+    Type::String,
+    "Present only when shadow policies (RATE_LIMIT_SHADOW, or `shadow = true` in the rules file) would have denied the request: a Structured Field list of their names. The request was served.",
+);
+
 const DEGRADED: HeaderDoc = (
     "X-RateLimit-Degraded",
     Type::String,
@@ -111,7 +148,7 @@ impl Modify for RateLimitHeaders {
                     continue;
                 };
                 let docs: Vec<&HeaderDoc> = match status.as_str() {
-                    "200" => QUOTA_HEADERS.iter().chain([&DEGRADED]).collect(),
+                    "200" => QUOTA_HEADERS.iter().chain([&DEGRADED, &SHADOW]).collect(),
                     "429" => QUOTA_HEADERS.iter().chain([&RETRY_AFTER_429]).collect(),
                     "503" => vec![&RETRY_AFTER_503],
                     _ => Vec::new(),
