@@ -8,12 +8,15 @@
 # at 64 and at 1,000 connections, then 10,000 connections for errors only.
 # Prints req/s, p50, p99 and errors per case (the median round), and each
 # case's throughput as a ratio of /livez at the same connection count.
+# Then the same allowed traffic through Sentinel and Cluster topologies,
+# interleaved with the single server, as a ratio to it (TOPOLOGIES=0 skips).
 #   scripts/bench.sh                      # ROUNDS=3 DURATION=10s
 #   ROUNDS=1 DURATION=5s scripts/bench.sh # a quick look
 # Environment for the service under test passes through (e.g. REDIS_POOL_SIZE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install_packages.sh redis-server=redis-server wrk=wrk curl=curl
+scripts/install_packages.sh redis-server=redis-server redis-cli=redis-tools \
+  redis-sentinel=redis-sentinel wrk=wrk curl=curl
 
 rounds=${ROUNDS:-3}
 duration=${DURATION:-10s}
@@ -114,4 +117,75 @@ echo "10,000 connections (errors only):"
 for case in livez allowed-10k; do
   read -r rps p50 p99 errors <<<"$(run "$case" 10000)"
   printf '%-12s %6s %10.0f req/s, p99 %s, errors %s\n' "$case" 10000 "$rps" "$p99" "$errors"
+done
+
+[[ ${TOPOLOGIES:-1} == 0 ]] && exit 0
+
+# --- Sentinel and Cluster -----------------------------------------------------
+echo
+echo "starting a Sentinel group (master, replica, 3 sentinels) and a 3-node Cluster"
+start_redis() { # name port extra-args...
+  local name=$1 port=$2; shift 2
+  mkdir -p "$work/$name"
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work/$name" \
+    --logfile "$work/$name/redis.log" "$@" &
+  pids+=($!)
+  for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
+  echo "redis $name did not start" >&2; exit 1
+}
+master=$(free_port); replica=$(free_port)
+start_redis master "$master"
+start_redis replica "$replica" --replicaof 127.0.0.1 "$master"
+sentinels=()
+for i in 1 2 3; do
+  port=$(free_port)
+  printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor mymaster 127.0.0.1 %s 2\nsentinel down-after-milliseconds mymaster 5000\n' \
+    "$port" "$work" "$master" >"$work/sentinel-$i.conf"
+  redis-sentinel "$work/sentinel-$i.conf" >/dev/null 2>&1 &
+  pids+=($!)
+  sentinels+=("127.0.0.1:$port")
+done
+nodes=()
+for i in 1 2 3; do
+  port=$(free_port)
+  start_redis "node$i" "$port" --cluster-enabled yes --cluster-node-timeout 5000
+  nodes+=("127.0.0.1:$port")
+done
+redis-cli --cluster create "${nodes[@]}" --cluster-replicas 0 --cluster-yes >/dev/null
+for _ in $(seq 1 100); do
+  redis-cli -p "${nodes[0]#*:}" cluster info | grep -q cluster_state:ok && break; sleep 0.1
+done
+sleep 2 # let the sentinels meet
+
+sentinel_port=$(free_port)
+cluster_port=$(free_port)
+start_instance sentinel "$sentinel_port" RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60 \
+  REDIS_SENTINELS="$(IFS=,; echo "${sentinels[*]}")"
+start_instance cluster "$cluster_port" RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60 \
+  REDIS_CLUSTER_NODES="$(IFS=,; echo "${nodes[*]}")"
+
+run_on() { # port -> "rps p50 p99 errors" for allowed traffic, 10,000 keys, 64 connections
+  local out
+  out=$(KEYS=10000 wrk -t"$threads" -c64 -d"$duration" --latency --timeout 10s \
+    -s scripts/wrk/random_keys.lua "http://127.0.0.1:$1/api/resource" 2>&1)
+  awk '/Requests\/sec/ {r=$2} $1=="50%" {a=$2} $1=="99%" {b=$2} /Socket errors/ {gsub(",",""); e+=$4+$6+$8+$10} /Non-2xx/ {e+=$5}
+       END {print r+0, a, b, e+0}' <<<"$out"
+}
+declare -A topo
+for round in $(seq 1 "$rounds"); do
+  for t in single sentinel cluster; do
+    case $t in single) p=$allow_port ;; sentinel) p=$sentinel_port ;; cluster) p=$cluster_port ;; esac
+    printf '  round %s/%s  allowed-10k via %-8s ... ' "$round" "$rounds" "$t" >&2
+    r=$(run_on "$p"); echo "$r" >&2
+    topo[$t]+="$r;"
+  done
+done
+echo
+echo "Topologies (allowed traffic, 10,000 keys, 64 connections, median of $rounds rounds):"
+printf '%-10s %10s %9s %9s %7s %10s\n' topology req/s p50 p99 errors "x single"
+base=$(median "${topo[single]}" | awk '{print $1}')
+for t in single sentinel cluster; do
+  read -r rps p50 p99 errors <<<"$(median "${topo[$t]}")"
+  ratio=$(awk -v a="$rps" -v b="$base" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')
+  printf '%-10s %10.0f %9s %9s %7s %10s\n' "$t" "$rps" "$p50" "$p99" "$errors" "$ratio"
 done
