@@ -9,7 +9,8 @@
 # Prints req/s, p50, p99 and errors per case (the median round), and each
 # case's throughput as a ratio of /livez at the same connection count.
 # Then the same allowed traffic through Sentinel and Cluster topologies,
-# interleaved with the single server, as a ratio to it (TOPOLOGIES=0 skips).
+# interleaved with the single server, as a ratio to it (TOPOLOGIES=0 skips
+# that part, TOPOLOGIES=only runs nothing else).
 #   scripts/bench.sh                      # ROUNDS=3 DURATION=10s
 #   ROUNDS=1 DURATION=5s scripts/bench.sh # a quick look
 # Environment for the service under test passes through (e.g. REDIS_POOL_SIZE).
@@ -84,6 +85,10 @@ run() {
   echo "${rps:-0} ${p50:-?} ${p99:-?} $errors"
 }
 
+# The median round of a case, by throughput.
+median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+
+if [[ ${TOPOLOGIES:-1} != only ]]; then
 declare -A results
 cases=(livez allowed-1 allowed-10k denied)
 for conns in 64 1000; do
@@ -96,9 +101,6 @@ for conns in 64 1000; do
     done
   done
 done
-
-# The median round of a case, by throughput.
-median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t$threads, $duration per run, median of $rounds rounds"
@@ -118,6 +120,7 @@ for case in livez allowed-10k; do
   read -r rps p50 p99 errors <<<"$(run "$case" 10000)"
   printf '%-12s %6s %10.0f req/s, p99 %s, errors %s\n' "$case" 10000 "$rps" "$p99" "$errors"
 done
+fi
 
 [[ ${TOPOLOGIES:-1} == 0 ]] && exit 0
 
@@ -144,6 +147,9 @@ for i in 1 2 3; do
   redis-sentinel "$work/sentinel-$i.conf" >/dev/null 2>&1 &
   pids+=($!)
   sentinels+=("127.0.0.1:$port")
+  # Listening before the next free port is picked, so no two servers race
+  # for one port.
+  for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 done
 nodes=()
 for i in 1 2 3; do
