@@ -21,6 +21,23 @@ fn binary(dir: &TempDir, vars: &[(&str, &str)]) -> Command {
     cmd
 }
 
+/// The binary serving on a free loopback port with one worker, against
+/// `redis`, with `extra` settings; its log on stderr, piped.
+fn serve(dir: &TempDir, redis: &RedisServer, extra: &[(&str, &str)]) -> std::process::Child {
+    let url = redis.url();
+    let mut vars = vec![
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("WORKERS", "1"),
+        ("REDIS_URL", url.as_str()),
+    ];
+    vars.extend_from_slice(extra);
+    binary(dir, &vars)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the binary")
+}
+
 #[test]
 fn each_bad_setting_stops_the_start_with_one_line_naming_it() {
     let dir = TempDir::new("badcfg");
@@ -83,19 +100,7 @@ fn a_port_in_use_is_a_clear_start_up_error() {
 async fn the_binary_serves_and_stops_gracefully_on_sigterm() {
     let redis = RedisServer::start().await;
     let dir = TempDir::new("run");
-    let mut child = binary(
-        &dir,
-        &[
-            ("HOST", "127.0.0.1"),
-            ("PORT", "0"),
-            ("WORKERS", "1"),
-            ("REDIS_URL", &redis.url()),
-            ("LOG_LEVEL", "info"),
-        ],
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+    let mut child = serve(&dir, &redis, &[("LOG_LEVEL", "info")]);
 
     // The start-up line names the port chosen for PORT=0.
     let rx = log_lines(&mut child);
@@ -144,19 +149,11 @@ async fn sighup_reloads_the_rules_file() {
         .unwrap()
     };
     write(5);
-    let mut child = binary(
+    let mut child = serve(
         &dir,
-        &[
-            ("HOST", "127.0.0.1"),
-            ("PORT", "0"),
-            ("WORKERS", "1"),
-            ("REDIS_URL", &redis.url()),
-            ("RATE_LIMIT_CONFIG", rules.to_str().unwrap()),
-        ],
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+        &redis,
+        &[("RATE_LIMIT_CONFIG", rules.to_str().unwrap())],
+    );
     let lines = log_lines(&mut child);
     let port = wait_for_port(&lines);
     let limit = || async {
@@ -231,20 +228,11 @@ async fn json_logs_are_one_object_per_line_and_audit_lines_hide_secrets() {
     let redis = RedisServer::start().await;
     let dir = TempDir::new("jsonlog");
     let token = "audit-token-abcdefghijklmnop";
-    let mut child = binary(
+    let mut child = serve(
         &dir,
-        &[
-            ("HOST", "127.0.0.1"),
-            ("PORT", "0"),
-            ("WORKERS", "1"),
-            ("REDIS_URL", &redis.url()),
-            ("LOG_FORMAT", "json"),
-            ("ADMIN_TOKEN", token),
-        ],
-    )
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
+        &redis,
+        &[("LOG_FORMAT", "json"), ("ADMIN_TOKEN", token)],
+    );
     let lines = log_lines(&mut child);
     let mut seen = Vec::new();
     let port = loop {

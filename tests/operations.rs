@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::{json, Value};
-use support::{spawn_app, unique_key, RedisServer, TempDir, TestApp};
+use support::{eventually, spawn_app, unique_key, RedisServer, TempDir, TestApp};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -180,7 +180,7 @@ async fn rules_reloads_are_counted_by_result() {
     std::fs::write(&path, rules(5)).unwrap();
     let app = spawn_app(&redis, &[("RATE_LIMIT_CONFIG", path.to_str().unwrap())]).await;
     std::fs::write(&path, rules(0)).unwrap();
-    wait_until(|| async {
+    eventually("the condition", || async {
         value(
             &scrape(&app).await,
             "ratelimit_rules_reloads_total",
@@ -189,7 +189,7 @@ async fn rules_reloads_are_counted_by_result() {
     })
     .await;
     std::fs::write(&path, rules(7)).unwrap();
-    wait_until(|| async {
+    eventually("the condition", || async {
         value(
             &scrape(&app).await,
             "ratelimit_rules_reloads_total",
@@ -197,21 +197,6 @@ async fn rules_reloads_are_counted_by_result() {
         ) == 1.0
     })
     .await;
-}
-
-async fn wait_until<F, Fut>(mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "condition never held"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn admin(app: &TestApp, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -405,7 +390,10 @@ async fn an_override_set_on_one_instance_applies_on_another() {
         .send()
         .await
         .unwrap();
-    wait_until(|| async { b.post_resource(Some(&key)).await.status() == 403 }).await;
+    eventually("the condition", || async {
+        b.post_resource(Some(&key)).await.status() == 403
+    })
+    .await;
     let got: Value = admin(&b, reqwest::Method::GET, &path)
         .send()
         .await
@@ -433,7 +421,10 @@ async fn an_override_set_on_one_instance_applies_on_another() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
-    wait_until(|| async { a.post_resource(Some(&key)).await.status() != 403 }).await;
+    eventually("the condition", || async {
+        a.post_resource(Some(&key)).await.status() != 403
+    })
+    .await;
     assert_eq!(
         admin(&a, reqwest::Method::GET, &path)
             .send()
@@ -455,7 +446,10 @@ async fn an_override_set_on_one_instance_applies_on_another() {
         .await
         .unwrap();
     assert_eq!(limit_on(&a).await.0, "unlimited");
-    wait_until(|| async { limit_on(&a).await.0 == "limited" }).await;
+    eventually("the condition", || async {
+        limit_on(&a).await.0 == "limited"
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -4,12 +4,12 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rate_limiter::limiter::Rules;
 use serde_json::Value;
 use sfv::{BareItem, List, ListEntry, Parser};
-use support::{header_u64, spawn_app, unique_key, RedisServer, TempDir, TestApp};
+use support::{eventually, header_u64, spawn_app, unique_key, RedisServer, TempDir, TestApp};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -327,19 +327,6 @@ async fn a_bad_rules_file_stops_the_start() {
         err.contains("zero_limit.toml: policy \"per-minute\": key 'limit'"),
         "{err}"
     );
-}
-
-/// Polls `check` until it holds, for at most 10 s (the file is polled every second).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        assert!(started.elapsed() < Duration::from_secs(10), "never: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

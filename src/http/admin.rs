@@ -60,6 +60,16 @@ async fn require_token(
     Ok(next.call(req).await?.map_into_left_body())
 }
 
+/// The `{strategy}/{id}` of an admin path, as documented.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct IdentityPath {
+    /// `user` or `ip`
+    strategy: String,
+    /// The API key, or the IP address
+    id: String,
+}
+
 /// The identity named by `{strategy}/{id}` in a path.
 fn identity(strategy: &str, id: &str) -> Result<Identity, ApiError> {
     match strategy {
@@ -107,10 +117,7 @@ pub struct IdentityReport {
     get,
     path = "/admin/identities/{strategy}/{id}",
     tag = "admin",
-    params(
-        ("strategy" = String, Path, description = "`user` or `ip`"),
-        ("id" = String, Path, description = "The API key, or the IP address"),
-    ),
+    params(IdentityPath),
     responses(
         (status = 200, description = "Its standing", body = IdentityReport),
         (status = 400, description = "Unknown strategy or bad IP address", body = ErrorBody),
@@ -120,10 +127,10 @@ pub struct IdentityReport {
     security(("admin_token" = []))
 )]
 pub async fn get_identity(
-    path: web::Path<(String, String)>,
+    path: web::Path<IdentityPath>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = identity(&path.0, &path.1)?;
+    let identity = identity(&path.strategy, &path.id)?;
     let standing = state
         .limiter
         .status(&identity, &LIMITED_ROUTE)
@@ -155,10 +162,7 @@ pub struct ResetReport {
     delete,
     path = "/admin/identities/{strategy}/{id}",
     tag = "admin",
-    params(
-        ("strategy" = String, Path, description = "`user` or `ip`"),
-        ("id" = String, Path, description = "The API key, or the IP address"),
-    ),
+    params(IdentityPath),
     responses(
         (status = 200, description = "Reset", body = ResetReport),
         (status = 400, description = "Unknown strategy or bad IP address", body = ErrorBody),
@@ -168,10 +172,10 @@ pub struct ResetReport {
     security(("admin_token" = []))
 )]
 pub async fn reset_identity(
-    path: web::Path<(String, String)>,
+    path: web::Path<IdentityPath>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = identity(&path.0, &path.1)?;
+    let identity = identity(&path.strategy, &path.id)?;
     let deleted = state
         .limiter
         .reset(&identity, &LIMITED_ROUTE)
@@ -198,10 +202,7 @@ pub struct OverrideEntry {
     put,
     path = "/admin/overrides/{strategy}/{id}",
     tag = "admin",
-    params(
-        ("strategy" = String, Path, description = "`user` or `ip`"),
-        ("id" = String, Path, description = "The API key, or the IP address"),
-    ),
+    params(IdentityPath),
     request_body = OverrideSpec,
     responses(
         (status = 200, description = "Stored and in force", body = OverrideEntry),
@@ -212,11 +213,11 @@ pub struct OverrideEntry {
     security(("admin_token" = []))
 )]
 pub async fn put_override(
-    path: web::Path<(String, String)>,
+    path: web::Path<IdentityPath>,
     body: web::Json<OverrideSpec>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = identity(&path.0, &path.1)?;
+    let identity = identity(&path.strategy, &path.id)?;
     let spec = body.into_inner();
     state
         .limiter
@@ -243,10 +244,7 @@ pub async fn put_override(
     get,
     path = "/admin/overrides/{strategy}/{id}",
     tag = "admin",
-    params(
-        ("strategy" = String, Path, description = "`user` or `ip`"),
-        ("id" = String, Path, description = "The API key, or the IP address"),
-    ),
+    params(IdentityPath),
     responses(
         (status = 200, description = "The override", body = OverrideEntry),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
@@ -255,10 +253,10 @@ pub async fn put_override(
     security(("admin_token" = []))
 )]
 pub async fn get_override(
-    path: web::Path<(String, String)>,
+    path: web::Path<IdentityPath>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = identity(&path.0, &path.1)?;
+    let identity = identity(&path.strategy, &path.id)?;
     let spec = state
         .limiter
         .override_for(&identity)
@@ -275,10 +273,7 @@ pub async fn get_override(
     delete,
     path = "/admin/overrides/{strategy}/{id}",
     tag = "admin",
-    params(
-        ("strategy" = String, Path, description = "`user` or `ip`"),
-        ("id" = String, Path, description = "The API key, or the IP address"),
-    ),
+    params(IdentityPath),
     responses(
         (status = 204, description = "Removed"),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
@@ -288,10 +283,10 @@ pub async fn get_override(
     security(("admin_token" = []))
 )]
 pub async fn delete_override(
-    path: web::Path<(String, String)>,
+    path: web::Path<IdentityPath>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = identity(&path.0, &path.1)?;
+    let identity = identity(&path.strategy, &path.id)?;
     let existed = state
         .limiter
         .delete_override(&identity)

@@ -519,3 +519,20 @@ impl Cluster {
 pub async fn spawn_app_on(overrides: &[(&str, &str)]) -> TestApp {
     spawn_app_with(settings("redis://127.0.0.1:1/0", overrides)).await
 }
+
+/// Polls `check` until it holds, failing the test with `what` after 10 s
+/// (reloads and override refreshes happen every second).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !check().await {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
