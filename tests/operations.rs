@@ -329,21 +329,9 @@ async fn an_override_set_on_one_instance_applies_on_another() {
     let key = unique_key("override");
     let path = format!("/admin/overrides/user/{key}");
     let limit_on = |app: &TestApp| {
-        let (client, url, key) = (
-            app.client.clone(),
-            app.url("/rate-limit/status"),
-            key.clone(),
-        );
+        let status = app.status_json(key.clone());
         async move {
-            let s: Value = client
-                .get(url)
-                .header("X-API-Key", key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let s = status.await;
             (
                 s["status"].as_str().unwrap().to_owned(),
                 s["limit"].as_u64(),

@@ -356,20 +356,8 @@ async fn a_changed_file_applies_to_the_next_request_and_a_broken_one_is_refused(
     };
 
     let limit_of = |app: &TestApp, key: String| {
-        let app_client = app.client.clone();
-        let url = app.url("/rate-limit/status");
-        async move {
-            let status: Value = app_client
-                .get(url)
-                .header("X-API-Key", key)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            status["policies"][0]["limit"].as_u64()
-        }
+        let status = app.status_json(key);
+        async move { status.await["policies"][0]["limit"].as_u64() }
     };
     assert_eq!(limit_of(&app, key.clone()).await, Some(3));
 

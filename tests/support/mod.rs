@@ -250,6 +250,27 @@ impl TestApp {
             .unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
 
+    /// GET /rate-limit/status for `api_key`, as JSON. Takes owned values so
+    /// that the future can outlive a borrow of the app (spawned probes).
+    pub fn status_json(
+        &self,
+        api_key: String,
+    ) -> impl std::future::Future<Output = serde_json::Value> {
+        let request = self
+            .client
+            .get(self.url("/rate-limit/status"))
+            .header("X-API-Key", api_key);
+        async move {
+            request
+                .send()
+                .await
+                .expect("GET /rate-limit/status")
+                .json()
+                .await
+                .expect("a JSON status")
+        }
+    }
+
     pub async fn status(&self, api_key: &str) -> reqwest::Response {
         self.client
             .get(self.url("/rate-limit/status"))
