@@ -133,7 +133,8 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// Builds the pool and loads the scripts. A Redis that is down now is not
+    /// Validates the settings and loads the scripts (the pools are built by
+    /// each thread on first use). A Redis that is down now is not
     /// an error: the service starts, answers by its failure mode, and
     /// connects when Redis appears.
     pub async fn connect(settings: &RedisSettings) -> Result<Self, RedisSetupError> {
