@@ -30,6 +30,8 @@ fn serve(dir: &TempDir, redis: &RedisServer, extra: &[(&str, &str)]) -> std::pro
         ("PORT", "0"),
         ("WORKERS", "1"),
         ("REDIS_URL", url.as_str()),
+        // Generous: the test machine is shared (see support::settings).
+        ("REDIS_TIMEOUT_MS", "1000"),
     ];
     vars.extend_from_slice(extra);
     binary(dir, &vars)

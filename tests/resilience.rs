@@ -145,7 +145,11 @@ async fn wait_for_recovery(app: &TestApp, key: &str) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_in_open_mode_allows_marks_and_recovers() {
     let mut redis = RedisServer::start().await;
-    let app = spawn_app(&redis, &[("RATE_LIMIT_USER_LIMIT", "5")]).await;
+    let app = spawn_app(
+        &redis,
+        &[("RATE_LIMIT_USER_LIMIT", "5"), ("REDIS_TIMEOUT_MS", "100")],
+    )
+    .await;
     let key = unique_key("open");
     for _ in 0..5 {
         assert_eq!(app.post_resource(Some(&key)).await.status(), 200);
@@ -185,7 +189,14 @@ async fn redis_outage_in_open_mode_allows_marks_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_in_closed_mode_refuses_with_503_and_recovers() {
     let mut redis = RedisServer::start().await;
-    let app = spawn_app(&redis, &[("RATE_LIMIT_FAILURE_MODE", "closed")]).await;
+    let app = spawn_app(
+        &redis,
+        &[
+            ("RATE_LIMIT_FAILURE_MODE", "closed"),
+            ("REDIS_TIMEOUT_MS", "100"),
+        ],
+    )
+    .await;
     let key = unique_key("closed");
     assert_eq!(app.post_resource(Some(&key)).await.status(), 200);
 
@@ -212,7 +223,7 @@ async fn a_service_started_before_redis_finds_it_later() {
     // Reserve a port, start the app against it with nothing listening.
     let mut redis = RedisServer::start().await;
     redis.kill();
-    let app = spawn_app(&redis, &[]).await;
+    let app = spawn_app(&redis, &[("REDIS_TIMEOUT_MS", "100")]).await;
     let key = unique_key("late");
     let r = app.post_resource(Some(&key)).await;
     assert_eq!(r.status(), 200);
@@ -288,6 +299,7 @@ async fn redis_outage_in_local_mode_keeps_approximate_limits_and_recovers() {
         &redis,
         &[
             ("RATE_LIMIT_FAILURE_MODE", "local"),
+            ("REDIS_TIMEOUT_MS", "100"),
             ("RATE_LIMIT_USER_LIMIT", "3"),
             ("RATE_LIMIT_USER_WINDOW", "1h"),
         ],

@@ -183,6 +183,11 @@ impl Drop for TestApp {
 
 /// Settings as `main` would read them from this environment: loopback, port
 /// 0, two workers, the given Redis; `overrides` on top.
+///
+/// REDIS_TIMEOUT_MS is 1 s rather than the default 100 ms: test binaries run
+/// many tests at once on two shared cores, and a test that expects Redis to
+/// answer must not see a slow moment as an outage. Tests of outages set
+/// their own short timeout.
 pub fn settings(redis_url: &str, overrides: &[(&str, &str)]) -> Settings {
     let mut env: HashMap<String, String> = [
         ("HOST", "127.0.0.1"),
@@ -190,6 +195,7 @@ pub fn settings(redis_url: &str, overrides: &[(&str, &str)]) -> Settings {
         ("WORKERS", "2"),
         ("LOG_LEVEL", "warn"),
         ("REDIS_URL", redis_url),
+        ("REDIS_TIMEOUT_MS", "1000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
