@@ -11,11 +11,11 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{web, Error, HttpMessage, HttpRequest};
+use actix_web::{Error, HttpMessage, HttpRequest};
 use serde::Serialize;
 
+use super::app_state;
 use super::ratelimit::LimitInfo;
-use super::AppState;
 use crate::config::LogFormat;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -67,10 +67,7 @@ pub async fn access(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
     let started = Instant::now();
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .expect("AppState is registered by startup")
-        .clone();
+    let state = app_state(&req);
     let forwarded = req
         .headers()
         .get(&X_REQUEST_ID)

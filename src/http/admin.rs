@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 
 use super::errors::{ApiError, ErrorBody};
 use super::routes::{policy_statuses, PolicyStatus};
-use super::AppState;
+use super::{app_state, AppState};
 use crate::identity::Identity;
 use crate::limiter::overrides::OverrideSpec;
 use crate::limiter::{AdminError, Route, Standing};
@@ -36,10 +36,7 @@ async fn require_token(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .expect("AppState is registered by startup")
-        .clone();
+    let state = app_state(&req);
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -25,6 +25,14 @@ pub struct AppState {
     pub admin_token: Option<String>,
 }
 
+/// The shared state, from a middleware's request. Startup registers it on
+/// every App, so its absence is a wiring bug, not an input.
+pub fn app_state(req: &actix_web::dev::ServiceRequest) -> web::Data<AppState> {
+    req.app_data::<web::Data<AppState>>()
+        .expect("AppState is registered by startup")
+        .clone()
+}
+
 /// Largest request body accepted by the protected resource.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 

@@ -7,12 +7,12 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
-use actix_web::{web, Error, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{Error, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::app_state;
 use super::errors::ApiError;
-use super::AppState;
 use crate::identity::{Identifier, Identity, IdentityError, RequestParts};
 use std::sync::Arc;
 
@@ -141,20 +141,31 @@ pub struct LimitInfo {
 }
 
 /// Counts one decision under every policy it involved (labels: strategy,
-/// policy name from the configuration, decision; never a client value).
-fn count(metrics: &Metrics, strategy: &'static str, policies: &[&Policy], decision: &'static str) {
-    if policies.is_empty() {
-        metrics
-            .decisions
-            .with_label_values(&[strategy, "none", decision])
-            .inc();
-    }
+/// policy name from the configuration, decision; never a client value), and
+/// notes it in the request for the access log.
+fn record<'a>(
+    req: &ServiceRequest,
+    metrics: &Metrics,
+    strategy: &'static str,
+    policies: impl IntoIterator<Item = &'a Policy>,
+    decision: &'static str,
+) {
+    let mut any = false;
     for policy in policies {
+        any = true;
         metrics
             .decisions
             .with_label_values(&[strategy, &policy.name, decision])
             .inc();
     }
+    if !any {
+        metrics
+            .decisions
+            .with_label_values(&[strategy, "none", decision])
+            .inc();
+    }
+    req.extensions_mut()
+        .insert(LimitInfo { strategy, decision });
 }
 
 /// `X-RateLimit-Shadow` on a request that shadow policies would have denied:
@@ -166,10 +177,7 @@ pub async fn rate_limit(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
-    let state = req
-        .app_data::<web::Data<AppState>>()
-        .expect("AppState is registered by startup")
-        .clone();
+    let state = app_state(&req);
     let identity = match identify(req.request(), &state.identifier) {
         Ok(identity) => identity,
         Err(err) => return Ok(req.into_response(ApiError::from(err).error_response())),
@@ -184,8 +192,7 @@ pub async fn rate_limit(
     let decision = match state.limiter.check(&identity, &route).await {
         Ok(decision) => decision,
         Err(LimiterError::Unavailable(err)) => {
-            count(metrics, strategy, &[], "unavailable");
-            note(&req, strategy, "unavailable");
+            record(&req, metrics, strategy, [], "unavailable");
             return Ok(req.into_response(ApiError::Unavailable(err).error_response()));
         }
     };
@@ -202,8 +209,13 @@ pub async fn rate_limit(
             } else {
                 "shadow_denied"
             };
-            let policies: Vec<&Policy> = outcome.quotas.iter().map(|(p, _)| p.as_ref()).collect();
-            count(metrics, strategy, &policies, label);
+            record(
+                &req,
+                metrics,
+                strategy,
+                outcome.quotas.iter().map(|(p, _)| p.as_ref()),
+                label,
+            );
             for (policy, quota) in &outcome.quotas {
                 // Near the limit: less than 20 % left.
                 if quota.allowed && u64::from(quota.remaining) * 5 < u64::from(quota.limit) {
@@ -213,7 +225,6 @@ pub async fn rate_limit(
                         .inc();
                 }
             }
-            note(&req, strategy, label);
             let mut response = next.call(req).await?.map_into_boxed_body();
             let headers = response.headers_mut();
             insert_quota_headers(headers, &outcome);
@@ -226,25 +237,31 @@ pub async fn rate_limit(
             Ok(response)
         }
         Decision::Denied(outcome) => {
-            let policies: Vec<&Policy> = outcome.quotas.iter().map(|(p, _)| p.as_ref()).collect();
-            count(metrics, strategy, &policies, "denied");
-            note(&req, strategy, "denied");
+            record(
+                &req,
+                metrics,
+                strategy,
+                outcome.quotas.iter().map(|(p, _)| p.as_ref()),
+                "denied",
+            );
             Ok(req.into_response(too_many_requests(&identity, &outcome)))
         }
         Decision::Unlimited => {
-            count(metrics, strategy, &[], "unlimited");
-            note(&req, strategy, "unlimited");
+            record(&req, metrics, strategy, [], "unlimited");
             Ok(next.call(req).await?.map_into_boxed_body())
         }
         Decision::Blocked => {
-            count(metrics, strategy, &[], "blocked");
-            note(&req, strategy, "blocked");
+            record(&req, metrics, strategy, [], "blocked");
             Ok(req.into_response(ApiError::Blocked.error_response()))
         }
         Decision::Degraded { error, policies } => {
-            let names: Vec<&Policy> = policies.iter().map(|p| p.as_ref()).collect();
-            count(metrics, strategy, &names, "degraded");
-            note(&req, strategy, "degraded");
+            record(
+                &req,
+                metrics,
+                strategy,
+                policies.iter().map(|p| p.as_ref()),
+                "degraded",
+            );
             let mut response = next.call(req).await?.map_into_boxed_body();
             mark_degraded(response.headers_mut(), &error, &policies, false);
             Ok(response)
@@ -254,9 +271,13 @@ pub async fn rate_limit(
             verdict,
             policies,
         } if verdict.allowed => {
-            let names: Vec<&Policy> = policies.iter().map(|p| p.as_ref()).collect();
-            count(metrics, strategy, &names, "local_allowed");
-            note(&req, strategy, "local_allowed");
+            record(
+                &req,
+                metrics,
+                strategy,
+                policies.iter().map(|p| p.as_ref()),
+                "local_allowed",
+            );
             let mut response = next.call(req).await?.map_into_boxed_body();
             mark_degraded(response.headers_mut(), &error, &policies, true);
             Ok(response)
@@ -266,9 +287,13 @@ pub async fn rate_limit(
             verdict,
             policies,
         } => {
-            let names: Vec<&Policy> = policies.iter().map(|p| p.as_ref()).collect();
-            count(metrics, strategy, &names, "local_denied");
-            note(&req, strategy, "local_denied");
+            record(
+                &req,
+                metrics,
+                strategy,
+                policies.iter().map(|p| p.as_ref()),
+                "local_denied",
+            );
             let retry_after = (verdict.retry_after.as_millis() as u64)
                 .div_ceil(1000)
                 .max(1);
@@ -287,11 +312,6 @@ pub async fn rate_limit(
             Ok(req.into_response(response))
         }
     }
-}
-
-fn note(req: &ServiceRequest, strategy: &'static str, decision: &'static str) {
-    req.extensions_mut()
-        .insert(LimitInfo { strategy, decision });
 }
 
 /// A response decided without Redis: `X-RateLimit-Degraded` says why (and,
