@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::identity::ForwardedHeader;
 use crate::limiter::{Algorithm, MAX_LIMIT_TIMES_WINDOW_MS};
 
 /// A configuration error: which setting, what it held, what is wrong.
@@ -170,8 +171,10 @@ pub struct Settings {
     /// Enables `/admin` when set.
     pub admin_token: Option<String>,
     pub failure_mode: FailureMode,
-    /// Peers whose `X-Forwarded-For` / `Forwarded` headers are believed.
+    /// Peers whose forwarding header is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// The one forwarding header those proxies write.
+    pub forwarded_header: ForwardedHeader,
     /// Longest `X-API-Key` accepted, in bytes.
     pub max_api_key_length: usize,
 }
@@ -256,6 +259,11 @@ impl Settings {
             failure_mode: env
                 .parse_with("RATE_LIMIT_FAILURE_MODE", FailureMode::Open, |v| v.parse())?,
             trusted_proxies: env.parse_with("TRUSTED_PROXIES", Vec::new(), parse_networks)?,
+            forwarded_header: env.parse_with(
+                "FORWARDED_HEADER",
+                ForwardedHeader::default(),
+                str::parse,
+            )?,
             max_api_key_length: env.parse_with("MAX_API_KEY_LENGTH", 256, |v| {
                 bounded_integer(v, 1, 4096).map(|n| n as usize)
             })?,
@@ -569,6 +577,7 @@ mod tests {
             ("RATE_LIMIT_SHADOW", "perhaps"),
             ("LOG_FORMAT", "xml"),
             ("ADMIN_TOKEN", "short"),
+            ("FORWARDED_HEADER", "X-Real-IP"),
         ];
         for (name, value) in cases {
             let err = settings(&[(name, value)]).unwrap_err();

@@ -62,7 +62,20 @@ impl Identity {
         match self.strategy {
             Strategy::Ip => format!("ip:{}", self.id),
             Strategy::User => {
-                let head: String = self.id.chars().take(4).collect();
+                // Escaped: a control character must not split a log line.
+                let head: String = self
+                    .id
+                    .chars()
+                    .take(4)
+                    .flat_map(|c| {
+                        let escaped: Vec<char> = if c.is_control() {
+                            c.escape_default().collect()
+                        } else {
+                            vec![c]
+                        };
+                        escaped
+                    })
+                    .collect();
                 format!("user:{head}…({} bytes)", self.id.len())
             }
         }
@@ -83,11 +96,38 @@ pub enum IdentityError {
     NoClientAddress,
 }
 
+/// The one forwarding header the trusted proxies write
+/// (setting FORWARDED_HEADER). The other is ignored: if both were read, a
+/// client behind a proxy that writes only one of them could choose its
+/// identity by sending the other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: <client>, <proxy1>, ...`
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=<client>, for=<proxy1>, ...`
+    Forwarded,
+}
+
+impl std::str::FromStr for ForwardedHeader {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.eq_ignore_ascii_case("x-forwarded-for") {
+            Ok(ForwardedHeader::XForwardedFor)
+        } else if s.eq_ignore_ascii_case("forwarded") {
+            Ok(ForwardedHeader::Forwarded)
+        } else {
+            Err("expected `X-Forwarded-For` or `Forwarded`".into())
+        }
+    }
+}
+
 /// Identifies callers; built once from the settings.
 #[derive(Debug, Clone)]
 pub struct Identifier {
     trusted_proxies: Vec<IpNet>,
     max_key_length: usize,
+    header: ForwardedHeader,
 }
 
 /// The parts of a request that identification reads.
@@ -104,10 +144,15 @@ pub struct RequestParts<'a> {
 }
 
 impl Identifier {
-    pub fn new(trusted_proxies: Vec<IpNet>, max_key_length: usize) -> Self {
+    pub fn new(
+        trusted_proxies: Vec<IpNet>,
+        max_key_length: usize,
+        header: ForwardedHeader,
+    ) -> Self {
         Identifier {
             trusted_proxies,
             max_key_length,
+            header,
         }
     }
 
@@ -158,16 +203,16 @@ impl Identifier {
         if !self.is_trusted(peer) {
             return Some(peer);
         }
-        let chain: Vec<Option<IpAddr>> = if !parts.x_forwarded_for.is_empty() {
-            list_items(parts.x_forwarded_for)
+        let chain: Vec<Option<IpAddr>> = match self.header {
+            ForwardedHeader::XForwardedFor => list_items(parts.x_forwarded_for)
                 .map(|item| parse_node(item.trim_matches('"')))
-                .collect()
-        } else {
-            list_items(parts.forwarded)
-                .map(forwarded_for)
-                .filter(|hop| !matches!(hop, Some(None)))
-                .map(Option::flatten)
-                .collect()
+                .collect(),
+            // An element without `for=`, or with one we cannot read
+            // (`unknown`, an obfuscated name), is an unreadable hop: it
+            // stops the walk like a bad X-Forwarded-For item.
+            ForwardedHeader::Forwarded => list_items(parts.forwarded)
+                .map(|element| forwarded_for(element).flatten())
+                .collect(),
         };
         let mut client = peer;
         for hop in chain.into_iter().rev() {
@@ -239,7 +284,15 @@ mod tests {
     use super::*;
 
     fn identifier(trusted: &[&str]) -> Identifier {
-        Identifier::new(trusted.iter().map(|s| s.parse().unwrap()).collect(), 256)
+        identifier_reading(trusted, ForwardedHeader::XForwardedFor)
+    }
+
+    fn identifier_reading(trusted: &[&str], header: ForwardedHeader) -> Identifier {
+        Identifier::new(
+            trusted.iter().map(|s| s.parse().unwrap()).collect(),
+            256,
+            header,
+        )
     }
 
     fn peer(s: &str) -> Option<SocketAddr> {
@@ -325,9 +378,9 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_header_is_read_when_no_x_forwarded_for() {
+    fn forwarded_header_is_read_when_configured() {
         let fwd: &[&[u8]] = &[b"for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.7"];
-        let id = identifier(&["10.0.0.0/8"])
+        let id = identifier_reading(&["10.0.0.0/8"], ForwardedHeader::Forwarded)
             .identify(&RequestParts {
                 forwarded: fwd,
                 peer: peer("10.0.0.1"),
@@ -335,6 +388,56 @@ mod tests {
             })
             .unwrap();
         assert_eq!(id.id, "2001:db8::1");
+    }
+
+    /// Regression (issue 9, item 8): `for=unknown` hops were skipped, so
+    /// the client's own `for=` entry to their left became its identity.
+    #[test]
+    fn forwarded_unknown_hop_stops_the_walk() {
+        let ident = identifier_reading(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        for header in [
+            &b"for=6.6.6.6, for=unknown"[..],
+            b"for=6.6.6.6, for=_hidden",
+            b"for=6.6.6.6, proto=https",
+        ] {
+            let fwd: &[&[u8]] = &[header];
+            let id = ident
+                .identify(&RequestParts {
+                    forwarded: fwd,
+                    peer: peer("10.0.0.1"),
+                    ..Default::default()
+                })
+                .unwrap();
+            assert_eq!(id.id, "10.0.0.1", "{}", String::from_utf8_lossy(header));
+        }
+    }
+
+    /// Regression (issue 9, item 8): with both headers, X-Forwarded-For
+    /// always won, so behind a proxy writing only `Forwarded` a client chose
+    /// its identity. Only the configured header is read.
+    #[test]
+    fn forwarded_header_setting_ignores_the_other_header() {
+        let xff: &[&[u8]] = &[b"6.6.6.6"];
+        let fwd: &[&[u8]] = &[b"for=2.2.2.2"];
+        let parts = RequestParts {
+            x_forwarded_for: xff,
+            forwarded: fwd,
+            peer: peer("10.0.0.1"),
+            ..Default::default()
+        };
+        let forwarded = identifier_reading(&["10.0.0.0/8"], ForwardedHeader::Forwarded);
+        assert_eq!(forwarded.identify(&parts).unwrap().id, "2.2.2.2");
+        let xff_only = identifier_reading(&["10.0.0.0/8"], ForwardedHeader::XForwardedFor);
+        assert_eq!(xff_only.identify(&parts).unwrap().id, "6.6.6.6");
+        let only_forwarded = RequestParts {
+            x_forwarded_for: &[],
+            ..parts
+        };
+        assert_eq!(
+            xff_only.identify(&only_forwarded).unwrap().id,
+            "10.0.0.1",
+            "Forwarded is ignored when X-Forwarded-For is the configured header"
+        );
     }
 
     #[test]
@@ -359,6 +462,16 @@ mod tests {
             })
             .unwrap();
         assert_eq!(id.id, "192.0.2.1");
+    }
+
+    /// Regression (issue 9, item 15): a control character in an admin
+    /// path id split the audit log line.
+    #[test]
+    fn redaction_escapes_control_characters() {
+        let id = Identity::user("a\nb\rc");
+        let shown = id.redacted();
+        assert!(!shown.contains(['\n', '\r']), "{shown}");
+        assert!(shown.starts_with("user:a\\nb\\r"), "{shown}");
     }
 
     #[test]

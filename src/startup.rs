@@ -56,6 +56,7 @@ impl Application {
             identifier: Identifier::new(
                 settings.trusted_proxies.clone(),
                 settings.max_api_key_length,
+                settings.forwarded_header,
             ),
             environment: settings.environment.clone(),
             log_format: settings.log_format,

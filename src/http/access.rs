@@ -62,6 +62,39 @@ struct AccessLine<'a> {
     decision: Option<&'static str>,
 }
 
+/// The method as a metric label: the standard methods, and `other` for
+/// anything a client invents (a label value must come from a fixed set, or
+/// each new one is a new series kept for the life of the process).
+fn method_label(method: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::PATCH => "PATCH",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// The path as it may appear in a log line. A dynamic route
+/// (`/admin/overrides/{strategy}/{id}`) can carry an API key in its path, so
+/// it is logged as its pattern; so is any other path under `/admin/` that
+/// matched no route (a typo'd admin call still carries the key).
+fn logged_path<'a>(route: &'a str, path: &'a str) -> &'a str {
+    if route.contains('{') {
+        route
+    } else if route == "unmatched" && path.starts_with("/admin/") {
+        "/admin/…"
+    } else {
+        path
+    }
+}
+
 pub async fn access(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
@@ -90,7 +123,7 @@ pub async fn access(
         .limiter
         .metrics()
         .http_requests
-        .with_label_values(&[&route, request.method().as_str(), &status.to_string()])
+        .with_label_values(&[&route, method_label(request.method()), &status.to_string()])
         .inc();
 
     if log::log_enabled!(target: ACCESS_TARGET, log::Level::Info) {
@@ -102,13 +135,7 @@ pub async fn access(
                 .map(|p| p.ip().to_string())
                 .unwrap_or_else(|| "-".into()),
             method: request.method().as_str(),
-            // A dynamic route (`/admin/overrides/{strategy}/{id}`) can carry
-            // an API key in its path: such paths are logged as their pattern.
-            path: if route.contains('{') {
-                &route
-            } else {
-                request.path()
-            },
+            path: logged_path(&route, request.path()),
             route: &route,
             status,
             latency_ms: (started.elapsed().as_secs_f64() * 1e6).round() / 1e3,
@@ -142,6 +169,22 @@ pub async fn access(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 9, item 15): an admin path matching no route was
+    /// logged raw, API key included.
+    #[test]
+    fn unmatched_admin_paths_are_not_logged_raw() {
+        let path = "/admin/identities/user/sk_live_secret/extra";
+        assert_eq!(logged_path("unmatched", path), "/admin/…");
+        assert_eq!(
+            logged_path(
+                "/admin/overrides/{strategy}/{id}",
+                "/admin/overrides/user/sk"
+            ),
+            "/admin/overrides/{strategy}/{id}"
+        );
+        assert_eq!(logged_path("unmatched", "/nope"), "/nope");
+    }
 
     #[test]
     fn forwarded_ids_must_be_short_and_printable() {

@@ -21,7 +21,7 @@ use super::routes::{policy_statuses, PolicyStatus};
 use super::{app_state, AppState};
 use crate::identity::Identity;
 use crate::limiter::overrides::OverrideSpec;
-use crate::limiter::{AdminError, Route, Standing};
+use crate::limiter::{AdminError, OverrideState, Route, Standing};
 
 /// Who made a change, for the audit log. There is one token, so one admin.
 const ACTOR: &str = "admin";
@@ -41,8 +41,7 @@ async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     let authorized = match (presented, state.admin_token.as_deref()) {
         (Some(presented), Some(expected)) => {
             bool::from(presented.as_bytes().ct_eq(expected.as_bytes()))
@@ -55,6 +54,16 @@ async fn require_token(
             .map_into_right_body());
     }
     Ok(next.call(req).await?.map_into_left_body())
+}
+
+/// The token of an `Authorization: Bearer <token>` value. The scheme name
+/// is case-insensitive (RFC 9110, section 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// The `{strategy}/{id}` of an admin path, as documented.
@@ -70,6 +79,10 @@ pub struct IdentityPath {
 /// The identity named by `{strategy}/{id}` in a path.
 fn identity(strategy: &str, id: &str) -> Result<Identity, ApiError> {
     match strategy {
+        // As for X-API-Key: no key with a control character can exist.
+        "user" if id.chars().any(char::is_control) => Err(ApiError::BadRequest(
+            "the identifier contains control characters".into(),
+        )),
         "user" if !id.is_empty() => Ok(Identity::user(id)),
         "ip" => id
             .parse::<IpAddr>()
@@ -100,9 +113,14 @@ pub struct IdentityReport {
     /// `limited`, `unlimited` or `blocked`.
     #[schema(example = "limited")]
     pub status: &'static str,
-    /// The admin override in force, if any.
+    /// The admin override of this identity, if any (see `override_problem`
+    /// for whether it is in force).
     #[serde(rename = "override")]
     pub override_spec: Option<OverrideSpec>,
+    /// Why the override is not in force (it no longer fits the rules after
+    /// a reload); absent when it is, or when there is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_problem: Option<String>,
     /// Every policy that applies to it on POST /api/resource, read without
     /// counting.
     pub policies: Vec<PolicyStatus>,
@@ -138,9 +156,11 @@ pub async fn get_identity(
         Standing::Unlimited => ("unlimited", Vec::new()),
         Standing::Blocked => ("blocked", Vec::new()),
     };
+    let override_state = state.limiter.override_for(&identity);
     Ok(HttpResponse::Ok().json(IdentityReport {
         strategy: identity.strategy.as_str(),
-        override_spec: state.limiter.override_for(&identity),
+        override_problem: override_state.as_ref().and_then(|o| o.problem.clone()),
+        override_spec: override_state.map(|o| o.spec),
         identifier: identity.id,
         status,
         policies,
@@ -190,6 +210,24 @@ pub struct OverrideEntry {
     pub identifier: String,
     #[serde(rename = "override")]
     pub override_spec: OverrideSpec,
+    /// False when the override no longer fits the rules in force (e.g. a
+    /// limit below a policy's new cost): it is then ignored.
+    pub in_force: bool,
+    /// Why it is not in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+impl OverrideEntry {
+    fn new(identity: Identity, state: OverrideState) -> Self {
+        OverrideEntry {
+            strategy: identity.strategy.as_str(),
+            identifier: identity.id,
+            override_spec: state.spec,
+            in_force: state.problem.is_none(),
+            problem: state.problem,
+        }
+    }
 }
 
 /// Sets an override for one identity on every instance (each rereads them
@@ -229,14 +267,16 @@ pub async fn put_override(
         &identity,
         &serde_json::to_string(&spec).unwrap_or_default(),
     );
-    Ok(HttpResponse::Ok().json(OverrideEntry {
-        strategy: identity.strategy.as_str(),
-        identifier: identity.id,
-        override_spec: spec,
-    }))
+    Ok(HttpResponse::Ok().json(OverrideEntry::new(
+        identity,
+        OverrideState {
+            spec,
+            problem: None,
+        },
+    )))
 }
 
-/// The override in force for one identity.
+/// The override of one identity.
 #[utoipa::path(
     get,
     path = "/admin/overrides/{strategy}/{id}",
@@ -254,15 +294,11 @@ pub async fn get_override(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let identity = identity(&path.strategy, &path.id)?;
-    let spec = state
+    let found = state
         .limiter
         .override_for(&identity)
         .ok_or(ApiError::NotFound)?;
-    Ok(HttpResponse::Ok().json(OverrideEntry {
-        strategy: identity.strategy.as_str(),
-        identifier: identity.id,
-        override_spec: spec,
-    }))
+    Ok(HttpResponse::Ok().json(OverrideEntry::new(identity, found)))
 }
 
 /// Removes one identity's override on every instance.
@@ -296,7 +332,7 @@ pub async fn delete_override(
     Ok(HttpResponse::NoContent().finish())
 }
 
-/// Every override in force.
+/// Every unexpired override, each saying whether it is in force.
 #[utoipa::path(
     get,
     path = "/admin/overrides",
@@ -312,11 +348,7 @@ pub async fn list_overrides(state: web::Data<AppState>) -> HttpResponse {
         .limiter
         .overrides()
         .into_iter()
-        .map(|(identity, spec)| OverrideEntry {
-            strategy: identity.strategy.as_str(),
-            identifier: identity.id,
-            override_spec: spec,
-        })
+        .map(|(identity, found)| OverrideEntry::new(identity, found))
         .collect();
     HttpResponse::Ok().json(entries)
 }
@@ -350,4 +382,20 @@ pub fn scope() -> actix_web::Scope<
                 .route(web::get().to(get_override))
                 .route(web::delete().to(delete_override)),
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    /// Regression (issue 9, item 16): the scheme name is case-insensitive.
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        for value in ["Bearer tok", "bearer tok", "BEARER  tok ", "  bEaReR tok"] {
+            assert_eq!(bearer_token(value), Some("tok"), "{value:?}");
+        }
+        for value in ["Basic tok", "Bearer", "Bearer ", "Bearertok"] {
+            assert_eq!(bearer_token(value), None, "{value:?}");
+        }
+    }
 }

@@ -75,15 +75,20 @@ pub fn route_of(req: &HttpRequest) -> (String, String) {
 /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds) of the
 /// reported policy, and the IETF `RateLimit-Policy` / `RateLimit` fields
 /// (draft-ietf-httpapi-ratelimit-headers-10) with one item per policy.
+///
+/// Shadow policies appear in none of them: they decide nothing a client
+/// sees except `X-RateLimit-Shadow`.
 pub fn insert_quota_headers(headers: &mut HeaderMap, outcome: &Outcome) {
-    let (_, quota) = outcome.reported();
+    let Some((_, quota)) = outcome.enforced_reported() else {
+        return;
+    };
     headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(quota.limit));
     headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(quota.remaining));
     headers.insert(X_RATELIMIT_RESET, HeaderValue::from(quota.reset_at_unix()));
 
     let mut policy_field = String::new();
     let mut state_field = String::new();
-    for (i, (policy, quota)) in outcome.quotas.iter().enumerate() {
+    for (i, (policy, quota)) in outcome.enforced().enumerate() {
         if i > 0 {
             policy_field.push_str(", ");
             state_field.push_str(", ");
@@ -297,7 +302,7 @@ pub async fn rate_limit(
             let retry_after = (verdict.retry_after.as_millis() as u64)
                 .div_ceil(1000)
                 .max(1);
-            let limit = policies.iter().map(|p| p.limit.get()).min().unwrap_or(0);
+            let limit = enforced_limit(&policies).unwrap_or(0);
             let mut response = HttpResponse::TooManyRequests()
                 .insert_header((header::RETRY_AFTER, retry_after))
                 .json(RateLimitExceeded {
@@ -323,7 +328,7 @@ fn mark_degraded(
     policies: &[Arc<Policy>],
     local: bool,
 ) {
-    if let Some(limit) = policies.iter().map(|p| p.limit.get()).min() {
+    if let Some(limit) = enforced_limit(policies) {
         headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
     }
     let reason = match (error, local) {
@@ -337,4 +342,13 @@ fn mark_degraded(
         (_, true) => "redis-error; local",
     };
     headers.insert(X_RATELIMIT_DEGRADED, HeaderValue::from_static(reason));
+}
+
+/// The tightest limit among the enforced policies.
+fn enforced_limit(policies: &[Arc<Policy>]) -> Option<u32> {
+    policies
+        .iter()
+        .filter(|p| !p.shadow)
+        .map(|p| p.limit.get())
+        .min()
 }

@@ -5,16 +5,22 @@
 //! Exact, not approximate: when Redis denied a request with retry_after T,
 //! the same request cannot be allowed before T (other requests of the same
 //! identity can only push T further away; a denied request charges nothing).
-//! Two things could make it allowed earlier, and both clear the cache: new
-//! rules (a hot reload), and an operator resetting counters (cleared on this
-//! instance; other instances keep denying until their entry expires, at most
-//! the retry_after Redis gave them).
+//! Three things could make it allowed earlier, and each clears the cache:
+//! new rules (a hot reload), an admin override changing or expiring (an entry
+//! never outlives the `until` of the override it was denied under), and an
+//! operator resetting counters (on every instance: each learns of a reset
+//! within a second through the store, see `Limiter::refresh_overrides`).
+//!
+//! A check that was in flight when the cache was cleared must not put its
+//! now stale denial back: every clear bumps a generation, and an insert made
+//! with an older generation is dropped.
 //!
 //! Bounded: at most [`CAPACITY`] entries; when full, expired entries are
 //! dropped, and if none are, new denials are simply not cached.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -40,6 +46,8 @@ pub struct DenyCache {
     /// held across an await.
     shards: Vec<Mutex<HashMap<u64, Entry>>>,
     hasher: std::collections::hash_map::RandomState,
+    /// Bumped by every clear and forget.
+    generation: AtomicU64,
 }
 
 impl Default for DenyCache {
@@ -47,6 +55,7 @@ impl Default for DenyCache {
         DenyCache {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
+            generation: AtomicU64::new(0),
         }
     }
 }
@@ -69,13 +78,16 @@ impl DenyCache {
     /// The cached denial, brought forward to now (reset and retry_after
     /// shortened by the time elapsed), if the identity is still denied.
     pub fn get(&self, identity: &Identity, route: &Route<'_>) -> Option<Outcome> {
+        self.get_at(identity, route, Instant::now())
+    }
+
+    fn get_at(&self, identity: &Identity, route: &Route<'_>, now: Instant) -> Option<Outcome> {
         let hash = self.hash(identity, route);
         let mut shard = self.shard(hash);
         let entry = shard.get(&hash)?;
         if entry.identity != *identity || entry.method != route.method || entry.path != route.path {
             return None;
         }
-        let now = Instant::now();
         if now >= entry.until {
             shard.remove(&hash);
             return None;
@@ -90,20 +102,56 @@ impl DenyCache {
         Some(outcome)
     }
 
-    /// Remembers a denial until the request could be allowed.
-    pub fn insert(&self, identity: &Identity, route: &Route<'_>, outcome: &Outcome) {
-        let retry_after = outcome
-            .quotas
-            .iter()
-            .map(|(_, q)| q.retry_after)
-            .max()
-            .unwrap_or(Duration::ZERO);
+    /// The generation to pass to [`DenyCache::insert`]: read it before
+    /// asking the store.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Remembers a denial until the request could be allowed, and at most
+    /// for `valid_for` (the rest of the life of the override it was decided
+    /// under). Dropped if the cache was cleared since `generation` was read.
+    pub fn insert(
+        &self,
+        identity: &Identity,
+        route: &Route<'_>,
+        outcome: &Outcome,
+        generation: u64,
+        valid_for: Option<Duration>,
+    ) {
+        self.insert_at(
+            identity,
+            route,
+            outcome,
+            generation,
+            valid_for,
+            Instant::now(),
+        )
+    }
+
+    fn insert_at(
+        &self,
+        identity: &Identity,
+        route: &Route<'_>,
+        outcome: &Outcome,
+        generation: u64,
+        valid_for: Option<Duration>,
+        now: Instant,
+    ) {
+        // Only enforced policies: a shadow policy's denial must not keep a
+        // client out.
+        let retry_after = valid_for.map_or(outcome.retry_after(), |v| v.min(outcome.retry_after()));
         if retry_after.is_zero() {
             return;
         }
-        let now = Instant::now();
         let hash = self.hash(identity, route);
         let mut shard = self.shard(hash);
+        // Checked under the shard lock, which clear and forget take after
+        // bumping the generation: an insert either sees the new generation
+        // or lands before the clear removes it.
+        if self.generation() != generation {
+            return;
+        }
         if shard.len() >= CAPACITY / SHARDS && !shard.contains_key(&hash) {
             shard.retain(|_, e| e.until > now);
             if shard.len() >= CAPACITY / SHARDS {
@@ -125,6 +173,7 @@ impl DenyCache {
 
     /// Forgets everything (new rules).
     pub fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         for shard in &self.shards {
             shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
         }
@@ -132,6 +181,7 @@ impl DenyCache {
 
     /// Forgets one identity on every route (its counters were reset).
     pub fn forget(&self, identity: &Identity) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
         for shard in &self.shards {
             shard
                 .lock()
@@ -191,29 +241,78 @@ mod tests {
         }
     }
 
+    fn insert(cache: &DenyCache, identity: &Identity, outcome: &Outcome) {
+        cache.insert(identity, &ROUTE, outcome, cache.generation(), None);
+    }
+
     #[test]
     fn remembers_until_retry_after_then_forgets() {
         let cache = DenyCache::default();
         let a = Identity::user("a");
-        cache.insert(&a, &ROUTE, &denied(80));
-        let hit = cache.get(&a, &ROUTE).expect("cached");
-        assert!(hit.quotas[0].1.retry_after <= Duration::from_millis(80));
-        assert!(cache.get(&Identity::user("b"), &ROUTE).is_none());
+        let t0 = Instant::now();
+        cache.insert_at(&a, &ROUTE, &denied(80), cache.generation(), None, t0);
+        let hit = cache
+            .get_at(&a, &ROUTE, t0 + Duration::from_millis(30))
+            .expect("cached");
+        assert_eq!(hit.quotas[0].1.retry_after, Duration::from_millis(50));
+        assert!(cache.get_at(&Identity::user("b"), &ROUTE, t0).is_none());
         let other_route = Route {
             method: "POST",
             path: "/other",
         };
-        assert!(cache.get(&a, &other_route).is_none());
-        std::thread::sleep(Duration::from_millis(90));
-        assert!(cache.get(&a, &ROUTE).is_none(), "expired with retry_after");
+        assert!(cache.get_at(&a, &other_route, t0).is_none());
+        assert!(
+            cache
+                .get_at(&a, &ROUTE, t0 + Duration::from_millis(80))
+                .is_none(),
+            "expired with retry_after"
+        );
         assert!(cache.is_empty());
+    }
+
+    /// Regression (issue 9, item 5): a denial cached under an override
+    /// outlived the override's `until`.
+    #[test]
+    fn deny_cache_entry_ends_with_its_override() {
+        let cache = DenyCache::default();
+        let a = Identity::user("a");
+        let t0 = Instant::now();
+        let valid_for = Some(Duration::from_millis(20));
+        cache.insert_at(
+            &a,
+            &ROUTE,
+            &denied(60_000),
+            cache.generation(),
+            valid_for,
+            t0,
+        );
+        assert!(cache
+            .get_at(&a, &ROUTE, t0 + Duration::from_millis(19))
+            .is_some());
+        assert!(cache
+            .get_at(&a, &ROUTE, t0 + Duration::from_millis(20))
+            .is_none());
+    }
+
+    /// Regression (issue 9, item 7): a check in flight during a reset put
+    /// its stale denial back into the cache.
+    #[test]
+    fn deny_cache_refuses_a_denial_from_before_a_reset() {
+        let cache = DenyCache::default();
+        let a = Identity::user("a");
+        let before = cache.generation();
+        cache.forget(&a); // the reset, while the check was in Redis
+        cache.insert(&a, &ROUTE, &denied(60_000), before, None);
+        assert!(cache.get(&a, &ROUTE).is_none());
+        insert(&cache, &a, &denied(60_000));
+        assert!(cache.get(&a, &ROUTE).is_some(), "a fresh denial is kept");
     }
 
     #[test]
     fn clear_and_forget() {
         let cache = DenyCache::default();
-        cache.insert(&Identity::user("a"), &ROUTE, &denied(60_000));
-        cache.insert(&Identity::user("b"), &ROUTE, &denied(60_000));
+        insert(&cache, &Identity::user("a"), &denied(60_000));
+        insert(&cache, &Identity::user("b"), &denied(60_000));
         cache.forget(&Identity::user("a"));
         assert!(cache.get(&Identity::user("a"), &ROUTE).is_none());
         assert!(cache.get(&Identity::user("b"), &ROUTE).is_some());
@@ -225,7 +324,7 @@ mod tests {
     fn stays_bounded() {
         let cache = DenyCache::default();
         for i in 0..(CAPACITY + 5_000) {
-            cache.insert(&Identity::user(format!("k{i}")), &ROUTE, &denied(60_000));
+            insert(&cache, &Identity::user(format!("k{i}")), &denied(60_000));
         }
         assert!(cache.len() <= CAPACITY);
     }

@@ -68,7 +68,8 @@ impl LocalLimiter {
             self.sweep();
         }
         let key = (identity.strategy, identity.id.clone());
-        for policy in policies {
+        // Shadow policies are never enforced, in this mode either.
+        for policy in policies.iter().filter(|p| !p.shadow) {
             let Some(cost) = NonZeroU32::new(policy.cost) else {
                 continue;
             };

@@ -248,10 +248,12 @@ pub trait Store: Send + Sync + 'static {
         policies: &[Arc<Policy>],
     ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
-    /// The overrides every instance shares, as (identity key, JSON) pairs.
+    /// The overrides every instance shares, as raw (identity key, JSON)
+    /// pairs: the limiter decodes each entry on its own, so one bad entry
+    /// cannot hide the others.
     fn load_overrides(
         &self,
-    ) -> impl Future<Output = Result<Vec<(String, String)>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>> + Send;
 
     fn save_override(
         &self,
@@ -261,6 +263,34 @@ pub trait Store: Send + Sync + 'static {
 
     /// Whether there was one to delete.
     fn delete_override(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Deletes the override under `key` only if it still holds exactly
+    /// `json` (an expired override, unless an admin replaced it meanwhile).
+    fn delete_override_if(
+        &self,
+        key: &[u8],
+        json: &[u8],
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Tells every instance that the counters of the identity stored as
+    /// `key` (see [`overrides::storage_key`]) were reset.
+    fn publish_reset(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The resets published after sequence number `after`.
+    fn resets_since(&self, after: u64)
+        -> impl Future<Output = Result<ResetLog, StoreError>> + Send;
+}
+
+/// Resets published by any instance, as [`Store::resets_since`] reads them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResetLog {
+    /// The sequence number of the latest reset (0: none ever).
+    pub latest: u64,
+    /// The identities (storage keys) reset after the sequence asked for.
+    pub keys: Vec<Vec<u8>>,
+    /// False when older entries were trimmed before they could be read: the
+    /// reader must then forget every cached denial.
+    pub complete: bool,
 }
 
 /// The policies checked for one request, each with its quota.
@@ -274,10 +304,20 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// `reported` is chosen among the enforced policies (shadow ones decide
+    /// nothing a client sees); only when every policy is a shadow one (global
+    /// shadow mode) among all of them, for the status endpoints.
     fn new(policies: Vec<Arc<Policy>>, quotas: Vec<Quota>, allowed: bool) -> Self {
         let quotas: Vec<(Arc<Policy>, Quota)> = policies.into_iter().zip(quotas).collect();
-        let mut reported = 0;
-        for (i, (_, q)) in quotas.iter().enumerate().skip(1) {
+        let any_enforced = quotas.iter().any(|(p, _)| !p.shadow);
+        let candidates = || {
+            quotas
+                .iter()
+                .enumerate()
+                .filter(move |(_, (p, _))| !any_enforced || !p.shadow)
+        };
+        let mut reported = candidates().next().map_or(0, |(i, _)| i);
+        for (i, (_, q)) in candidates() {
             let best = &quotas[reported].1;
             let better = if allowed {
                 q.tighter_than(best)
@@ -300,13 +340,34 @@ impl Outcome {
         (policy, quota)
     }
 
-    /// `Retry-After` for a denied request: until every denying policy allows.
-    pub fn retry_after_secs(&self) -> u64 {
+    /// The reported policy if it is enforced: what `X-RateLimit-*` shows.
+    pub fn enforced_reported(&self) -> Option<(&Policy, &Quota)> {
+        Some(self.reported()).filter(|(p, _)| !p.shadow)
+    }
+
+    /// The enforced policies with their quotas.
+    pub fn enforced(&self) -> impl Iterator<Item = (&Policy, &Quota)> {
         self.quotas
             .iter()
-            .map(|(_, q)| q.retry_after_secs())
+            .filter(|(p, _)| !p.shadow)
+            .map(|(p, q)| (p.as_ref(), q))
+    }
+
+    /// Until every enforced policy that denies allows again (shadow
+    /// policies never make a client wait); zero when none denies.
+    pub fn retry_after(&self) -> Duration {
+        self.enforced()
+            .filter(|(_, q)| !q.allowed)
+            .map(|(_, q)| q.retry_after)
             .max()
-            .unwrap_or(1)
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// `Retry-After` for a denied request, in whole seconds, at least 1.
+    pub fn retry_after_secs(&self) -> u64 {
+        (self.retry_after().as_millis() as u64)
+            .div_ceil(1000)
+            .max(1)
     }
 }
 
@@ -350,8 +411,24 @@ pub enum LimiterError {
     Unavailable(StoreError),
 }
 
-/// Dynamic overrides by identity, as last read from the store.
-type OverrideMap = HashMap<(Strategy, String), overrides::OverrideSpec>;
+/// An admin override as last read from the store, with what it does under
+/// the rules in force (or why it no longer fits them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Dynamic {
+    spec: overrides::OverrideSpec,
+    action: Result<rules::OverrideAction, String>,
+}
+
+/// Dynamic overrides by identity.
+type OverrideMap = HashMap<(Strategy, String), Dynamic>;
+
+/// An admin override and whether it is in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverrideState {
+    pub spec: overrides::OverrideSpec,
+    /// Why it is not in force (it no longer fits the rules), if it is not.
+    pub problem: Option<String>,
+}
 
 /// Why an admin change was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -371,6 +448,10 @@ pub struct Limiter<S> {
     local: local::LocalLimiter,
     denied: deny_cache::DenyCache,
     dynamic: ArcSwap<OverrideMap>,
+    /// The last reset sequence seen (None until the first refresh).
+    resets_seen: std::sync::Mutex<Option<u64>>,
+    /// Storage keys of bad override entries already reported.
+    reported_bad: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -391,6 +472,8 @@ impl<S: Store> Limiter<S> {
             local: local::LocalLimiter::default(),
             denied: deny_cache::DenyCache::default(),
             dynamic: ArcSwap::from_pointee(HashMap::new()),
+            resets_seen: Default::default(),
+            reported_bad: Default::default(),
             metrics,
         }
     }
@@ -420,7 +503,15 @@ impl<S: Store> Limiter<S> {
         } else {
             rules
         };
+        // Overrides are judged again under the new rules.
+        let dynamic: OverrideMap = self
+            .dynamic
+            .load()
+            .iter()
+            .map(|(k, d)| (k.clone(), judge(&rules, k.0, d.spec.clone())))
+            .collect();
         self.rules.store(Arc::new(rules));
+        self.dynamic.store(Arc::new(dynamic));
         // A cached denial may not hold under the new limits.
         self.denied.clear();
     }
@@ -430,20 +521,37 @@ impl<S: Store> Limiter<S> {
         &self.denied
     }
 
-    /// The policies for `identity` on `route`, dynamic overrides first.
-    fn resolve(&self, identity: &Identity, route: &Route<'_>) -> Resolution {
+    /// The override in force for `identity` now, if any, with the time it
+    /// has left.
+    fn active_override(
+        &self,
+        identity: &Identity,
+    ) -> Option<(rules::OverrideAction, Option<Duration>)> {
         let dynamic = self.dynamic.load();
-        let action = if dynamic.is_empty() {
-            None
-        } else {
-            dynamic
-                .get(&(identity.strategy, identity.id.clone()))
-                .filter(|spec| spec.active_at(SystemTime::now()))
-                .and_then(|spec| spec.action().ok())
-        };
-        self.rules
-            .load()
-            .resolve_with(identity, route, action.as_ref())
+        if dynamic.is_empty() {
+            return None;
+        }
+        let entry = dynamic.get(&(identity.strategy, identity.id.clone()))?;
+        let now = SystemTime::now();
+        if !entry.spec.active_at(now) {
+            return None;
+        }
+        let action = entry.action.as_ref().ok()?.clone();
+        Some((action, entry.spec.remaining_at(now)))
+    }
+
+    /// The policies for `identity` on `route`, dynamic overrides first, and
+    /// how long that answer holds (until the override ends).
+    fn resolve(&self, identity: &Identity, route: &Route<'_>) -> (Resolution, Option<Duration>) {
+        let active = self.active_override(identity);
+        let rules = self.rules.load();
+        match active {
+            None => (rules.resolve_with(identity, route, None), None),
+            Some((action, valid_for)) => (
+                rules.resolve_with(identity, route, Some(&action)),
+                valid_for,
+            ),
+        }
     }
 
     /// Checks (and, if allowed, counts) one request of `identity` on `route`.
@@ -456,11 +564,15 @@ impl<S: Store> Limiter<S> {
             self.metrics.deny_cache_hits.inc();
             return Ok(Decision::Denied(outcome));
         }
-        let policies = match self.resolve(identity, route) {
+        let (resolution, valid_for) = self.resolve(identity, route);
+        let policies = match resolution {
             Resolution::Unlimited => return Ok(Decision::Unlimited),
             Resolution::Blocked => return Ok(Decision::Blocked),
             Resolution::Limited(policies) => policies,
         };
+        // Read before asking the store: a reset that lands meanwhile makes
+        // this check's denial stale, and the cache then refuses it.
+        let generation = self.denied.generation();
         match self.store.check(identity, &policies, true).await {
             Ok(reply) => {
                 let allowed = reply.allowed;
@@ -468,7 +580,8 @@ impl<S: Store> Limiter<S> {
                 Ok(if allowed {
                     Decision::Allowed(outcome)
                 } else {
-                    self.denied.insert(identity, route, &outcome);
+                    self.denied
+                        .insert(identity, route, &outcome, generation, valid_for);
                     Decision::Denied(outcome)
                 })
             }
@@ -493,7 +606,7 @@ impl<S: Store> Limiter<S> {
         identity: &Identity,
         route: &Route<'_>,
     ) -> Result<Standing, StoreError> {
-        let policies = match self.resolve(identity, route) {
+        let policies = match self.resolve(identity, route).0 {
             Resolution::Limited(policies) => policies,
             Resolution::Unlimited => return Ok(Standing::Unlimited),
             Resolution::Blocked => return Ok(Standing::Blocked),
@@ -507,43 +620,61 @@ impl<S: Store> Limiter<S> {
     }
 
     /// Deletes the counters of `identity` under every policy that applies to
-    /// it on `route`; returns how many existed.
+    /// it on `route` (the rules' policies and, when an override changes a
+    /// window and so the key, the override's too); returns how many existed.
+    /// Every instance forgets its cached denials of `identity` within a
+    /// second.
     pub async fn reset(&self, identity: &Identity, route: &Route<'_>) -> Result<u64, StoreError> {
-        // The rules' policies, whatever an override says: an override
-        // changes limits, not keys.
-        let policies = match self.rules.load().resolve_with(identity, route, None) {
+        let rules = self.rules.load();
+        let mut policies = match rules.resolve_with(identity, route, None) {
             Resolution::Limited(policies) => policies,
             Resolution::Unlimited | Resolution::Blocked => Vec::new(),
         };
+        if let Some(entry) = self
+            .dynamic
+            .load()
+            .get(&(identity.strategy, identity.id.clone()))
+        {
+            if let Ok(action) = &entry.action {
+                if let Resolution::Limited(more) = rules.resolve_with(identity, route, Some(action))
+                {
+                    policies.extend(more);
+                }
+            }
+        }
         let deleted = self.store.reset(identity, &policies).await?;
         self.denied.forget(identity);
+        self.store
+            .publish_reset(&overrides::storage_key(identity))
+            .await?;
         Ok(deleted)
     }
 
-    /// The override in force for `identity`, if any.
-    pub fn override_for(&self, identity: &Identity) -> Option<overrides::OverrideSpec> {
+    /// The admin override of `identity`, in force or not (expired ones are
+    /// not shown).
+    pub fn override_for(&self, identity: &Identity) -> Option<OverrideState> {
         self.dynamic
             .load()
             .get(&(identity.strategy, identity.id.clone()))
-            .filter(|spec| spec.active_at(SystemTime::now()))
-            .cloned()
+            .filter(|d| d.spec.active_at(SystemTime::now()))
+            .map(Dynamic::state)
     }
 
-    /// Every override in force.
-    pub fn overrides(&self) -> Vec<(Identity, overrides::OverrideSpec)> {
+    /// Every unexpired admin override.
+    pub fn overrides(&self) -> Vec<(Identity, OverrideState)> {
         let now = SystemTime::now();
         let mut all: Vec<_> = self
             .dynamic
             .load()
             .iter()
-            .filter(|(_, spec)| spec.active_at(now))
-            .map(|((strategy, id), spec)| {
+            .filter(|(_, d)| d.spec.active_at(now))
+            .map(|((strategy, id), d)| {
                 (
                     Identity {
                         strategy: *strategy,
                         id: id.clone(),
                     },
-                    spec.clone(),
+                    d.state(),
                 )
             })
             .collect();
@@ -557,11 +688,9 @@ impl<S: Store> Limiter<S> {
         identity: &Identity,
         spec: &overrides::OverrideSpec,
     ) -> Result<(), AdminError> {
-        let action = spec.action().map_err(AdminError::Invalid)?;
-        self.rules
-            .load()
-            .check_override(identity.strategy, &action)
-            .map_err(|(key, problem)| AdminError::Invalid(format!("{key}: {problem}")))?;
+        if let Err(problem) = judge(&self.rules.load(), identity.strategy, spec.clone()).action {
+            return Err(AdminError::Invalid(problem));
+        }
         if !spec.active_at(SystemTime::now()) {
             return Err(AdminError::Invalid("until is in the past".into()));
         }
@@ -583,36 +712,64 @@ impl<S: Store> Limiter<S> {
         Ok(existed)
     }
 
-    /// Rereads the shared overrides (every [`overrides::REFRESH_INTERVAL`],
-    /// and after each change). Identities whose override changed are
-    /// dropped from the deny cache, so a raised limit or an allow-listing
-    /// applies on every instance within the interval.
+    /// Rereads what instances share (every [`overrides::REFRESH_INTERVAL`],
+    /// and after each change): the overrides, and the resets published since
+    /// the last refresh. Identities whose override changed or whose counters
+    /// were reset are dropped from the deny cache, so a raised limit, an
+    /// allow-listing or a reset applies on every instance within the
+    /// interval. Expired overrides are deleted from the store.
     pub async fn refresh_overrides(&self) -> Result<(), StoreError> {
+        self.refresh_resets().await?;
         let stored = self.store.load_overrides().await?;
+        let rules = self.rules.load();
+        let now = SystemTime::now();
         let mut fresh = OverrideMap::with_capacity(stored.len());
+        let mut bad = Vec::new();
         for (key, json) in stored {
-            let (Some(identity), Ok(spec)) = (
-                overrides::identity_of(&key),
-                serde_json::from_str::<overrides::OverrideSpec>(&json),
-            ) else {
-                log::warn!("overrides: ignoring an unreadable entry {key:?}");
+            let decoded = std::str::from_utf8(&key)
+                .ok()
+                .and_then(overrides::identity_of)
+                .zip(serde_json::from_slice::<overrides::OverrideSpec>(&json).ok());
+            let Some((identity, spec)) = decoded else {
+                bad.push(key);
                 continue;
             };
-            fresh.insert((identity.strategy, identity.id), spec);
+            if !spec.active_at(now) {
+                // Gone for good: remove it, unless an admin replaced it
+                // meanwhile (compare and delete).
+                if let Err(err) = self.store.delete_override_if(&key, &json).await {
+                    log::debug!("overrides: cannot remove an expired one: {err}");
+                }
+                continue;
+            }
+            let entry = judge(&rules, identity.strategy, spec);
+            fresh.insert((identity.strategy, identity.id), entry);
         }
+        self.report_bad_entries(bad);
         let old = self.dynamic.load_full();
         if *old == fresh {
             return Ok(());
         }
-        for (key, spec) in old.iter() {
-            if fresh.get(key) != Some(spec) {
-                self.denied.forget(&Identity {
-                    strategy: key.0,
-                    id: key.1.clone(),
-                });
+        for (key, entry) in fresh.iter() {
+            if old.get(key).is_none_or(|o| o.action != entry.action) {
+                if let Err(problem) = &entry.action {
+                    log::warn!(
+                        "overrides: the override of {} is not in force: {problem}",
+                        Identity {
+                            strategy: key.0,
+                            id: key.1.clone()
+                        }
+                        .redacted()
+                    );
+                }
             }
         }
-        for key in fresh.keys().filter(|k| !old.contains_key(*k)) {
+        let changed = old
+            .iter()
+            .filter(|(k, v)| fresh.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+            .chain(fresh.keys().filter(|k| !old.contains_key(*k)));
+        for key in changed {
             self.denied.forget(&Identity {
                 strategy: key.0,
                 id: key.1.clone(),
@@ -621,6 +778,64 @@ impl<S: Store> Limiter<S> {
         self.dynamic.store(Arc::new(fresh));
         Ok(())
     }
+
+    /// Forgets the cached denials of identities reset on any instance.
+    async fn refresh_resets(&self) -> Result<(), StoreError> {
+        let seen = *self.resets_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let log = self.store.resets_since(seen.unwrap_or(u64::MAX)).await?;
+        if let Some(seen) = seen {
+            if log.latest < seen || !log.complete {
+                // The log was lost (a flushed Redis) or trimmed past us.
+                self.denied.clear();
+            } else {
+                for key in &log.keys {
+                    if let Some(identity) = std::str::from_utf8(key)
+                        .ok()
+                        .and_then(overrides::identity_of)
+                    {
+                        self.denied.forget(&identity);
+                    }
+                }
+            }
+        }
+        *self.resets_seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(log.latest);
+        Ok(())
+    }
+
+    /// Logs each unreadable override entry once (not every second).
+    fn report_bad_entries(&self, bad: Vec<Vec<u8>>) {
+        let mut reported = self.reported_bad.lock().unwrap_or_else(|e| e.into_inner());
+        reported.retain(|k| bad.contains(k));
+        for key in bad {
+            if reported.insert(key.clone()) {
+                log::warn!(
+                    "overrides: ignoring an unreadable entry {:?} in the store",
+                    String::from_utf8_lossy(&key)
+                );
+            }
+        }
+    }
+}
+
+impl Dynamic {
+    fn state(&self) -> OverrideState {
+        OverrideState {
+            spec: self.spec.clone(),
+            problem: self.action.as_ref().err().cloned(),
+        }
+    }
+}
+
+/// What `spec` does to an identity of `strategy` under `rules`, or why it
+/// cannot apply.
+fn judge(rules: &Rules, strategy: Strategy, spec: overrides::OverrideSpec) -> Dynamic {
+    let action = spec.action().and_then(|action| {
+        rules
+            .check_override(strategy, &action)
+            .map(|()| action)
+            .map_err(|(key, problem)| format!("{key}: {problem}"))
+    });
+    Dynamic { spec, action }
 }
 
 #[cfg(test)]

@@ -81,6 +81,12 @@ impl OverrideSpec {
         }
     }
 
+    /// How long it has left at `now`; `None` when it has no end.
+    pub fn remaining_at(&self, now: SystemTime) -> Option<Duration> {
+        let until = UNIX_EPOCH + Duration::from_secs(self.until?);
+        Some(until.duration_since(now).unwrap_or_default())
+    }
+
     /// Still in force at `now`?
     pub fn active_at(&self, now: SystemTime) -> bool {
         let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();

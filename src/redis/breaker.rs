@@ -3,7 +3,17 @@
 //! once instead of waiting out its timeout, so during an outage requests are
 //! answered in microseconds by the failure mode. Then one call is let through
 //! as a probe: success closes the breaker, failure opens it for another
-//! cool-down.
+//! cool-down. A successful health check closes it too.
+//!
+//! The probe is cancellation-safe: [`Breaker::admit`] hands out a
+//! [`Permit`], and a probe permit dropped without a verdict (its request was
+//! cancelled mid-call, e.g. the client reset the connection) frees the probe
+//! slot. As a second line of defence a probe outstanding for longer than
+//! `probe_ttl` is presumed lost and another one is admitted: the breaker can
+//! never stay open for good.
+//!
+//! Every method that depends on time has an `_at(now)` form, so the tests
+//! drive the clock instead of sleeping.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -23,13 +33,15 @@ pub(crate) enum Admission {
 struct State {
     failures: u32,
     open_until: Option<Instant>,
-    probing: bool,
+    /// When the outstanding probe was admitted.
+    probing_since: Option<Instant>,
 }
 
 #[derive(Debug)]
 pub(crate) struct Breaker {
     threshold: u32,
     cooldown: Duration,
+    probe_ttl: Duration,
     /// Mirrors `state.open_until.is_some()` and `state.failures > 0`, so the
     /// healthy path reads one atomic and takes no lock.
     tripped: AtomicBool,
@@ -37,11 +49,50 @@ pub(crate) struct Breaker {
     state: Mutex<State>,
 }
 
+/// The right to make one call. A probe permit dropped before
+/// [`Permit::success`] or [`Permit::failure`] releases the probe slot.
+#[must_use]
+pub(crate) struct Permit<'a> {
+    breaker: &'a Breaker,
+    admission: Admission,
+    settled: bool,
+}
+
+impl Permit<'_> {
+    pub(crate) fn admission(&self) -> Admission {
+        self.admission
+    }
+
+    pub(crate) fn success(mut self) {
+        self.settled = true;
+        self.breaker.record_success();
+    }
+
+    pub(crate) fn failure(mut self) {
+        self.settled = true;
+        self.breaker.record_failure_at(Instant::now());
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        // Neither success nor failure (cancelled, or an answer that says
+        // nothing about Redis's health, such as a script error): let the
+        // next call probe.
+        if !self.settled && self.admission == Admission::Probe {
+            self.breaker.release_probe();
+        }
+    }
+}
+
 impl Breaker {
-    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
+    /// `probe_ttl`: how long a probe may stay unanswered before another one
+    /// is let through (at least the call timeout).
+    pub(crate) fn new(threshold: u32, cooldown: Duration, probe_ttl: Duration) -> Self {
         Breaker {
             threshold: threshold.max(1),
             cooldown,
+            probe_ttl,
             tripped: AtomicBool::new(false),
             state: Mutex::new(State::default()),
         }
@@ -53,19 +104,33 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn admit(&self) -> Admission {
-        if !self.tripped.load(Ordering::Acquire) {
-            return Admission::Go;
+    pub(crate) fn admit(&self) -> Permit<'_> {
+        let admission = if self.tripped.load(Ordering::Acquire) {
+            self.admit_at(Instant::now())
+        } else {
+            Admission::Go
+        };
+        Permit {
+            breaker: self,
+            admission,
+            settled: false,
         }
+    }
+
+    fn admit_at(&self, now: Instant) -> Admission {
         let mut state = self.lock();
         match state.open_until {
             None => Admission::Go,
-            Some(until) if Instant::now() < until => Admission::Reject,
-            Some(_) if state.probing => Admission::Reject,
-            Some(_) => {
-                state.probing = true;
-                Admission::Probe
-            }
+            Some(until) if now < until => Admission::Reject,
+            Some(_) => match state.probing_since {
+                Some(since) if now.saturating_duration_since(since) < self.probe_ttl => {
+                    Admission::Reject
+                }
+                _ => {
+                    state.probing_since = Some(now);
+                    Admission::Probe
+                }
+            },
         }
     }
 
@@ -73,6 +138,7 @@ impl Breaker {
         self.tripped.load(Ordering::Acquire) && self.lock().open_until.is_some()
     }
 
+    /// Redis answered (a guarded call, or a health check).
     pub(crate) fn record_success(&self) {
         if !self.tripped.load(Ordering::Acquire) {
             return;
@@ -85,10 +151,10 @@ impl Breaker {
         self.tripped.store(false, Ordering::Release);
     }
 
-    pub(crate) fn record_failure(&self) {
+    fn record_failure_at(&self, now: Instant) {
         let mut state = self.lock();
         state.failures = state.failures.saturating_add(1);
-        let was_probe = std::mem::take(&mut state.probing);
+        let was_probe = state.probing_since.take().is_some();
         if was_probe || (state.open_until.is_none() && state.failures >= self.threshold) {
             if state.open_until.is_none() {
                 log::warn!(
@@ -97,15 +163,13 @@ impl Breaker {
                     self.cooldown
                 );
             }
-            state.open_until = Some(Instant::now() + self.cooldown);
+            state.open_until = Some(now + self.cooldown);
         }
         self.tripped.store(true, Ordering::Release);
     }
 
-    /// A probe that neither succeeded nor failed (e.g. a script error): let
-    /// the next call probe.
-    pub(crate) fn release_probe(&self) {
-        self.lock().probing = false;
+    fn release_probe(&self) {
+        self.lock().probing_since = None;
     }
 }
 
@@ -113,34 +177,74 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    const COOLDOWN: Duration = Duration::from_millis(50);
+
+    fn breaker(threshold: u32) -> Breaker {
+        Breaker::new(threshold, COOLDOWN, Duration::from_secs(10))
+    }
+
     #[test]
     fn opens_after_the_threshold_then_probes_once_per_cooldown() {
-        let b = Breaker::new(3, Duration::from_millis(50));
-        assert_eq!(b.admit(), Admission::Go);
-        b.record_failure();
-        b.record_failure();
-        assert_eq!(b.admit(), Admission::Go, "two failures: still closed");
-        b.record_failure();
+        let b = breaker(3);
+        let t0 = Instant::now();
+        assert_eq!(b.admit_at(t0), Admission::Go);
+        b.record_failure_at(t0);
+        b.record_failure_at(t0);
+        assert_eq!(b.admit_at(t0), Admission::Go, "two failures: still closed");
+        b.record_failure_at(t0);
         assert!(b.is_open());
-        assert_eq!(b.admit(), Admission::Reject);
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(b.admit(), Admission::Probe);
-        assert_eq!(b.admit(), Admission::Reject, "one probe at a time");
-        b.record_failure();
-        assert_eq!(b.admit(), Admission::Reject, "a failed probe reopens");
-        std::thread::sleep(Duration::from_millis(60));
-        assert_eq!(b.admit(), Admission::Probe);
+        assert_eq!(b.admit_at(t0 + COOLDOWN / 2), Admission::Reject);
+        let t1 = t0 + COOLDOWN;
+        assert_eq!(b.admit_at(t1), Admission::Probe);
+        assert_eq!(b.admit_at(t1), Admission::Reject, "one probe at a time");
+        b.record_failure_at(t1);
+        assert_eq!(
+            b.admit_at(t1 + COOLDOWN / 2),
+            Admission::Reject,
+            "a failed probe reopens"
+        );
+        assert_eq!(b.admit_at(t1 + COOLDOWN), Admission::Probe);
         b.record_success();
         assert!(!b.is_open());
-        assert_eq!(b.admit(), Admission::Go);
+        assert_eq!(b.admit().admission(), Admission::Go);
     }
 
     #[test]
     fn a_success_resets_the_count() {
-        let b = Breaker::new(2, Duration::from_secs(60));
-        b.record_failure();
+        let b = Breaker::new(2, Duration::from_secs(60), Duration::from_secs(60));
+        let now = Instant::now();
+        b.record_failure_at(now);
         b.record_success();
-        b.record_failure();
-        assert_eq!(b.admit(), Admission::Go);
+        b.record_failure_at(now);
+        assert_eq!(b.admit_at(now), Admission::Go);
+    }
+
+    /// Regression (issue 9, item 1): a probe whose call was cancelled left
+    /// the probe flag set, and the breaker rejected every call for good.
+    #[test]
+    fn breaker_probe_cancelled_mid_call_frees_the_probe() {
+        let b = breaker(1);
+        b.record_failure_at(Instant::now() - COOLDOWN * 2);
+        let permit = b.admit();
+        assert_eq!(permit.admission(), Admission::Probe);
+        drop(permit); // the request future was dropped mid-call
+        let next = b.admit();
+        assert_eq!(next.admission(), Admission::Probe, "a new probe goes out");
+        next.success();
+        assert!(!b.is_open());
+    }
+
+    #[test]
+    fn breaker_lost_probe_expires() {
+        let b = Breaker::new(1, COOLDOWN, Duration::from_secs(1));
+        let t0 = Instant::now();
+        b.record_failure_at(t0);
+        assert_eq!(b.admit_at(t0 + COOLDOWN), Admission::Probe);
+        // Never answered, never dropped (a stuck task).
+        assert_eq!(b.admit_at(t0 + COOLDOWN * 2), Admission::Reject);
+        assert_eq!(
+            b.admit_at(t0 + COOLDOWN + Duration::from_secs(1)),
+            Admission::Probe
+        );
     }
 }

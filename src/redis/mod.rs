@@ -19,7 +19,7 @@ use tokio::time::timeout_at;
 
 use crate::config::{RedisSettings, RedisTopology};
 use crate::identity::Identity;
-use crate::limiter::{Algorithm, Policy, Quota, Store, StoreError, StoreReply};
+use crate::limiter::{Algorithm, Policy, Quota, ResetLog, Store, StoreError, StoreReply};
 use crate::telemetry::Metrics;
 use breaker::{Admission, Breaker};
 use pool::{AnyConnection, Connection, LogErrors, Manager};
@@ -71,6 +71,21 @@ pub fn counter_key(identity: &Identity, policy: &Policy) -> String {
 /// instance: field `<strategy>:<id>`, value the override as JSON. It never
 /// expires; an override's own `until` ends it.
 pub const OVERRIDES_KEY: &str = "rate:overrides";
+
+/// The log of admin resets (see `lua/publish_reset.lua`): one hash tag, one
+/// Cluster slot.
+pub const RESET_KEYS: [&str; 3] = [
+    "rate:{admin}:resets",
+    "rate:{admin}:resets:seq",
+    "rate:{admin}:resets:trimmed",
+];
+
+/// Resets remembered for instances that fall behind; one that misses more
+/// clears its whole deny cache instead.
+const RESET_LOG_ENTRIES: u32 = 10_000;
+
+/// How long the reset log outlives its last write.
+const RESET_LOG_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// One policy of a check, as the script takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +166,7 @@ impl RedisStore {
         Manager::new(
             &settings.topology,
             connect_timeout(settings),
+            settings.timeout,
             generation.clone(),
         )
         .map_err(RedisSetupError::BadUrl)?;
@@ -174,7 +190,11 @@ impl RedisStore {
             generation,
             timeout: settings.timeout,
             topology: settings.topology.name(),
-            breaker: Breaker::new(settings.breaker_failures, settings.breaker_cooldown),
+            breaker: Breaker::new(
+                settings.breaker_failures,
+                settings.breaker_cooldown,
+                settings.breaker_cooldown.max(settings.timeout * 2),
+            ),
             metrics,
             reachable: AtomicBool::new(true),
         };
@@ -256,7 +276,13 @@ impl RedisStore {
         F: FnOnce(AnyConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        if guarded && self.breaker.admit() == Admission::Reject {
+        // Dropped with this future if the call is cancelled: a cancelled
+        // probe then frees the probe slot instead of holding it for good.
+        let permit = guarded.then(|| self.breaker.admit());
+        if permit
+            .as_ref()
+            .is_some_and(|p| p.admission() == Admission::Reject)
+        {
             self.metrics
                 .redis_errors
                 .with_label_values(&["circuit_open"])
@@ -274,13 +300,13 @@ impl RedisStore {
                 .with_label_values(&[err.kind()])
                 .inc();
         }
-        if guarded {
+        if let Some(permit) = permit {
             match &result {
-                Ok(_) => self.breaker.record_success(),
-                Err(StoreError::Timeout(_) | StoreError::Connection(_)) => {
-                    self.breaker.record_failure()
-                }
-                Err(_) => self.breaker.release_probe(),
+                Ok(_) => permit.success(),
+                Err(StoreError::Timeout(_) | StoreError::Connection(_)) => permit.failure(),
+                // Says nothing about Redis's health; the permit's drop
+                // releases a probe.
+                Err(_) => drop(permit),
             }
         }
         self.note_reachability(&result);
@@ -323,6 +349,7 @@ impl RedisStore {
             let manager = Manager::new(
                 &self.settings.topology,
                 connect_timeout(&self.settings),
+                self.settings.timeout,
                 self.generation.clone(),
             )
             .map_err(|err| map_error(&err))?;
@@ -410,7 +437,7 @@ fn map_error(err: &RedisError) -> StoreError {
             | redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
     ) {
         StoreError::Script(err.to_string())
-    } else if err.is_unrecoverable_error() {
+    } else if pool::breaks_connection(err) {
         StoreError::Connection(err.to_string())
     } else {
         StoreError::Other(err.to_string())
@@ -459,15 +486,64 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn load_overrides(&self) -> Result<Vec<(String, String)>, StoreError> {
+    async fn load_overrides(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let deadline = Instant::now() + self.timeout;
+        // Raw bytes: a field or value that is not UTF-8 is the limiter's to
+        // skip, not a failed call.
         self.call(deadline, false, |mut conn| async move {
             redis::cmd("HGETALL")
                 .arg(OVERRIDES_KEY)
-                .query_async::<Vec<(String, String)>>(&mut conn)
+                .query_async::<Vec<(Vec<u8>, Vec<u8>)>>(&mut conn)
                 .await
         })
         .await
+    }
+
+    async fn delete_override_if(&self, key: &[u8], json: &[u8]) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        self.call(deadline, false, |mut conn| async move {
+            scripts::DELETE_IF
+                .key(OVERRIDES_KEY)
+                .arg(key)
+                .arg(json)
+                .invoke_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn publish_reset(&self, key: &str) -> Result<(), StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        self.call(deadline, false, |mut conn| async move {
+            scripts::PUBLISH_RESET
+                .key(&RESET_KEYS[..])
+                .arg(key)
+                .arg(RESET_LOG_ENTRIES)
+                .arg(RESET_LOG_TTL_MS)
+                .invoke_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn resets_since(&self, after: u64) -> Result<ResetLog, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        let (latest, trimmed, keys) = self
+            .call(deadline, false, |mut conn| async move {
+                scripts::RESETS_SINCE
+                    .key(&RESET_KEYS[..])
+                    .arg(after)
+                    .invoke_async::<(u64, u64, Vec<Vec<u8>>)>(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(ResetLog {
+            latest,
+            keys,
+            complete: after >= trimmed,
+        })
     }
 
     async fn save_override(&self, key: &str, json: &str) -> Result<(), StoreError> {
@@ -530,7 +606,11 @@ impl Store for RedisStore {
             })
             .await;
         match role {
-            Ok(_) => Ok(started.elapsed()),
+            Ok(_) => {
+                // Redis answers: requests need not wait for the next probe.
+                self.breaker.record_success();
+                Ok(started.elapsed())
+            }
             Err(err) => Err(err),
         }
     }

@@ -9,8 +9,10 @@
 //! creating connections, keeping `pool_size` of them, and replacing the ones
 //! that break.
 //!
-//! bb8 only learns that a connection broke through `has_broken`, which
-//! bb8-redis answers with a constant `false`, and a multiplexed connection
+//! Connections are made here rather than by bb8-redis's manager, which
+//! can neither set the client's response timeout (the redis crate's default
+//! of 500 ms would cut a longer REDIS_TIMEOUT_MS short) nor tell bb8 that a
+//! connection broke. bb8 learns that only through `has_broken`, and a multiplexed connection
 //! whose socket died never recovers by itself. So every handle carries a
 //! shared [`Health`] record: a dropped connection, a READONLY reply (a
 //! demoted master after a Sentinel failover), or several timeouts in a row
@@ -24,13 +26,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bb8::ManageConnection;
-use bb8_redis::RedisConnectionManager;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
-use redis::{Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, Value};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, Value,
+};
 
 use crate::config::RedisTopology;
 
@@ -77,17 +79,30 @@ impl Connection {
     }
 
     pub(crate) fn record_error(&self, err: &RedisError) {
-        // READONLY: this server was a master and is a replica now (Sentinel
-        // failover); a new connection asks the sentinels where the master is.
-        let demoted = err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
-        if demoted
-            || err.is_connection_dropped()
-            || err.is_io_error()
-            || err.is_unrecoverable_error()
-        {
+        if breaks_connection(err) {
             self.health.broken.store(true, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether `err` means the connection itself is unusable. READONLY: this
+/// server was a master and is a replica now (Sentinel failover); a new
+/// connection asks the sentinels where the master is. A reply of an
+/// unexpected type or shape (a value that is not UTF-8, a bad stored entry)
+/// says nothing about the socket: treating it as broken would make one bad
+/// value reconnect every instance, again and again.
+pub(crate) fn breaks_connection(err: &RedisError) -> bool {
+    use redis::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::Parse | ErrorKind::UnexpectedReturnType | ErrorKind::Client
+    ) {
+        return false;
+    }
+    err.kind() == ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        || err.is_connection_dropped()
+        || err.is_io_error()
+        || err.is_unrecoverable_error()
 }
 
 /// A connection to a single server or a master found through Sentinel
@@ -129,8 +144,8 @@ impl ConnectionLike for AnyConnection {
 
 /// How new connections are made, per topology.
 enum Connector {
-    /// bb8-redis's manager for one server.
-    Single(RedisConnectionManager),
+    /// One server.
+    Single(Client),
     /// Asks the sentinels for the current master at every connect.
     Sentinel(tokio::sync::Mutex<SentinelClient>),
     Cluster(ClusterClient),
@@ -141,6 +156,9 @@ enum Connector {
 pub(crate) struct Manager {
     connector: Connector,
     connect_timeout: Duration,
+    /// The client's own bound on one reply: REDIS_TIMEOUT_MS. (The redis
+    /// crate's default, 500 ms, would cut a longer setting short.)
+    config: AsyncConnectionConfig,
     /// Bumped when the master changes; connections of an older generation
     /// count as broken.
     generation: Arc<AtomicU64>,
@@ -150,12 +168,11 @@ impl Manager {
     pub(crate) fn new(
         topology: &RedisTopology,
         connect_timeout: Duration,
+        response_timeout: Duration,
         generation: Arc<AtomicU64>,
     ) -> Result<Self, RedisError> {
         let connector = match topology {
-            RedisTopology::Single { url } => {
-                Connector::Single(RedisConnectionManager::new(url.as_str())?)
-            }
+            RedisTopology::Single { url } => Connector::Single(Client::open(url.as_str())?),
             RedisTopology::Sentinel {
                 sentinels,
                 master,
@@ -180,11 +197,14 @@ impl Manager {
             RedisTopology::Cluster { nodes, password } => {
                 let urls: Vec<String> = nodes
                     .iter()
-                    .map(|(host, port)| format!("redis://{host}:{port}"))
+                    .map(|(host, port)| match host.parse::<std::net::Ipv6Addr>() {
+                        Ok(v6) => format!("redis://[{v6}]:{port}"),
+                        Err(_) => format!("redis://{host}:{port}"),
+                    })
                     .collect();
                 let mut builder = ClusterClient::builder(urls)
                     .connection_timeout(connect_timeout)
-                    .response_timeout(connect_timeout);
+                    .response_timeout(response_timeout);
                 if let Some(password) = password {
                     builder = builder.password(password.clone());
                 }
@@ -194,16 +214,27 @@ impl Manager {
         Ok(Manager {
             connector,
             connect_timeout,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(response_timeout)),
             generation,
         })
     }
 
     async fn open(&self) -> Result<AnyConnection, RedisError> {
         Ok(match &self.connector {
-            Connector::Single(manager) => AnyConnection::Multiplexed(manager.connect().await?),
-            Connector::Sentinel(client) => {
-                AnyConnection::Multiplexed(client.lock().await.get_async_connection().await?)
-            }
+            Connector::Single(client) => AnyConnection::Multiplexed(
+                client
+                    .get_multiplexed_async_connection_with_config(&self.config)
+                    .await?,
+            ),
+            Connector::Sentinel(client) => AnyConnection::Multiplexed(
+                client
+                    .lock()
+                    .await
+                    .get_async_connection_with_config(&self.config)
+                    .await?,
+            ),
             Connector::Cluster(client) => {
                 AnyConnection::Cluster(client.get_async_connection().await?)
             }

@@ -91,3 +91,12 @@ pub(crate) async fn evalsha<C: ConnectionLike + Send>(
         other => other,
     }
 }
+
+/// The admin scripts: small, rarely run, so the redis crate's `Script`
+/// (EVALSHA, and EVAL on NOSCRIPT) is enough.
+pub static PUBLISH_RESET: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/publish_reset.lua")));
+pub static RESETS_SINCE: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/resets_since.lua")));
+pub static DELETE_IF: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/delete_if.lua")));
