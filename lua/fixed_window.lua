@@ -43,7 +43,8 @@ function M.check(key, limit, window, cost, now)
   local stored = redis.pcall('GET', key)
   if type(stored) == 'string' then
     local w, c = string.match(stored, '^(%d+) (%d+)$')
-    if tonumber(w) == window_start then
+    -- A count beyond 2^53 was not written by this script: stale.
+    if tonumber(w) == window_start and tonumber(c) < 2^53 then
       used = tonumber(c)
     end
   end

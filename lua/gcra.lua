@@ -31,11 +31,14 @@ function M.check(key, limit, window, cost, now)
   local now_us = now * 1000
 
   -- pcall: a key of another type reads as empty; the next SET replaces it.
+  -- A TAT this script could not have written (not a whole number, or more
+  -- than one full burst ahead of now) is stale, like a missing key: it must
+  -- not turn into an absurd retry_after.
   local stored = redis.pcall('GET', key)
   local tat = now_us
-  if type(stored) == 'string' then
+  if type(stored) == 'string' and string.match(stored, '^%d+$') then
     local t = tonumber(stored)
-    if t and t > now_us then tat = t end
+    if t > now_us and t <= now_us + capacity then tat = t end
   end
 
   local new_tat = tat + cost * interval

@@ -47,6 +47,10 @@ function M.check(key, limit, window, cost, now)
   if type(stored) == 'string' then
     local w, c, p = string.match(stored, '^(%d+) (%d+) (%d+)$')
     w = tonumber(w)
+    -- Counts beyond 2^53 were not written by this script: stale.
+    if w and (tonumber(c) >= 2^53 or tonumber(p) >= 2^53) then
+      w = nil
+    end
     if w == current_start then
       current, previous = tonumber(c), tonumber(p)
     elseif w == current_start - window then

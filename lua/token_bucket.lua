@@ -36,7 +36,10 @@ function M.check(key, limit, window, cost, now)
   if type(stored) == 'string' then
     local l, t = string.match(stored, '^(%d+) (%d+)$')
     l, t = tonumber(l), tonumber(t)
-    if l and t then
+    -- A measurement more than a window in the future was not written by
+    -- this script (a clock step back is far smaller): it is stale, or it
+    -- would keep the bucket from refilling until then.
+    if l and t and l < 2^53 and t <= now + window then
       local elapsed = math.max(0, now - t) -- a clock that stepped back refills nothing
       if elapsed >= window then
         level = capacity -- also keeps elapsed x limit far from 2^53

@@ -177,6 +177,8 @@ pub struct Settings {
     pub forwarded_header: ForwardedHeader,
     /// Longest `X-API-Key` accepted, in bytes.
     pub max_api_key_length: usize,
+    /// How long a client may take to send a request body (then 408).
+    pub body_timeout: Duration,
 }
 
 impl Settings {
@@ -267,6 +269,11 @@ impl Settings {
             max_api_key_length: env.parse_with("MAX_API_KEY_LENGTH", 256, |v| {
                 bounded_integer(v, 1, 4096).map(|n| n as usize)
             })?,
+            body_timeout: env.parse_with(
+                "REQUEST_BODY_TIMEOUT_MS",
+                Duration::from_secs(5),
+                |v| bounded_integer(v, 1, 600_000).map(Duration::from_millis),
+            )?,
         })
     }
 }
@@ -578,6 +585,7 @@ mod tests {
             ("LOG_FORMAT", "xml"),
             ("ADMIN_TOKEN", "short"),
             ("FORWARDED_HEADER", "X-Real-IP"),
+            ("REQUEST_BODY_TIMEOUT_MS", "0"),
         ];
         for (name, value) in cases {
             let err = settings(&[(name, value)]).unwrap_err();

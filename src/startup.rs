@@ -61,6 +61,7 @@ impl Application {
             environment: settings.environment.clone(),
             log_format: settings.log_format,
             admin_token: settings.admin_token.clone(),
+            body_timeout: settings.body_timeout,
         });
         let admin = settings.admin_token.is_some();
 
@@ -76,6 +77,7 @@ impl Application {
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .wrap(from_fn(http::errors::json_errors))
                 .wrap(from_fn(http::access::access))
                 .configure(|cfg| http::configure(cfg, admin))
         })

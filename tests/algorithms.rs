@@ -451,3 +451,64 @@ async fn a_lowered_limit_never_reports_more_than_itself() {
         }
     }
 }
+
+/// Regression (issue 9, item 13): stored values no algorithm could have
+/// written (a GCRA TAT a year ahead, a token bucket measured in the future,
+/// numbers past 2^53, `1e400`) gave script errors (503) or absurd
+/// Retry-After values. Each now reads as a stale, empty counter, and the key
+/// ends up with the algorithm's own TTL, not the foreign one.
+#[tokio::test]
+async fn out_of_range_stored_values_are_stale() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let mut conn = redis.connection().await.unwrap();
+    let year_us = 366 * 24 * 3600 * 1_000_000u64;
+    let window = 60_000u64;
+    let cases: Vec<(Algorithm, String)> = vec![
+        (Algorithm::Gcra, ((T0 * 1000) + year_us).to_string()),
+        (Algorithm::Gcra, "1e400".into()),
+        (Algorithm::Gcra, "99999999999999999999999999".into()),
+        (Algorithm::TokenBucket, format!("0 {}", T0 + year_us / 1000)),
+        (Algorithm::TokenBucket, format!("99999999999999999999 {T0}")),
+        (
+            Algorithm::FixedWindow,
+            format!("{T0} 99999999999999999999999"),
+        ),
+        (
+            Algorithm::SlidingWindow,
+            format!("{T0} 99999999999999999999999 1"),
+        ),
+    ];
+    for (i, (algorithm, value)) in cases.into_iter().enumerate() {
+        let key = format!("rate:{{user:absurd-{i}}}:{}", algorithm.as_str());
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(&value)
+            .arg("EX")
+            .arg(10 * 365 * 24 * 3600)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let r = store
+            .run_check(&[policy(&key, algorithm, 3, window, 1)], Some(T0 + 10))
+            .await
+            .unwrap_or_else(|e| panic!("{algorithm} {value:?}: {e}"));
+        assert!(r.allowed, "{algorithm} {value:?}: read as an empty counter");
+        assert_eq!(r.quotas[0].remaining, 2, "{algorithm} {value:?}");
+        assert!(
+            r.quotas[0].reset <= Duration::from_millis(window),
+            "{algorithm} {value:?}: reset {:?}",
+            r.quotas[0].reset
+        );
+        let pttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(
+            // The sliding window keeps a count for two windows.
+            pttl > 0 && pttl <= 2 * window as i64 + 1000,
+            "{algorithm} {value:?}: the key's TTL is the algorithm's ({pttl} ms)"
+        );
+    }
+}

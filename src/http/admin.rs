@@ -18,10 +18,13 @@ use utoipa::ToSchema;
 
 use super::errors::{ApiError, ErrorBody};
 use super::routes::{policy_statuses, PolicyStatus};
-use super::{app_state, AppState};
+use super::{app_state, not_allowed, AppState};
 use crate::identity::Identity;
 use crate::limiter::overrides::OverrideSpec;
 use crate::limiter::{AdminError, OverrideState, Route, Standing};
+
+/// Largest admin request body (an override is a few dozen bytes).
+const MAX_ADMIN_BODY_BYTES: usize = 16 * 1024;
 
 /// Who made a change, for the audit log. There is one token, so one admin.
 const ACTOR: &str = "admin";
@@ -365,22 +368,35 @@ pub fn scope() -> actix_web::Scope<
 > {
     web::scope("/admin")
         .wrap(from_fn(require_token))
+        .wrap(from_fn(|req, next| {
+            super::body::buffer(req, next, MAX_ADMIN_BODY_BYTES)
+        }))
         .app_data(
             web::JsonConfig::default()
-                .limit(16 * 1024)
+                .limit(MAX_ADMIN_BODY_BYTES)
                 .error_handler(|err, _| ApiError::InvalidJson(err.to_string()).into()),
         )
-        .route("/overrides", web::get().to(list_overrides))
+        .app_data(
+            web::PathConfig::default()
+                .error_handler(|err, _| ApiError::BadRequest(format!("path: {err}")).into()),
+        )
+        .service(
+            web::resource("/overrides")
+                .route(web::get().to(list_overrides))
+                .default_service(not_allowed("GET")),
+        )
         .service(
             web::resource("/identities/{strategy}/{id}")
                 .route(web::get().to(get_identity))
-                .route(web::delete().to(reset_identity)),
+                .route(web::delete().to(reset_identity))
+                .default_service(not_allowed("GET, DELETE")),
         )
         .service(
             web::resource("/overrides/{strategy}/{id}")
                 .route(web::put().to(put_override))
                 .route(web::get().to(get_override))
-                .route(web::delete().to(delete_override)),
+                .route(web::delete().to(delete_override))
+                .default_service(not_allowed("PUT, GET, DELETE")),
         )
 }
 

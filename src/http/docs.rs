@@ -58,7 +58,7 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         (name = "resource", description = "The protected, rate-limited API"),
         (name = "rate limit", description = "The caller's own limit"),
         (name = "health", description = "Liveness, readiness and metrics"),
-        (name = "admin", description = "Identities and overrides; only when ADMIN_TOKEN is set (otherwise 404), with Authorization: Bearer <ADMIN_TOKEN>")
+        (name = "admin", description = "Identities and overrides; only when ADMIN_TOKEN is set (otherwise these paths do not exist and this document does not list them), with Authorization: Bearer <ADMIN_TOKEN>")
     )
 )]
 pub struct ApiDoc;
@@ -205,9 +205,36 @@ async fn docs_redirect() -> HttpResponse {
         .finish()
 }
 
+/// The document this service serves: without ADMIN_TOKEN the `/admin` tree
+/// does not exist, so neither do its paths, tag and security scheme.
+pub fn openapi(admin: bool) -> utoipa::openapi::OpenApi {
+    let mut openapi = ApiDoc::openapi();
+    if !admin {
+        openapi
+            .paths
+            .paths
+            .retain(|path, _| !path.starts_with("/admin"));
+        if let Some(tags) = openapi.tags.as_mut() {
+            tags.retain(|t| t.name != "admin");
+        }
+        if let Some(components) = openapi.components.as_mut() {
+            components.security_schemes.remove("admin_token");
+            for schema in [
+                "IdentityReport",
+                "ResetReport",
+                "OverrideEntry",
+                "OverrideSpec",
+            ] {
+                components.schemas.remove(schema);
+            }
+        }
+    }
+    openapi
+}
+
 /// Registers `/docs` (Swagger UI), `/redoc`, and `/api-docs/openapi.json`.
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    let openapi = ApiDoc::openapi();
+pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
+    let openapi = openapi(admin);
     cfg.route("/docs", web::get().to(docs_redirect))
         .service(SwaggerUi::new("/docs/{_:.*}").url("/api-docs/openapi.json", openapi.clone()))
         .service(Redoc::with_url("/redoc", openapi).custom_html(REDOC_HTML))

@@ -44,6 +44,11 @@ pub enum ApiError {
     BadRequest(String),
     #[error("method not allowed")]
     MethodNotAllowed { allow: &'static str },
+    /// The body did not arrive within REQUEST_BODY_TIMEOUT_MS.
+    #[error("request body timeout")]
+    BodyTimeout(std::time::Duration),
+    #[error("request body too large")]
+    PayloadTooLarge { limit: usize },
 }
 
 impl ApiError {
@@ -68,6 +73,17 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 ("Method not allowed", Some(format!("allowed: {allow}")))
             }
+            ApiError::BodyTimeout(timeout) => (
+                "Request timeout",
+                Some(format!(
+                    "the request body did not arrive within {} ms",
+                    timeout.as_millis()
+                )),
+            ),
+            ApiError::PayloadTooLarge { limit } => (
+                "Payload too large",
+                Some(format!("the body may be at most {limit} bytes")),
+            ),
         };
         ErrorBody {
             error: error.to_owned(),
@@ -87,6 +103,8 @@ impl ResponseError for ApiError {
             ApiError::Blocked => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         }
     }
 
@@ -106,4 +124,46 @@ impl ResponseError for ApiError {
         }
         response.json(self.body())
     }
+}
+
+/// Middleware: every error response is JSON, including the ones actix
+/// writes itself (a path that does not deserialize, a malformed header an
+/// extractor refuses): their text becomes the `detail` of an [`ErrorBody`].
+/// Responses that are JSON already pass untouched, and so does every
+/// success, so the cost is one status check per request.
+pub async fn json_errors(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let response = next.call(req).await?.map_into_boxed_body();
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return Ok(response);
+    }
+    let (req, response) = response.into_parts();
+    let (head, body) = response.into_parts();
+    // Error bodies written by actix are short texts; a bound keeps an
+    // unexpected stream from being buffered whole.
+    let text = actix_web::body::to_bytes_limited(body, 4096)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .filter(|t| !t.is_empty());
+    let mut json = HttpResponse::build(status);
+    for (name, value) in head.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            json.append_header((name.clone(), value.clone()));
+        }
+    }
+    let json = json.json(ErrorBody {
+        error: status.canonical_reason().unwrap_or("Error").to_owned(),
+        detail: text,
+    });
+    Ok(actix_web::dev::ServiceResponse::new(req, json))
 }

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod body;
 pub mod docs;
 pub mod errors;
 pub mod ratelimit;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub log_format: LogFormat,
     /// `/admin` exists only when this is set.
     pub admin_token: Option<String>,
+    /// How long a client may take to send a request body.
+    pub body_timeout: std::time::Duration,
 }
 
 /// The shared state, from a middleware's request. Startup registers it on
@@ -37,7 +40,8 @@ pub fn app_state(req: &actix_web::dev::ServiceRequest) -> web::Data<AppState> {
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// Every route. `admin` mounts `/admin` (ADMIN_TOKEN is set); without it
-/// the tree does not exist and answers 404 like any unknown path.
+/// the tree does not exist and answers 404 like any unknown path. A method
+/// a path does not take is answered 405 with `Allow`, never 404.
 pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
     if admin {
         cfg.service(admin::scope());
@@ -45,6 +49,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
     cfg.service(
         web::resource("/api/resource")
             .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
+            .wrap(from_fn(|req, next| body::buffer(req, next, MAX_BODY_BYTES)))
             // Only the POST route is limited: a wrong method is answered
             // with 405 and costs no quota.
             .route(
@@ -52,15 +57,32 @@ pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
                     .to(routes::resource)
                     .wrap(from_fn(ratelimit::rate_limit)),
             )
-            .default_service(web::to(routes::method_not_allowed)),
+            .default_service(not_allowed("POST")),
     )
-    .route(
-        "/rate-limit/status",
-        web::get().to(routes::rate_limit_status),
-    )
-    .route("/health", web::get().to(routes::health))
-    .route("/livez", web::get().to(routes::livez))
-    .route("/metrics", web::get().to(routes::metrics))
-    .configure(docs::configure)
+    .service(get_only("/rate-limit/status", routes::rate_limit_status))
+    .service(get_only("/health", routes::health))
+    .service(get_only("/livez", routes::livez))
+    .service(get_only("/metrics", routes::metrics))
+    .configure(|cfg| docs::configure(cfg, admin))
     .default_service(web::to(routes::not_found));
+}
+
+/// A path that answers GET only.
+fn get_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .route(web::get().to(handler))
+        .default_service(not_allowed("GET"))
+}
+
+/// The default service of a resource: 405 naming the methods it takes.
+pub(crate) fn not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move {
+        use actix_web::ResponseError;
+        errors::ApiError::MethodNotAllowed { allow }.error_response()
+    })
 }

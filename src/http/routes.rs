@@ -67,10 +67,6 @@ pub async fn resource(req: HttpRequest, body: web::Bytes) -> Result<HttpResponse
     }))
 }
 
-pub async fn method_not_allowed() -> HttpResponse {
-    ApiError::MethodNotAllowed { allow: "POST" }.error_response()
-}
-
 pub async fn not_found() -> HttpResponse {
     ApiError::NotFound.error_response()
 }
