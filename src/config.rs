@@ -162,6 +162,9 @@ pub struct Settings {
     pub ip_limit: LimitSettings,
     /// The algorithm of the built-in `user` and `ip` policies.
     pub algorithm: Algorithm,
+    /// The built-in `ip` policy applies to every request, counted per client
+    /// IP, with or without an API key.
+    pub ip_every_request: bool,
     /// A TOML rules file; when set, its policies replace the built-in ones.
     pub rules_path: Option<PathBuf>,
     /// Every policy in shadow mode: counted and reported, never enforced.
@@ -236,6 +239,7 @@ impl Settings {
                 v.parse()
             })?,
             shadow: env.parse_with("RATE_LIMIT_SHADOW", false, parse_bool)?,
+            ip_every_request: env.parse_with("RATE_LIMIT_IP_EVERY_REQUEST", false, parse_bool)?,
             log_format: env.parse_with("LOG_FORMAT", LogFormat::Plain, |v| match v {
                 "plain" => Ok(LogFormat::Plain),
                 "json" => Ok(LogFormat::Json),
@@ -586,6 +590,7 @@ mod tests {
             ("ADMIN_TOKEN", "short"),
             ("FORWARDED_HEADER", "X-Real-IP"),
             ("REQUEST_BODY_TIMEOUT_MS", "0"),
+            ("RATE_LIMIT_IP_EVERY_REQUEST", "sometimes"),
         ];
         for (name, value) in cases {
             let err = settings(&[(name, value)]).unwrap_err();

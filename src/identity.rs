@@ -82,6 +82,28 @@ impl Identity {
     }
 }
 
+/// A caller as the limiter sees it: the identity its policies count, and
+/// its client IP for the policies counted per IP whatever the identity (the
+/// defence against a client that invents API keys to get fresh quotas).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub identity: Identity,
+    /// The client IP as an `ip` identity, when known.
+    pub client_ip: Option<Identity>,
+}
+
+impl Caller {
+    /// A caller known only by its identity (the admin API): an `ip`
+    /// identity is its own client IP.
+    pub fn from_identity(identity: Identity) -> Self {
+        let client_ip = (identity.strategy == Strategy::Ip).then(|| identity.clone());
+        Caller {
+            identity,
+            client_ip,
+        }
+    }
+}
+
 /// Why a request carries no usable identity. Each is the caller's fault and
 /// maps to a 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,6 +176,19 @@ impl Identifier {
             max_key_length,
             header,
         }
+    }
+
+    /// The caller: its identity, and its client IP.
+    pub fn caller(&self, parts: &RequestParts<'_>) -> Result<Caller, IdentityError> {
+        let identity = self.identify(parts)?;
+        let client_ip = match identity.strategy {
+            Strategy::Ip => Some(identity.clone()),
+            Strategy::User => self.client_ip(parts).map(Identity::ip),
+        };
+        Ok(Caller {
+            identity,
+            client_ip,
+        })
     }
 
     pub fn identify(&self, parts: &RequestParts<'_>) -> Result<Identity, IdentityError> {

@@ -19,7 +19,7 @@ use utoipa::ToSchema;
 use super::errors::{ApiError, ErrorBody};
 use super::routes::{policy_statuses, PolicyStatus};
 use super::{app_state, not_allowed, AppState};
-use crate::identity::Identity;
+use crate::identity::{Caller, Identity};
 use crate::limiter::overrides::OverrideSpec;
 use crate::limiter::{AdminError, OverrideState, Route, Standing};
 
@@ -151,7 +151,7 @@ pub async fn get_identity(
     let identity = identity(&path.strategy, &path.id)?;
     let standing = state
         .limiter
-        .status(&identity, &LIMITED_ROUTE)
+        .status(&Caller::from_identity(identity.clone()), &LIMITED_ROUTE)
         .await
         .map_err(ApiError::Unavailable)?;
     let (status, policies) = match &standing {

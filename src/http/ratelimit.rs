@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use super::app_state;
 use super::errors::ApiError;
-use crate::identity::{Identifier, Identity, IdentityError, RequestParts};
+use crate::identity::{Caller, Identifier, Identity, IdentityError, RequestParts};
 use std::sync::Arc;
 
 use crate::limiter::{Decision, LimiterError, Outcome, Policy, Route, StoreError};
@@ -48,12 +48,12 @@ pub struct RateLimitExceeded {
     pub retry_after: u64,
 }
 
-/// Identifies the caller of `req`.
-pub fn identify(req: &HttpRequest, identifier: &Identifier) -> Result<Identity, IdentityError> {
+/// Identifies the caller of `req`: its identity and its client IP.
+pub fn identify(req: &HttpRequest, identifier: &Identifier) -> Result<Caller, IdentityError> {
     let headers = req.headers();
     let xff: Vec<&[u8]> = values(headers, &X_FORWARDED_FOR);
     let forwarded: Vec<&[u8]> = values(headers, &header::FORWARDED);
-    identifier.identify(&RequestParts {
+    identifier.caller(&RequestParts {
         api_key: headers.get(X_API_KEY).map(HeaderValue::as_bytes),
         x_forwarded_for: &xff,
         forwarded: &forwarded,
@@ -183,10 +183,11 @@ pub async fn rate_limit(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let state = app_state(&req);
-    let identity = match identify(req.request(), &state.identifier) {
-        Ok(identity) => identity,
+    let caller = match identify(req.request(), &state.identifier) {
+        Ok(caller) => caller,
         Err(err) => return Ok(req.into_response(ApiError::from(err).error_response())),
     };
+    let identity = &caller.identity;
     let strategy = identity.strategy.as_str();
     let (method, path) = route_of(req.request());
     let route = Route {
@@ -194,7 +195,7 @@ pub async fn rate_limit(
         path: &path,
     };
     let metrics = state.limiter.metrics();
-    let decision = match state.limiter.check(&identity, &route).await {
+    let decision = match state.limiter.check(&caller, &route).await {
         Ok(decision) => decision,
         Err(LimiterError::Unavailable(err)) => {
             record(&req, metrics, strategy, [], "unavailable");
@@ -249,7 +250,7 @@ pub async fn rate_limit(
                 outcome.quotas.iter().map(|(p, _)| p.as_ref()),
                 "denied",
             );
-            Ok(req.into_response(too_many_requests(&identity, &outcome)))
+            Ok(req.into_response(too_many_requests(identity, &outcome)))
         }
         Decision::Unlimited => {
             record(&req, metrics, strategy, [], "unlimited");

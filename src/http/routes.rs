@@ -140,19 +140,19 @@ pub async fn rate_limit_status(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let identity = identify(&req, &state.identifier)?;
+    let caller = identify(&req, &state.identifier)?;
     let route = Route {
         method: "POST",
         path: "/api/resource",
     };
     let standing = state
         .limiter
-        .status(&identity, &route)
+        .status(&caller, &route)
         .await
         .map_err(ApiError::Unavailable)?;
     let mut body = RateLimitStatus {
-        strategy: identity.strategy.as_str(),
-        identifier: identity.id,
+        strategy: caller.identity.strategy.as_str(),
+        identifier: caller.identity.id,
         status: match standing {
             Standing::Blocked => "blocked",
             _ => "unlimited",

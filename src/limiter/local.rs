@@ -21,7 +21,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::Policy;
-use crate::identity::{Identity, Strategy};
+use crate::identity::{Caller, Strategy};
 
 /// Checks between two sweeps of identities that are back to a full quota.
 const SWEEP_EVERY: u64 = 10_000;
@@ -63,13 +63,16 @@ impl LocalLimiter {
             .clone()
     }
 
-    pub fn check(&self, identity: &Identity, policies: &[Arc<Policy>]) -> LocalVerdict {
+    pub fn check(&self, caller: &Caller, policies: &[Arc<Policy>]) -> LocalVerdict {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             self.sweep();
         }
-        let key = (identity.strategy, identity.id.clone());
         // Shadow policies are never enforced, in this mode either.
         for policy in policies.iter().filter(|p| !p.shadow) {
+            let Some(identity) = policy.counted_identity(caller) else {
+                continue;
+            };
+            let key = (identity.strategy, identity.id.clone());
             let Some(cost) = NonZeroU32::new(policy.cost) else {
                 continue;
             };
@@ -131,7 +134,7 @@ mod tests {
             )
             .unwrap(),
         );
-        let a = Identity::user("a");
+        let a = Caller::from_identity(crate::identity::Identity::user("a"));
         for _ in 0..3 {
             assert!(local.check(&a, std::slice::from_ref(&policy)).allowed);
         }
@@ -140,7 +143,12 @@ mod tests {
         assert!(denied.retry_after > Duration::from_secs(15));
         assert!(denied.retry_after <= Duration::from_secs(20));
         assert!(
-            local.check(&Identity::user("b"), &[policy]).allowed,
+            local
+                .check(
+                    &Caller::from_identity(crate::identity::Identity::user("b")),
+                    &[policy]
+                )
+                .allowed,
             "per identity"
         );
     }

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 
 use crate::config::FailureMode;
-use crate::identity::{Identity, Strategy};
+use crate::identity::{Caller, Identity, Strategy};
 use crate::telemetry::Metrics;
 pub use rules::{Resolution, Route, Rules, RulesError};
 
@@ -90,6 +90,9 @@ pub struct Policy {
     /// Checked and counted, never enforced: a denial is reported (header,
     /// metrics) and the request goes through.
     pub shadow: bool,
+    /// Counted per client IP for every request, with or without an API key
+    /// (rules file `per = "client_ip"`, RATE_LIMIT_IP_EVERY_REQUEST).
+    pub per_client_ip: bool,
 }
 
 impl Policy {
@@ -133,11 +136,23 @@ impl Policy {
             window,
             cost,
             shadow: false,
+            per_client_ip: false,
         })
     }
 
     pub fn window_ms(&self) -> u64 {
         self.window.as_millis() as u64
+    }
+
+    /// The identity whose counter this policy uses for `caller`: its client
+    /// IP for a per-IP policy, else its identity. `None`: a per-IP policy
+    /// for a caller whose IP is unknown, which is skipped.
+    pub fn counted_identity<'a>(&self, caller: &'a Caller) -> Option<&'a Identity> {
+        if self.per_client_ip {
+            caller.client_ip.as_ref()
+        } else {
+            Some(&caller.identity)
+        }
     }
 }
 
@@ -227,12 +242,15 @@ impl StoreError {
 /// Where counters live. The Redis layer implements it; the limiter never
 /// builds a Redis command.
 pub trait Store: Send + Sync + 'static {
-    /// Checks every policy for `identity` in one atomic step and, if all
-    /// allow and `charge` is set, charges each its cost. If any denies, none
-    /// is charged. With `charge` unset nothing is written (a status read).
+    /// Checks every policy for `caller` (each counted under
+    /// [`Policy::counted_identity`]) in one atomic step and, if all allow and
+    /// `charge` is set, charges each its cost. If any denies, none is
+    /// charged. With `charge` unset nothing is written (a status read).
+    /// A store may give up atomicity across identities where it must (a
+    /// Redis Cluster keeps each identity in its own slot), and documents it.
     fn check(
         &self,
-        identity: &Identity,
+        caller: &Caller,
         policies: &[Arc<Policy>],
         charge: bool,
     ) -> impl Future<Output = Result<StoreReply, StoreError>> + Send;
@@ -554,18 +572,19 @@ impl<S: Store> Limiter<S> {
         }
     }
 
-    /// Checks (and, if allowed, counts) one request of `identity` on `route`.
+    /// Checks (and, if allowed, counts) one request of `caller` on `route`.
     pub async fn check(
         &self,
-        identity: &Identity,
+        caller: &Caller,
         route: &Route<'_>,
     ) -> Result<Decision, LimiterError> {
+        let identity = &caller.identity;
         if let Some(outcome) = self.denied.get(identity, route) {
             self.metrics.deny_cache_hits.inc();
             return Ok(Decision::Denied(outcome));
         }
         let (resolution, valid_for) = self.resolve(identity, route);
-        let policies = match resolution {
+        let policies = match countable(resolution, caller) {
             Resolution::Unlimited => return Ok(Decision::Unlimited),
             Resolution::Blocked => return Ok(Decision::Blocked),
             Resolution::Limited(policies) => policies,
@@ -573,15 +592,23 @@ impl<S: Store> Limiter<S> {
         // Read before asking the store: a reset that lands meanwhile makes
         // this check's denial stale, and the cache then refuses it.
         let generation = self.denied.generation();
-        match self.store.check(identity, &policies, true).await {
+        match self.store.check(caller, &policies, true).await {
             Ok(reply) => {
                 let allowed = reply.allowed;
                 let outcome = Outcome::new(policies, reply.quotas, allowed);
                 Ok(if allowed {
                     Decision::Allowed(outcome)
                 } else {
-                    self.denied
-                        .insert(identity, route, &outcome, generation, valid_for);
+                    // The cache is keyed by identity: a denial that a per-IP
+                    // policy took part in depends on the IP too, and is not
+                    // cached.
+                    let by_identity_only = outcome
+                        .enforced()
+                        .all(|(p, q)| q.allowed || !p.per_client_ip);
+                    if by_identity_only {
+                        self.denied
+                            .insert(identity, route, &outcome, generation, valid_for);
+                    }
                     Decision::Denied(outcome)
                 })
             }
@@ -589,7 +616,7 @@ impl<S: Store> Limiter<S> {
                 FailureMode::Open => Ok(Decision::Degraded { error, policies }),
                 FailureMode::Closed => Err(LimiterError::Unavailable(error)),
                 FailureMode::Local => {
-                    let verdict = self.local.check(identity, &policies);
+                    let verdict = self.local.check(caller, &policies);
                     Ok(Decision::Local {
                         error,
                         verdict,
@@ -600,18 +627,14 @@ impl<S: Store> Limiter<S> {
         }
     }
 
-    /// The state of `identity` on `route` without counting anything.
-    pub async fn status(
-        &self,
-        identity: &Identity,
-        route: &Route<'_>,
-    ) -> Result<Standing, StoreError> {
-        let policies = match self.resolve(identity, route).0 {
+    /// The state of `caller` on `route` without counting anything.
+    pub async fn status(&self, caller: &Caller, route: &Route<'_>) -> Result<Standing, StoreError> {
+        let policies = match countable(self.resolve(&caller.identity, route).0, caller) {
             Resolution::Limited(policies) => policies,
             Resolution::Unlimited => return Ok(Standing::Unlimited),
             Resolution::Blocked => return Ok(Standing::Blocked),
         };
-        let reply = self.store.check(identity, &policies, false).await?;
+        let reply = self.store.check(caller, &policies, false).await?;
         Ok(Standing::Limited(Outcome::new(
             policies,
             reply.quotas,
@@ -642,6 +665,8 @@ impl<S: Store> Limiter<S> {
                 }
             }
         }
+        // Per-IP policies count an IP, not this identity (unless it is one).
+        policies.retain(|p| !p.per_client_ip || identity.strategy == Strategy::Ip);
         let deleted = self.store.reset(identity, &policies).await?;
         self.denied.forget(identity);
         self.store
@@ -823,6 +848,22 @@ impl Dynamic {
             spec: self.spec.clone(),
             problem: self.action.as_ref().err().cloned(),
         }
+    }
+}
+
+/// `resolution` without the per-IP policies of a caller whose IP is
+/// unknown (nothing to count them by).
+fn countable(resolution: Resolution, caller: &Caller) -> Resolution {
+    match resolution {
+        Resolution::Limited(mut policies) if caller.client_ip.is_none() => {
+            policies.retain(|p| !p.per_client_ip);
+            if policies.is_empty() {
+                Resolution::Unlimited
+            } else {
+                Resolution::Limited(policies)
+            }
+        }
+        other => other,
     }
 }
 

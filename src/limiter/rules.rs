@@ -123,18 +123,25 @@ pub struct RulesError {
 impl Rules {
     /// The built-in policies: `user` for callers with an API key and `ip` for
     /// the others, from the RATE_LIMIT_* settings.
+    ///
+    /// With RATE_LIMIT_IP_EVERY_REQUEST the `ip` policy applies to every
+    /// request, counted per client IP, API key or not.
     pub fn builtin(settings: &Settings) -> Self {
-        let policy = |name: &str, strategy, limits: crate::config::LimitSettings| ScopedPolicy {
-            policy: Arc::new(Policy {
-                name: name.to_owned(),
-                algorithm: settings.algorithm,
-                limit: limits.limit,
-                window: limits.window,
-                cost: 1,
-                shadow: settings.shadow,
-            }),
-            strategy: Some(strategy),
-            route: None,
+        let policy = |name: &str, strategy, limits: crate::config::LimitSettings| {
+            let per_client_ip = strategy == Strategy::Ip && settings.ip_every_request;
+            ScopedPolicy {
+                policy: Arc::new(Policy {
+                    name: name.to_owned(),
+                    algorithm: settings.algorithm,
+                    limit: limits.limit,
+                    window: limits.window,
+                    cost: 1,
+                    shadow: settings.shadow,
+                    per_client_ip,
+                }),
+                strategy: (!per_client_ip).then_some(strategy),
+                route: None,
+            }
         };
         Rules {
             policies: vec![
@@ -279,7 +286,7 @@ impl Rules {
     }
 }
 
-const POLICY_KEYS: [&str; 8] = [
+const POLICY_KEYS: [&str; 9] = [
     "name",
     "algorithm",
     "limit",
@@ -288,6 +295,7 @@ const POLICY_KEYS: [&str; 8] = [
     "strategy",
     "route",
     "shadow",
+    "per",
 ];
 const OVERRIDE_KEYS: [&str; 7] = [
     "strategy",
@@ -408,6 +416,22 @@ impl Parser<'_> {
                 None => None,
             };
             let shadow = field.boolean("shadow")?.unwrap_or(false);
+            let per_client_ip = match field.string("per")? {
+                None | Some("caller") => false,
+                Some("client_ip") => true,
+                Some(other) => {
+                    return Err(field.bad(
+                        "per",
+                        format!("expected \"caller\" or \"client_ip\", not {other:?}"),
+                    ))
+                }
+            };
+            if per_client_ip && strategy.is_some() {
+                return Err(field.bad(
+                    "per",
+                    "a policy counted per client IP applies to every caller: remove `strategy`",
+                ));
+            }
             let mut policy =
                 Policy::new(name, algorithm, limit, window, cost).map_err(|problem| {
                     let key = if problem.contains("name") {
@@ -420,6 +444,7 @@ impl Parser<'_> {
                     field.bad(key, problem)
                 })?;
             policy.shadow = shadow;
+            policy.per_client_ip = per_client_ip;
             out.push(ScopedPolicy {
                 policy: Arc::new(policy),
                 strategy,

@@ -18,7 +18,7 @@ use redis::RedisError;
 use tokio::time::timeout_at;
 
 use crate::config::{RedisSettings, RedisTopology};
-use crate::identity::Identity;
+use crate::identity::{Caller, Identity};
 use crate::limiter::{Algorithm, Policy, Quota, ResetLog, Store, StoreError, StoreReply};
 use crate::telemetry::Metrics;
 use breaker::{Admission, Breaker};
@@ -140,6 +140,8 @@ pub struct RedisStore {
     generation: Arc<AtomicU64>,
     timeout: Duration,
     topology: &'static str,
+    /// A Redis Cluster: keys of different identities live in different slots.
+    cluster: bool,
     breaker: Breaker,
     metrics: Arc<Metrics>,
     /// Whether the last call succeeded; only used to log each loss and each
@@ -190,6 +192,7 @@ impl RedisStore {
             generation,
             timeout: settings.timeout,
             topology: settings.topology.name(),
+            cluster: matches!(settings.topology, RedisTopology::Cluster { .. }),
             breaker: Breaker::new(
                 settings.breaker_failures,
                 settings.breaker_cooldown,
@@ -445,24 +448,69 @@ fn map_error(err: &RedisError) -> StoreError {
 }
 
 impl Store for RedisStore {
+    /// One script call for every policy, except on a Cluster when the
+    /// policies count two identities (the caller's and, for per-IP
+    /// policies, its client IP): their keys live in two slots, so the
+    /// per-IP group runs first and the caller's group after it. Then a
+    /// denial by the caller's policies leaves the per-IP charge in place
+    /// (one request counted against the IP, never more), and a denial by
+    /// the per-IP policies charges nothing else. Within each identity the
+    /// check stays atomic and all-or-nothing.
     async fn check(
         &self,
-        identity: &Identity,
+        caller: &Caller,
         policies: &[Arc<Policy>],
         charge: bool,
     ) -> Result<StoreReply, StoreError> {
-        let policies: Vec<ScriptPolicy> = policies
+        let script_policies: Vec<(ScriptPolicy, bool)> = policies
             .iter()
-            .map(|p| ScriptPolicy {
-                key: counter_key(identity, p),
-                algorithm: p.algorithm,
-                limit: p.limit.get(),
-                window_ms: p.window_ms(),
-                cost: if charge { p.cost } else { 0 },
-                shadow: p.shadow,
+            .map(|p| {
+                // The limiter drops per-IP policies of callers without an
+                // IP; counting one under the caller's identity keeps the
+                // reply aligned all the same.
+                let identity = p.counted_identity(caller).unwrap_or(&caller.identity);
+                let policy = ScriptPolicy {
+                    key: counter_key(identity, p),
+                    algorithm: p.algorithm,
+                    limit: p.limit.get(),
+                    window_ms: p.window_ms(),
+                    cost: if charge { p.cost } else { 0 },
+                    shadow: p.shadow,
+                };
+                (policy, identity != &caller.identity)
             })
             .collect();
-        self.run_check(&policies, None).await
+        let split = self.cluster && script_policies.iter().any(|(_, by_ip)| *by_ip);
+        if !split {
+            let all: Vec<ScriptPolicy> = script_policies.into_iter().map(|(p, _)| p).collect();
+            return self.run_check(&all, None).await;
+        }
+        let mut quotas = vec![None; script_policies.len()];
+        let mut allowed = true;
+        for by_ip in [true, false] {
+            let (indices, mut group): (Vec<usize>, Vec<ScriptPolicy>) = script_policies
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, ip))| *ip == by_ip)
+                .map(|(i, (p, _))| (i, p.clone()))
+                .unzip();
+            if group.is_empty() {
+                continue;
+            }
+            if !allowed {
+                // Already denied: read the rest without charging it.
+                group.iter_mut().for_each(|p| p.cost = 0);
+            }
+            let reply = self.run_check(&group, None).await?;
+            allowed &= reply.allowed;
+            for (i, quota) in indices.into_iter().zip(reply.quotas) {
+                quotas[i] = Some(quota);
+            }
+        }
+        Ok(StoreReply {
+            allowed,
+            quotas: quotas.into_iter().flatten().collect(),
+        })
     }
 
     async fn reset(
@@ -578,7 +626,7 @@ impl Store for RedisStore {
     async fn ping(&self) -> Result<Duration, StoreError> {
         let deadline = Instant::now() + self.timeout;
         let started = Instant::now();
-        let cluster = self.topology == "cluster";
+        let cluster = self.cluster;
         let role = self
             .call(deadline, false, |mut conn| async move {
                 if cluster {
