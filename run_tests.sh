@@ -2,7 +2,8 @@
 # Runs the whole test suite: format check, clippy (warnings are errors), and
 # every test. The tests start their own redis-server / redis-sentinel
 # processes on free loopback ports, so this script only makes sure the
-# programs are installed (as root, through apt-get, when they are missing).
+# programs are installed (as root, through apt-get, when they are missing),
+# and Schemathesis (PyPI) in a virtual environment under .venv-tools/.
 #
 #   ./run_tests.sh            everything
 #   ./run_tests.sh api        only tests whose name contains "api" (passed to cargo test)
@@ -13,9 +14,19 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # The programs the tests run, and the Debian packages that bring them.
 scripts/install_packages.sh \
-  redis-server=redis-server redis-cli=redis-tools redis-sentinel=redis-sentinel
+  redis-server=redis-server redis-cli=redis-tools redis-sentinel=redis-sentinel \
+  python3=python3 py:ensurepip=python3-venv
 # The Debian package may start a system-wide redis-server on 6379. The tests
 # never use it (each starts its own on a free port), so it is left alone.
+
+# Schemathesis checks the OpenAPI document against the running service
+# (tests/openapi.rs); pinned, so every run checks the same way.
+SCHEMATHESIS_VERSION=4.32.5
+if ! .venv-tools/bin/st --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  log "installing schemathesis $SCHEMATHESIS_VERSION in .venv-tools"
+  python3 -m venv .venv-tools
+  .venv-tools/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
 
 for component in rustfmt clippy; do
   if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then

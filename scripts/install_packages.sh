@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs the Debian packages named as arguments if the programs they bring
-# are missing. Usage: scripts/install_packages.sh PROGRAM=PACKAGE ...
+# are missing, with one apt-get update and one apt-get install.
+# Usage: scripts/install_packages.sh PROGRAM=PACKAGE ...
 #   scripts/install_packages.sh redis-server=redis-server redis-cli=redis-tools
+# A PROGRAM of the form py:MODULE checks for a Python module instead
+# (py:ensurepip=python3-venv: `python3 -m venv` works).
 # As root it runs apt-get directly; otherwise through passwordless sudo.
 set -euo pipefail
 
@@ -9,7 +12,11 @@ missing=()
 for pair in "$@"; do
   program=${pair%%=*}
   package=${pair#*=}
-  command -v "$program" >/dev/null 2>&1 || missing+=("$package")
+  if [[ $program == py:* ]]; then
+    python3 -c "import ${program#py:}" >/dev/null 2>&1 || missing+=("$package")
+  else
+    command -v "$program" >/dev/null 2>&1 || missing+=("$package")
+  fi
 done
 ((${#missing[@]})) || exit 0
 

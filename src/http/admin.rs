@@ -73,10 +73,23 @@ fn bearer_token(value: &str) -> Option<&str> {
 #[derive(serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct IdentityPath {
-    /// `user` or `ip`
+    /// `user` or `ip`; anything else is a 400.
+    #[param(value_type = StrategyName)]
     strategy: String,
-    /// The API key, or the IP address
+    /// The API key (no control characters), or the IP address
+    #[param(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$")]
     id: String,
+}
+
+/// The strategies an admin path may name (documentation only: the handler
+/// parses the text, so an unknown one gets a 400 with a reason).
+#[derive(utoipa::ToSchema)]
+#[schema(as = StrategyName)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub enum StrategyName {
+    User,
+    Ip,
 }
 
 /// The identity named by `{strategy}/{id}` in a path.
@@ -87,10 +100,12 @@ fn identity(strategy: &str, id: &str) -> Result<Identity, ApiError> {
             "the identifier contains control characters".into(),
         )),
         "user" if !id.is_empty() => Ok(Identity::user(id)),
+        // A valid path (the schema cannot tie the id's form to the
+        // strategy) that names no identity: there is no such resource.
         "ip" => id
             .parse::<IpAddr>()
             .map(Identity::ip)
-            .map_err(|_| ApiError::BadRequest(format!("{id:?} is not an IP address"))),
+            .map_err(|_| ApiError::NoSuchIdentity(format!("{id:?} is not an IP address"))),
         "user" => Err(ApiError::BadRequest("empty identifier".into())),
         other => Err(ApiError::BadRequest(format!(
             "unknown strategy {other:?}: use user or ip"
@@ -138,8 +153,9 @@ pub struct IdentityReport {
     params(IdentityPath),
     responses(
         (status = 200, description = "Its standing", body = IdentityReport),
-        (status = 400, description = "Unknown strategy or bad IP address", body = ErrorBody),
+        (status = 400, description = "Unknown strategy", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "An `ip` id that is not an IP address: no such identity", body = ErrorBody),
         (status = 503, description = "Redis cannot answer", body = ErrorBody),
     ),
     security(("admin_token" = []))
@@ -185,8 +201,9 @@ pub struct ResetReport {
     params(IdentityPath),
     responses(
         (status = 200, description = "Reset", body = ResetReport),
-        (status = 400, description = "Unknown strategy or bad IP address", body = ErrorBody),
+        (status = 400, description = "Unknown strategy", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "An `ip` id that is not an IP address: no such identity", body = ErrorBody),
         (status = 503, description = "Redis cannot answer", body = ErrorBody),
     ),
     security(("admin_token" = []))
@@ -244,8 +261,9 @@ impl OverrideEntry {
     request_body = OverrideSpec,
     responses(
         (status = 200, description = "Stored and in force", body = OverrideEntry),
-        (status = 400, description = "Not a valid override", body = ErrorBody),
+        (status = 400, description = "Not a valid override, an unknown strategy", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "An `ip` id that is not an IP address: no such identity", body = ErrorBody),
         (status = 503, description = "Redis cannot answer", body = ErrorBody),
     ),
     security(("admin_token" = []))
@@ -287,8 +305,9 @@ pub async fn put_override(
     params(IdentityPath),
     responses(
         (status = 200, description = "The override", body = OverrideEntry),
+        (status = 400, description = "Unknown strategy", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 404, description = "No override for this identity", body = ErrorBody),
+        (status = 404, description = "No override for this identity, or an `ip` id that is not an IP address", body = ErrorBody),
     ),
     security(("admin_token" = []))
 )]
@@ -312,8 +331,9 @@ pub async fn get_override(
     params(IdentityPath),
     responses(
         (status = 204, description = "Removed"),
+        (status = 400, description = "Unknown strategy", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 404, description = "No override for this identity", body = ErrorBody),
+        (status = 404, description = "No override for this identity, or an `ip` id that is not an IP address", body = ErrorBody),
         (status = 503, description = "Redis cannot answer", body = ErrorBody),
     ),
     security(("admin_token" = []))

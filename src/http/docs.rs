@@ -51,6 +51,7 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         admin::IdentityReport,
         admin::ResetReport,
         admin::OverrideEntry,
+        admin::StrategyName,
         crate::limiter::overrides::OverrideSpec
     )),
     modifiers(&RateLimitHeaders, &AdminSecurity),

@@ -36,6 +36,9 @@ pub enum ApiError {
     Blocked,
     #[error("not found")]
     NotFound,
+    /// An admin path whose id cannot be an identity of its strategy.
+    #[error("no such identity: {0}")]
+    NoSuchIdentity(String),
     /// An admin call without the right bearer token.
     #[error("unauthorized")]
     Unauthorized,
@@ -65,6 +68,7 @@ impl ApiError {
                 Some("this caller is blocked by the rate limiter's rules".to_owned()),
             ),
             ApiError::NotFound => ("Not found", None),
+            ApiError::NoSuchIdentity(detail) => ("Not found", Some(detail.clone())),
             ApiError::Unauthorized => (
                 "Unauthorized",
                 Some("send Authorization: Bearer <ADMIN_TOKEN>".to_owned()),
@@ -101,7 +105,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Blocked => StatusCode::FORBIDDEN,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NoSuchIdentity(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

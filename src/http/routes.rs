@@ -41,7 +41,7 @@ pub struct ResourceResponse {
     path = "/api/resource",
     tag = "resource",
     params(
-        ("X-API-Key" = Option<String>, Header, description = "Identifies the caller (strategy `user`). Without it the client IP is used (strategy `ip`). At most 256 bytes (MAX_API_KEY_LENGTH), UTF-8, no control characters."),
+        ("X-API-Key" = Option<String>, Header, description = "Identifies the caller (strategy `user`). Without it the client IP is used (strategy `ip`). At most 256 bytes (MAX_API_KEY_LENGTH), no control characters. The portable alphabet is printable ASCII, as documented here; other UTF-8 is accepted too, bytes that are not UTF-8 are a 400.", max_length = 256, pattern = "^[ -~]*$"),
     ),
     request_body(content = Option<serde_json::Value>, content_type = "application/json", description = "Optional; any JSON value."),
     responses(
@@ -128,7 +128,7 @@ pub struct RateLimitStatus {
     path = "/rate-limit/status",
     tag = "rate limit",
     params(
-        ("X-API-Key" = Option<String>, Header, description = "The caller, as for /api/resource"),
+        ("X-API-Key" = Option<String>, Header, description = "The caller, as for /api/resource", max_length = 256, pattern = "^[ -~]*$"),
     ),
     responses(
         (status = 200, description = "The caller's state", body = RateLimitStatus),

@@ -269,9 +269,7 @@ pub trait Store: Send + Sync + 'static {
     /// The overrides every instance shares, as raw (identity key, JSON)
     /// pairs: the limiter decodes each entry on its own, so one bad entry
     /// cannot hide the others.
-    fn load_overrides(
-        &self,
-    ) -> impl Future<Output = Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>> + Send;
+    fn load_overrides(&self) -> impl Future<Output = Result<Vec<RawOverride>, StoreError>> + Send;
 
     fn save_override(
         &self,
@@ -298,6 +296,9 @@ pub trait Store: Send + Sync + 'static {
     fn resets_since(&self, after: u64)
         -> impl Future<Output = Result<ResetLog, StoreError>> + Send;
 }
+
+/// One stored override as the store holds it: (identity key, JSON), raw.
+pub type RawOverride = (Vec<u8>, Vec<u8>);
 
 /// Resets published by any instance, as [`Store::resets_since`] reads them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -14,6 +14,9 @@ use crate::identity::{Identity, Strategy};
 /// How stale an instance's copy of the overrides may be.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The latest `until` accepted: 9999-12-31T23:59:59Z.
+pub const MAX_UNTIL: u64 = 253_402_300_799;
+
 /// One override, as the admin API takes it and as it is stored (JSON).
 /// The OpenAPI schema is derived here too, so the documented body is the
 /// stored one by construction.
@@ -22,7 +25,7 @@ pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 pub struct OverrideSpec {
     /// Another limit, for `policy` or (without it) every policy that applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = 1000)]
+    #[schema(value_type = Option<u64>, example = 1000, minimum = 1, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
     /// With `limit`: another window, e.g. "1m", "1h".
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,15 +40,21 @@ pub struct OverrideSpec {
     /// Always refused with 403 (answered without Redis).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked: Option<bool>,
-    /// Unix seconds after which the override no longer applies.
+    /// Unix seconds after which the override no longer applies (at most
+    /// the end of the year 9999).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(example = 1795910400)]
+    #[schema(example = 1795910400, maximum = 253402300799_u64)]
     pub until: Option<u64>,
 }
 
 impl OverrideSpec {
     /// What it does, or why it is not a valid override.
     pub fn action(&self) -> Result<OverrideAction, String> {
+        if self.until.is_some_and(|u| u > MAX_UNTIL) {
+            return Err(format!(
+                "until must be at most {MAX_UNTIL} (the end of 9999)"
+            ));
+        }
         let unlimited = self.unlimited.unwrap_or(false);
         let blocked = self.blocked.unwrap_or(false);
         match (self.limit, unlimited, blocked) {

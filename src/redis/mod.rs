@@ -19,7 +19,9 @@ use tokio::time::timeout_at;
 
 use crate::config::{RedisSettings, RedisTopology};
 use crate::identity::{Caller, Identity};
-use crate::limiter::{Algorithm, Policy, Quota, ResetLog, Store, StoreError, StoreReply};
+use crate::limiter::{
+    Algorithm, Policy, Quota, RawOverride, ResetLog, Store, StoreError, StoreReply,
+};
 use crate::telemetry::Metrics;
 use breaker::{Admission, Breaker};
 use pool::{AnyConnection, Connection, LogErrors, Manager};
@@ -534,7 +536,7 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn load_overrides(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    async fn load_overrides(&self) -> Result<Vec<RawOverride>, StoreError> {
         let deadline = Instant::now() + self.timeout;
         // Raw bytes: a field or value that is not UTF-8 is the limiter's to
         // skip, not a failed call.
