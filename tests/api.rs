@@ -9,7 +9,16 @@ use support::{header_u64, spawn_app, unique_key, RedisServer};
 #[tokio::test]
 async fn resource_answers_with_the_documented_body_and_headers() {
     let redis = RedisServer::start().await;
-    let app = spawn_app(&redis, &[]).await;
+    // The service's defaults: fixed windows of 60 s (one request, so no
+    // window edge can fall inside what is counted).
+    let app = spawn_app(
+        &redis,
+        &[
+            ("RATE_LIMIT_ALGORITHM", "fixed_window"),
+            ("RATE_LIMIT_USER_WINDOW", "60"),
+        ],
+    )
+    .await;
     let key = unique_key("body");
 
     let before = std::time::SystemTime::now()
@@ -54,7 +63,11 @@ async fn over_the_limit_gets_429_with_retry_after_and_the_body() {
     assert_eq!(header_u64(&r, "X-RateLimit-Remaining"), 0);
     let reset = header_u64(&r, "X-RateLimit-Reset");
     let retry_after = header_u64(&r, "Retry-After");
-    assert!((1..=60).contains(&retry_after), "Retry-After {retry_after}");
+    // GCRA 3 per day: one request comes back every 8 hours.
+    assert!(
+        (8 * 3600 - 60..=8 * 3600).contains(&retry_after),
+        "Retry-After {retry_after}"
+    );
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"], "Rate limit exceeded");
     assert_eq!(body["identifier"], key.as_str());
@@ -64,7 +77,8 @@ async fn over_the_limit_gets_429_with_retry_after_and_the_body() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    assert!(reset >= now && reset <= now + retry_after + 1);
+    // The full limit is back a day after the first request.
+    assert!(reset >= now + retry_after && reset <= now + 86_400 + 1);
 
     // Denied requests consumed nothing: the status still shows 0 remaining,
     // and other keys are untouched.
@@ -84,15 +98,38 @@ async fn denied_requests_do_not_consume_quota() {
     for _ in 0..5 {
         assert_eq!(app.post_resource(Some(&key)).await.status(), 429);
     }
-    let mut conn = redis.connection().await.unwrap();
-    // The counter is "<window start> <used>".
-    let value: String = redis::cmd("GET")
-        .arg(format!("rate:{{user:{key}}}:60"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let used: u64 = value.split(' ').nth(1).unwrap().parse().unwrap();
-    assert_eq!(used, 2, "the counter holds the admitted requests only");
+    let conn = redis.connection().await.unwrap();
+    let counter = format!("rate:{{user:{key}}}:86400:gcra:user");
+    // The stored TAT: two requests of 12 hours each ahead of the first.
+    let read = |mut conn: redis::aio::MultiplexedConnection| {
+        let counter = counter.clone();
+        async move {
+            let value: String = redis::cmd("GET")
+                .arg(&counter)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            value.parse::<u64>().unwrap()
+        }
+    };
+    let tat = read(conn.clone()).await;
+    for _ in 0..5 {
+        assert_eq!(app.post_resource(Some(&key)).await.status(), 429);
+    }
+    assert_eq!(
+        read(conn.clone()).await,
+        tat,
+        "denied requests change nothing stored"
+    );
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
+    let ahead = tat - now_us;
+    assert!(
+        (86_400_000_000 - 60_000_000..=86_400_000_000).contains(&ahead),
+        "the TAT holds the two admitted requests only ({ahead} us ahead)"
+    );
 }
 
 #[tokio::test]
@@ -256,8 +293,14 @@ async fn status_reports_without_consuming() {
         assert_eq!(body["identifier"], key.as_str());
         assert_eq!(body["limit"], 20);
         assert_eq!(body["remaining"], 17);
-        assert_eq!(body["window"], 60);
-        assert!(body["reset"].as_u64().unwrap().is_multiple_of(60));
+        assert_eq!(body["window"], 86_400);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        // GCRA 20 per day: three requests are back in 3 x 72 minutes.
+        let reset = body["reset"].as_u64().unwrap();
+        assert!(reset > now && reset <= now + 3 * 72 * 60 + 1, "{reset}");
     }
     let r = app.post_resource(Some(&key)).await;
     assert_eq!(header_u64(&r, "X-RateLimit-Remaining"), 16);
@@ -409,7 +452,7 @@ async fn hostile_keys_are_refused_or_isolated_never_a_5xx() {
     assert_eq!(keys.len(), tricky.len());
     for key in keys {
         assert!(
-            key.starts_with("rate:{user:") && key.ends_with("}:60"),
+            key.starts_with("rate:{user:") && key.ends_with("}:86400:gcra:user"),
             "{key}"
         );
         assert_eq!(key.matches('{').count(), 1, "{key}");

@@ -90,7 +90,8 @@ window = "1h"
 
 [[policy]]
 name = "day"
-algorithm = "fixed_window"
+# Not a fixed window: a day must not be able to end during the test.
+algorithm = "token_bucket"
 limit = 1000
 window = "1d"
 "#,

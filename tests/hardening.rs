@@ -242,6 +242,7 @@ async fn deny_cache_does_not_outlive_an_override() {
             ("ADMIN_TOKEN", TOKEN),
             ("RATE_LIMIT_USER_LIMIT", "100"),
             ("RATE_LIMIT_USER_WINDOW", "1h"),
+            ("RATE_LIMIT_ALGORITHM", "fixed_window"),
         ],
     )
     .await;

@@ -491,9 +491,10 @@ async fn invalid_overrides_get_a_clear_400() {
 const SHADOW_RULES: &str = r#"
 [[policy]]
 name = "enforced"
-algorithm = "fixed_window"
+# GCRA over a day: no window can end during the test and change the count.
+algorithm = "gcra"
 limit = 100
-window = "1m"
+window = "1d"
 
 [[policy]]
 name = "trial"

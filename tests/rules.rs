@@ -114,7 +114,8 @@ strategy = "user"
 
 [[policy]]
 name = "per-hour"
-algorithm = "fixed_window"
+# Not a fixed window: an hour must not be able to end during the test.
+algorithm = "gcra"
 limit = 50
 window = "1h"
 

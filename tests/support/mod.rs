@@ -188,6 +188,12 @@ impl Drop for TestApp {
 /// many tests at once on two shared cores, and a test that expects Redis to
 /// answer must not see a slow moment as an outage. Tests of outages set
 /// their own short timeout.
+///
+/// The built-in limits count with GCRA over a day, not with the default
+/// fixed window of 60 s: a fixed window rolls over on the wall clock, and a
+/// test counting requests must never depend on a minute not ending during
+/// it. Under GCRA 20 per day, one request comes back every 72 minutes: no
+/// test lasts that long. Tests of another algorithm or window say so.
 pub fn settings(redis_url: &str, overrides: &[(&str, &str)]) -> Settings {
     let mut env: HashMap<String, String> = [
         ("HOST", "127.0.0.1"),
@@ -196,6 +202,9 @@ pub fn settings(redis_url: &str, overrides: &[(&str, &str)]) -> Settings {
         ("LOG_LEVEL", "warn"),
         ("REDIS_URL", redis_url),
         ("REDIS_TIMEOUT_MS", "1000"),
+        ("RATE_LIMIT_ALGORITHM", "gcra"),
+        ("RATE_LIMIT_USER_WINDOW", "1d"),
+        ("RATE_LIMIT_IP_WINDOW", "1d"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
