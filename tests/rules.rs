@@ -4,7 +4,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use rate_limiter::limiter::Rules;
 use serde_json::Value;
@@ -369,9 +368,19 @@ async fn a_changed_file_applies_to_the_next_request_and_a_broken_one_is_refused(
     })
     .await;
 
-    // A broken file: refused, the rules in force stay.
+    // A broken file: refused, the rules in force stay. Waiting for the
+    // refusal to be counted proves the file was read (a plain sleep would
+    // pass even if nothing were ever re-read).
     std::fs::write(&path, RULES.replace("limit = 3\n", "limit = 0\n")).unwrap();
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    eventually("the broken file is read and refused", || async {
+        app.get("/metrics")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("ratelimit_rules_reloads_total{result=\"failure\"} 1")
+    })
+    .await;
     assert_eq!(limit_of(&app, key.clone()).await, Some(7));
 
     // Fixed again: applies.
