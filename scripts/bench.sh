@@ -5,6 +5,8 @@
 #   allowed-1     POST /api/resource, one key, always allowed
 #   allowed-10k   POST /api/resource, 10,000 keys, always allowed
 #   denied        POST /api/resource, 1,000 keys all over their limit
+#   denied-body   the same with a 1 KB JSON body (the connection must stay
+#                 open although the body is never used)
 # at 64 and at 1,000 connections, then 10,000 connections for errors only.
 # Prints req/s, p50, p99 and errors per case (the median round), and each
 # case's throughput as a ratio of /livez at the same connection count.
@@ -63,6 +65,8 @@ run() {
     allowed-1)   url="http://127.0.0.1:$allow_port/api/resource"; env=(KEYS=1) ;;
     allowed-10k) url="http://127.0.0.1:$allow_port/api/resource"; env=(KEYS=10000) ;;
     denied)      url="http://127.0.0.1:$deny_port/api/resource"; env=(KEYS=1000 KEY_PREFIX=abuser) ;;
+    denied-body) url="http://127.0.0.1:$deny_port/api/resource"
+                 env=(KEYS=1000 KEY_PREFIX=abuser "BODY={\"data\": \"$(head -c 1000 /dev/zero | tr '\0' x)\"}") ;;
   esac
   local script=()
   [[ $case != livez ]] && script=(-s scripts/wrk/random_keys.lua)
@@ -77,7 +81,7 @@ run() {
   total=$(awk '/requests in/ {print $1}' <<<"$out")
   errors=${sock:-0}
   # Denied traffic is all 429 by design; anywhere else a non-2xx is an error.
-  if [[ $case == denied ]]; then
+  if [[ $case == denied* ]]; then
     [[ ${non2xx:-0} -eq ${total:-0} ]] || errors=$((errors + ${total:-0} - ${non2xx:-0}))
   else
     errors=$((errors + ${non2xx:-0}))
@@ -90,7 +94,7 @@ median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} E
 
 if [[ ${TOPOLOGIES:-1} != only ]]; then
 declare -A results
-cases=(livez allowed-1 allowed-10k denied)
+cases=(livez allowed-1 allowed-10k denied denied-body)
 for conns in 64 1000; do
   for round in $(seq 1 "$rounds"); do
     for case in "${cases[@]}"; do

@@ -3,10 +3,13 @@
 --   KEYS=10000 wrk -s scripts/wrk/random_keys.lua http://127.0.0.1:8000/api/resource
 -- KEY_PREFIX names the key family (default "bench"); ORDER=sequential walks
 -- the keys in order (every key is used once per KEYS requests per thread),
--- ORDER=random (default) draws them at random.
+-- ORDER=random (default) draws them at random. BODY, when set, is sent as a
+-- JSON request body (a denied client that sends bodies must not cost a new
+-- connection per request).
 local keys = tonumber(os.getenv("KEYS") or "10000")
 local prefix = os.getenv("KEY_PREFIX") or "bench"
 local sequential = os.getenv("ORDER") == "sequential"
+local body = os.getenv("BODY")
 local counter = 0
 local thread_id = 0
 local next_id = 0
@@ -30,5 +33,9 @@ request = function()
   else
     n = math.random(1, keys)
   end
-  return wrk.format("POST", nil, { ["X-API-Key"] = prefix .. "-" .. n })
+  local headers = { ["X-API-Key"] = prefix .. "-" .. n }
+  if body then
+    headers["Content-Type"] = "application/json"
+  end
+  return wrk.format("POST", nil, headers, body)
 end
