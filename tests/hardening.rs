@@ -14,7 +14,10 @@ use rate_limiter::identity::{Caller, Identity};
 use rate_limiter::limiter::{Algorithm, Policy, Store, StoreError};
 use rate_limiter::redis::RedisStore;
 use serde_json::{json, Value};
-use support::{eventually, header_u64, spawn_app, unique_key, RedisServer, TempDir, TestApp};
+use support::{
+    eventually, header_u64, spawn_app, spawn_app_with_rules, unique_key, RedisServer, RulesFile,
+    TestApp,
+};
 
 const TOKEN: &str = "hardening-admin-token-0123";
 
@@ -132,10 +135,8 @@ shadow = true
 #[tokio::test]
 async fn shadow_policy_never_decides_retry_after_or_the_deny_cache() {
     let redis = RedisServer::start().await;
-    let dir = TempDir::new("shadow-daily");
-    let path = dir.path().join("rules.toml");
-    std::fs::write(&path, SHADOW_DAILY_RULES).unwrap();
-    let app = spawn_app(&redis, &[("RATE_LIMIT_CONFIG", path.to_str().unwrap())]).await;
+    let rules = RulesFile::new(SHADOW_DAILY_RULES);
+    let app = spawn_app_with_rules(&redis, &rules, &[]).await;
     let key = unique_key("shadow-daily");
     // The daily shadow policy denies from the second request on; the burst
     // denies once its two tokens are gone.
@@ -412,22 +413,13 @@ async fn one_bad_override_entry_does_not_stop_refresh() {
 #[tokio::test]
 async fn an_override_that_no_longer_fits_the_rules_is_not_in_force() {
     let redis = RedisServer::start().await;
-    let dir = TempDir::new("override-rules");
-    let path = dir.path().join("rules.toml");
     let rules = |cost: u32| {
         format!(
             "[[policy]]\nname = \"p\"\nalgorithm = \"gcra\"\nlimit = 10\nwindow = \"1h\"\ncost = {cost}\n"
         )
     };
-    std::fs::write(&path, rules(1)).unwrap();
-    let app = spawn_app(
-        &redis,
-        &[
-            ("ADMIN_TOKEN", TOKEN),
-            ("RATE_LIMIT_CONFIG", path.to_str().unwrap()),
-        ],
-    )
-    .await;
+    let file = RulesFile::new(&rules(1));
+    let app = spawn_app_with_rules(&redis, &file, &[("ADMIN_TOKEN", TOKEN)]).await;
     let key = unique_key("unfit");
     let r = admin(
         &app,
@@ -441,7 +433,7 @@ async fn an_override_that_no_longer_fits_the_rules_is_not_in_force() {
     assert_eq!(r.status(), 200);
     let entry: Value = r.json().await.unwrap();
     assert_eq!(entry["in_force"], true);
-    std::fs::write(&path, rules(2)).unwrap();
+    file.write(&rules(2));
     eventually("the override is shown as not in force", || async {
         let entry: Value = admin(
             &app,
@@ -690,10 +682,7 @@ async fn invented_api_keys_share_the_client_ip_limit() {
 #[tokio::test]
 async fn a_per_client_ip_policy_counts_every_key_of_one_ip() {
     let redis = RedisServer::start().await;
-    let dir = TempDir::new("per-ip");
-    let path = dir.path().join("rules.toml");
-    std::fs::write(
-        &path,
+    let rules = RulesFile::new(
         r#"
 [[policy]]
 name = "per-key"
@@ -709,9 +698,8 @@ limit = 3
 window = "1h"
 per = "client_ip"
 "#,
-    )
-    .unwrap();
-    let app = spawn_app(&redis, &[("RATE_LIMIT_CONFIG", path.to_str().unwrap())]).await;
+    );
+    let app = spawn_app_with_rules(&redis, &rules, &[]).await;
     let mut statuses = Vec::new();
     for i in 0..5 {
         let key = unique_key(&format!("rules-invented-{i}"));

@@ -9,7 +9,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_parse::{Scrape, Value as Sample};
 use serde_json::{json, Value};
-use support::{eventually, spawn_app, unique_key, RedisServer, TempDir, TestApp};
+use support::{
+    eventually, spawn_app, spawn_app_with_rules, unique_key, RedisServer, RulesFile, TempDir,
+    TestApp,
+};
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -201,7 +204,7 @@ async fn rules_reloads_are_counted_by_result() {
 }
 
 fn admin(app: &TestApp, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-    app.client.request(method, app.url(path)).bearer_auth(TOKEN)
+    app.admin(TOKEN, method, path)
 }
 
 #[tokio::test]
@@ -507,10 +510,8 @@ shadow = true
 #[tokio::test]
 async fn a_shadow_policy_denies_nothing_but_counts() {
     let redis = RedisServer::start().await;
-    let dir = TempDir::new("shadow");
-    let path = dir.path().join("rules.toml");
-    std::fs::write(&path, SHADOW_RULES).unwrap();
-    let app = spawn_app(&redis, &[("RATE_LIMIT_CONFIG", path.to_str().unwrap())]).await;
+    let rules = RulesFile::new(SHADOW_RULES);
+    let app = spawn_app_with_rules(&redis, &rules, &[]).await;
     let key = unique_key("shadow");
     let mut shadowed = 0;
     for i in 0..5 {

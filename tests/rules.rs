@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use rate_limiter::limiter::Rules;
 use serde_json::Value;
 use sfv::{BareItem, List, ListEntry, Parser};
-use support::{eventually, header_u64, spawn_app, unique_key, RedisServer, TempDir, TestApp};
+use support::{
+    eventually, header_u64, spawn_app_with_rules, unique_key, RedisServer, RulesFile, TestApp,
+};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -142,11 +144,9 @@ id = "abuser"
 blocked = true
 "#;
 
-async fn app_with_rules(redis: &RedisServer, dir: &TempDir, rules: &str) -> (TestApp, PathBuf) {
-    let path = dir.path().join("rules.toml");
-    std::fs::write(&path, rules).unwrap();
-    let app = spawn_app(redis, &[("RATE_LIMIT_CONFIG", path.to_str().unwrap())]).await;
-    (app, path)
+async fn app_with_rules(redis: &RedisServer, rules: &str) -> (TestApp, RulesFile) {
+    let file = RulesFile::new(rules);
+    (spawn_app_with_rules(redis, &file, &[]).await, file)
 }
 
 fn parse_list(response: &reqwest::Response, name: &str) -> List {
@@ -188,8 +188,7 @@ fn items(list: &List) -> Vec<(String, Vec<(String, i64)>)> {
 #[tokio::test]
 async fn several_policies_are_checked_and_reported_together() {
     let redis = RedisServer::start().await;
-    let dir = TempDir::new("rules-http");
-    let (app, _) = app_with_rules(&redis, &dir, RULES).await;
+    let (app, _rules) = app_with_rules(&redis, RULES).await;
     let key = unique_key("multi");
 
     let first = app.post_resource(Some(&key)).await;
@@ -249,8 +248,7 @@ async fn several_policies_are_checked_and_reported_together() {
 #[tokio::test]
 async fn overrides_raise_a_limit_bypass_or_block() {
     let redis = RedisServer::start().await;
-    let dir = TempDir::new("rules-overrides");
-    let (app, _) = app_with_rules(&redis, &dir, RULES).await;
+    let (app, _rules) = app_with_rules(&redis, RULES).await;
 
     for _ in 0..10 {
         assert_eq!(app.post_resource(Some("vip")).await.status(), 200);
@@ -332,8 +330,7 @@ async fn a_bad_rules_file_stops_the_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_file_applies_to_the_next_request_and_a_broken_one_is_refused() {
     let redis = RedisServer::start().await;
-    let dir = TempDir::new("rules-reload");
-    let (app, path) = app_with_rules(&redis, &dir, RULES).await;
+    let (app, file) = app_with_rules(&redis, RULES).await;
     let key = unique_key("reload");
 
     // Traffic runs through every reload below; none of it may fail.
@@ -361,7 +358,7 @@ async fn a_changed_file_applies_to_the_next_request_and_a_broken_one_is_refused(
     };
     assert_eq!(limit_of(&app, key.clone()).await, Some(3));
 
-    std::fs::write(&path, RULES.replace("limit = 3\n", "limit = 7\n")).unwrap();
+    file.write(&RULES.replace("limit = 3\n", "limit = 7\n"));
     eventually("the new limit applies", || {
         let f = limit_of(&app, key.clone());
         async move { f.await == Some(7) }
@@ -371,7 +368,7 @@ async fn a_changed_file_applies_to_the_next_request_and_a_broken_one_is_refused(
     // A broken file: refused, the rules in force stay. Waiting for the
     // refusal to be counted proves the file was read (a plain sleep would
     // pass even if nothing were ever re-read).
-    std::fs::write(&path, RULES.replace("limit = 3\n", "limit = 0\n")).unwrap();
+    file.write(&RULES.replace("limit = 3\n", "limit = 0\n"));
     eventually("the broken file is read and refused", || async {
         app.get("/metrics")
             .await
@@ -384,7 +381,7 @@ async fn a_changed_file_applies_to_the_next_request_and_a_broken_one_is_refused(
     assert_eq!(limit_of(&app, key.clone()).await, Some(7));
 
     // Fixed again: applies.
-    std::fs::write(&path, RULES.replace("limit = 3\n", "limit = 9\n")).unwrap();
+    file.write(&RULES.replace("limit = 3\n", "limit = 9\n"));
     eventually("the fixed file applies", || {
         let f = limit_of(&app, key.clone());
         async move { f.await == Some(9) }

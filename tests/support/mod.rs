@@ -238,6 +238,42 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     }
 }
 
+/// A rules file in a private temporary directory, removed on drop.
+pub struct RulesFile {
+    _dir: TempDir,
+    pub path: PathBuf,
+}
+
+impl RulesFile {
+    pub fn new(text: &str) -> Self {
+        let dir = TempDir::new("rules");
+        let path = dir.path().join("rules.toml");
+        std::fs::write(&path, text).expect("write the rules file");
+        RulesFile { _dir: dir, path }
+    }
+
+    /// Replaces the contents (a hot reload picks them up).
+    pub fn write(&self, text: &str) {
+        std::fs::write(&self.path, text).expect("write the rules file");
+    }
+
+    /// The value of RATE_LIMIT_CONFIG.
+    pub fn setting(&self) -> &str {
+        self.path.to_str().expect("a UTF-8 temporary path")
+    }
+}
+
+/// The app with `rules` as its rules file, and `overrides` on top.
+pub async fn spawn_app_with_rules(
+    redis: &RedisServer,
+    rules: &RulesFile,
+    overrides: &[(&str, &str)],
+) -> TestApp {
+    let mut all = vec![("RATE_LIMIT_CONFIG", rules.setting())];
+    all.extend_from_slice(overrides);
+    spawn_app(redis, &all).await
+}
+
 /// A unique API key, so tests sharing a Redis never share counters.
 pub fn unique_key(tag: &str) -> String {
     format!("{tag}-{}", uuid::Uuid::new_v4().simple())
@@ -246,6 +282,18 @@ pub fn unique_key(tag: &str) -> String {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
+    }
+
+    /// An admin API request with `token` as the bearer token.
+    pub fn admin(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(token)
     }
 
     /// POST /api/resource, with an API key if given.
