@@ -7,17 +7,16 @@
 //! `std::env` directly so tests can build them from a map without touching
 //! the process environment (which tests running in parallel share).
 
-use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use ipnet::IpNet;
 
 use crate::identity::ForwardedHeader;
-use crate::limiter::{Algorithm, MAX_LIMIT_TIMES_WINDOW_MS};
+pub use crate::policy::{parse_window, FailureMode};
+use crate::policy::{Algorithm, MAX_LIMIT_TIMES_WINDOW_MS};
 
 /// A configuration error: which setting, what it held, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -35,45 +34,6 @@ impl ConfigError {
             value: value.to_owned(),
             problem: problem.into(),
         }
-    }
-}
-
-/// What a request gets when Redis cannot answer within the timeout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureMode {
-    /// Allow the request and mark the response as degraded.
-    Open,
-    /// Refuse the request with 503.
-    Closed,
-    /// Keep approximate limits in this process until Redis returns.
-    Local,
-}
-
-impl FailureMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureMode::Open => "open",
-            FailureMode::Closed => "closed",
-            FailureMode::Local => "local",
-        }
-    }
-}
-
-impl FromStr for FailureMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "open" => Ok(FailureMode::Open),
-            "closed" => Ok(FailureMode::Closed),
-            "local" => Ok(FailureMode::Local),
-            _ => Err("expected `open`, `closed` or `local`".into()),
-        }
-    }
-}
-
-impl fmt::Display for FailureMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -318,28 +278,6 @@ fn bounded_integer(value: &str, min: u64, max: u64) -> Result<u64, String> {
         Ok(n) if (min..=max).contains(&n) => Ok(n),
         _ => Err(format!("expected a whole number from {min} to {max}")),
     }
-}
-
-/// A window: a whole number of seconds (`60`) or a duration with a unit
-/// (`90s`, `15m`, `1h`, `1d`). Whole milliseconds, at least one.
-pub fn parse_window(value: &str) -> Result<Duration, String> {
-    let duration = match value.parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
-        Err(_) => humantime::parse_duration(value).map_err(|_| {
-            "expected seconds (`60`) or a duration with a unit (`90s`, `15m`, `1h`, `1d`)"
-                .to_owned()
-        })?,
-    };
-    if duration.as_millis() == 0 {
-        return Err("a window must be at least 1 ms".into());
-    }
-    if duration.subsec_nanos() % 1_000_000 != 0 {
-        return Err("a window must be a whole number of milliseconds".into());
-    }
-    if duration > Duration::from_secs(366 * 24 * 3600) {
-        return Err("a window must be at most a year".into());
-    }
-    Ok(duration)
 }
 
 fn limit_settings(

@@ -19,10 +19,12 @@
 //! - [`startup`]: all the wiring; `main` and the tests start the service
 //!   through [`startup::Application`].
 
+pub mod app;
 pub mod config;
 pub mod http;
 pub mod identity;
 pub mod limiter;
+pub mod policy;
 pub mod redis;
 pub mod reload;
 pub mod startup;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use actix_web::web;
 
-use crate::http::AppState;
+use crate::app::AppState;
 use crate::limiter::Rules;
 
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);

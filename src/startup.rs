@@ -10,16 +10,14 @@ use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
+use crate::app::AppState;
 use crate::config::Settings;
-use crate::http::{self, AppState};
+use crate::http;
 use crate::identity::Identifier;
 use crate::limiter::overrides::REFRESH_INTERVAL;
 use crate::limiter::{Limiter, Rules, RulesError};
 use crate::redis::{RedisSetupError, RedisStore};
 use crate::telemetry::Metrics;
-
-/// The limiter the service runs: counters in Redis.
-pub type AppLimiter = Limiter<RedisStore>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {

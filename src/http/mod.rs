@@ -12,21 +12,7 @@ pub mod routes;
 use actix_web::middleware::from_fn;
 use actix_web::web;
 
-use crate::config::LogFormat;
-use crate::identity::Identifier;
-use crate::startup::AppLimiter;
-
-/// What every handler shares.
-pub struct AppState {
-    pub limiter: AppLimiter,
-    pub identifier: Identifier,
-    pub environment: String,
-    pub log_format: LogFormat,
-    /// `/admin` exists only when this is set.
-    pub admin_token: Option<String>,
-    /// How long a client may take to send a request body.
-    pub body_timeout: std::time::Duration,
-}
+pub use crate::app::AppState;
 
 /// The shared state, from a middleware's request. Startup registers it on
 /// every App, so its absence is a wiring bug, not an input.

@@ -10,8 +10,8 @@ use super::access::request_id;
 use super::errors::{ApiError, ErrorBody};
 use super::ratelimit::{identify, RateLimitExceeded};
 use super::AppState;
-use crate::config::FailureMode;
 use crate::limiter::{Outcome, Route, Standing, Store};
+use crate::policy::FailureMode;
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ResourceData {

@@ -69,7 +69,7 @@ impl LocalLimiter {
         }
         // Shadow policies are never enforced, in this mode either.
         for policy in policies.iter().filter(|p| !p.shadow) {
-            let Some(identity) = policy.counted_identity(caller) else {
+            let Some(identity) = crate::limiter::counted_identity(policy, caller) else {
                 continue;
             };
             let key = (identity.strategy, identity.id.clone());

@@ -13,191 +13,16 @@ pub mod overrides;
 pub mod rules;
 
 use std::collections::HashMap;
-use std::fmt;
 use std::future::Future;
-use std::num::NonZeroU32;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::config::FailureMode;
 use crate::identity::{Caller, Identity, Strategy};
+pub use crate::policy::{Algorithm, FailureMode, Policy, Quota, MAX_LIMIT_TIMES_WINDOW_MS};
 use crate::telemetry::Metrics;
 pub use rules::{Resolution, Route, Rules, RulesError};
-
-/// The algorithm a policy counts with. Each has one Lua module in `lua/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Algorithm {
-    FixedWindow,
-    SlidingWindow,
-    TokenBucket,
-    Gcra,
-}
-
-impl Algorithm {
-    pub const ALL: [Algorithm; 4] = [
-        Algorithm::FixedWindow,
-        Algorithm::SlidingWindow,
-        Algorithm::TokenBucket,
-        Algorithm::Gcra,
-    ];
-
-    /// The name used in settings, rules files and the Lua module table.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Algorithm::FixedWindow => "fixed_window",
-            Algorithm::SlidingWindow => "sliding_window",
-            Algorithm::TokenBucket => "token_bucket",
-            Algorithm::Gcra => "gcra",
-        }
-    }
-}
-
-impl FromStr for Algorithm {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Algorithm::ALL
-            .into_iter()
-            .find(|a| a.as_str() == s)
-            .ok_or_else(|| {
-                "expected one of fixed_window, sliding_window, token_bucket, gcra".to_owned()
-            })
-    }
-}
-
-impl fmt::Display for Algorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// The scripts compute in integers held in Lua's doubles; limit × window (in
-/// ms) above this would lose exactness.
-pub const MAX_LIMIT_TIMES_WINDOW_MS: u128 = 1 << 53;
-
-/// One limit: `limit` units per `window`, counted by `algorithm`; each
-/// request takes `cost` units. `NonZeroU32` makes a zero limit
-/// unrepresentable; [`Policy::new`] checks the rest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Policy {
-    pub name: String,
-    pub algorithm: Algorithm,
-    pub limit: NonZeroU32,
-    pub window: Duration,
-    pub cost: u32,
-    /// Checked and counted, never enforced: a denial is reported (header,
-    /// metrics) and the request goes through.
-    pub shadow: bool,
-    /// Counted per client IP for every request, with or without an API key
-    /// (rules file `per = "client_ip"`, RATE_LIMIT_IP_EVERY_REQUEST).
-    pub per_client_ip: bool,
-}
-
-impl Policy {
-    /// A policy, or why it cannot be one.
-    pub fn new(
-        name: impl Into<String>,
-        algorithm: Algorithm,
-        limit: NonZeroU32,
-        window: Duration,
-        cost: u32,
-    ) -> Result<Self, String> {
-        let name = name.into();
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(format!(
-                "policy name {name:?}: use 1 to 64 letters, digits, '_' or '-'"
-            ));
-        }
-        if window.as_millis() == 0 || !window.subsec_nanos().is_multiple_of(1_000_000) {
-            return Err("the window must be a whole number of milliseconds, at least 1".into());
-        }
-        if cost > limit.get() {
-            return Err(format!(
-                "cost {cost} is above the limit {limit}: no request could ever be allowed"
-            ));
-        }
-        if u128::from(limit.get()) * window.as_millis() >= MAX_LIMIT_TIMES_WINDOW_MS {
-            return Err(format!(
-                "limit × window in ms must stay below 2^53 (limit {limit}, window {} ms)",
-                window.as_millis()
-            ));
-        }
-        Ok(Policy {
-            name,
-            algorithm,
-            limit,
-            window,
-            cost,
-            shadow: false,
-            per_client_ip: false,
-        })
-    }
-
-    pub fn window_ms(&self) -> u64 {
-        self.window.as_millis() as u64
-    }
-
-    /// The identity whose counter this policy uses for `caller`: its client
-    /// IP for a per-IP policy, else its identity. `None`: a per-IP policy
-    /// for a caller whose IP is unknown, which is skipped.
-    pub fn counted_identity<'a>(&self, caller: &'a Caller) -> Option<&'a Identity> {
-        if self.per_client_ip {
-            caller.client_ip.as_ref()
-        } else {
-            Some(&caller.identity)
-        }
-    }
-}
-
-/// The state of one identity under one policy, as the store reports it
-/// (the common reply of every algorithm).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quota {
-    /// This policy alone would allow the request.
-    pub allowed: bool,
-    pub limit: u32,
-    pub remaining: u32,
-    /// Until the full limit is available again.
-    pub reset: Duration,
-    /// Until this policy would allow the same request; zero when it does.
-    pub retry_after: Duration,
-    /// The store's clock at the decision, in ms since the Unix epoch.
-    pub now_ms: u64,
-}
-
-impl Quota {
-    /// When the full limit is back, in Unix seconds (rounded up, so a client
-    /// that waits until then is never early).
-    pub fn reset_at_unix(&self) -> u64 {
-        (self.now_ms + self.reset.as_millis() as u64).div_ceil(1000)
-    }
-
-    /// Seconds until the full limit is back, rounded up.
-    pub fn reset_secs(&self) -> u64 {
-        (self.reset.as_millis() as u64).div_ceil(1000)
-    }
-
-    /// `Retry-After` in whole seconds: rounded up, and at least 1, so that a
-    /// client honouring it is never refused again for being early.
-    pub fn retry_after_secs(&self) -> u64 {
-        (self.retry_after.as_millis() as u64).div_ceil(1000).max(1)
-    }
-
-    /// Is `self` closer to exhaustion than `other`? Compares the fraction
-    /// left (remaining / limit), then the absolute remaining.
-    fn tighter_than(&self, other: &Quota) -> bool {
-        let mine = u64::from(self.remaining) * u64::from(other.limit);
-        let theirs = u64::from(other.remaining) * u64::from(self.limit);
-        mine < theirs || (mine == theirs && self.remaining < other.remaining)
-    }
-}
 
 /// What the store answers for one check of several policies.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -852,6 +677,17 @@ impl Dynamic {
     }
 }
 
+/// The identity whose counter `policy` uses for `caller`: its client IP for
+/// a per-IP policy, else its identity. `None`: a per-IP policy for a caller
+/// whose IP is unknown, which is skipped.
+pub fn counted_identity<'a>(policy: &Policy, caller: &'a Caller) -> Option<&'a Identity> {
+    if policy.per_client_ip {
+        caller.client_ip.as_ref()
+    } else {
+        Some(&caller.identity)
+    }
+}
+
 /// `resolution` without the per-IP policies of a caller whose IP is
 /// unknown (nothing to count them by).
 fn countable(resolution: Resolution, caller: &Caller) -> Resolution {
@@ -883,6 +719,7 @@ fn judge(rules: &Rules, strategy: Strategy, spec: overrides::OverrideSpec) -> Dy
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::num::NonZeroU32;
 
     fn quota(remaining: u32, limit: u32, retry_ms: u64) -> Quota {
         Quota {

@@ -8,8 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::rules::OverrideAction;
-use crate::config::parse_window;
 use crate::identity::{Identity, Strategy};
+use crate::policy::parse_window;
 
 /// How stale an instance's copy of the overrides may be.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);

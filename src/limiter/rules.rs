@@ -17,8 +17,9 @@ use std::time::Duration;
 use toml::Value;
 
 use super::{Algorithm, Policy};
-use crate::config::{parse_window, Settings};
+use crate::config::Settings;
 use crate::identity::{Identity, Strategy};
+use crate::policy::parse_window;
 
 /// The route of a request, as the policies see it.
 #[derive(Debug, Clone, Copy)]

@@ -470,7 +470,8 @@ impl Store for RedisStore {
                 // The limiter drops per-IP policies of callers without an
                 // IP; counting one under the caller's identity keeps the
                 // reply aligned all the same.
-                let identity = p.counted_identity(caller).unwrap_or(&caller.identity);
+                let identity =
+                    crate::limiter::counted_identity(p, caller).unwrap_or(&caller.identity);
                 let policy = ScriptPolicy {
                     key: counter_key(identity, p),
                     algorithm: p.algorithm,

@@ -1,0 +1,24 @@
+//! The state one running service shares between its front ends and its
+//! background tasks: the limiter over the Redis store, the caller
+//! identification, and the settings the handlers read. Above the limiter and
+//! the store, below the front ends, the reload task and the wiring.
+
+use crate::config::LogFormat;
+use crate::identity::Identifier;
+use crate::limiter::Limiter;
+use crate::redis::RedisStore;
+
+/// The limiter the service runs: counters in Redis.
+pub type AppLimiter = Limiter<RedisStore>;
+
+/// What every handler shares.
+pub struct AppState {
+    pub limiter: AppLimiter,
+    pub identifier: Identifier,
+    pub environment: String,
+    pub log_format: LogFormat,
+    /// `/admin` exists only when this is set.
+    pub admin_token: Option<String>,
+    /// How long a client may take to send a request body.
+    pub body_timeout: std::time::Duration,
+}

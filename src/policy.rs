@@ -1,0 +1,231 @@
+//! What a limit is, independent of who asks and where it is counted: the
+//! algorithms, a policy (limit, window, cost), the quota a store reports for
+//! it, the failure modes, and the one parser of durations. The bottom of the
+//! module map: it uses no other module of the crate.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// What a request gets when Redis cannot answer within the timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    /// Allow the request and mark the response as degraded.
+    Open,
+    /// Refuse the request with 503.
+    Closed,
+    /// Keep approximate limits in this process until Redis returns.
+    Local,
+}
+
+impl FailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Open => "open",
+            FailureMode::Closed => "closed",
+            FailureMode::Local => "local",
+        }
+    }
+}
+
+impl FromStr for FailureMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "open" => Ok(FailureMode::Open),
+            "closed" => Ok(FailureMode::Closed),
+            "local" => Ok(FailureMode::Local),
+            _ => Err("expected `open`, `closed` or `local`".into()),
+        }
+    }
+}
+
+impl fmt::Display for FailureMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The algorithm a policy counts with. Each has one Lua module in `lua/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    FixedWindow,
+    SlidingWindow,
+    TokenBucket,
+    Gcra,
+}
+
+impl Algorithm {
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+        Algorithm::Gcra,
+    ];
+
+    /// The name used in settings, rules files and the Lua module table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::FixedWindow => "fixed_window",
+            Algorithm::SlidingWindow => "sliding_window",
+            Algorithm::TokenBucket => "token_bucket",
+            Algorithm::Gcra => "gcra",
+        }
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Algorithm::ALL
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| {
+                "expected one of fixed_window, sliding_window, token_bucket, gcra".to_owned()
+            })
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The scripts compute in integers held in Lua's doubles; limit × window (in
+/// ms) above this would lose exactness.
+pub const MAX_LIMIT_TIMES_WINDOW_MS: u128 = 1 << 53;
+
+/// One limit: `limit` units per `window`, counted by `algorithm`; each
+/// request takes `cost` units. `NonZeroU32` makes a zero limit
+/// unrepresentable; [`Policy::new`] checks the rest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    pub algorithm: Algorithm,
+    pub limit: NonZeroU32,
+    pub window: Duration,
+    pub cost: u32,
+    /// Checked and counted, never enforced: a denial is reported (header,
+    /// metrics) and the request goes through.
+    pub shadow: bool,
+    /// Counted per client IP for every request, with or without an API key
+    /// (rules file `per = "client_ip"`, RATE_LIMIT_IP_EVERY_REQUEST).
+    pub per_client_ip: bool,
+}
+
+impl Policy {
+    /// A policy, or why it cannot be one.
+    pub fn new(
+        name: impl Into<String>,
+        algorithm: Algorithm,
+        limit: NonZeroU32,
+        window: Duration,
+        cost: u32,
+    ) -> Result<Self, String> {
+        let name = name.into();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(format!(
+                "policy name {name:?}: use 1 to 64 letters, digits, '_' or '-'"
+            ));
+        }
+        if window.as_millis() == 0 || !window.subsec_nanos().is_multiple_of(1_000_000) {
+            return Err("the window must be a whole number of milliseconds, at least 1".into());
+        }
+        if cost > limit.get() {
+            return Err(format!(
+                "cost {cost} is above the limit {limit}: no request could ever be allowed"
+            ));
+        }
+        if u128::from(limit.get()) * window.as_millis() >= MAX_LIMIT_TIMES_WINDOW_MS {
+            return Err(format!(
+                "limit × window in ms must stay below 2^53 (limit {limit}, window {} ms)",
+                window.as_millis()
+            ));
+        }
+        Ok(Policy {
+            name,
+            algorithm,
+            limit,
+            window,
+            cost,
+            shadow: false,
+            per_client_ip: false,
+        })
+    }
+
+    pub fn window_ms(&self) -> u64 {
+        self.window.as_millis() as u64
+    }
+}
+
+/// The state of one identity under one policy, as the store reports it
+/// (the common reply of every algorithm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// This policy alone would allow the request.
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Until the full limit is available again.
+    pub reset: Duration,
+    /// Until this policy would allow the same request; zero when it does.
+    pub retry_after: Duration,
+    /// The store's clock at the decision, in ms since the Unix epoch.
+    pub now_ms: u64,
+}
+
+impl Quota {
+    /// When the full limit is back, in Unix seconds (rounded up, so a client
+    /// that waits until then is never early).
+    pub fn reset_at_unix(&self) -> u64 {
+        (self.now_ms + self.reset.as_millis() as u64).div_ceil(1000)
+    }
+
+    /// Seconds until the full limit is back, rounded up.
+    pub fn reset_secs(&self) -> u64 {
+        (self.reset.as_millis() as u64).div_ceil(1000)
+    }
+
+    /// `Retry-After` in whole seconds: rounded up, and at least 1, so that a
+    /// client honouring it is never refused again for being early.
+    pub fn retry_after_secs(&self) -> u64 {
+        (self.retry_after.as_millis() as u64).div_ceil(1000).max(1)
+    }
+
+    /// Is `self` closer to exhaustion than `other`? Compares the fraction
+    /// left (remaining / limit), then the absolute remaining.
+    pub fn tighter_than(&self, other: &Quota) -> bool {
+        let mine = u64::from(self.remaining) * u64::from(other.limit);
+        let theirs = u64::from(other.remaining) * u64::from(self.limit);
+        mine < theirs || (mine == theirs && self.remaining < other.remaining)
+    }
+}
+
+/// A window: a whole number of seconds (`60`) or a duration with a unit
+/// (`90s`, `15m`, `1h`, `1d`). Whole milliseconds, at least one.
+pub fn parse_window(value: &str) -> Result<Duration, String> {
+    let duration = match value.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(value).map_err(|_| {
+            "expected seconds (`60`) or a duration with a unit (`90s`, `15m`, `1h`, `1d`)"
+                .to_owned()
+        })?,
+    };
+    if duration.as_millis() == 0 {
+        return Err("a window must be at least 1 ms".into());
+    }
+    if duration.subsec_nanos() % 1_000_000 != 0 {
+        return Err("a window must be a whole number of milliseconds".into());
+    }
+    if duration > Duration::from_secs(366 * 24 * 3600) {
+        return Err("a window must be at most a year".into());
+    }
+    Ok(duration)
+}
