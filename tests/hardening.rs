@@ -6,12 +6,10 @@ mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rate_limiter::config::{RedisSettings, RedisTopology};
-use rate_limiter::identity::{Caller, Identity};
-use rate_limiter::limiter::{Algorithm, Policy, Store, StoreError};
+use rate_limiter::limiter::{Algorithm, Counter, Entry, Policy, Store, StoreError};
 use rate_limiter::redis::RedisStore;
 use serde_json::{json, Value};
 use support::{
@@ -40,17 +38,24 @@ fn admin(app: &TestApp, method: reqwest::Method, path: &str) -> reqwest::Request
     app.client.request(method, app.url(path)).bearer_auth(TOKEN)
 }
 
-fn one_policy() -> Vec<Arc<Policy>> {
-    vec![Arc::new(
-        Policy::new(
-            "user",
-            Algorithm::FixedWindow,
-            NonZeroU32::new(1000).unwrap(),
-            Duration::from_secs(3600),
-            1,
-        )
-        .unwrap(),
-    )]
+fn one_policy() -> Policy {
+    Policy::new(
+        "user",
+        Algorithm::FixedWindow,
+        NonZeroU32::new(1000).unwrap(),
+        Duration::from_secs(3600),
+        1,
+    )
+    .unwrap()
+}
+
+/// One counter of `policy` for `subject`, taking one unit.
+fn counter<'a>(subject: &'a Entry, policy: &'a Policy) -> [Counter<'a>; 1] {
+    [Counter {
+        subject,
+        policy,
+        cost: 1,
+    }]
 }
 
 /// Item 1: the breaker's one probe was cancelled mid-call (the client reset
@@ -63,29 +68,23 @@ async fn breaker_probe_cancelled_mid_call_does_not_keep_the_breaker_open() {
     settings.breaker_failures = 1;
     settings.breaker_cooldown = Duration::from_millis(100);
     let store = RedisStore::connect(&settings).await.unwrap();
-    let caller = Caller::from_identity(Identity::user(unique_key("probe")));
-    let policies = one_policy();
-    store
-        .check(&caller, &policies, true)
-        .await
-        .expect("Redis up");
+    let subject: Entry = ("user".into(), unique_key("probe"));
+    let policy = one_policy();
+    let policies = counter(&subject, &policy);
+    store.check(&policies).await.expect("Redis up");
 
     signal(&redis, "-STOP");
-    let err = store.check(&caller, &policies, true).await.unwrap_err();
+    let err = store.check(&policies).await.unwrap_err();
     assert!(matches!(err, StoreError::Timeout(_)), "{err}");
     assert!(store.breaker_open());
     tokio::time::sleep(Duration::from_millis(150)).await;
     // The probe goes out and is cancelled while Redis does not answer.
-    let cancelled = tokio::time::timeout(
-        Duration::from_millis(50),
-        store.check(&caller, &policies, true),
-    )
-    .await;
+    let cancelled = tokio::time::timeout(Duration::from_millis(50), store.check(&policies)).await;
     assert!(cancelled.is_err(), "the probe was cancelled mid-call");
     signal(&redis, "-CONT");
 
     eventually("a new probe closes the breaker", || async {
-        store.check(&caller, &policies, true).await.is_ok()
+        store.check(&policies).await.is_ok()
     })
     .await;
     assert!(!store.breaker_open());
@@ -100,15 +99,16 @@ async fn breaker_closes_on_a_successful_health_ping() {
     settings.breaker_failures = 1;
     settings.breaker_cooldown = Duration::from_secs(3600);
     let store = RedisStore::connect(&settings).await.unwrap();
-    let caller = Caller::from_identity(Identity::user(unique_key("ping")));
+    let subject: Entry = ("user".into(), unique_key("ping"));
+    let policy = one_policy();
     signal(&redis, "-STOP");
-    assert!(store.check(&caller, &one_policy(), true).await.is_err());
+    assert!(store.check(&counter(&subject, &policy)).await.is_err());
     signal(&redis, "-CONT");
     assert!(store.breaker_open());
     store.ping().await.expect("Redis answers");
     assert!(!store.breaker_open(), "the ping closed the breaker");
     store
-        .check(&caller, &one_policy(), true)
+        .check(&counter(&subject, &policy))
         .await
         .expect("calls go through again");
 }

@@ -40,7 +40,7 @@ async fn memory_per_identity_per_algorithm() {
         let before = used_memory(&mut conn).await;
         for chunk in (0..IDENTITIES).collect::<Vec<_>>().chunks(200) {
             join_all(chunk.iter().map(|i| {
-                let identity = rate_limiter::identity::Identity::user(format!("customer-{i:011}"));
+                let subject = ("user".to_owned(), format!("customer-{i:011}"));
                 let policy = rate_limiter::limiter::Policy::new(
                     "per-minute",
                     algorithm,
@@ -52,7 +52,7 @@ async fn memory_per_identity_per_algorithm() {
                 let store = &store;
                 async move {
                     let p = ScriptPolicy {
-                        key: rate_limiter::redis::counter_key(&identity, &policy),
+                        key: rate_limiter::redis::counter_key(&subject, &policy),
                         algorithm,
                         limit: 100,
                         window_ms: 60_000,

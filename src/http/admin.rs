@@ -21,7 +21,7 @@ use super::routes::{policy_statuses, PolicyStatus};
 use super::{app_state, not_allowed, AppState};
 use crate::identity::{Caller, Identity};
 use crate::limiter::overrides::OverrideSpec;
-use crate::limiter::{AdminError, OverrideState, Route, Standing};
+use crate::limiter::{rules, AdminError, CheckRequest, Entry, OverrideState, Route, Standing};
 
 /// Largest admin request body (an override is a few dozen bytes).
 const MAX_ADMIN_BODY_BYTES: usize = 16 * 1024;
@@ -90,6 +90,21 @@ pub struct IdentityPath {
 pub enum StrategyName {
     User,
     Ip,
+}
+
+/// The subject (descriptor entry) of an identity: `(strategy, id)`.
+fn subject(identity: &Identity) -> Entry {
+    (identity.strategy.as_str().to_owned(), identity.id.clone())
+}
+
+/// The request `identity` makes on the limited route, as the HTTP front end
+/// builds it: what the admin API shows and resets.
+fn limited_request(state: &AppState, identity: &Identity) -> CheckRequest {
+    rules::http::request(
+        &Caller::from_identity(identity.clone()),
+        &LIMITED_ROUTE,
+        state.limiter.rules().shapes(),
+    )
 }
 
 /// The identity named by `{strategy}/{id}` in a path.
@@ -167,7 +182,7 @@ pub async fn get_identity(
     let identity = identity(&path.strategy, &path.id)?;
     let standing = state
         .limiter
-        .status(&Caller::from_identity(identity.clone()), &LIMITED_ROUTE)
+        .status(&limited_request(&state, &identity))
         .await
         .map_err(ApiError::Unavailable)?;
     let (status, policies) = match &standing {
@@ -175,7 +190,7 @@ pub async fn get_identity(
         Standing::Unlimited => ("unlimited", Vec::new()),
         Standing::Blocked => ("blocked", Vec::new()),
     };
-    let override_state = state.limiter.override_for(&identity);
+    let override_state = state.limiter.override_for(&subject(&identity));
     Ok(HttpResponse::Ok().json(IdentityReport {
         strategy: identity.strategy.as_str(),
         override_problem: override_state.as_ref().and_then(|o| o.problem.clone()),
@@ -215,7 +230,7 @@ pub async fn reset_identity(
     let identity = identity(&path.strategy, &path.id)?;
     let deleted = state
         .limiter
-        .reset(&identity, &LIMITED_ROUTE)
+        .reset(&limited_request(&state, &identity), &subject(&identity))
         .await
         .map_err(ApiError::Unavailable)?;
     audit("reset_counters", &identity, &format!("deleted={deleted}"));
@@ -225,7 +240,7 @@ pub async fn reset_identity(
 #[derive(Debug, Serialize, ToSchema)]
 pub struct OverrideEntry {
     #[schema(example = "user")]
-    pub strategy: &'static str,
+    pub strategy: String,
     #[schema(example = "customer-42")]
     pub identifier: String,
     #[serde(rename = "override")]
@@ -239,10 +254,10 @@ pub struct OverrideEntry {
 }
 
 impl OverrideEntry {
-    fn new(identity: Identity, state: OverrideState) -> Self {
+    fn new((strategy, identifier): Entry, state: OverrideState) -> Self {
         OverrideEntry {
-            strategy: identity.strategy.as_str(),
-            identifier: identity.id,
+            strategy,
+            identifier,
             override_spec: state.spec,
             in_force: state.problem.is_none(),
             problem: state.problem,
@@ -277,7 +292,7 @@ pub async fn put_override(
     let spec = body.into_inner();
     state
         .limiter
-        .set_override(&identity, &spec)
+        .set_override(&subject(&identity), &spec)
         .await
         .map_err(|err| match err {
             AdminError::Invalid(problem) => ApiError::BadRequest(problem),
@@ -289,7 +304,7 @@ pub async fn put_override(
         &serde_json::to_string(&spec).unwrap_or_default(),
     );
     Ok(HttpResponse::Ok().json(OverrideEntry::new(
-        identity,
+        subject(&identity),
         OverrideState {
             spec,
             problem: None,
@@ -318,9 +333,9 @@ pub async fn get_override(
     let identity = identity(&path.strategy, &path.id)?;
     let found = state
         .limiter
-        .override_for(&identity)
+        .override_for(&subject(&identity))
         .ok_or(ApiError::NotFound)?;
-    Ok(HttpResponse::Ok().json(OverrideEntry::new(identity, found)))
+    Ok(HttpResponse::Ok().json(OverrideEntry::new(subject(&identity), found)))
 }
 
 /// Removes one identity's override on every instance.
@@ -345,7 +360,7 @@ pub async fn delete_override(
     let identity = identity(&path.strategy, &path.id)?;
     let existed = state
         .limiter
-        .delete_override(&identity)
+        .delete_override(&subject(&identity))
         .await
         .map_err(ApiError::Unavailable)?;
     if !existed {

@@ -16,7 +16,7 @@ use super::errors::ApiError;
 use crate::identity::{Caller, Identifier, Identity, IdentityError, RequestParts};
 use std::sync::Arc;
 
-use crate::limiter::{Decision, LimiterError, Outcome, Policy, Route, StoreError};
+use crate::limiter::{rules, Decision, LimiterError, Outcome, Policy, Route, StoreError};
 use crate::telemetry::Metrics;
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -195,7 +195,8 @@ pub async fn rate_limit(
         path: &path,
     };
     let metrics = state.limiter.metrics();
-    let decision = match state.limiter.check(&caller, &route).await {
+    let request = rules::http::request(&caller, &route, state.limiter.rules().shapes());
+    let decision = match state.limiter.check(&request).await {
         Ok(decision) => decision,
         Err(LimiterError::Unavailable(err)) => {
             record(&req, metrics, strategy, [], "unavailable");

@@ -10,7 +10,7 @@ use super::access::request_id;
 use super::errors::{ApiError, ErrorBody};
 use super::ratelimit::{identify, RateLimitExceeded};
 use super::AppState;
-use crate::limiter::{Outcome, Route, Standing, Store};
+use crate::limiter::{rules, Outcome, Route, Standing, Store};
 use crate::policy::FailureMode;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -145,9 +145,10 @@ pub async fn rate_limit_status(
         method: "POST",
         path: "/api/resource",
     };
+    let request = rules::http::request(&caller, &route, state.limiter.rules().shapes());
     let standing = state
         .limiter
-        .status(&caller, &route)
+        .status(&request)
         .await
         .map_err(ApiError::Unavailable)?;
     let mut body = RateLimitStatus {

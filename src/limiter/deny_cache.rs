@@ -19,22 +19,20 @@
 //! dropped, and if none are, new denials are simply not cached.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Outcome, Route};
-use crate::identity::Identity;
+use super::request::{CheckRequest, Entry};
+use super::Outcome;
 
 /// Entries across all shards.
 pub const CAPACITY: usize = 100_000;
 const SHARDS: usize = 16;
 
-struct Entry {
-    identity: Identity,
-    method: String,
-    path: String,
+struct Cached {
+    request: CheckRequest,
     until: Instant,
     /// The denial as Redis reported it, at `cached_at`.
     outcome: Outcome,
@@ -44,7 +42,7 @@ struct Entry {
 pub struct DenyCache {
     /// Sharded so that workers rarely wait on each other; std Mutex: never
     /// held across an await.
-    shards: Vec<Mutex<HashMap<u64, Entry>>>,
+    shards: Vec<Mutex<HashMap<u64, Cached>>>,
     hasher: std::collections::hash_map::RandomState,
     /// Bumped by every clear and forget.
     generation: AtomicU64,
@@ -61,15 +59,11 @@ impl Default for DenyCache {
 }
 
 impl DenyCache {
-    fn hash(&self, identity: &Identity, route: &Route<'_>) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        identity.hash(&mut h);
-        route.method.hash(&mut h);
-        route.path.hash(&mut h);
-        h.finish()
+    fn hash(&self, request: &CheckRequest) -> u64 {
+        self.hasher.hash_one(request)
     }
 
-    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Cached>> {
         self.shards[(hash as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -77,15 +71,15 @@ impl DenyCache {
 
     /// The cached denial, brought forward to now (reset and retry_after
     /// shortened by the time elapsed), if the identity is still denied.
-    pub fn get(&self, identity: &Identity, route: &Route<'_>) -> Option<Outcome> {
-        self.get_at(identity, route, Instant::now())
+    pub fn get(&self, request: &CheckRequest) -> Option<Outcome> {
+        self.get_at(request, Instant::now())
     }
 
-    fn get_at(&self, identity: &Identity, route: &Route<'_>, now: Instant) -> Option<Outcome> {
-        let hash = self.hash(identity, route);
+    fn get_at(&self, request: &CheckRequest, now: Instant) -> Option<Outcome> {
+        let hash = self.hash(request);
         let mut shard = self.shard(hash);
         let entry = shard.get(&hash)?;
-        if entry.identity != *identity || entry.method != route.method || entry.path != route.path {
+        if entry.request != *request {
             return None;
         }
         if now >= entry.until {
@@ -113,26 +107,17 @@ impl DenyCache {
     /// under). Dropped if the cache was cleared since `generation` was read.
     pub fn insert(
         &self,
-        identity: &Identity,
-        route: &Route<'_>,
+        request: &CheckRequest,
         outcome: &Outcome,
         generation: u64,
         valid_for: Option<Duration>,
     ) {
-        self.insert_at(
-            identity,
-            route,
-            outcome,
-            generation,
-            valid_for,
-            Instant::now(),
-        )
+        self.insert_at(request, outcome, generation, valid_for, Instant::now())
     }
 
     fn insert_at(
         &self,
-        identity: &Identity,
-        route: &Route<'_>,
+        request: &CheckRequest,
         outcome: &Outcome,
         generation: u64,
         valid_for: Option<Duration>,
@@ -144,7 +129,7 @@ impl DenyCache {
         if retry_after.is_zero() {
             return;
         }
-        let hash = self.hash(identity, route);
+        let hash = self.hash(request);
         let mut shard = self.shard(hash);
         // Checked under the shard lock, which clear and forget take after
         // bumping the generation: an insert either sees the new generation
@@ -160,10 +145,8 @@ impl DenyCache {
         }
         shard.insert(
             hash,
-            Entry {
-                identity: identity.clone(),
-                method: route.method.to_owned(),
-                path: route.path.to_owned(),
+            Cached {
+                request: request.clone(),
                 until: now + retry_after,
                 outcome: outcome.clone(),
                 cached_at: now,
@@ -179,14 +162,20 @@ impl DenyCache {
         }
     }
 
-    /// Forgets one identity on every route (its counters were reset).
-    pub fn forget(&self, identity: &Identity) {
+    /// Forgets every request with a descriptor of `subject` (its counters
+    /// were reset, or its override changed).
+    pub fn forget(&self, subject: &Entry) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         for shard in &self.shards {
             shard
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .retain(|_, e| e.identity != *identity);
+                .retain(|_, e| {
+                    !e.request
+                        .descriptors
+                        .iter()
+                        .any(|d| d.subject() == Some(subject))
+                });
         }
     }
 
@@ -209,10 +198,22 @@ mod tests {
     use std::num::NonZeroU32;
     use std::sync::Arc;
 
-    const ROUTE: Route<'static> = Route {
-        method: "POST",
-        path: "/api/resource",
-    };
+    use crate::limiter::request::Descriptor;
+
+    /// The request of user `id` on `path`.
+    fn req(id: &str, path: &str) -> CheckRequest {
+        CheckRequest {
+            domain: "http".into(),
+            descriptors: vec![Descriptor::new(vec![
+                ("route".into(), format!("POST {path}")),
+                ("user".into(), id.into()),
+            ])],
+        }
+    }
+
+    fn user(id: &str) -> Entry {
+        ("user".into(), id.into())
+    }
 
     fn denied(retry_ms: u64) -> Outcome {
         let policy = Arc::new(
@@ -237,34 +238,29 @@ mod tests {
                     now_ms: 1_000_000,
                 },
             )],
+            descriptors: vec![0],
             reported: 0,
         }
     }
 
-    fn insert(cache: &DenyCache, identity: &Identity, outcome: &Outcome) {
-        cache.insert(identity, &ROUTE, outcome, cache.generation(), None);
+    fn insert(cache: &DenyCache, request: &CheckRequest, outcome: &Outcome) {
+        cache.insert(request, outcome, cache.generation(), None);
     }
 
     #[test]
     fn remembers_until_retry_after_then_forgets() {
         let cache = DenyCache::default();
-        let a = Identity::user("a");
+        let a = req("a", "/api/resource");
         let t0 = Instant::now();
-        cache.insert_at(&a, &ROUTE, &denied(80), cache.generation(), None, t0);
+        cache.insert_at(&a, &denied(80), cache.generation(), None, t0);
         let hit = cache
-            .get_at(&a, &ROUTE, t0 + Duration::from_millis(30))
+            .get_at(&a, t0 + Duration::from_millis(30))
             .expect("cached");
         assert_eq!(hit.quotas[0].1.retry_after, Duration::from_millis(50));
-        assert!(cache.get_at(&Identity::user("b"), &ROUTE, t0).is_none());
-        let other_route = Route {
-            method: "POST",
-            path: "/other",
-        };
-        assert!(cache.get_at(&a, &other_route, t0).is_none());
+        assert!(cache.get_at(&req("b", "/api/resource"), t0).is_none());
+        assert!(cache.get_at(&req("a", "/other"), t0).is_none());
         assert!(
-            cache
-                .get_at(&a, &ROUTE, t0 + Duration::from_millis(80))
-                .is_none(),
+            cache.get_at(&a, t0 + Duration::from_millis(80)).is_none(),
             "expired with retry_after"
         );
         assert!(cache.is_empty());
@@ -275,23 +271,12 @@ mod tests {
     #[test]
     fn deny_cache_entry_ends_with_its_override() {
         let cache = DenyCache::default();
-        let a = Identity::user("a");
+        let a = req("a", "/api/resource");
         let t0 = Instant::now();
         let valid_for = Some(Duration::from_millis(20));
-        cache.insert_at(
-            &a,
-            &ROUTE,
-            &denied(60_000),
-            cache.generation(),
-            valid_for,
-            t0,
-        );
-        assert!(cache
-            .get_at(&a, &ROUTE, t0 + Duration::from_millis(19))
-            .is_some());
-        assert!(cache
-            .get_at(&a, &ROUTE, t0 + Duration::from_millis(20))
-            .is_none());
+        cache.insert_at(&a, &denied(60_000), cache.generation(), valid_for, t0);
+        assert!(cache.get_at(&a, t0 + Duration::from_millis(19)).is_some());
+        assert!(cache.get_at(&a, t0 + Duration::from_millis(20)).is_none());
     }
 
     /// Regression (issue 9, item 7): a check in flight during a reset put
@@ -299,23 +284,23 @@ mod tests {
     #[test]
     fn deny_cache_refuses_a_denial_from_before_a_reset() {
         let cache = DenyCache::default();
-        let a = Identity::user("a");
+        let a = req("a", "/api/resource");
         let before = cache.generation();
-        cache.forget(&a); // the reset, while the check was in Redis
-        cache.insert(&a, &ROUTE, &denied(60_000), before, None);
-        assert!(cache.get(&a, &ROUTE).is_none());
+        cache.forget(&user("a")); // the reset, while the check was in Redis
+        cache.insert(&a, &denied(60_000), before, None);
+        assert!(cache.get(&a).is_none());
         insert(&cache, &a, &denied(60_000));
-        assert!(cache.get(&a, &ROUTE).is_some(), "a fresh denial is kept");
+        assert!(cache.get(&a).is_some(), "a fresh denial is kept");
     }
 
     #[test]
     fn clear_and_forget() {
         let cache = DenyCache::default();
-        insert(&cache, &Identity::user("a"), &denied(60_000));
-        insert(&cache, &Identity::user("b"), &denied(60_000));
-        cache.forget(&Identity::user("a"));
-        assert!(cache.get(&Identity::user("a"), &ROUTE).is_none());
-        assert!(cache.get(&Identity::user("b"), &ROUTE).is_some());
+        insert(&cache, &req("a", "/x"), &denied(60_000));
+        insert(&cache, &req("b", "/x"), &denied(60_000));
+        cache.forget(&user("a"));
+        assert!(cache.get(&req("a", "/x")).is_none());
+        assert!(cache.get(&req("b", "/x")).is_some());
         cache.clear();
         assert!(cache.is_empty());
     }
@@ -324,7 +309,7 @@ mod tests {
     fn stays_bounded() {
         let cache = DenyCache::default();
         for i in 0..(CAPACITY + 5_000) {
-            insert(&cache, &Identity::user(format!("k{i}")), &denied(60_000));
+            insert(&cache, &req(&format!("k{i}"), "/x"), &denied(60_000));
         }
         assert!(cache.len() <= CAPACITY);
     }

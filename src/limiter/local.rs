@@ -20,13 +20,14 @@ use std::time::Duration;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use super::request::Entry;
+use super::store::Counter;
 use super::Policy;
-use crate::identity::{Caller, Strategy};
 
 /// Checks between two sweeps of identities that are back to a full quota.
 const SWEEP_EVERY: u64 = 10_000;
 
-type Key = (Strategy, String);
+type Key = Entry;
 /// A policy as the local limiter tells them apart: name, limit, window.
 type PolicyId = (String, u32, Duration);
 type Limiters = HashMap<PolicyId, Arc<DefaultKeyedRateLimiter<Key>>>;
@@ -63,20 +64,19 @@ impl LocalLimiter {
             .clone()
     }
 
-    pub fn check(&self, caller: &Caller, policies: &[Arc<Policy>]) -> LocalVerdict {
+    /// Checks `counters` (each its subject under its policy, taking its
+    /// cost), one after another.
+    pub fn check(&self, counters: &[Counter<'_>]) -> LocalVerdict {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             self.sweep();
         }
         // Shadow policies are never enforced, in this mode either.
-        for policy in policies.iter().filter(|p| !p.shadow) {
-            let Some(identity) = crate::limiter::counted_identity(policy, caller) else {
+        for counter in counters.iter().filter(|c| !c.policy.shadow) {
+            let policy = counter.policy;
+            let Some(cost) = NonZeroU32::new(counter.cost) else {
                 continue;
             };
-            let key = (identity.strategy, identity.id.clone());
-            let Some(cost) = NonZeroU32::new(policy.cost) else {
-                continue;
-            };
-            match self.limiter(policy).check_key_n(&key, cost) {
+            match self.limiter(policy).check_key_n(counter.subject, cost) {
                 Ok(Ok(_)) => {}
                 Ok(Err(not_until)) => {
                     return LocalVerdict {
@@ -134,22 +134,19 @@ mod tests {
             )
             .unwrap(),
         );
-        let a = Caller::from_identity(crate::identity::Identity::user("a"));
+        let (a, b): (Entry, Entry) = (("user".into(), "a".into()), ("user".into(), "b".into()));
+        let counter = |subject| Counter {
+            subject,
+            policy: &policy,
+            cost: 1,
+        };
         for _ in 0..3 {
-            assert!(local.check(&a, std::slice::from_ref(&policy)).allowed);
+            assert!(local.check(&[counter(&a)]).allowed);
         }
-        let denied = local.check(&a, std::slice::from_ref(&policy));
+        let denied = local.check(&[counter(&a)]);
         assert!(!denied.allowed);
         assert!(denied.retry_after > Duration::from_secs(15));
         assert!(denied.retry_after <= Duration::from_secs(20));
-        assert!(
-            local
-                .check(
-                    &Caller::from_identity(crate::identity::Identity::user("b")),
-                    &[policy]
-                )
-                .allowed,
-            "per identity"
-        );
+        assert!(local.check(&[counter(&b)]).allowed, "per subject");
     }
 }

@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use super::request::Entry;
 use super::rules::OverrideAction;
-use crate::identity::{Identity, Strategy};
+use crate::identity::Identity;
 use crate::policy::parse_window;
 
 /// How stale an instance's copy of the overrides may be.
@@ -103,23 +104,28 @@ impl OverrideSpec {
     }
 }
 
-/// The field under which an identity's override is stored: `<strategy>:<id>`.
-pub fn storage_key(identity: &Identity) -> String {
-    format!("{}:{}", identity.strategy, identity.id)
+/// The field under which a subject's override is stored: `<key>:<value>`,
+/// e.g. `user:<API key>`.
+pub fn storage_key(subject: &Entry) -> String {
+    format!("{}:{}", subject.0, subject.1)
 }
 
-/// The identity of a storage key, if it is one.
-pub fn identity_of(key: &str) -> Option<Identity> {
+/// The subject of a storage key, if it names one the admin API sets
+/// (`user` or `ip`).
+pub fn subject_of(key: &str) -> Option<Entry> {
     let (strategy, id) = key.split_once(':')?;
-    let strategy = match strategy {
-        "user" => Strategy::User,
-        "ip" => Strategy::Ip,
-        _ => return None,
-    };
-    Some(Identity {
-        strategy,
-        id: id.to_owned(),
-    })
+    match strategy {
+        "user" | "ip" => Some((strategy.to_owned(), id.to_owned())),
+        _ => None,
+    }
+}
+
+/// A subject as it may appear in a log line (API keys redacted).
+pub fn redacted(subject: &Entry) -> String {
+    match subject.0.as_str() {
+        "user" => Identity::user(subject.1.clone()).redacted(),
+        _ => format!("{}:{}", subject.0, subject.1),
+    }
 }
 
 #[cfg(test)]
@@ -169,8 +175,8 @@ mod tests {
 
     #[test]
     fn storage_keys_round_trip() {
-        let id = Identity::user("a:b");
-        assert_eq!(identity_of(&storage_key(&id)), Some(id));
-        assert_eq!(identity_of("tenant:x"), None);
+        let subject: Entry = ("user".into(), "a:b".into());
+        assert_eq!(subject_of(&storage_key(&subject)), Some(subject));
+        assert_eq!(subject_of("tenant:x"), None);
     }
 }

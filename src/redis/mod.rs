@@ -18,9 +18,9 @@ use redis::RedisError;
 use tokio::time::timeout_at;
 
 use crate::config::{RedisSettings, RedisTopology};
-use crate::identity::{Caller, Identity};
+
 use crate::limiter::{
-    Algorithm, Policy, Quota, RawOverride, ResetLog, Store, StoreError, StoreReply,
+    Algorithm, Counter, Entry, Policy, Quota, RawOverride, ResetLog, Store, StoreError, StoreReply,
 };
 use crate::telemetry::Metrics;
 use breaker::{Admission, Breaker};
@@ -45,7 +45,7 @@ const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC
 /// hash tag, so all keys of one identity share a slot and one script may
 /// touch them all. The algorithm is part of the name because each stores a
 /// different shape of value.
-pub fn counter_key(identity: &Identity, policy: &Policy) -> String {
+pub fn counter_key(subject: &Entry, policy: &Policy) -> String {
     let window_ms = policy.window.as_millis();
     let window = if window_ms.is_multiple_of(1000) {
         (window_ms / 1000).to_string()
@@ -54,12 +54,11 @@ pub fn counter_key(identity: &Identity, policy: &Policy) -> String {
     };
     let mut key = format!(
         "rate:{{{}:{}}}:{}",
-        identity.strategy,
-        utf8_percent_encode(&identity.id, KEY_SAFE),
+        utf8_percent_encode(&subject.0, KEY_SAFE),
+        utf8_percent_encode(&subject.1, KEY_SAFE),
         window
     );
-    let builtin =
-        policy.algorithm == Algorithm::FixedWindow && policy.name == identity.strategy.as_str();
+    let builtin = policy.algorithm == Algorithm::FixedWindow && policy.name == subject.0;
     if !builtin {
         key.push(':');
         key.push_str(policy.algorithm.as_str());
@@ -88,6 +87,25 @@ const RESET_LOG_ENTRIES: u32 = 10_000;
 
 /// How long the reset log outlives its last write.
 const RESET_LOG_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// The hash tag of a key: what its braces hold.
+fn hash_tag(key: &str) -> Option<&str> {
+    let start = key.find('{')? + 1;
+    let end = start + key[start..].find('}')?;
+    Some(&key[start..end])
+}
+
+/// A counter as the script takes it.
+fn script_policy(counter: &Counter<'_>) -> ScriptPolicy {
+    ScriptPolicy {
+        key: counter_key(counter.subject, counter.policy),
+        algorithm: counter.policy.algorithm,
+        limit: counter.policy.limit.get(),
+        window_ms: counter.policy.window_ms(),
+        cost: counter.cost,
+        shadow: counter.policy.shadow,
+    }
+}
 
 /// One policy of a check, as the script takes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,56 +468,38 @@ fn map_error(err: &RedisError) -> StoreError {
 }
 
 impl Store for RedisStore {
-    /// One script call for every policy, except on a Cluster when the
-    /// policies count two identities (the caller's and, for per-IP
-    /// policies, its client IP): their keys live in two slots, so the
-    /// per-IP group runs first and the caller's group after it. Then a
-    /// denial by the caller's policies leaves the per-IP charge in place
-    /// (one request counted against the IP, never more), and a denial by
-    /// the per-IP policies charges nothing else. Within each identity the
-    /// check stays atomic and all-or-nothing.
-    async fn check(
-        &self,
-        caller: &Caller,
-        policies: &[Arc<Policy>],
-        charge: bool,
-    ) -> Result<StoreReply, StoreError> {
-        let script_policies: Vec<(ScriptPolicy, bool)> = policies
-            .iter()
-            .map(|p| {
-                // The limiter drops per-IP policies of callers without an
-                // IP; counting one under the caller's identity keeps the
-                // reply aligned all the same.
-                let identity =
-                    crate::limiter::counted_identity(p, caller).unwrap_or(&caller.identity);
-                let policy = ScriptPolicy {
-                    key: counter_key(identity, p),
-                    algorithm: p.algorithm,
-                    limit: p.limit.get(),
-                    window_ms: p.window_ms(),
-                    cost: if charge { p.cost } else { 0 },
-                    shadow: p.shadow,
-                };
-                (policy, identity != &caller.identity)
-            })
-            .collect();
-        let split = self.cluster && script_policies.iter().any(|(_, by_ip)| *by_ip);
+    /// One script call for every counter, except on a Cluster when the
+    /// counters have several subjects (a request of an API key that is also
+    /// limited per client IP): each subject's keys live in their own slot,
+    /// so each subject's counters run in their own call, in the request's
+    /// order. Then a subject that allowed stays charged when a later one
+    /// denies (for the HTTP front end: one request counted against the
+    /// client IP, whose descriptors come first), and once one denies the
+    /// rest are only read. Within each subject the check stays atomic and
+    /// all-or-nothing.
+    async fn check(&self, counters: &[Counter<'_>]) -> Result<StoreReply, StoreError> {
+        let policies: Vec<ScriptPolicy> = counters.iter().map(script_policy).collect();
+        let first = counters.first().map(|c| c.subject);
+        let split = self.cluster && counters.iter().any(|c| Some(c.subject) != first);
         if !split {
-            let all: Vec<ScriptPolicy> = script_policies.into_iter().map(|(p, _)| p).collect();
-            return self.run_check(&all, None).await;
+            return self.run_check(&policies, None).await;
         }
-        let mut quotas = vec![None; script_policies.len()];
-        let mut allowed = true;
-        for by_ip in [true, false] {
-            let (indices, mut group): (Vec<usize>, Vec<ScriptPolicy>) = script_policies
-                .iter()
-                .enumerate()
-                .filter(|(_, (_, ip))| *ip == by_ip)
-                .map(|(i, (p, _))| (i, p.clone()))
-                .unzip();
-            if group.is_empty() {
-                continue;
+        let mut subjects: Vec<&Entry> = Vec::new();
+        for counter in counters {
+            if !subjects.contains(&counter.subject) {
+                subjects.push(counter.subject);
             }
+        }
+        let mut quotas = vec![None; policies.len()];
+        let mut allowed = true;
+        for subject in subjects {
+            let (indices, mut group): (Vec<usize>, Vec<ScriptPolicy>) = counters
+                .iter()
+                .zip(&policies)
+                .enumerate()
+                .filter(|(_, (c, _))| c.subject == subject)
+                .map(|(i, (_, p))| (i, p.clone()))
+                .unzip();
             if !allowed {
                 // Already denied: read the rest without charging it.
                 group.iter_mut().for_each(|p| p.cost = 0);
@@ -516,25 +516,34 @@ impl Store for RedisStore {
         })
     }
 
-    async fn reset(
-        &self,
-        identity: &Identity,
-        policies: &[Arc<Policy>],
-    ) -> Result<u64, StoreError> {
-        let keys: Vec<String> = policies.iter().map(|p| counter_key(identity, p)).collect();
+    async fn reset(&self, counters: &[Counter<'_>]) -> Result<u64, StoreError> {
+        let mut keys: Vec<String> = counters
+            .iter()
+            .map(|c| counter_key(c.subject, c.policy))
+            .collect();
+        keys.sort();
+        keys.dedup();
         if keys.is_empty() {
             return Ok(0);
         }
         let deadline = Instant::now() + self.timeout;
-        // One DEL: every key of one identity shares a hash tag, so this is a
-        // single-slot command on a Cluster too.
-        self.call(deadline, false, |mut conn| async move {
-            redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<u64>(&mut conn)
-                .await
-        })
-        .await
+        // One DEL per subject: a subject's keys share a hash tag, so each is
+        // a single-slot command on a Cluster too.
+        let mut deleted = 0;
+        let mut tags: Vec<&str> = keys.iter().filter_map(|k| hash_tag(k)).collect();
+        tags.dedup();
+        for tag in tags {
+            let group: Vec<&String> = keys.iter().filter(|k| hash_tag(k) == Some(tag)).collect();
+            deleted += self
+                .call(deadline, false, |mut conn| async move {
+                    redis::cmd("DEL")
+                        .arg(&group)
+                        .query_async::<u64>(&mut conn)
+                        .await
+                })
+                .await?;
+        }
+        Ok(deleted)
     }
 
     async fn load_overrides(&self) -> Result<Vec<RawOverride>, StoreError> {
@@ -670,6 +679,15 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::identity::Identity;
+
+    fn user(id: impl Into<String>) -> Entry {
+        ("user".into(), id.into())
+    }
+
+    fn ip(addr: std::net::IpAddr) -> Entry {
+        ("ip".into(), Identity::ip(addr).id)
+    }
     use std::num::NonZeroU32;
 
     fn policy(window: Duration) -> Policy {
@@ -685,18 +703,18 @@ mod tests {
 
     #[test]
     fn keys_carry_one_hash_tag_per_identity() {
-        let key = counter_key(&Identity::user("abc"), &policy(Duration::from_secs(60)));
+        let key = counter_key(&user("abc"), &policy(Duration::from_secs(60)));
         assert_eq!(key, "rate:{user:abc}:60");
         let mut ip_policy = policy(Duration::from_millis(1500));
         ip_policy.name = "ip".into();
-        let key = counter_key(&Identity::ip("::1".parse().unwrap()), &ip_policy);
+        let key = counter_key(&ip("::1".parse().unwrap()), &ip_policy);
         assert_eq!(key, "rate:{ip:%3A%3A1}:1500ms");
     }
 
     #[test]
     fn hostile_identifiers_cannot_escape_the_hash_tag() {
         for id in ["a}b", "{x}", "a:b", "*", "%7D", "ключ", "a b"] {
-            let key = counter_key(&Identity::user(id), &policy(Duration::from_secs(60)));
+            let key = counter_key(&user(id), &policy(Duration::from_secs(60)));
             let inner = key
                 .strip_prefix("rate:{")
                 .and_then(|k| k.strip_suffix("}:60"))
@@ -704,8 +722,8 @@ mod tests {
             assert!(!inner.contains(['{', '}']), "{key}");
             assert_eq!(inner.matches(':').count(), 1, "{key}");
         }
-        let a = counter_key(&Identity::user("%7D"), &policy(Duration::from_secs(60)));
-        let b = counter_key(&Identity::user("}"), &policy(Duration::from_secs(60)));
+        let a = counter_key(&user("%7D"), &policy(Duration::from_secs(60)));
+        let b = counter_key(&user("}"), &policy(Duration::from_secs(60)));
         assert_ne!(a, b);
     }
 
@@ -720,13 +738,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            counter_key(&Identity::user("k"), &p),
+            counter_key(&user("k"), &p),
             "rate:{user:k}:1:token_bucket:burst"
         );
         // The built-in name on the other strategy is not the built-in key.
         let user = policy(Duration::from_secs(60));
         assert_eq!(
-            counter_key(&Identity::ip("10.0.0.1".parse().unwrap()), &user),
+            counter_key(&ip("10.0.0.1".parse().unwrap()), &user),
             "rate:{ip:10.0.0.1}:60:fixed_window:user"
         );
     }

@@ -1,0 +1,268 @@
+//! What an operator does through the admin API, and what instances share
+//! for it: resets of counters, overrides set at run time (another limit,
+//! `unlimited` or `blocked` for one subject), and the refresh every second
+//! that applies both on every instance.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::request::{CheckRequest, Entry};
+use super::store::{Counter, Store, StoreError};
+use super::{overrides, rules, Limiter, Policy, Rules};
+
+/// An admin override as last read from the store, with what it does under
+/// the rules in force (or why it no longer fits them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Dynamic {
+    pub(super) spec: overrides::OverrideSpec,
+    pub(super) action: Result<rules::OverrideAction, String>,
+}
+
+/// Dynamic overrides by subject.
+pub(super) type OverrideMap = HashMap<Entry, Dynamic>;
+
+/// An admin override and whether it is in force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverrideState {
+    pub spec: overrides::OverrideSpec,
+    /// Why it is not in force (it no longer fits the rules), if it is not.
+    pub problem: Option<String>,
+}
+
+/// Why an admin change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    #[error("invalid override: {0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl<S: Store> Limiter<S> {
+    /// Deletes every counter of `request` whose subject is `subject` (under
+    /// the rules' limits and, when an override changes a window and so the
+    /// key, the override's too); returns how many existed. Every instance
+    /// forgets its cached denials of `subject` within a second.
+    pub async fn reset(&self, request: &CheckRequest, subject: &Entry) -> Result<u64, StoreError> {
+        let rules = self.rules.load();
+        let mut counters: Vec<Counter<'_>> = Vec::new();
+        let mut changed: Vec<Arc<Policy>> = Vec::new();
+        let action = self
+            .dynamic
+            .load()
+            .get(subject)
+            .and_then(|d| d.action.clone().ok());
+        for descriptor in &request.descriptors {
+            let Some(own) = descriptor.subject() else {
+                continue;
+            };
+            // The subject itself, or (for an IP) its per-IP counters.
+            let same_ip =
+                own.0 == super::rules::http::CLIENT_IP && subject.0 == "ip" && own.1 == subject.1;
+            if own != subject && !same_ip {
+                continue;
+            }
+            for limit in rules.matching(&request.domain, descriptor) {
+                counters.push(Counter {
+                    subject: own,
+                    policy: &limit.policy,
+                    cost: 0,
+                });
+                if let Some(action) = &action {
+                    let policy = action.apply(&limit.policy);
+                    if !Arc::ptr_eq(&policy, &limit.policy) {
+                        changed.push(policy);
+                    }
+                }
+            }
+        }
+        let overridden: Vec<Counter<'_>> = changed
+            .iter()
+            .map(|policy| Counter {
+                subject,
+                policy,
+                cost: 0,
+            })
+            .collect();
+        counters.extend(overridden);
+        let deleted = self.store.reset(&counters).await?;
+        self.denied.forget(subject);
+        self.store
+            .publish_reset(&overrides::storage_key(subject))
+            .await?;
+        Ok(deleted)
+    }
+
+    /// The admin override of `subject`, in force or not (expired ones are
+    /// not shown).
+    pub fn override_for(&self, subject: &Entry) -> Option<OverrideState> {
+        self.dynamic
+            .load()
+            .get(subject)
+            .filter(|d| d.spec.active_at(SystemTime::now()))
+            .map(Dynamic::state)
+    }
+
+    /// Every unexpired admin override.
+    pub fn overrides(&self) -> Vec<(Entry, OverrideState)> {
+        let now = SystemTime::now();
+        let mut all: Vec<_> = self
+            .dynamic
+            .load()
+            .iter()
+            .filter(|(_, d)| d.spec.active_at(now))
+            .map(|(subject, d)| (subject.clone(), d.state()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Stores an override for every instance, and applies it here at once.
+    pub async fn set_override(
+        &self,
+        subject: &Entry,
+        spec: &overrides::OverrideSpec,
+    ) -> Result<(), AdminError> {
+        if let Err(problem) = judge(&self.rules.load(), &subject.0, spec.clone()).action {
+            return Err(AdminError::Invalid(problem));
+        }
+        if !spec.active_at(SystemTime::now()) {
+            return Err(AdminError::Invalid("until is in the past".into()));
+        }
+        let json = serde_json::to_string(spec).map_err(|e| AdminError::Invalid(e.to_string()))?;
+        self.store
+            .save_override(&overrides::storage_key(subject), &json)
+            .await?;
+        self.refresh_overrides().await?;
+        Ok(())
+    }
+
+    /// Removes an override everywhere; whether there was one.
+    pub async fn delete_override(&self, subject: &Entry) -> Result<bool, StoreError> {
+        let existed = self
+            .store
+            .delete_override(&overrides::storage_key(subject))
+            .await?;
+        self.refresh_overrides().await?;
+        Ok(existed)
+    }
+
+    /// Rereads what instances share (every [`overrides::REFRESH_INTERVAL`],
+    /// and after each change): the overrides, and the resets published since
+    /// the last refresh. Identities whose override changed or whose counters
+    /// were reset are dropped from the deny cache, so a raised limit, an
+    /// allow-listing or a reset applies on every instance within the
+    /// interval. Expired overrides are deleted from the store.
+    pub async fn refresh_overrides(&self) -> Result<(), StoreError> {
+        self.refresh_resets().await?;
+        let stored = self.store.load_overrides().await?;
+        let rules = self.rules.load();
+        let now = SystemTime::now();
+        let mut fresh = OverrideMap::with_capacity(stored.len());
+        let mut bad = Vec::new();
+        for (key, json) in stored {
+            let decoded = std::str::from_utf8(&key)
+                .ok()
+                .and_then(overrides::subject_of)
+                .zip(serde_json::from_slice::<overrides::OverrideSpec>(&json).ok());
+            let Some((subject, spec)) = decoded else {
+                bad.push(key);
+                continue;
+            };
+            if !spec.active_at(now) {
+                // Gone for good: remove it, unless an admin replaced it
+                // meanwhile (compare and delete).
+                if let Err(err) = self.store.delete_override_if(&key, &json).await {
+                    log::debug!("overrides: cannot remove an expired one: {err}");
+                }
+                continue;
+            }
+            let entry = judge(&rules, &subject.0, spec);
+            fresh.insert(subject, entry);
+        }
+        self.report_bad_entries(bad);
+        let old = self.dynamic.load_full();
+        if *old == fresh {
+            return Ok(());
+        }
+        for (key, entry) in fresh.iter() {
+            if old.get(key).is_none_or(|o| o.action != entry.action) {
+                if let Err(problem) = &entry.action {
+                    log::warn!(
+                        "overrides: the override of {} is not in force: {problem}",
+                        overrides::redacted(key)
+                    );
+                }
+            }
+        }
+        let changed = old
+            .iter()
+            .filter(|(k, v)| fresh.get(*k) != Some(*v))
+            .map(|(k, _)| k)
+            .chain(fresh.keys().filter(|k| !old.contains_key(*k)));
+        for key in changed {
+            self.denied.forget(key);
+        }
+        self.dynamic.store(Arc::new(fresh));
+        Ok(())
+    }
+
+    /// Forgets the cached denials of identities reset on any instance.
+    async fn refresh_resets(&self) -> Result<(), StoreError> {
+        let seen = *self.resets_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let log = self.store.resets_since(seen.unwrap_or(u64::MAX)).await?;
+        if let Some(seen) = seen {
+            if log.latest < seen || !log.complete {
+                // The log was lost (a flushed Redis) or trimmed past us.
+                self.denied.clear();
+            } else {
+                for key in &log.keys {
+                    if let Some(subject) = std::str::from_utf8(key)
+                        .ok()
+                        .and_then(overrides::subject_of)
+                    {
+                        self.denied.forget(&subject);
+                    }
+                }
+            }
+        }
+        *self.resets_seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(log.latest);
+        Ok(())
+    }
+
+    /// Logs each unreadable override entry once (not every second).
+    fn report_bad_entries(&self, bad: Vec<Vec<u8>>) {
+        let mut reported = self.reported_bad.lock().unwrap_or_else(|e| e.into_inner());
+        reported.retain(|k| bad.contains(k));
+        for key in bad {
+            if reported.insert(key.clone()) {
+                log::warn!(
+                    "overrides: ignoring an unreadable entry {:?} in the store",
+                    String::from_utf8_lossy(&key)
+                );
+            }
+        }
+    }
+}
+
+impl Dynamic {
+    fn state(&self) -> OverrideState {
+        OverrideState {
+            spec: self.spec.clone(),
+            problem: self.action.as_ref().err().cloned(),
+        }
+    }
+}
+
+/// What `spec` does to a subject whose key is `subject_key` (`user`, `ip`)
+/// under `rules`, or why it cannot apply.
+pub(super) fn judge(rules: &Rules, subject_key: &str, spec: overrides::OverrideSpec) -> Dynamic {
+    let action = spec.action().and_then(|action| {
+        rules
+            .check_override(subject_key, &action)
+            .map(|()| action)
+            .map_err(|(key, problem)| format!("{key}: {problem}"))
+    });
+    Dynamic { spec, action }
+}

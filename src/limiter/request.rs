@@ -1,0 +1,52 @@
+//! A check request: what every front end builds, and all the core sees of a
+//! request. A domain names a set of rules; each descriptor is an ordered
+//! list of key/value entries (`[("user", "k1")]`,
+//! `[("client", "acme"), ("tier", "gold")]`) matched against that domain's
+//! rule tree, with the hits it takes. The last entry of a descriptor is its
+//! subject: whose counters its limits use (and, in Redis, the hash tag that
+//! keeps them in one Cluster slot).
+
+/// One key/value entry of a descriptor.
+pub type Entry = (String, String);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Descriptor {
+    pub entries: Vec<Entry>,
+    /// Units taken under each limit, times the limit's cost: 1 by default,
+    /// 0 for a peek that charges nothing.
+    pub hits: u32,
+}
+
+impl Descriptor {
+    /// A descriptor taking one hit.
+    pub fn new(entries: Vec<Entry>) -> Self {
+        Descriptor { entries, hits: 1 }
+    }
+
+    /// Whose counters its limits use: the last entry.
+    pub fn subject(&self) -> Option<&Entry> {
+        self.entries.last()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CheckRequest {
+    pub domain: String,
+    pub descriptors: Vec<Descriptor>,
+}
+
+impl CheckRequest {
+    /// The same request taking no hits (a status read).
+    pub fn peek(&self) -> Self {
+        let mut peek = self.clone();
+        for d in &mut peek.descriptors {
+            d.hits = 0;
+        }
+        peek
+    }
+}
+
+/// An entry from borrowed parts.
+pub fn entry(key: &str, value: &str) -> Entry {
+    (key.to_owned(), value.to_owned())
+}

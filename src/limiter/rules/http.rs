@@ -1,0 +1,146 @@
+//! The HTTP domain: how the TOML rules file and the built-in limits, which
+//! speak of strategies and routes, become a rule tree, and which check
+//! request an HTTP caller makes so that the same tree answers it. The one
+//! place both sides of that convention live.
+//!
+//! A policy of strategy `user` sits at `[user=*]`, of strategy `ip` at
+//! `[ip=*]`, of no strategy at both; a route `"POST /x"` puts
+//! `route="POST /x"` before it, a path `"/x"` (any method) `path="/x"`; a
+//! policy counted per client IP (`per = "client_ip"`) sits at
+//! `[client_ip=*]` instead of the strategy. A caller sends one descriptor
+//! per shape the tree has, its identity (or client IP) last, so every
+//! counter of one identity shares its hash tag.
+
+use super::super::request::{entry, CheckRequest, Descriptor, Entry};
+use super::tree::ValueMatch;
+use super::ScopedPolicy;
+use crate::identity::{Caller, Strategy};
+
+/// The domain of the HTTP front end's rules.
+pub const DOMAIN: &str = "http";
+const ROUTE: &str = "route";
+const PATH: &str = "path";
+/// The key of descriptors counted per client IP.
+pub const CLIENT_IP: &str = "client_ip";
+
+/// The route of a request, as the policies see it.
+#[derive(Debug, Clone, Copy)]
+pub struct Route<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+}
+
+/// The routes a policy applies to: one path, with one method or any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct RouteMatch {
+    method: Option<String>,
+    path: String,
+}
+
+impl RouteMatch {
+    pub(super) fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = text.split_whitespace();
+        let (method, path) = match (parts.next(), parts.next(), parts.next()) {
+            (Some(path), None, None) => (None, path),
+            (Some(method), Some(path), None) => (Some(method.to_ascii_uppercase()), path),
+            _ => return Err("expected \"METHOD /path\" or \"/path\"".into()),
+        };
+        if !path.starts_with('/') {
+            return Err(format!("the path {path:?} must start with '/'"));
+        }
+        if let Some(m) = &method {
+            if !m.bytes().all(|b| b.is_ascii_alphabetic()) {
+                return Err(format!("{m:?} is not an HTTP method"));
+            }
+        }
+        Ok(RouteMatch {
+            method: method.filter(|m| m != "*" && m != "ANY"),
+            path: path.to_owned(),
+        })
+    }
+
+    /// The first entry of the descriptors this route scope matches.
+    fn step(&self) -> (String, ValueMatch) {
+        match &self.method {
+            Some(method) => (
+                ROUTE.to_owned(),
+                ValueMatch::Exact(format!("{method} {}", self.path)),
+            ),
+            None => (PATH.to_owned(), ValueMatch::Exact(self.path.clone())),
+        }
+    }
+}
+
+/// The keys of the last entry a policy is counted under.
+pub(super) fn subject_keys(scoped: &ScopedPolicy) -> Vec<&'static str> {
+    if scoped.policy.per_client_ip {
+        vec![CLIENT_IP]
+    } else {
+        match scoped.strategy {
+            Some(s) => vec![s.as_str()],
+            None => vec![Strategy::User.as_str(), Strategy::Ip.as_str()],
+        }
+    }
+}
+
+/// Where a policy sits in the tree (one path per subject key).
+pub(super) fn paths(scoped: &ScopedPolicy) -> Vec<Vec<(String, ValueMatch)>> {
+    subject_keys(scoped)
+        .into_iter()
+        .map(|key| {
+            let mut path: Vec<(String, ValueMatch)> =
+                scoped.route.iter().map(RouteMatch::step).collect();
+            path.push((key.to_owned(), ValueMatch::Any));
+            path
+        })
+        .collect()
+}
+
+/// Which descriptor shapes the tree of the HTTP domain has, so a request
+/// carries only those that can match.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shapes {
+    pub route: bool,
+    pub path: bool,
+    pub client_ip: bool,
+}
+
+impl Shapes {
+    pub(super) fn of(policies: &[ScopedPolicy]) -> Self {
+        let scope = |p: &ScopedPolicy| p.route.as_ref().map(|r| r.method.is_some());
+        Shapes {
+            route: policies.iter().any(|p| scope(p) == Some(true)),
+            path: policies.iter().any(|p| scope(p) == Some(false)),
+            client_ip: policies.iter().any(|p| p.policy.per_client_ip),
+        }
+    }
+}
+
+/// The check request of `caller` on `route`: per-IP descriptors first (on a
+/// Cluster they run first, in their own slot), then the identity's.
+pub fn request(caller: &Caller, route: &Route<'_>, shapes: Shapes) -> CheckRequest {
+    let identity = entry(caller.identity.strategy.as_str(), &caller.identity.id);
+    let client_ip = caller
+        .client_ip
+        .as_ref()
+        .filter(|_| shapes.client_ip)
+        .map(|ip| entry(CLIENT_IP, &ip.id));
+    let mut descriptors = Vec::with_capacity(6);
+    for subject in client_ip.into_iter().chain(std::iter::once(identity)) {
+        let scoped = |first: Entry| Descriptor::new(vec![first, subject.clone()]);
+        if shapes.route {
+            descriptors.push(scoped(entry(
+                ROUTE,
+                &format!("{} {}", route.method, route.path),
+            )));
+        }
+        if shapes.path {
+            descriptors.push(scoped(entry(PATH, route.path)));
+        }
+        descriptors.push(Descriptor::new(vec![subject]));
+    }
+    CheckRequest {
+        domain: DOMAIN.to_owned(),
+        descriptors,
+    }
+}

@@ -1,0 +1,562 @@
+//! The rules: a tree per domain (see [`tree`]) of limits, built from the
+//! built-in `user` and `ip` limits of the settings or from a TOML rules file
+//! ([`file`], `RATE_LIMIT_CONFIG`), with the file's per-identity overrides.
+//! Both speak of strategies and routes; [`http`] is the convention that
+//! turns them into the tree of the `http` domain, and an HTTP caller into
+//! a check request that the tree answers.
+//!
+//! A file is validated whole before it is used: every error names the file,
+//! the policy (or override) and the key, and a file with an error is never
+//! half applied.
+
+mod file;
+pub mod http;
+pub mod tree;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::request::{CheckRequest, Descriptor, Entry};
+use crate::config::Settings;
+use crate::identity::Strategy;
+use crate::policy::Policy;
+use http::RouteMatch;
+pub use http::{Route, Shapes};
+pub use tree::Limit;
+use tree::Node;
+
+/// A policy of the HTTP domain with the callers and routes it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ScopedPolicy {
+    policy: Arc<Policy>,
+    strategy: Option<Strategy>,
+    route: Option<RouteMatch>,
+}
+
+/// What an override does to one identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OverrideAction {
+    /// Allow-list: never limited, answered without Redis.
+    Unlimited,
+    /// Deny-list: always refused, answered without Redis.
+    Blocked,
+    /// Another limit (and optionally window) for one policy, or for every
+    /// policy that applies.
+    Limit {
+        policy: Option<String>,
+        limit: NonZeroU32,
+        window: Option<Duration>,
+    },
+}
+
+impl OverrideAction {
+    /// `policy` as this override changes it (a `Limit` for it), if it does.
+    pub fn apply(&self, policy: &Arc<Policy>) -> Arc<Policy> {
+        match self {
+            OverrideAction::Limit {
+                policy: name,
+                limit,
+                window,
+            } if name.as_ref().is_none_or(|n| *n == policy.name) => {
+                let mut changed = Policy::clone(policy);
+                changed.limit = *limit;
+                changed.window = window.unwrap_or(changed.window);
+                Arc::new(changed)
+            }
+            _ => policy.clone(),
+        }
+    }
+}
+
+/// One limit a request's descriptor matched, as the overrides leave it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// The index of the descriptor in the request.
+    pub descriptor: usize,
+    pub policy: Arc<Policy>,
+}
+
+/// How the rules and overrides treat one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// A descriptor's subject is blocked: the whole request is refused.
+    Blocked,
+    /// Check these, in the rules' order (none: unlimited); the answer holds
+    /// at most `valid_for` (until an override it depends on ends).
+    Limited {
+        items: Vec<Item>,
+        valid_for: Option<Duration>,
+    },
+}
+
+/// An override in force, with the time it has left (`None`: no end).
+pub type ActiveOverride = (OverrideAction, Option<Duration>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rules {
+    /// The HTTP domain's policies in file order, for display and checks.
+    policies: Vec<ScopedPolicy>,
+    /// The file's overrides, by subject entry.
+    overrides: HashMap<Entry, OverrideAction>,
+    /// The rule tree of each domain.
+    domains: HashMap<String, Node>,
+    shapes: Shapes,
+}
+
+/// A rules file that cannot be used, with the file, the place and the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: {place}{problem}")]
+pub struct RulesError {
+    pub origin: String,
+    /// `policy "name": key 'limit': ` and the like; empty for file-level problems.
+    pub place: String,
+    pub problem: String,
+}
+
+impl Rules {
+    /// The built-in policies: `user` for callers with an API key and `ip` for
+    /// the others, from the RATE_LIMIT_* settings.
+    ///
+    /// With RATE_LIMIT_IP_EVERY_REQUEST the `ip` policy applies to every
+    /// request, counted per client IP, API key or not.
+    pub fn builtin(settings: &Settings) -> Self {
+        let policy = |name: &str, strategy, limits: crate::config::LimitSettings| {
+            let per_client_ip = strategy == Strategy::Ip && settings.ip_every_request;
+            ScopedPolicy {
+                policy: Arc::new(Policy {
+                    name: name.to_owned(),
+                    algorithm: settings.algorithm,
+                    limit: limits.limit,
+                    window: limits.window,
+                    cost: 1,
+                    shadow: settings.shadow,
+                    per_client_ip,
+                }),
+                strategy: (!per_client_ip).then_some(strategy),
+                route: None,
+            }
+        };
+        Self::compile(
+            vec![
+                policy("user", Strategy::User, settings.user_limit),
+                policy("ip", Strategy::Ip, settings.ip_limit),
+            ],
+            HashMap::new(),
+        )
+    }
+
+    /// Reads and validates a rules file.
+    pub fn load(path: &Path) -> Result<Self, RulesError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|err| RulesError {
+            origin: origin.clone(),
+            place: String::new(),
+            problem: format!("cannot read the file: {err}"),
+        })?;
+        Self::parse(&origin, &text)
+    }
+
+    /// Validates rules given as TOML text; `origin` names it in errors.
+    pub fn parse(origin: &str, text: &str) -> Result<Self, RulesError> {
+        let (policies, overrides) = file::Parser { origin }.parse(text)?;
+        Ok(Self::compile(policies, overrides))
+    }
+
+    /// Builds the tree of the HTTP domain.
+    fn compile(policies: Vec<ScopedPolicy>, overrides: HashMap<Entry, OverrideAction>) -> Self {
+        let mut tree = Node::default();
+        for (rank, scoped) in policies.iter().enumerate() {
+            for path in http::paths(scoped) {
+                let limit = Limit {
+                    rank: rank as u32,
+                    policy: scoped.policy.clone(),
+                };
+                tree.insert(&path, limit);
+            }
+        }
+        Rules {
+            shapes: Shapes::of(&policies),
+            policies,
+            overrides,
+            domains: HashMap::from([(http::DOMAIN.to_owned(), tree)]),
+        }
+    }
+
+    /// Every policy in shadow mode (RATE_LIMIT_SHADOW=true).
+    pub fn all_shadow(mut self) -> Self {
+        for scoped in &mut self.policies {
+            Arc::make_mut(&mut scoped.policy).shadow = true;
+        }
+        Self::compile(self.policies, self.overrides)
+    }
+
+    /// The policies of the HTTP domain, with their names, for display.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.policies.iter().map(|p| p.policy.as_ref())
+    }
+
+    /// The descriptor shapes an HTTP caller sends (see [`http::request`]).
+    pub fn shapes(&self) -> Shapes {
+        self.shapes
+    }
+
+    /// The limits `descriptor` matches in `domain` (none for an unknown
+    /// domain).
+    pub fn matching(&self, domain: &str, descriptor: &Descriptor) -> &[Limit] {
+        self.domains
+            .get(domain)
+            .map_or(&[][..], |tree| tree.matching(&descriptor.entries))
+    }
+
+    /// The limits of every descriptor of `request`: each descriptor's
+    /// matches in the tree, changed by the override of its subject
+    /// (`dynamic`, the admin API's, first; then the file's).
+    pub fn resolve(
+        &self,
+        request: &CheckRequest,
+        dynamic: impl Fn(&Entry) -> Option<ActiveOverride>,
+    ) -> Resolution {
+        let mut ranked: Vec<(u32, Item)> = Vec::new();
+        let mut valid_for: Option<Duration> = None;
+        for (index, descriptor) in request.descriptors.iter().enumerate() {
+            let limits = self.matching(&request.domain, descriptor);
+            let Some(subject) = descriptor.subject() else {
+                continue;
+            };
+            if limits.is_empty() {
+                continue;
+            }
+            let action = dynamic(subject).or_else(|| {
+                self.file_override(subject)
+                    .map(|action| (action.clone(), None))
+            });
+            if let Some((_, Some(left))) = &action {
+                valid_for = Some(valid_for.map_or(*left, |v| v.min(*left)));
+            }
+            let item = |policy| Item {
+                descriptor: index,
+                policy,
+            };
+            match action.map(|(a, _)| a) {
+                Some(OverrideAction::Blocked) => return Resolution::Blocked,
+                Some(OverrideAction::Unlimited) => continue,
+                Some(action) => ranked.extend(
+                    limits
+                        .iter()
+                        .map(|l| (l.rank, item(action.apply(&l.policy)))),
+                ),
+                None => ranked.extend(limits.iter().map(|l| (l.rank, item(l.policy.clone())))),
+            }
+        }
+        // Stable: the limits of one rank keep the order of the descriptors.
+        ranked.sort_by_key(|(rank, _)| *rank);
+        Resolution::Limited {
+            items: ranked.into_iter().map(|(_, item)| item).collect(),
+            valid_for,
+        }
+    }
+
+    /// The rules file's override for a subject.
+    pub fn file_override(&self, subject: &Entry) -> Option<&OverrideAction> {
+        if self.overrides.is_empty() {
+            None
+        } else {
+            self.overrides.get(subject)
+        }
+    }
+
+    /// Whether an override set through the admin API fits these rules, for a
+    /// subject whose key is `subject_key` (`user`, `ip`); Err((key, problem)).
+    pub fn check_override(
+        &self,
+        subject_key: &str,
+        action: &OverrideAction,
+    ) -> Result<(), (&'static str, String)> {
+        check_override(&self.policies, subject_key, action)
+    }
+}
+
+/// Whether `action` can apply to the policies counted under `subject_key`:
+/// the named policy exists, and the new limit and window make valid
+/// policies. Err((key, problem)).
+fn check_override(
+    policies: &[ScopedPolicy],
+    subject_key: &str,
+    action: &OverrideAction,
+) -> Result<(), (&'static str, String)> {
+    let OverrideAction::Limit {
+        policy: name,
+        limit,
+        window,
+    } = action
+    else {
+        return Ok(());
+    };
+    let targets: Vec<&ScopedPolicy> = policies
+        .iter()
+        .filter(|p| name.as_ref().is_none_or(|n| *n == p.policy.name))
+        .filter(|p| http::subject_keys(p).contains(&subject_key))
+        .collect();
+    if let Some(name) = name {
+        if targets.is_empty() {
+            return Err((
+                "policy",
+                format!("no policy named {name:?} applies to strategy \"{subject_key}\""),
+            ));
+        }
+    }
+    for target in targets {
+        let p = &target.policy;
+        Policy::new(
+            p.name.clone(),
+            p.algorithm,
+            *limit,
+            window.unwrap_or(p.window),
+            p.cost,
+        )
+        .map_err(|problem| ("limit", format!("for policy {:?}: {problem}", p.name)))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{Caller, Identity};
+    use crate::policy::Algorithm;
+
+    const ROUTE: Route<'static> = Route {
+        method: "POST",
+        path: "/api/resource",
+    };
+
+    impl Rules {
+        /// What the HTTP front end's request of `identity` on `route`
+        /// resolves to, without admin overrides.
+        fn resolve_http(&self, identity: &Identity, route: &Route<'_>) -> Resolution {
+            let caller = Caller::from_identity(identity.clone());
+            self.resolve(&http::request(&caller, route, self.shapes()), |_| None)
+        }
+    }
+
+    const UNLIMITED: Resolution = Resolution::Limited {
+        items: Vec::new(),
+        valid_for: None,
+    };
+
+    fn names(resolution: &Resolution) -> Vec<String> {
+        match resolution {
+            Resolution::Limited { items, .. } => items
+                .iter()
+                .map(|i| format!("{}={}", i.policy.name, i.policy.limit))
+                .collect(),
+            other => vec![format!("{other:?}")],
+        }
+    }
+
+    #[test]
+    fn policies_apply_by_strategy_and_route() {
+        let rules = Rules::parse(
+            "t.toml",
+            r#"
+            [[policy]]
+            name = "all"
+            algorithm = "gcra"
+            limit = 100
+            window = "1h"
+
+            [[policy]]
+            name = "users"
+            algorithm = "token_bucket"
+            limit = 10
+            window = "1s"
+            strategy = "user"
+
+            [[policy]]
+            name = "posts"
+            algorithm = "sliding_window"
+            limit = 5
+            window = 60
+            route = "POST /api/resource"
+
+            [[policy]]
+            name = "elsewhere"
+            algorithm = "fixed_window"
+            limit = 5
+            window = "1m"
+            route = "/other"
+            "#,
+        )
+        .unwrap();
+        let user = Identity::user("k");
+        let ip = Identity::ip("10.0.0.1".parse().unwrap());
+        assert_eq!(
+            names(&rules.resolve_http(&user, &ROUTE)),
+            ["all=100", "users=10", "posts=5"]
+        );
+        assert_eq!(
+            names(&rules.resolve_http(&ip, &ROUTE)),
+            ["all=100", "posts=5"]
+        );
+        let get = Route {
+            method: "GET",
+            path: "/api/resource",
+        };
+        assert_eq!(names(&rules.resolve_http(&ip, &get)), ["all=100"]);
+    }
+
+    #[test]
+    fn overrides_change_limits_or_bypass_or_block() {
+        let rules = Rules::parse(
+            "t.toml",
+            r#"
+            [[policy]]
+            name = "minute"
+            algorithm = "fixed_window"
+            limit = 10
+            window = "1m"
+            [[policy]]
+            name = "hour"
+            algorithm = "fixed_window"
+            limit = 100
+            window = "1h"
+
+            [[override]]
+            strategy = "user"
+            id = "partner"
+            limit = 1000
+            policy = "hour"
+            [[override]]
+            strategy = "user"
+            id = "everything"
+            limit = 7
+            window = "2m"
+            [[override]]
+            strategy = "user"
+            id = "internal"
+            unlimited = true
+            [[override]]
+            strategy = "ip"
+            id = "::ffff:203.0.113.9"
+            blocked = true
+            "#,
+        )
+        .unwrap();
+        let resolve = |id: Identity| rules.resolve_http(&id, &ROUTE);
+        assert_eq!(
+            names(&resolve(Identity::user("partner"))),
+            ["minute=10", "hour=1000"]
+        );
+        assert_eq!(
+            names(&resolve(Identity::user("everything"))),
+            ["minute=7", "hour=7"]
+        );
+        assert_eq!(resolve(Identity::user("internal")), UNLIMITED);
+        assert_eq!(
+            resolve(Identity::ip("203.0.113.9".parse().unwrap())),
+            Resolution::Blocked
+        );
+        assert_eq!(
+            names(&resolve(Identity::user("other"))),
+            ["minute=10", "hour=100"]
+        );
+        if let Resolution::Limited { items, .. } = resolve(Identity::user("everything")) {
+            assert_eq!(items[0].policy.window, Duration::from_secs(120));
+        }
+    }
+
+    #[test]
+    fn builtin_rules_limit_users_and_ips_separately() {
+        let settings = Settings::from_lookup(|k| match k {
+            "RATE_LIMIT_USER_LIMIT" => Some("7".into()),
+            "RATE_LIMIT_ALGORITHM" => Some("gcra".into()),
+            _ => None,
+        })
+        .unwrap();
+        let rules = Rules::builtin(&settings);
+        match rules.resolve_http(&Identity::user("k"), &ROUTE) {
+            Resolution::Limited { items, .. } => {
+                let p = &items[0].policy;
+                assert_eq!((p.name.as_str(), p.limit.get()), ("user", 7));
+                assert_eq!(p.algorithm, Algorithm::Gcra);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            names(&rules.resolve_http(&Identity::ip("10.0.0.1".parse().unwrap()), &ROUTE)),
+            ["ip=20"]
+        );
+    }
+
+    /// An admin override attaches to a descriptor's subject: it changes the
+    /// limits of the descriptors that end with that subject, and no other.
+    #[test]
+    fn resolver_applies_an_override_to_its_descriptor_only() {
+        let rules = Rules::parse(
+            "t.toml",
+            r#"
+            [[policy]]
+            name = "per-key"
+            algorithm = "gcra"
+            limit = 10
+            window = "1m"
+            strategy = "user"
+
+            [[policy]]
+            name = "per-ip"
+            algorithm = "gcra"
+            limit = 100
+            window = "1m"
+            per = "client_ip"
+            "#,
+        )
+        .unwrap();
+        let caller = Caller {
+            identity: Identity::user("k"),
+            client_ip: Some(Identity::ip("10.0.0.1".parse().unwrap())),
+        };
+        let request = http::request(&caller, &ROUTE, rules.shapes());
+        let vip: Entry = ("user".into(), "k".into());
+        let raised = OverrideAction::Limit {
+            policy: None,
+            limit: NonZeroU32::new(5000).unwrap(),
+            window: None,
+        };
+        let with = |action: OverrideAction, left| {
+            rules.resolve(&request, |s| (s == &vip).then(|| (action.clone(), left)))
+        };
+        assert_eq!(
+            names(&with(raised.clone(), None)),
+            ["per-key=5000", "per-ip=100"],
+            "the per-IP descriptor keeps its limit"
+        );
+        assert_eq!(
+            names(&with(OverrideAction::Unlimited, None)),
+            ["per-ip=100"]
+        );
+        assert_eq!(with(OverrideAction::Blocked, None), Resolution::Blocked);
+        let left = Duration::from_secs(30);
+        assert!(matches!(
+            with(raised, Some(left)),
+            Resolution::Limited { valid_for: Some(v), .. } if v == left
+        ));
+        // Each limit is counted for its descriptor's subject.
+        let Resolution::Limited { items, .. } = rules.resolve(&request, |_| None) else {
+            panic!("limited")
+        };
+        let subjects: Vec<&Entry> = items
+            .iter()
+            .map(|i| request.descriptors[i.descriptor].subject().unwrap())
+            .collect();
+        assert_eq!(
+            subjects,
+            [
+                &("user".to_owned(), "k".to_owned()),
+                &("client_ip".to_owned(), "10.0.0.1".to_owned())
+            ]
+        );
+    }
+}
