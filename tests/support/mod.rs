@@ -6,11 +6,16 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod models;
+mod redis;
+mod topologies;
+
+pub use self::redis::RedisServer;
+#[allow(unused_imports)] // each test binary uses some of them
+pub use topologies::{Cluster, Process, SentinelGroup};
 
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rate_limiter::config::Settings;
@@ -25,7 +30,7 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-fn require(binary: &str) -> PathBuf {
+pub(crate) fn require(binary: &str) -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|dir| dir.join(binary))
@@ -58,111 +63,6 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A redis-server child process on a loopback port. Killed on drop.
-pub struct RedisServer {
-    pub port: u16,
-    child: Option<Child>,
-    dir: TempDir,
-    extra: Vec<String>,
-}
-
-impl RedisServer {
-    pub async fn start() -> Self {
-        Self::start_with(&[]).await
-    }
-
-    /// A server with extra arguments (`--replicaof`, `--cluster-enabled`...).
-    pub async fn start_with(extra: &[String]) -> Self {
-        let dir = TempDir::new("redis");
-        let mut server = RedisServer {
-            port: free_port(),
-            child: None,
-            dir,
-            extra: extra.to_vec(),
-        };
-        server.spawn().await;
-        server
-    }
-
-    pub fn dir(&self) -> &Path {
-        self.dir.path()
-    }
-
-    async fn spawn(&mut self) {
-        let child = Command::new(require("redis-server"))
-            .args(["--port", &self.port.to_string()])
-            .args(&self.extra)
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start redis-server");
-        self.child = Some(child);
-        self.wait_until_ready().await;
-    }
-
-    async fn wait_until_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(mut conn) = self.connection().await {
-                let pong: redis::RedisResult<String> =
-                    redis::cmd("PING").query_async(&mut conn).await;
-                if pong.is_ok() {
-                    return;
-                }
-            }
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("redis-server on port {} exited: {status}", self.port);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on port {} did not answer within 10 s",
-                self.port
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// A direct connection, for arranging and inspecting state.
-    pub async fn connection(&self) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
-        redis::Client::open(self.url())?
-            .get_multiplexed_async_connection()
-            .await
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("redis-server is running").id()
-    }
-
-    /// Kills the server (SIGKILL: as abrupt as a crash).
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts the server again on the same port, empty.
-    pub async fn restart(&mut self) {
-        self.kill();
-        self.spawn().await;
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }
 
@@ -368,234 +268,6 @@ impl TestApp {
             .send()
             .await
             .expect("GET /rate-limit/status")
-    }
-}
-
-/// A child process killed on drop (sentinels).
-pub struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A master, one replica and three sentinels watching them as `mymaster`,
-/// with a short down-after-milliseconds so failovers take seconds.
-pub struct SentinelGroup {
-    pub master: RedisServer,
-    pub replica: RedisServer,
-    pub sentinel_ports: Vec<u16>,
-    _sentinels: Vec<Process>,
-    _dir: TempDir,
-}
-
-impl SentinelGroup {
-    pub async fn start() -> Self {
-        let master = RedisServer::start().await;
-        let replica = RedisServer::start_with(&[
-            "--replicaof".into(),
-            "127.0.0.1".into(),
-            master.port.to_string(),
-        ])
-        .await;
-        let dir = TempDir::new("sentinels");
-        let mut sentinels = Vec::new();
-        let mut sentinel_ports = Vec::new();
-        for i in 0..3 {
-            let port = free_port();
-            let conf = dir.path().join(format!("sentinel-{i}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\n\
-                     sentinel monitor mymaster 127.0.0.1 {} 2\n\
-                     sentinel down-after-milliseconds mymaster 1000\n\
-                     sentinel failover-timeout mymaster 5000\n\
-                     sentinel parallel-syncs mymaster 1\n",
-                    dir.path().display(),
-                    master.port
-                ),
-            )
-            .unwrap();
-            let child = Command::new(require("redis-sentinel"))
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start redis-sentinel");
-            sentinels.push(Process(child));
-            sentinel_ports.push(port);
-        }
-        let group = SentinelGroup {
-            master,
-            replica,
-            sentinel_ports,
-            _sentinels: sentinels,
-            _dir: dir,
-        };
-        group.wait_until_ready().await;
-        group
-    }
-
-    /// `host:port,...` for REDIS_SENTINELS.
-    pub fn sentinels_setting(&self) -> String {
-        self.sentinel_ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    /// The master's port as the first sentinel that answers reports it.
-    pub async fn master_port(&self) -> Option<u16> {
-        for port in &self.sentinel_ports {
-            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
-                continue;
-            };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                continue;
-            };
-            let addr: redis::RedisResult<(String, String)> = redis::cmd("SENTINEL")
-                .arg("get-master-addr-by-name")
-                .arg("mymaster")
-                .query_async(&mut conn)
-                .await;
-            if let Ok((_, port)) = addr {
-                return port.parse().ok();
-            }
-        }
-        None
-    }
-
-    /// Until the replica is in sync and every sentinel knows of it and of
-    /// the other sentinels (a failover needs a quorum that has met).
-    async fn wait_until_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if self.ready().await {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the sentinel group did not settle in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn ready(&self) -> bool {
-        let Ok(mut replica) = self.replica.connection().await else {
-            return false;
-        };
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query_async(&mut replica)
-            .await
-            .unwrap_or_default();
-        if !info.contains("master_link_status:up") {
-            return false;
-        }
-        for port in &self.sentinel_ports {
-            let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) else {
-                return false;
-            };
-            let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-                return false;
-            };
-            let master: redis::RedisResult<HashMap<String, String>> = redis::cmd("SENTINEL")
-                .arg("master")
-                .arg("mymaster")
-                .query_async(&mut conn)
-                .await;
-            let Ok(master) = master else { return false };
-            let count = |k: &str| {
-                master
-                    .get(k)
-                    .and_then(|v| v.parse::<u32>().ok())
-                    .unwrap_or(0)
-            };
-            if count("num-slaves") < 1 || count("num-other-sentinels") < 2 {
-                return false;
-            }
-        }
-        true
-    }
-}
-
-/// Three Redis Cluster masters on loopback, slots spread by
-/// `redis-cli --cluster create`.
-pub struct Cluster {
-    pub nodes: Vec<RedisServer>,
-}
-
-impl Cluster {
-    pub async fn start() -> Self {
-        let mut nodes = Vec::new();
-        for _ in 0..3 {
-            nodes.push(
-                RedisServer::start_with(&[
-                    "--cluster-enabled".into(),
-                    "yes".into(),
-                    "--cluster-node-timeout".into(),
-                    "2000".into(),
-                ])
-                .await,
-            );
-        }
-        let addresses: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let out = Command::new(require("redis-cli"))
-            .args(["--cluster", "create"])
-            .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let cluster = Cluster { nodes };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cluster.ok().await {
-            assert!(
-                Instant::now() < deadline,
-                "the cluster did not reach state ok in 30 s"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        cluster
-    }
-
-    async fn ok(&self) -> bool {
-        for node in &self.nodes {
-            let Ok(mut conn) = node.connection().await else {
-                return false;
-            };
-            let info: String = redis::cmd("CLUSTER")
-                .arg("INFO")
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
-            if !info.contains("cluster_state:ok") {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// `host:port,...` for REDIS_CLUSTER_NODES.
-    pub fn nodes_setting(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect::<Vec<_>>()
-            .join(",")
     }
 }
 

@@ -14,9 +14,15 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+mod env;
+mod topology;
+
 use crate::identity::ForwardedHeader;
+use crate::policy::Algorithm;
 pub use crate::policy::{parse_window, FailureMode};
-use crate::policy::{Algorithm, MAX_LIMIT_TIMES_WINDOW_MS};
+use env::{bounded_integer, is_hostname, limit_settings, parse_bool, parse_networks, Env};
+use topology::redis_topology;
+pub use topology::{RedisSettings, RedisTopology};
 
 /// A configuration error: which setting, what it held, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,62 +57,6 @@ pub enum LogFormat {
 pub struct LimitSettings {
     pub limit: NonZeroU32,
     pub window: Duration,
-}
-
-/// Where Redis is: one server, a Sentinel-monitored master, or a Cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RedisTopology {
-    /// A `redis://` URL; built from REDIS_HOST/PORT/PASSWORD/DB when REDIS_URL is unset.
-    Single { url: String },
-    /// Ask these sentinels for the master of `master`, and follow failovers.
-    Sentinel {
-        sentinels: Vec<(String, u16)>,
-        master: String,
-        password: Option<String>,
-        sentinel_password: Option<String>,
-        db: i64,
-    },
-    /// A Redis Cluster reached through any of these seed nodes.
-    Cluster {
-        nodes: Vec<(String, u16)>,
-        password: Option<String>,
-    },
-}
-
-impl RedisTopology {
-    pub fn name(&self) -> &'static str {
-        match self {
-            RedisTopology::Single { .. } => "single",
-            RedisTopology::Sentinel { .. } => "sentinel",
-            RedisTopology::Cluster { .. } => "cluster",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RedisSettings {
-    pub topology: RedisTopology,
-    /// How many multiplexed connections each worker thread keeps open.
-    pub pool_size: u32,
-    /// The bound on every Redis call, connection checkout included.
-    pub timeout: Duration,
-    /// Consecutive failures that open the circuit breaker.
-    pub breaker_failures: u32,
-    /// How long an open breaker answers at once before probing Redis again.
-    pub breaker_cooldown: Duration,
-}
-
-impl RedisSettings {
-    /// One server at `url`, the defaults otherwise (tests and tools).
-    pub fn single(url: impl Into<String>, timeout: Duration) -> Self {
-        RedisSettings {
-            topology: RedisTopology::Single { url: url.into() },
-            pool_size: 1,
-            timeout,
-            breaker_failures: 3,
-            breaker_cooldown: Duration::from_millis(500),
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,195 +190,6 @@ impl Settings {
             )?,
         })
     }
-}
-
-/// The lookup function plus the parsing helpers every setting shares.
-struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
-
-impl Env<'_> {
-    fn get(&self, name: &str) -> Option<String> {
-        (self.0)(name)
-            .map(|v| v.trim().to_owned())
-            .filter(|v| !v.is_empty())
-    }
-
-    fn parse_with<T>(
-        &self,
-        name: &'static str,
-        default: T,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> Result<T, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(value) => parse(&value).map_err(|problem| ConfigError::new(name, &value, problem)),
-        }
-    }
-}
-
-fn parse_bool(value: &str) -> Result<bool, String> {
-    match value.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err("expected true or false".into()),
-    }
-}
-
-fn bounded_integer(value: &str, min: u64, max: u64) -> Result<u64, String> {
-    match value.parse::<u64>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(format!("expected a whole number from {min} to {max}")),
-    }
-}
-
-fn limit_settings(
-    env: &Env<'_>,
-    limit_name: &'static str,
-    window_name: &'static str,
-) -> Result<LimitSettings, ConfigError> {
-    let limit = env.parse_with(
-        limit_name,
-        NonZeroU32::new(20).expect("20 > 0"),
-        |v| match v.parse::<u32>() {
-            Ok(n) => NonZeroU32::new(n).ok_or_else(|| "a limit must be at least 1".to_owned()),
-            Err(_) => Err("expected a whole number from 1 to 4294967295".into()),
-        },
-    )?;
-    let window = env.parse_with(window_name, Duration::from_secs(60), parse_window)?;
-    if u128::from(limit.get()) * window.as_millis() >= MAX_LIMIT_TIMES_WINDOW_MS {
-        return Err(ConfigError::new(
-            window_name,
-            &env.get(window_name).unwrap_or_default(),
-            format!("limit × window in ms must stay below 2^53 (the limit is {limit})"),
-        ));
-    }
-    Ok(LimitSettings { limit, window })
-}
-
-fn parse_networks(value: &str) -> Result<Vec<IpNet>, String> {
-    value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|item| {
-            item.parse::<IpNet>()
-                .or_else(|_| item.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    format!("`{item}` is not an IP address or network (e.g. 10.0.0.1, 10.0.0.0/8)")
-                })
-        })
-        .collect()
-}
-
-fn is_hostname(value: &str) -> bool {
-    !value.is_empty()
-        && value.len() <= 253
-        && value.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
-}
-
-/// `host:port,host:port,...` (IPv6 as `[::1]:26379`).
-fn parse_addresses(value: &str) -> Result<Vec<(String, u16)>, String> {
-    let addresses: Vec<(String, u16)> = value
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|item| {
-            let (host, port) = item
-                .rsplit_once(':')
-                .ok_or_else(|| format!("`{item}` is not host:port"))?;
-            let host = host.trim_start_matches('[').trim_end_matches(']');
-            let port =
-                bounded_integer(port, 1, 65535).map_err(|_| format!("`{item}`: bad port"))?;
-            if host.parse::<IpAddr>().is_err() && !is_hostname(host) {
-                return Err(format!("`{item}`: bad host"));
-            }
-            Ok((host.to_owned(), port as u16))
-        })
-        .collect::<Result<_, String>>()?;
-    if addresses.is_empty() {
-        return Err("expected host:port[,host:port...]".into());
-    }
-    Ok(addresses)
-}
-
-fn redis_topology(env: &Env<'_>) -> Result<RedisTopology, ConfigError> {
-    let sentinels = env.parse_with("REDIS_SENTINELS", None, |v| parse_addresses(v).map(Some))?;
-    let cluster = env.parse_with("REDIS_CLUSTER_NODES", None, |v| {
-        parse_addresses(v).map(Some)
-    })?;
-    let password = env.get("REDIS_PASSWORD");
-    match (sentinels, cluster) {
-        (Some(_), Some(_)) => Err(ConfigError::new(
-            "REDIS_CLUSTER_NODES",
-            &env.get("REDIS_CLUSTER_NODES").unwrap_or_default(),
-            "set either REDIS_SENTINELS or REDIS_CLUSTER_NODES, not both",
-        )),
-        (Some(sentinels), None) => Ok(RedisTopology::Sentinel {
-            sentinels,
-            master: env
-                .get("REDIS_SENTINEL_MASTER")
-                .unwrap_or_else(|| "mymaster".into()),
-            password,
-            sentinel_password: env.get("REDIS_SENTINEL_PASSWORD"),
-            db: env.parse_with("REDIS_DB", 0, |v| {
-                bounded_integer(v, 0, 1_000_000).map(|n| n as i64)
-            })?,
-        }),
-        (None, Some(nodes)) => Ok(RedisTopology::Cluster { nodes, password }),
-        (None, None) => Ok(RedisTopology::Single {
-            url: redis_url(env)?,
-        }),
-    }
-}
-
-/// REDIS_URL wins; otherwise the URL is built from its parts, with the
-/// password percent-encoded so any character in it survives.
-fn redis_url(env: &Env<'_>) -> Result<String, ConfigError> {
-    if let Some(url) = env.get("REDIS_URL") {
-        let parsed = redis::parse_redis_url(&url);
-        let scheme_ok = matches!(
-            parsed.as_ref().map(|u| u.scheme()),
-            Some("redis") | Some("redis+unix") | Some("unix")
-        );
-        if !scheme_ok {
-            return Err(ConfigError::new(
-                "REDIS_URL",
-                &url,
-                "expected a URL such as redis://[:password@]host:port[/db]",
-            ));
-        }
-        return Ok(url);
-    }
-    let host = env.parse_with("REDIS_HOST", "127.0.0.1".to_owned(), |v| {
-        if v.parse::<IpAddr>().is_ok() || is_hostname(v) {
-            Ok(v.to_owned())
-        } else {
-            Err("expected an IP address or a host name".into())
-        }
-    })?;
-    let port = env.parse_with("REDIS_PORT", 6379u16, |v| {
-        bounded_integer(v, 1, 65535).map(|n| n as u16)
-    })?;
-    let db = env.parse_with("REDIS_DB", 0u32, |v| {
-        bounded_integer(v, 0, 1_000_000).map(|n| n as u32)
-    })?;
-    let host = match host.parse::<IpAddr>() {
-        Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
-        _ => host,
-    };
-    let auth = match env.get("REDIS_PASSWORD") {
-        Some(password) => format!(
-            ":{}@",
-            percent_encoding::utf8_percent_encode(&password, percent_encoding::NON_ALPHANUMERIC)
-        ),
-        None => String::new(),
-    };
-    Ok(format!("redis://{auth}{host}:{port}/{db}"))
 }
 
 #[cfg(test)]
@@ -598,7 +359,7 @@ mod tests {
 
     #[test]
     fn env_example_lists_every_setting_with_its_default() {
-        let example = include_str!("../.env.example");
+        let example = include_str!("../../.env.example");
         let pairs: HashMap<String, String> = example
             .lines()
             .map(str::trim)

@@ -12,13 +12,15 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, Error, HttpResponse, ResponseError};
-use serde::Serialize;
 use subtle::ConstantTimeEq;
-use utoipa::ToSchema;
 
-use super::errors::{ApiError, ErrorBody};
-use super::routes::{policy_statuses, PolicyStatus};
+mod types;
+
+pub use types::{IdentityPath, IdentityReport, OverrideEntry, ResetReport, StrategyName};
+
+use super::routes::policy_statuses;
 use super::{app_state, not_allowed, AppState};
+use crate::http::errors::{ApiError, ErrorBody};
 use crate::identity::{Caller, Identity};
 use crate::limiter::overrides::OverrideSpec;
 use crate::limiter::{rules, AdminError, CheckRequest, Entry, OverrideState, Route, Standing};
@@ -69,29 +71,6 @@ fn bearer_token(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The `{strategy}/{id}` of an admin path, as documented.
-#[derive(serde::Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Path)]
-pub struct IdentityPath {
-    /// `user` or `ip`; anything else is a 400.
-    #[param(value_type = StrategyName)]
-    strategy: String,
-    /// The API key (no control characters), or the IP address
-    #[param(pattern = "^[^\\u0000-\\u001f\\u007f-\\u009f]+$")]
-    id: String,
-}
-
-/// The strategies an admin path may name (documentation only: the handler
-/// parses the text, so an unknown one gets a 400 with a reason).
-#[derive(utoipa::ToSchema)]
-#[schema(as = StrategyName)]
-#[allow(dead_code)]
-#[serde(rename_all = "lowercase")]
-pub enum StrategyName {
-    User,
-    Ip,
-}
-
 /// The subject (descriptor entry) of an identity: `(strategy, id)`.
 fn subject(identity: &Identity) -> Entry {
     (identity.strategy.as_str().to_owned(), identity.id.clone())
@@ -137,28 +116,6 @@ fn audit(action: &str, identity: &Identity, detail: &str) {
     );
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct IdentityReport {
-    #[schema(example = "user")]
-    pub strategy: &'static str,
-    #[schema(example = "customer-42")]
-    pub identifier: String,
-    /// `limited`, `unlimited` or `blocked`.
-    #[schema(example = "limited")]
-    pub status: &'static str,
-    /// The admin override of this identity, if any (see `override_problem`
-    /// for whether it is in force).
-    #[serde(rename = "override")]
-    pub override_spec: Option<OverrideSpec>,
-    /// Why the override is not in force (it no longer fits the rules after
-    /// a reload); absent when it is, or when there is none.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub override_problem: Option<String>,
-    /// Every policy that applies to it on POST /api/resource, read without
-    /// counting.
-    pub policies: Vec<PolicyStatus>,
-}
-
 /// Why is this customer limited? Every policy that applies, with limit,
 /// remaining and reset, read without consuming.
 #[utoipa::path(
@@ -201,13 +158,6 @@ pub async fn get_identity(
     }))
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ResetReport {
-    /// Counters deleted (those that existed).
-    #[schema(example = 2)]
-    pub deleted: u64,
-}
-
 /// Resets an identity's counters under every policy that applies to it.
 #[utoipa::path(
     delete,
@@ -235,34 +185,6 @@ pub async fn reset_identity(
         .map_err(ApiError::Unavailable)?;
     audit("reset_counters", &identity, &format!("deleted={deleted}"));
     Ok(HttpResponse::Ok().json(ResetReport { deleted }))
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct OverrideEntry {
-    #[schema(example = "user")]
-    pub strategy: String,
-    #[schema(example = "customer-42")]
-    pub identifier: String,
-    #[serde(rename = "override")]
-    pub override_spec: OverrideSpec,
-    /// False when the override no longer fits the rules in force (e.g. a
-    /// limit below a policy's new cost): it is then ignored.
-    pub in_force: bool,
-    /// Why it is not in force.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
-}
-
-impl OverrideEntry {
-    fn new((strategy, identifier): Entry, state: OverrideState) -> Self {
-        OverrideEntry {
-            strategy,
-            identifier,
-            override_spec: state.spec,
-            in_force: state.problem.is_none(),
-            problem: state.problem,
-        }
-    }
 }
 
 /// Sets an override for one identity on every instance (each rereads them

@@ -1,0 +1,139 @@
+//! Where Redis is (one server, Sentinel, Cluster) and how it is called:
+//! the REDIS_* settings.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use super::env::{bounded_integer, is_hostname, parse_addresses, Env};
+use super::ConfigError;
+
+/// Where Redis is: one server, a Sentinel-monitored master, or a Cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTopology {
+    /// A `redis://` URL; built from REDIS_HOST/PORT/PASSWORD/DB when REDIS_URL is unset.
+    Single { url: String },
+    /// Ask these sentinels for the master of `master`, and follow failovers.
+    Sentinel {
+        sentinels: Vec<(String, u16)>,
+        master: String,
+        password: Option<String>,
+        sentinel_password: Option<String>,
+        db: i64,
+    },
+    /// A Redis Cluster reached through any of these seed nodes.
+    Cluster {
+        nodes: Vec<(String, u16)>,
+        password: Option<String>,
+    },
+}
+
+impl RedisTopology {
+    pub fn name(&self) -> &'static str {
+        match self {
+            RedisTopology::Single { .. } => "single",
+            RedisTopology::Sentinel { .. } => "sentinel",
+            RedisTopology::Cluster { .. } => "cluster",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    pub topology: RedisTopology,
+    /// How many multiplexed connections each worker thread keeps open.
+    pub pool_size: u32,
+    /// The bound on every Redis call, connection checkout included.
+    pub timeout: Duration,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker answers at once before probing Redis again.
+    pub breaker_cooldown: Duration,
+}
+
+impl RedisSettings {
+    /// One server at `url`, the defaults otherwise (tests and tools).
+    pub fn single(url: impl Into<String>, timeout: Duration) -> Self {
+        RedisSettings {
+            topology: RedisTopology::Single { url: url.into() },
+            pool_size: 1,
+            timeout,
+            breaker_failures: 3,
+            breaker_cooldown: Duration::from_millis(500),
+        }
+    }
+}
+
+pub(super) fn redis_topology(env: &Env<'_>) -> Result<RedisTopology, ConfigError> {
+    let sentinels = env.parse_with("REDIS_SENTINELS", None, |v| parse_addresses(v).map(Some))?;
+    let cluster = env.parse_with("REDIS_CLUSTER_NODES", None, |v| {
+        parse_addresses(v).map(Some)
+    })?;
+    let password = env.get("REDIS_PASSWORD");
+    match (sentinels, cluster) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            "REDIS_CLUSTER_NODES",
+            &env.get("REDIS_CLUSTER_NODES").unwrap_or_default(),
+            "set either REDIS_SENTINELS or REDIS_CLUSTER_NODES, not both",
+        )),
+        (Some(sentinels), None) => Ok(RedisTopology::Sentinel {
+            sentinels,
+            master: env
+                .get("REDIS_SENTINEL_MASTER")
+                .unwrap_or_else(|| "mymaster".into()),
+            password,
+            sentinel_password: env.get("REDIS_SENTINEL_PASSWORD"),
+            db: env.parse_with("REDIS_DB", 0, |v| {
+                bounded_integer(v, 0, 1_000_000).map(|n| n as i64)
+            })?,
+        }),
+        (None, Some(nodes)) => Ok(RedisTopology::Cluster { nodes, password }),
+        (None, None) => Ok(RedisTopology::Single {
+            url: redis_url(env)?,
+        }),
+    }
+}
+
+/// REDIS_URL wins; otherwise the URL is built from its parts, with the
+/// password percent-encoded so any character in it survives.
+fn redis_url(env: &Env<'_>) -> Result<String, ConfigError> {
+    if let Some(url) = env.get("REDIS_URL") {
+        let parsed = redis::parse_redis_url(&url);
+        let scheme_ok = matches!(
+            parsed.as_ref().map(|u| u.scheme()),
+            Some("redis") | Some("redis+unix") | Some("unix")
+        );
+        if !scheme_ok {
+            return Err(ConfigError::new(
+                "REDIS_URL",
+                &url,
+                "expected a URL such as redis://[:password@]host:port[/db]",
+            ));
+        }
+        return Ok(url);
+    }
+    let host = env.parse_with("REDIS_HOST", "127.0.0.1".to_owned(), |v| {
+        if v.parse::<IpAddr>().is_ok() || is_hostname(v) {
+            Ok(v.to_owned())
+        } else {
+            Err("expected an IP address or a host name".into())
+        }
+    })?;
+    let port = env.parse_with("REDIS_PORT", 6379u16, |v| {
+        bounded_integer(v, 1, 65535).map(|n| n as u16)
+    })?;
+    let db = env.parse_with("REDIS_DB", 0u32, |v| {
+        bounded_integer(v, 0, 1_000_000).map(|n| n as u32)
+    })?;
+    let host = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => host,
+    };
+    let auth = match env.get("REDIS_PASSWORD") {
+        Some(password) => format!(
+            ":{}@",
+            percent_encoding::utf8_percent_encode(&password, percent_encoding::NON_ALPHANUMERIC)
+        ),
+        None => String::new(),
+    };
+    Ok(format!("redis://{auth}{host}:{port}/{db}"))
+}

@@ -1,0 +1,150 @@
+//! The key layout: where each counter, the overrides and the reset log live
+//! in Redis, and the encoding that keeps every subject inside its hash tag.
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+use crate::limiter::{Algorithm, Entry, Policy};
+
+/// Characters kept as they are in a key; everything else is percent-encoded.
+/// `{` and `}` must go (they would move the Cluster hash tag), `:` must go
+/// (it separates the parts of a key), and `%` must go so that the encoding
+/// is unambiguous: two different identifiers never share a key.
+const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'@');
+
+/// The Redis key of one identity's counter under one policy:
+/// `rate:{<strategy>:<id>}:<window>` for the built-in fixed-window policies
+/// (`user` and `ip`), and `rate:{<strategy>:<id>}:<window>:<algorithm>:<policy>`
+/// for every other. The window is in seconds (or `<n>ms` when it is not a
+/// whole number of seconds). Everything inside the braces is the Cluster
+/// hash tag, so all keys of one identity share a slot and one script may
+/// touch them all. The algorithm is part of the name because each stores a
+/// different shape of value.
+pub fn counter_key(subject: &Entry, policy: &Policy) -> String {
+    let window_ms = policy.window.as_millis();
+    let window = if window_ms.is_multiple_of(1000) {
+        (window_ms / 1000).to_string()
+    } else {
+        format!("{window_ms}ms")
+    };
+    let mut key = format!(
+        "rate:{{{}:{}}}:{}",
+        utf8_percent_encode(&subject.0, KEY_SAFE),
+        utf8_percent_encode(&subject.1, KEY_SAFE),
+        window
+    );
+    let builtin = policy.algorithm == Algorithm::FixedWindow && policy.name == subject.0;
+    if !builtin {
+        key.push(':');
+        key.push_str(policy.algorithm.as_str());
+        key.push(':');
+        key.push_str(&policy.name);
+    }
+    key
+}
+
+/// The hash of the overrides set through the admin API, shared by every
+/// instance: field `<strategy>:<id>`, value the override as JSON. It never
+/// expires; an override's own `until` ends it.
+pub const OVERRIDES_KEY: &str = "rate:overrides";
+
+/// The log of admin resets (see `lua/publish_reset.lua`): one hash tag, one
+/// Cluster slot.
+pub const RESET_KEYS: [&str; 3] = [
+    "rate:{admin}:resets",
+    "rate:{admin}:resets:seq",
+    "rate:{admin}:resets:trimmed",
+];
+
+/// Resets remembered for instances that fall behind; one that misses more
+/// clears its whole deny cache instead.
+pub(super) const RESET_LOG_ENTRIES: u32 = 10_000;
+
+/// How long the reset log outlives its last write.
+pub(super) const RESET_LOG_TTL_MS: u64 = 7 * 24 * 3600 * 1000;
+
+/// The hash tag of a key: what its braces hold.
+pub(super) fn hash_tag(key: &str) -> Option<&str> {
+    let start = key.find('{')? + 1;
+    let end = start + key[start..].find('}')?;
+    Some(&key[start..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+    use std::time::Duration;
+
+    fn user(id: impl Into<String>) -> Entry {
+        ("user".into(), id.into())
+    }
+
+    fn ip(addr: std::net::IpAddr) -> Entry {
+        ("ip".into(), Identity::ip(addr).id)
+    }
+    use std::num::NonZeroU32;
+
+    fn policy(window: Duration) -> Policy {
+        Policy::new(
+            "user",
+            Algorithm::FixedWindow,
+            NonZeroU32::new(5).unwrap(),
+            window,
+            1,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn keys_carry_one_hash_tag_per_identity() {
+        let key = counter_key(&user("abc"), &policy(Duration::from_secs(60)));
+        assert_eq!(key, "rate:{user:abc}:60");
+        let mut ip_policy = policy(Duration::from_millis(1500));
+        ip_policy.name = "ip".into();
+        let key = counter_key(&ip("::1".parse().unwrap()), &ip_policy);
+        assert_eq!(key, "rate:{ip:%3A%3A1}:1500ms");
+    }
+
+    #[test]
+    fn hostile_identifiers_cannot_escape_the_hash_tag() {
+        for id in ["a}b", "{x}", "a:b", "*", "%7D", "ключ", "a b"] {
+            let key = counter_key(&user(id), &policy(Duration::from_secs(60)));
+            let inner = key
+                .strip_prefix("rate:{")
+                .and_then(|k| k.strip_suffix("}:60"))
+                .unwrap();
+            assert!(!inner.contains(['{', '}']), "{key}");
+            assert_eq!(inner.matches(':').count(), 1, "{key}");
+        }
+        let a = counter_key(&user("%7D"), &policy(Duration::from_secs(60)));
+        let b = counter_key(&user("}"), &policy(Duration::from_secs(60)));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn other_policies_name_their_algorithm_and_policy() {
+        let p = Policy::new(
+            "burst",
+            Algorithm::TokenBucket,
+            NonZeroU32::new(5).unwrap(),
+            Duration::from_secs(1),
+            1,
+        )
+        .unwrap();
+        assert_eq!(
+            counter_key(&user("k"), &p),
+            "rate:{user:k}:1:token_bucket:burst"
+        );
+        // The built-in name on the other strategy is not the built-in key.
+        let user = policy(Duration::from_secs(60));
+        assert_eq!(
+            counter_key(&ip("10.0.0.1".parse().unwrap()), &user),
+            "rate:{ip:10.0.0.1}:60:fixed_window:user"
+        );
+    }
+}

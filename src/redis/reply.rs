@@ -1,0 +1,53 @@
+//! Redis replies and errors, mapped onto the limiter's terms.
+
+use std::time::Duration;
+
+use redis::RedisError;
+
+use super::pool;
+use crate::limiter::{Quota, StoreError, StoreReply};
+
+pub(super) fn parse_reply(reply: &[i64], policies: usize) -> Result<StoreReply, StoreError> {
+    if reply.len() != 2 + 5 * policies {
+        return Err(StoreError::Script(format!(
+            "check.lua returned {} values for {policies} policies, expected {}",
+            reply.len(),
+            2 + 5 * policies
+        )));
+    }
+    let non_negative = |v: i64| v.max(0) as u64;
+    let now_ms = non_negative(reply[1]);
+    let quotas = reply[2..]
+        .chunks_exact(5)
+        .map(|q| Quota {
+            allowed: q[0] == 1,
+            limit: non_negative(q[1]) as u32,
+            remaining: non_negative(q[2]).min(u64::from(u32::MAX)) as u32,
+            reset: Duration::from_millis(non_negative(q[3])),
+            retry_after: Duration::from_millis(non_negative(q[4])),
+            now_ms,
+        })
+        .collect();
+    Ok(StoreReply {
+        allowed: reply[0] == 1,
+        quotas,
+    })
+}
+
+pub(super) fn map_error(err: &RedisError) -> StoreError {
+    if err.is_timeout() {
+        StoreError::Timeout(Duration::ZERO)
+    } else if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
+        StoreError::Connection(err.to_string())
+    } else if matches!(
+        err.kind(),
+        redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+            | redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError)
+    ) {
+        StoreError::Script(err.to_string())
+    } else if pool::breaks_connection(err) {
+        StoreError::Connection(err.to_string())
+    } else {
+        StoreError::Other(err.to_string())
+    }
+}

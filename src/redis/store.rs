@@ -1,0 +1,219 @@
+//! The [`Store`] the limiter asks, on Redis: checks through the one script,
+//! resets, the shared overrides and the reset log, and the health ping.
+
+use std::time::{Duration, Instant};
+
+use super::keys::{
+    counter_key, hash_tag, OVERRIDES_KEY, RESET_KEYS, RESET_LOG_ENTRIES, RESET_LOG_TTL_MS,
+};
+use super::{script_policy, scripts, RedisStore, ScriptPolicy};
+use crate::limiter::{Counter, Entry, RawOverride, ResetLog, Store, StoreError, StoreReply};
+
+impl Store for RedisStore {
+    /// One script call for every counter, except on a Cluster when the
+    /// counters have several subjects (a request of an API key that is also
+    /// limited per client IP): each subject's keys live in their own slot,
+    /// so each subject's counters run in their own call, in the request's
+    /// order. Then a subject that allowed stays charged when a later one
+    /// denies (for the HTTP front end: one request counted against the
+    /// client IP, whose descriptors come first), and once one denies the
+    /// rest are only read. Within each subject the check stays atomic and
+    /// all-or-nothing.
+    async fn check(&self, counters: &[Counter<'_>]) -> Result<StoreReply, StoreError> {
+        let policies: Vec<ScriptPolicy> = counters.iter().map(script_policy).collect();
+        let first = counters.first().map(|c| c.subject);
+        let split = self.cluster && counters.iter().any(|c| Some(c.subject) != first);
+        if !split {
+            return self.run_check(&policies, None).await;
+        }
+        let mut subjects: Vec<&Entry> = Vec::new();
+        for counter in counters {
+            if !subjects.contains(&counter.subject) {
+                subjects.push(counter.subject);
+            }
+        }
+        let mut quotas = vec![None; policies.len()];
+        let mut allowed = true;
+        for subject in subjects {
+            let (indices, mut group): (Vec<usize>, Vec<ScriptPolicy>) = counters
+                .iter()
+                .zip(&policies)
+                .enumerate()
+                .filter(|(_, (c, _))| c.subject == subject)
+                .map(|(i, (_, p))| (i, p.clone()))
+                .unzip();
+            if !allowed {
+                // Already denied: read the rest without charging it.
+                group.iter_mut().for_each(|p| p.cost = 0);
+            }
+            let reply = self.run_check(&group, None).await?;
+            allowed &= reply.allowed;
+            for (i, quota) in indices.into_iter().zip(reply.quotas) {
+                quotas[i] = Some(quota);
+            }
+        }
+        Ok(StoreReply {
+            allowed,
+            quotas: quotas.into_iter().flatten().collect(),
+        })
+    }
+
+    async fn reset(&self, counters: &[Counter<'_>]) -> Result<u64, StoreError> {
+        let mut keys: Vec<String> = counters
+            .iter()
+            .map(|c| counter_key(c.subject, c.policy))
+            .collect();
+        keys.sort();
+        keys.dedup();
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let deadline = Instant::now() + self.timeout;
+        // One DEL per subject: a subject's keys share a hash tag, so each is
+        // a single-slot command on a Cluster too.
+        let mut deleted = 0;
+        let mut tags: Vec<&str> = keys.iter().filter_map(|k| hash_tag(k)).collect();
+        tags.dedup();
+        for tag in tags {
+            let group: Vec<&String> = keys.iter().filter(|k| hash_tag(k) == Some(tag)).collect();
+            deleted += self
+                .call(deadline, false, |mut conn| async move {
+                    redis::cmd("DEL")
+                        .arg(&group)
+                        .query_async::<u64>(&mut conn)
+                        .await
+                })
+                .await?;
+        }
+        Ok(deleted)
+    }
+
+    async fn load_overrides(&self) -> Result<Vec<RawOverride>, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        // Raw bytes: a field or value that is not UTF-8 is the limiter's to
+        // skip, not a failed call.
+        self.call(deadline, false, |mut conn| async move {
+            redis::cmd("HGETALL")
+                .arg(OVERRIDES_KEY)
+                .query_async::<Vec<(Vec<u8>, Vec<u8>)>>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn delete_override_if(&self, key: &[u8], json: &[u8]) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        self.call(deadline, false, |mut conn| async move {
+            scripts::DELETE_IF
+                .key(OVERRIDES_KEY)
+                .arg(key)
+                .arg(json)
+                .invoke_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|n| n > 0)
+    }
+
+    async fn publish_reset(&self, key: &str) -> Result<(), StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        self.call(deadline, false, |mut conn| async move {
+            scripts::PUBLISH_RESET
+                .key(&RESET_KEYS[..])
+                .arg(key)
+                .arg(RESET_LOG_ENTRIES)
+                .arg(RESET_LOG_TTL_MS)
+                .invoke_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn resets_since(&self, after: u64) -> Result<ResetLog, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        let (latest, trimmed, keys) = self
+            .call(deadline, false, |mut conn| async move {
+                scripts::RESETS_SINCE
+                    .key(&RESET_KEYS[..])
+                    .arg(after)
+                    .invoke_async::<(u64, u64, Vec<Vec<u8>>)>(&mut conn)
+                    .await
+            })
+            .await?;
+        Ok(ResetLog {
+            latest,
+            keys,
+            complete: after >= trimmed,
+        })
+    }
+
+    async fn save_override(&self, key: &str, json: &str) -> Result<(), StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        self.call(deadline, false, |mut conn| async move {
+            redis::cmd("HSET")
+                .arg(OVERRIDES_KEY)
+                .arg(key)
+                .arg(json)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn delete_override(&self, key: &str) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        self.call(deadline, false, |mut conn| async move {
+            redis::cmd("HDEL")
+                .arg(OVERRIDES_KEY)
+                .arg(key)
+                .query_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|n| n > 0)
+    }
+
+    /// PING on a Cluster (every node); ROLE elsewhere, because a demoted
+    /// master still answers PING but can take no write: a server that is not
+    /// a master is reported (and its connection replaced).
+    async fn ping(&self) -> Result<Duration, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        let started = Instant::now();
+        let cluster = self.cluster;
+        let role = self
+            .call(deadline, false, |mut conn| async move {
+                if cluster {
+                    redis::cmd("PING").query_async::<()>(&mut conn).await?;
+                    return Ok(None);
+                }
+                let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut conn).await?;
+                let role = match role.first() {
+                    Some(redis::Value::BulkString(bytes)) => {
+                        String::from_utf8_lossy(bytes).into_owned()
+                    }
+                    Some(redis::Value::SimpleString(s)) => s.clone(),
+                    _ => String::new(),
+                };
+                if role != "master" {
+                    // Reported through the error path, so the connection is
+                    // marked broken and the next one asks the sentinels.
+                    return Err(redis::RedisError::from((
+                        redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+                        "connected to a server that is not a master",
+                        role,
+                    )));
+                }
+                Ok(Some(role))
+            })
+            .await;
+        match role {
+            Ok(_) => {
+                // Redis answers: requests need not wait for the next probe.
+                self.breaker.record_success();
+                Ok(started.elapsed())
+            }
+            Err(err) => Err(err),
+        }
+    }
+}
