@@ -27,6 +27,19 @@ impl Strategy {
     }
 }
 
+/// The one parser of strategy names (rules file, admin API, stored
+/// overrides).
+impl std::str::FromStr for Strategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "user" => Ok(Strategy::User),
+            "ip" => Ok(Strategy::Ip),
+            other => Err(format!("expected \"user\" or \"ip\", not {other:?}")),
+        }
+    }
+}
+
 impl fmt::Display for Strategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -53,6 +66,23 @@ impl Identity {
         Identity {
             strategy: Strategy::Ip,
             id: canonical_ip(ip).to_string(),
+        }
+    }
+
+    /// The identity named by a strategy and an identifier as an operator
+    /// writes them (rules file, admin API): an API key that is not empty and
+    /// has no control characters, or an IP address (in canonical form).
+    pub fn parse(strategy: Strategy, id: &str) -> Result<Self, IdentityParseError> {
+        match strategy {
+            Strategy::User if id.is_empty() => Err(IdentityParseError::EmptyKey),
+            Strategy::User if id.chars().any(char::is_control) => {
+                Err(IdentityParseError::ControlCharacters)
+            }
+            Strategy::User => Ok(Identity::user(id)),
+            Strategy::Ip => id
+                .parse::<IpAddr>()
+                .map(Identity::ip)
+                .map_err(|_| IdentityParseError::NotAnIp),
         }
     }
 
@@ -102,6 +132,17 @@ impl Caller {
             client_ip,
         }
     }
+}
+
+/// Why a strategy and an identifier name no identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityParseError {
+    #[error("must not be empty")]
+    EmptyKey,
+    #[error("must not contain control characters")]
+    ControlCharacters,
+    #[error("must be an IP address for strategy \"ip\"")]
+    NotAnIp,
 }
 
 /// Why a request carries no usable identity. Each is the caller's fault and

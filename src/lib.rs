@@ -3,19 +3,41 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: typed settings from the environment and `.env`; a bad value
-//!   stops the start with a line naming the setting.
+//! Each module uses only those listed above it (no cycles).
+//!
+//! - [`policy`]: what a limit is: the algorithms, a [`policy::Policy`]
+//!   (limit, window, cost), the quota a store reports, the failure modes and
+//!   the one duration parser. Uses nothing else.
 //! - [`identity`]: who is calling: `X-API-Key` (strategy `user`) or the client
 //!   IP (strategy `ip`), forwarding headers only from trusted proxies.
-//! - [`limiter`]: policies, quotas and decisions, and the [`limiter::Store`]
-//!   trait. Knows neither HTTP nor Redis. [`limiter::rules`]: which policies
-//!   apply to whom (built-in, or a TOML rules file with overrides).
-//! - [`redis`]: the only code that talks to Redis: the pool of multiplexed
-//!   connections, the Lua scripts of `lua/`, the key layout, error mapping.
-//! - [`http`]: routes, the rate-limit middleware, JSON errors, OpenAPI,
-//!   Swagger UI and ReDoc. Never builds a Redis command.
-//! - [`reload`]: hot reload of the rules file on SIGHUP and on change.
 //! - [`telemetry`]: the Prometheus metrics of one running application.
+//! - [`config`]: typed settings from the environment and `.env`; a bad value
+//!   stops the start with a line naming the setting. `config::env` holds the
+//!   shared parsers, `config::topology` the Redis settings.
+//! - [`limiter`]: the core, backend- and protocol-neutral: check requests
+//!   ([`limiter::request`]: a domain, descriptors of key/value entries) in,
+//!   decisions ([`limiter::decision`]) out. [`limiter::rules`]: a rule tree
+//!   per domain (`tree`), the TOML rules file (`file`) and the built-in
+//!   limits compiled to the `http` domain (`http`, which also builds an HTTP
+//!   caller's check request). [`limiter::store`]: the `Store` trait the
+//!   Redis layer implements. [`limiter::admin`]: resets, admin overrides and
+//!   the per-second refresh that shares them across instances.
+//!   [`limiter::deny_cache`]: denials answered without Redis.
+//!   [`limiter::local`]: the `local` failure mode. [`limiter::overrides`]:
+//!   the override format.
+//! - [`redis`]: the only code that talks to Redis: the pools of multiplexed
+//!   connections (`pool`), the circuit breaker (`breaker`), Sentinel
+//!   failover (`sentinel`), the Lua scripts of `lua/` (`scripts`), the key
+//!   layout ([`redis::keys`]), replies and errors (`reply`), and the
+//!   `Store` implementation (`store`).
+//! - [`app`]: what a running service shares: the limiter over Redis, the
+//!   caller identification, the settings handlers read.
+//! - [`reload`]: hot reload of the rules file on SIGHUP and on change.
+//! - [`http`]: the HTTP front end: routes, the rate-limit middleware
+//!   (`ratelimit`), bodies read within a deadline (`body`), the access log
+//!   and request ids (`access`), the admin API (`admin`), JSON errors
+//!   (`errors`), OpenAPI, Swagger UI and ReDoc (`docs`). Never builds a
+//!   Redis command.
 //! - [`startup`]: all the wiring; `main` and the tests start the service
 //!   through [`startup::Application`].
 

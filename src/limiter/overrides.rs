@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::request::Entry;
 use super::rules::OverrideAction;
-use crate::identity::Identity;
+use crate::identity::{Identity, Strategy};
 use crate::policy::parse_window;
 
 /// How stale an instance's copy of the overrides may be.
@@ -114,10 +114,8 @@ pub fn storage_key(subject: &Entry) -> String {
 /// (`user` or `ip`).
 pub fn subject_of(key: &str) -> Option<Entry> {
     let (strategy, id) = key.split_once(':')?;
-    match strategy {
-        "user" | "ip" => Some((strategy.to_owned(), id.to_owned())),
-        _ => None,
-    }
+    let strategy: Strategy = strategy.parse().ok()?;
+    Some((strategy.as_str().to_owned(), id.to_owned()))
 }
 
 /// A subject as it may appear in a log line (API keys redacted).

@@ -5,8 +5,6 @@
 //! change writes one audit log line (target `audit`): who, what, when;
 //! never the token, never a full API key.
 
-use std::net::IpAddr;
-
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
@@ -21,7 +19,7 @@ pub use types::{IdentityPath, IdentityReport, OverrideEntry, ResetReport, Strate
 use super::routes::policy_statuses;
 use super::{app_state, not_allowed, AppState};
 use crate::http::errors::{ApiError, ErrorBody};
-use crate::identity::{Caller, Identity};
+use crate::identity::{Caller, Identity, IdentityParseError, Strategy};
 use crate::limiter::overrides::OverrideSpec;
 use crate::limiter::{rules, AdminError, CheckRequest, Entry, OverrideState, Route, Standing};
 
@@ -88,23 +86,17 @@ fn limited_request(state: &AppState, identity: &Identity) -> CheckRequest {
 
 /// The identity named by `{strategy}/{id}` in a path.
 fn identity(strategy: &str, id: &str) -> Result<Identity, ApiError> {
-    match strategy {
-        // As for X-API-Key: no key with a control character can exist.
-        "user" if id.chars().any(char::is_control) => Err(ApiError::BadRequest(
-            "the identifier contains control characters".into(),
-        )),
-        "user" if !id.is_empty() => Ok(Identity::user(id)),
+    let strategy: Strategy = strategy
+        .parse()
+        .map_err(|e| ApiError::BadRequest(format!("unknown strategy: {e}")))?;
+    Identity::parse(strategy, id).map_err(|err| match err {
         // A valid path (the schema cannot tie the id's form to the
         // strategy) that names no identity: there is no such resource.
-        "ip" => id
-            .parse::<IpAddr>()
-            .map(Identity::ip)
-            .map_err(|_| ApiError::NoSuchIdentity(format!("{id:?} is not an IP address"))),
-        "user" => Err(ApiError::BadRequest("empty identifier".into())),
-        other => Err(ApiError::BadRequest(format!(
-            "unknown strategy {other:?}: use user or ip"
-        ))),
-    }
+        IdentityParseError::NotAnIp => {
+            ApiError::NoSuchIdentity(format!("{id:?} is not an IP address"))
+        }
+        other => ApiError::BadRequest(format!("the identifier {other}")),
+    })
 }
 
 fn audit(action: &str, identity: &Identity, detail: &str) {

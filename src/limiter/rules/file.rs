@@ -3,7 +3,6 @@
 //! override) and the key.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -208,18 +207,9 @@ impl Parser<'_> {
                 .strategy("strategy")?
                 .ok_or_else(|| field.missing("strategy"))?;
             let raw_id = field.string("id")?.ok_or_else(|| field.missing("id"))?;
-            let id = match strategy {
-                Strategy::User if raw_id.is_empty() => {
-                    return Err(field.bad("id", "must not be empty"))
-                }
-                Strategy::User => raw_id.to_owned(),
-                Strategy::Ip => {
-                    Identity::ip(raw_id.parse::<IpAddr>().map_err(|_| {
-                        field.bad("id", "must be an IP address for strategy \"ip\"")
-                    })?)
-                    .id
-                }
-            };
+            let id = Identity::parse(strategy, raw_id)
+                .map_err(|err| field.bad("id", err.to_string()))?
+                .id;
             let unlimited = field.boolean("unlimited")?.unwrap_or(false);
             let blocked = field.boolean("blocked")?.unwrap_or(false);
             let limit = field.limit("limit")?;
@@ -335,13 +325,8 @@ impl Field<'_> {
     }
 
     fn strategy(&self, key: &str) -> Result<Option<Strategy>, RulesError> {
-        match self.string(key)? {
-            None => Ok(None),
-            Some("user") => Ok(Some(Strategy::User)),
-            Some("ip") => Ok(Some(Strategy::Ip)),
-            Some(other) => {
-                Err(self.bad(key, format!("expected \"user\" or \"ip\", not {other:?}")))
-            }
-        }
+        self.string(key)?
+            .map(|text| text.parse().map_err(|e: String| self.bad(key, e)))
+            .transpose()
     }
 }
