@@ -97,22 +97,47 @@ impl fmt::Display for Algorithm {
 /// ms) above this would lose exactness.
 pub const MAX_LIMIT_TIMES_WINDOW_MS: u128 = 1 << 53;
 
+/// Why a policy cannot be one; [`PolicyError::key`] names the setting or
+/// rules-file key at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("policy name {0:?}: use 1 to 64 letters, digits, '_' or '-'")]
+    Name(String),
+    #[error("the window must be a whole number of milliseconds, at least 1")]
+    Window,
+    #[error("cost {cost} is above the limit {limit}: no request could ever be allowed")]
+    CostAboveLimit { cost: u32, limit: NonZeroU32 },
+    #[error("limit × window in ms must stay below 2^53 (limit {limit}, window {window_ms} ms)")]
+    TooLarge { limit: NonZeroU32, window_ms: u128 },
+}
+
+impl PolicyError {
+    /// The key of a policy that is wrong.
+    pub fn key(&self) -> &'static str {
+        match self {
+            PolicyError::Name(_) => "name",
+            PolicyError::Window => "window",
+            PolicyError::CostAboveLimit { .. } => "cost",
+            PolicyError::TooLarge { .. } => "limit",
+        }
+    }
+}
+
 /// One limit: `limit` units per `window`, counted by `algorithm`; each
 /// request takes `cost` units. `NonZeroU32` makes a zero limit
 /// unrepresentable; [`Policy::new`] checks the rest.
 #[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// The fields are private: every policy is made by [`Policy::new`] (or
+/// changed by [`Policy::with_limit`]), so every one the scripts see is valid.
 pub struct Policy {
-    pub name: String,
-    pub algorithm: Algorithm,
-    pub limit: NonZeroU32,
-    pub window: Duration,
-    pub cost: u32,
-    /// Checked and counted, never enforced: a denial is reported (header,
-    /// metrics) and the request goes through.
-    pub shadow: bool,
-    /// Counted per client IP for every request, with or without an API key
-    /// (rules file `per = "client_ip"`, RATE_LIMIT_IP_EVERY_REQUEST).
-    pub per_client_ip: bool,
+    name: String,
+    algorithm: Algorithm,
+    limit: NonZeroU32,
+    window: Duration,
+    cost: u32,
+    shadow: bool,
+    per_client_ip: bool,
 }
 
 impl Policy {
@@ -123,7 +148,7 @@ impl Policy {
         limit: NonZeroU32,
         window: Duration,
         cost: u32,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PolicyError> {
         let name = name.into();
         if name.is_empty()
             || name.len() > 64
@@ -131,23 +156,19 @@ impl Policy {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(format!(
-                "policy name {name:?}: use 1 to 64 letters, digits, '_' or '-'"
-            ));
+            return Err(PolicyError::Name(name));
         }
         if window.as_millis() == 0 || !window.subsec_nanos().is_multiple_of(1_000_000) {
-            return Err("the window must be a whole number of milliseconds, at least 1".into());
+            return Err(PolicyError::Window);
         }
         if cost > limit.get() {
-            return Err(format!(
-                "cost {cost} is above the limit {limit}: no request could ever be allowed"
-            ));
+            return Err(PolicyError::CostAboveLimit { cost, limit });
         }
         if u128::from(limit.get()) * window.as_millis() >= MAX_LIMIT_TIMES_WINDOW_MS {
-            return Err(format!(
-                "limit × window in ms must stay below 2^53 (limit {limit}, window {} ms)",
-                window.as_millis()
-            ));
+            return Err(PolicyError::TooLarge {
+                limit,
+                window_ms: window.as_millis(),
+            });
         }
         Ok(Policy {
             name,
@@ -158,6 +179,62 @@ impl Policy {
             shadow: false,
             per_client_ip: false,
         })
+    }
+
+    /// The same policy, in shadow mode or not.
+    pub fn with_shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// The same policy, counted per client IP or per caller.
+    pub fn with_per_client_ip(mut self, per_client_ip: bool) -> Self {
+        self.per_client_ip = per_client_ip;
+        self
+    }
+
+    /// The same policy with another limit and window (an override), or why
+    /// that would not be a valid policy.
+    pub fn with_limit(&self, limit: NonZeroU32, window: Duration) -> Result<Self, PolicyError> {
+        Ok(
+            Policy::new(self.name.clone(), self.algorithm, limit, window, self.cost)?
+                .with_shadow(self.shadow)
+                .with_per_client_ip(self.per_client_ip),
+        )
+    }
+
+    /// Unique within a rules file; part of the Redis key.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    pub fn limit(&self) -> NonZeroU32 {
+        self.limit
+    }
+
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    /// Units each hit takes.
+    pub fn cost(&self) -> u32 {
+        self.cost
+    }
+
+    /// Checked and counted, never enforced: a denial is reported (header,
+    /// metrics) and the request goes through.
+    pub fn shadow(&self) -> bool {
+        self.shadow
+    }
+
+    /// Counted per client IP for every request, with or without an API key
+    /// (rules file `per = "client_ip"`, RATE_LIMIT_IP_EVERY_REQUEST).
+    pub fn per_client_ip(&self) -> bool {
+        self.per_client_ip
     }
 
     pub fn window_ms(&self) -> u64 {

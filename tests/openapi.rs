@@ -39,7 +39,9 @@ async fn run_schemathesis(base: String, admin: bool) {
             .args(["--max-examples", "40"])
             // Fixed: a CI run checks the same cases every time.
             .args(["--seed", "20261128"])
-            .args(["--workers", "2"])
+            // One worker: with two threads CPython 3.11 sometimes fails inside
+            // Schemathesis itself ("AST constructor recursion depth mismatch").
+            .args(["--workers", "1"])
             // No examples remembered between runs: each run is the same.
             .args(["--generation-database", "none"])
             .arg("--no-shrink")

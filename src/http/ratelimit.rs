@@ -95,11 +95,12 @@ pub fn insert_quota_headers(headers: &mut HeaderMap, outcome: &Outcome) {
         }
         // Policy names are restricted to [A-Za-z0-9_-], so they need no
         // escaping inside an sf-string. w: whole seconds, at least 1.
-        let window = policy.window.as_millis().div_ceil(1000).max(1);
+        let window = policy.window().as_millis().div_ceil(1000).max(1);
         let _ = write!(
             policy_field,
             "\"{}\";q={};w={window}",
-            policy.name, policy.limit
+            policy.name(),
+            policy.limit()
         );
         // t: seconds until more quota: when this policy denies, until it
         // allows again; otherwise until it is full again.
@@ -111,7 +112,8 @@ pub fn insert_quota_headers(headers: &mut HeaderMap, outcome: &Outcome) {
         let _ = write!(
             state_field,
             "\"{}\";r={};t={more}",
-            policy.name, quota.remaining
+            policy.name(),
+            quota.remaining
         );
     }
     if let Ok(value) = HeaderValue::from_str(&policy_field) {
@@ -160,7 +162,7 @@ fn record<'a>(
         any = true;
         metrics
             .decisions
-            .with_label_values(&[strategy, &policy.name, decision])
+            .with_label_values(&[strategy, policy.name(), decision])
             .inc();
     }
     if !any {
@@ -208,8 +210,8 @@ pub async fn rate_limit(
             let shadow_denied: Vec<&str> = outcome
                 .quotas
                 .iter()
-                .filter(|(p, q)| p.shadow && !q.allowed)
-                .map(|(p, _)| p.name.as_str())
+                .filter(|(p, q)| p.shadow() && !q.allowed)
+                .map(|(p, _)| p.name())
                 .collect();
             let label = if shadow_denied.is_empty() {
                 "allowed"
@@ -228,7 +230,7 @@ pub async fn rate_limit(
                 if quota.allowed && u64::from(quota.remaining) * 5 < u64::from(quota.limit) {
                     metrics
                         .near_limit
-                        .with_label_values(&[strategy, &policy.name])
+                        .with_label_values(&[strategy, policy.name()])
                         .inc();
                 }
             }
@@ -350,7 +352,7 @@ fn mark_degraded(
 fn enforced_limit(policies: &[Arc<Policy>]) -> Option<u32> {
     policies
         .iter()
-        .filter(|p| !p.shadow)
-        .map(|p| p.limit.get())
+        .filter(|p| !p.shadow())
+        .map(|p| p.limit().get())
         .min()
 }

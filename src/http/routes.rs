@@ -170,7 +170,7 @@ pub async fn rate_limit_status(
         body.limit = Some(quota.limit);
         body.remaining = Some(quota.remaining);
         body.reset = Some(quota.reset_at_unix());
-        body.window = Some(policy.window.as_millis().div_ceil(1000) as u64);
+        body.window = Some(policy.window().as_millis().div_ceil(1000) as u64);
         body.policies = policy_statuses(&outcome);
     }
     Ok(HttpResponse::Ok().json(body))
@@ -182,12 +182,12 @@ pub fn policy_statuses(outcome: &Outcome) -> Vec<PolicyStatus> {
         .quotas
         .iter()
         .map(|(policy, quota)| PolicyStatus {
-            name: policy.name.clone(),
-            algorithm: policy.algorithm.as_str(),
+            name: policy.name().to_owned(),
+            algorithm: policy.algorithm().as_str(),
             limit: quota.limit,
-            window: policy.window.as_secs_f64(),
-            cost: policy.cost,
-            shadow: policy.shadow,
+            window: policy.window().as_secs_f64(),
+            cost: policy.cost(),
+            shadow: policy.shadow(),
             remaining: quota.remaining,
             reset: quota.reset_at_unix(),
         })

@@ -35,12 +35,12 @@ impl Outcome {
         allowed: bool,
     ) -> Self {
         let quotas: Vec<(Arc<Policy>, Quota)> = policies.into_iter().zip(quotas).collect();
-        let any_enforced = quotas.iter().any(|(p, _)| !p.shadow);
+        let any_enforced = quotas.iter().any(|(p, _)| !p.shadow());
         let candidates = || {
             quotas
                 .iter()
                 .enumerate()
-                .filter(move |(_, (p, _))| !any_enforced || !p.shadow)
+                .filter(move |(_, (p, _))| !any_enforced || !p.shadow())
         };
         let mut reported = candidates().next().map_or(0, |(i, _)| i);
         for (i, (_, q)) in candidates() {
@@ -73,7 +73,7 @@ impl Outcome {
         let mut out: Vec<Option<(bool, Quota)>> = vec![None; count];
         for ((policy, quota), &d) in self.quotas.iter().zip(&self.descriptors) {
             let Some(slot) = out.get_mut(d) else { continue };
-            let denies = !quota.allowed && !policy.shadow;
+            let denies = !quota.allowed && !policy.shadow();
             *slot = Some(match *slot {
                 None => (!denies, *quota),
                 Some((allowed, best)) => {
@@ -97,14 +97,14 @@ impl Outcome {
 
     /// The reported policy if it is enforced: what `X-RateLimit-*` shows.
     pub fn enforced_reported(&self) -> Option<(&Policy, &Quota)> {
-        Some(self.reported()).filter(|(p, _)| !p.shadow)
+        Some(self.reported()).filter(|(p, _)| !p.shadow())
     }
 
     /// The enforced policies with their quotas.
     pub fn enforced(&self) -> impl Iterator<Item = (&Policy, &Quota)> {
         self.quotas
             .iter()
-            .filter(|(p, _)| !p.shadow)
+            .filter(|(p, _)| !p.shadow())
             .map(|(p, q)| (p.as_ref(), q))
     }
 
@@ -226,7 +226,7 @@ mod tests {
             vec![quota(90, 100, 0), quota(5, 10, 0)],
             true,
         );
-        assert_eq!(o.reported().0.name, "b");
+        assert_eq!(o.reported().0.name(), "b");
         // When denied, the denying policy that frees up last.
         let o = Outcome::new(
             vec![policy("a"), policy("b"), policy("c")],
@@ -234,7 +234,7 @@ mod tests {
             vec![quota(0, 10, 2000), quota(3, 10, 0), quota(0, 10, 9000)],
             false,
         );
-        assert_eq!(o.reported().0.name, "c");
+        assert_eq!(o.reported().0.name(), "c");
         assert_eq!(o.retry_after_secs(), 9);
         // Per descriptor: the first denied by "a", the second matched
         // nothing, the third denied by "c".

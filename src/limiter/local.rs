@@ -53,12 +53,16 @@ impl LocalLimiter {
     fn limiter(&self, policy: &Policy) -> Arc<DefaultKeyedRateLimiter<Key>> {
         let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
         limiters
-            .entry((policy.name.clone(), policy.limit.get(), policy.window))
+            .entry((
+                policy.name().to_owned(),
+                policy.limit().get(),
+                policy.window(),
+            ))
             .or_insert_with(|| {
-                let period = (policy.window / policy.limit.get()).max(Duration::from_nanos(1));
+                let period = (policy.window() / policy.limit().get()).max(Duration::from_nanos(1));
                 let quota = Quota::with_period(period)
                     .expect("a period of at least 1 ns")
-                    .allow_burst(policy.limit);
+                    .allow_burst(policy.limit());
                 Arc::new(RateLimiter::keyed(quota))
             })
             .clone()
@@ -71,7 +75,7 @@ impl LocalLimiter {
             self.sweep();
         }
         // Shadow policies are never enforced, in this mode either.
-        for counter in counters.iter().filter(|c| !c.policy.shadow) {
+        for counter in counters.iter().filter(|c| !c.policy.shadow()) {
             let policy = counter.policy;
             let Some(cost) = NonZeroU32::new(counter.cost) else {
                 continue;
@@ -88,7 +92,7 @@ impl LocalLimiter {
                 Err(_) => {
                     return LocalVerdict {
                         allowed: false,
-                        retry_after: policy.window,
+                        retry_after: policy.window(),
                     }
                 }
             }

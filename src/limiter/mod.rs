@@ -152,7 +152,7 @@ impl<S: Store> Limiter<S> {
                     subject: descriptor.subject()?,
                     policy: &item.policy,
                     cost: if charge {
-                        item.policy.cost.saturating_mul(descriptor.hits)
+                        item.policy.cost().saturating_mul(descriptor.hits)
                     } else {
                         0
                     },

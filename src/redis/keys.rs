@@ -25,7 +25,7 @@ const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC
 /// touch them all. The algorithm is part of the name because each stores a
 /// different shape of value.
 pub fn counter_key(subject: &Entry, policy: &Policy) -> String {
-    let window_ms = policy.window.as_millis();
+    let window_ms = policy.window().as_millis();
     let window = if window_ms.is_multiple_of(1000) {
         (window_ms / 1000).to_string()
     } else {
@@ -37,12 +37,12 @@ pub fn counter_key(subject: &Entry, policy: &Policy) -> String {
         utf8_percent_encode(&subject.1, KEY_SAFE),
         window
     );
-    let builtin = policy.algorithm == Algorithm::FixedWindow && policy.name == subject.0;
+    let builtin = policy.algorithm() == Algorithm::FixedWindow && policy.name() == subject.0;
     if !builtin {
         key.push(':');
-        key.push_str(policy.algorithm.as_str());
+        key.push_str(policy.algorithm().as_str());
         key.push(':');
-        key.push_str(&policy.name);
+        key.push_str(policy.name());
     }
     key
 }
@@ -104,8 +104,14 @@ mod tests {
     fn keys_carry_one_hash_tag_per_identity() {
         let key = counter_key(&user("abc"), &policy(Duration::from_secs(60)));
         assert_eq!(key, "rate:{user:abc}:60");
-        let mut ip_policy = policy(Duration::from_millis(1500));
-        ip_policy.name = "ip".into();
+        let ip_policy = Policy::new(
+            "ip",
+            Algorithm::FixedWindow,
+            NonZeroU32::new(5).unwrap(),
+            Duration::from_millis(1500),
+            1,
+        )
+        .unwrap();
         let key = counter_key(&ip("::1".parse().unwrap()), &ip_policy);
         assert_eq!(key, "rate:{ip:%3A%3A1}:1500ms");
     }

@@ -32,11 +32,11 @@ use reply::{map_error, parse_reply};
 pub(super) fn script_policy(counter: &Counter<'_>) -> ScriptPolicy {
     ScriptPolicy {
         key: counter_key(counter.subject, counter.policy),
-        algorithm: counter.policy.algorithm,
-        limit: counter.policy.limit.get(),
+        algorithm: counter.policy.algorithm(),
+        limit: counter.policy.limit().get(),
         window_ms: counter.policy.window_ms(),
         cost: counter.cost,
-        shadow: counter.policy.shadow,
+        shadow: counter.policy.shadow(),
     }
 }
 

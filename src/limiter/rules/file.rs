@@ -161,19 +161,10 @@ impl Parser<'_> {
                     "a policy counted per client IP applies to every caller: remove `strategy`",
                 ));
             }
-            let mut policy =
-                Policy::new(name, algorithm, limit, window, cost).map_err(|problem| {
-                    let key = if problem.contains("name") {
-                        "name"
-                    } else if problem.contains("cost") {
-                        "cost"
-                    } else {
-                        "limit"
-                    };
-                    field.bad(key, problem)
-                })?;
-            policy.shadow = shadow;
-            policy.per_client_ip = per_client_ip;
+            let policy = Policy::new(name, algorithm, limit, window, cost)
+                .map_err(|err| field.bad(err.key(), err.to_string()))?
+                .with_shadow(shadow)
+                .with_per_client_ip(per_client_ip);
             out.push(ScopedPolicy {
                 policy: Arc::new(policy),
                 strategy,

@@ -73,7 +73,7 @@ impl RouteMatch {
 
 /// The keys of the last entry a policy is counted under.
 pub(super) fn subject_keys(scoped: &ScopedPolicy) -> Vec<&'static str> {
-    if scoped.policy.per_client_ip {
+    if scoped.policy.per_client_ip() {
         vec![CLIENT_IP]
     } else {
         match scoped.strategy {
@@ -111,7 +111,7 @@ impl Shapes {
         Shapes {
             route: policies.iter().any(|p| scope(p) == Some(true)),
             path: policies.iter().any(|p| scope(p) == Some(false)),
-            client_ip: policies.iter().any(|p| p.policy.per_client_ip),
+            client_ip: policies.iter().any(|p| p.policy.per_client_ip()),
         }
     }
 }

@@ -60,11 +60,13 @@ impl OverrideAction {
                 policy: name,
                 limit,
                 window,
-            } if name.as_ref().is_none_or(|n| *n == policy.name) => {
-                let mut changed = Policy::clone(policy);
-                changed.limit = *limit;
-                changed.window = window.unwrap_or(changed.window);
-                Arc::new(changed)
+            } if name.as_ref().is_none_or(|n| *n == policy.name()) => {
+                // Judged valid when it was set (and again at each reload);
+                // should it not be, the policy stays as it is.
+                match policy.with_limit(*limit, window.unwrap_or(policy.window())) {
+                    Ok(changed) => Arc::new(changed),
+                    Err(_) => policy.clone(),
+                }
             }
             _ => policy.clone(),
         }
@@ -126,15 +128,14 @@ impl Rules {
         let policy = |name: &str, strategy, limits: crate::config::LimitSettings| {
             let per_client_ip = strategy == Strategy::Ip && settings.ip_every_request;
             ScopedPolicy {
-                policy: Arc::new(Policy {
-                    name: name.to_owned(),
-                    algorithm: settings.algorithm,
-                    limit: limits.limit,
-                    window: limits.window,
-                    cost: 1,
-                    shadow: settings.shadow,
-                    per_client_ip,
-                }),
+                policy: Arc::new(
+                    Policy::new(name, settings.algorithm, limits.limit, limits.window, 1)
+                        // The settings were validated: the name is fixed, the
+                        // window whole ms, limit × window below 2^53.
+                        .expect("the built-in limits are valid policies")
+                        .with_shadow(settings.shadow)
+                        .with_per_client_ip(per_client_ip),
+                ),
                 strategy: (!per_client_ip).then_some(strategy),
                 route: None,
             }
@@ -188,7 +189,7 @@ impl Rules {
     /// Every policy in shadow mode (RATE_LIMIT_SHADOW=true).
     pub fn all_shadow(mut self) -> Self {
         for scoped in &mut self.policies {
-            Arc::make_mut(&mut scoped.policy).shadow = true;
+            scoped.policy = Arc::new(Policy::clone(&scoped.policy).with_shadow(true));
         }
         Self::compile(self.policies, self.overrides)
     }
@@ -297,7 +298,7 @@ fn check_override(
     };
     let targets: Vec<&ScopedPolicy> = policies
         .iter()
-        .filter(|p| name.as_ref().is_none_or(|n| *n == p.policy.name))
+        .filter(|p| name.as_ref().is_none_or(|n| *n == p.policy.name()))
         .filter(|p| http::subject_keys(p).contains(&subject_key))
         .collect();
     if let Some(name) = name {
@@ -311,13 +312,13 @@ fn check_override(
     for target in targets {
         let p = &target.policy;
         Policy::new(
-            p.name.clone(),
-            p.algorithm,
+            p.name(),
+            p.algorithm(),
             *limit,
-            window.unwrap_or(p.window),
-            p.cost,
+            window.unwrap_or(p.window()),
+            p.cost(),
         )
-        .map_err(|problem| ("limit", format!("for policy {:?}: {problem}", p.name)))?;
+        .map_err(|problem| ("limit", format!("for policy {:?}: {problem}", p.name())))?;
     }
     Ok(())
 }
@@ -351,7 +352,7 @@ mod tests {
         match resolution {
             Resolution::Limited { items, .. } => items
                 .iter()
-                .map(|i| format!("{}={}", i.policy.name, i.policy.limit))
+                .map(|i| format!("{}={}", i.policy.name(), i.policy.limit()))
                 .collect(),
             other => vec![format!("{other:?}")],
         }
@@ -464,7 +465,7 @@ mod tests {
             ["minute=10", "hour=100"]
         );
         if let Resolution::Limited { items, .. } = resolve(Identity::user("everything")) {
-            assert_eq!(items[0].policy.window, Duration::from_secs(120));
+            assert_eq!(items[0].policy.window(), Duration::from_secs(120));
         }
     }
 
@@ -480,8 +481,8 @@ mod tests {
         match rules.resolve_http(&Identity::user("k"), &ROUTE) {
             Resolution::Limited { items, .. } => {
                 let p = &items[0].policy;
-                assert_eq!((p.name.as_str(), p.limit.get()), ("user", 7));
-                assert_eq!(p.algorithm, Algorithm::Gcra);
+                assert_eq!((p.name(), p.limit().get()), ("user", 7));
+                assert_eq!(p.algorithm(), Algorithm::Gcra);
             }
             other => panic!("{other:?}"),
         }

@@ -207,7 +207,7 @@ mod tests {
     fn names(tree: &Node, entries: &[(&str, &str)]) -> Vec<String> {
         tree.matching(&request(entries))
             .iter()
-            .map(|l| l.policy.name.clone())
+            .map(|l| l.policy.name().to_owned())
             .collect()
     }
 
