@@ -21,10 +21,13 @@ fn fixture(name: &str) -> PathBuf {
 #[test]
 fn each_invalid_file_is_refused_naming_the_file_the_place_and_the_key() {
     let cases = [
-        ("unknown_top_key.toml", "unknown key 'ratelimit'"),
+        (
+            "unknown_top_key.toml",
+            "key 'ratelimit': unknown field `ratelimit`, expected `policy` or `override`",
+        ),
         (
             "unknown_policy_key.toml",
-            "policy \"per-minute\": key 'limt': unknown key",
+            "policy \"per-minute\": key 'limt': unknown field `limt`, expected one of",
         ),
         (
             "zero_limit.toml",
@@ -63,6 +66,14 @@ fn each_invalid_file_is_refused_naming_the_file_the_place_and_the_key() {
             "policy \"per-minute\": key 'route': the path \"api/resource\" must start with '/'",
         ),
         ("no_policy.toml", "no [[policy]] table"),
+        (
+            "wrong_type.toml",
+            "policy \"per-minute\": key 'limit': invalid type: string \"ten\", expected i64",
+        ),
+        (
+            "float_window.toml",
+            "policy \"per-minute\": key 'window': a duration such as",
+        ),
         (
             "override_unknown_policy.toml",
             "override #1 (user \"partner\"): key 'policy': no policy named \"per-hour\"",
