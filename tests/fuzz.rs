@@ -139,8 +139,8 @@ proptest! {
             1,
         )
         .unwrap();
-        let ka = counter_key(&("user".to_owned(), a.clone()), &policy);
-        let kb = counter_key(&("user".to_owned(), b.clone()), &policy);
+        let ka = counter_key(&("user".into(), a.clone()), &policy);
+        let kb = counter_key(&("user".into(), b.clone()), &policy);
         prop_assert_eq!(ka == kb, a == b);
         for key in [&ka, &kb] {
             let inner = key

@@ -40,7 +40,7 @@ async fn memory_per_identity_per_algorithm() {
         let before = used_memory(&mut conn).await;
         for chunk in (0..IDENTITIES).collect::<Vec<_>>().chunks(200) {
             join_all(chunk.iter().map(|i| {
-                let subject = ("user".to_owned(), format!("customer-{i:011}"));
+                let subject = ("user".into(), format!("customer-{i:011}"));
                 let policy = rate_limiter::limiter::Policy::new(
                     "per-minute",
                     algorithm,

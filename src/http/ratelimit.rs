@@ -197,7 +197,7 @@ pub async fn rate_limit(
         path: &path,
     };
     let metrics = state.limiter.metrics();
-    let request = rules::http::request(&caller, &route, state.limiter.rules().shapes());
+    let request = rules::http::request(&caller, &route, state.limiter.shapes());
     let decision = match state.limiter.check(&request).await {
         Ok(decision) => decision,
         Err(LimiterError::Unavailable(err)) => {

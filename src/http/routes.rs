@@ -145,7 +145,7 @@ pub async fn rate_limit_status(
         method: "POST",
         path: "/api/resource",
     };
-    let request = rules::http::request(&caller, &route, state.limiter.rules().shapes());
+    let request = rules::http::request(&caller, &route, state.limiter.shapes());
     let standing = state
         .limiter
         .status(&request)

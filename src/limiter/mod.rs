@@ -88,6 +88,13 @@ impl<S: Store> Limiter<S> {
         self.rules.load_full()
     }
 
+    /// The descriptor shapes of the rules in force (see
+    /// [`rules::http::request`]); cheaper than [`Limiter::rules`] on the
+    /// request path.
+    pub fn shapes(&self) -> rules::Shapes {
+        self.rules.load().shapes()
+    }
+
     /// Puts new rules in force for the next request. Requests in flight
     /// finish under the rules they started with.
     pub fn replace_rules(&self, rules: Rules) {

@@ -115,12 +115,12 @@ pub fn storage_key(subject: &Entry) -> String {
 pub fn subject_of(key: &str) -> Option<Entry> {
     let (strategy, id) = key.split_once(':')?;
     let strategy: Strategy = strategy.parse().ok()?;
-    Some((strategy.as_str().to_owned(), id.to_owned()))
+    Some((strategy.as_str().into(), id.to_owned()))
 }
 
 /// A subject as it may appear in a log line (API keys redacted).
 pub fn redacted(subject: &Entry) -> String {
-    match subject.0.as_str() {
+    match subject.0.as_ref() {
         "user" => Identity::user(subject.1.clone()).redacted(),
         _ => format!("{}:{}", subject.0, subject.1),
     }

@@ -6,8 +6,12 @@
 //! subject: whose counters its limits use (and, in Redis, the hash tag that
 //! keeps them in one Cluster slot).
 
-/// One key/value entry of a descriptor.
-pub type Entry = (String, String);
+use std::borrow::Cow;
+
+/// One key/value entry of a descriptor. Keys are mostly fixed words
+/// (`user`, `route`), so they are borrowed when they can be: a request
+/// allocates only what varies.
+pub type Entry = (Cow<'static, str>, String);
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Descriptor {
@@ -31,7 +35,7 @@ impl Descriptor {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CheckRequest {
-    pub domain: String,
+    pub domain: Cow<'static, str>,
     pub descriptors: Vec<Descriptor>,
 }
 
@@ -46,7 +50,7 @@ impl CheckRequest {
     }
 }
 
-/// An entry from borrowed parts.
-pub fn entry(key: &str, value: &str) -> Entry {
-    (key.to_owned(), value.to_owned())
+/// An entry with a fixed key.
+pub fn entry(key: &'static str, value: &str) -> Entry {
+    (Cow::Borrowed(key), value.to_owned())
 }

@@ -71,7 +71,7 @@ fn bearer_token(value: &str) -> Option<&str> {
 
 /// The subject (descriptor entry) of an identity: `(strategy, id)`.
 fn subject(identity: &Identity) -> Entry {
-    (identity.strategy.as_str().to_owned(), identity.id.clone())
+    (identity.strategy.as_str().into(), identity.id.clone())
 }
 
 /// The request `identity` makes on the limited route, as the HTTP front end
@@ -80,7 +80,7 @@ fn limited_request(state: &AppState, identity: &Identity) -> CheckRequest {
     rules::http::request(
         &Caller::from_identity(identity.clone()),
         &LIMITED_ROUTE,
-        state.limiter.rules().shapes(),
+        state.limiter.shapes(),
     )
 }
 

@@ -79,7 +79,7 @@ pub struct OverrideEntry {
 impl OverrideEntry {
     pub(super) fn new((strategy, identifier): Entry, state: OverrideState) -> Self {
         OverrideEntry {
-            strategy,
+            strategy: strategy.into_owned(),
             identifier,
             override_spec: state.spec,
             in_force: state.problem.is_none(),

@@ -287,10 +287,7 @@ impl Parser<'_> {
             };
             check_override(policies, strategy.as_str(), &action)
                 .map_err(|(key, problem)| place.bad(key, problem))?;
-            if out
-                .insert((strategy.as_str().to_owned(), id), action)
-                .is_some()
-            {
+            if out.insert((strategy.as_str().into(), id), action).is_some() {
                 return Err(place.bad("id", "a second override for the same identity"));
             }
         }

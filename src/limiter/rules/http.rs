@@ -140,7 +140,7 @@ pub fn request(caller: &Caller, route: &Route<'_>, shapes: Shapes) -> CheckReque
         descriptors.push(Descriptor::new(vec![subject]));
     }
     CheckRequest {
-        domain: DOMAIN.to_owned(),
+        domain: std::borrow::Cow::Borrowed(DOMAIN),
         descriptors,
     }
 }

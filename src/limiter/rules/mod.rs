@@ -555,8 +555,8 @@ mod tests {
         assert_eq!(
             subjects,
             [
-                &("user".to_owned(), "k".to_owned()),
-                &("client_ip".to_owned(), "10.0.0.1".to_owned())
+                &("user".into(), "k".to_owned()),
+                &("client_ip".into(), "10.0.0.1".to_owned())
             ]
         );
     }

@@ -94,6 +94,7 @@ impl Node {
 
     /// The child that matches one entry, by the order of precedence.
     fn child(&self, (key, value): &Entry) -> Option<&Node> {
+        let key: &str = key;
         self.exact
             .get(key)
             .and_then(|values| values.get(value))
@@ -200,7 +201,7 @@ mod tests {
     fn request(entries: &[(&str, &str)]) -> Vec<Entry> {
         entries
             .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .map(|(k, v)| ((*k).to_owned().into(), (*v).to_owned()))
             .collect()
     }
 
