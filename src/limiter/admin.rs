@@ -40,11 +40,19 @@ pub enum AdminError {
 }
 
 impl<S: Store> Limiter<S> {
-    /// Deletes every counter of `request` whose subject is `subject` (under
-    /// the rules' limits and, when an override changes a window and so the
-    /// key, the override's too); returns how many existed. Every instance
-    /// forgets its cached denials of `subject` within a second.
-    pub async fn reset(&self, request: &CheckRequest, subject: &Entry) -> Result<u64, StoreError> {
+    /// Deletes every counter of `request` whose subject is one of
+    /// `subjects` (under the rules' limits and, when an override of the
+    /// first subject changes a window and so the key, the override's too);
+    /// returns how many existed. Every instance forgets its cached denials
+    /// of the first subject within a second.
+    pub async fn reset(
+        &self,
+        request: &CheckRequest,
+        subjects: &[Entry],
+    ) -> Result<u64, StoreError> {
+        let Some(subject) = subjects.first() else {
+            return Ok(0);
+        };
         let rules = self.rules.load();
         let mut counters: Vec<Counter<'_>> = Vec::new();
         let mut changed: Vec<Arc<Policy>> = Vec::new();
@@ -57,10 +65,7 @@ impl<S: Store> Limiter<S> {
             let Some(own) = descriptor.subject() else {
                 continue;
             };
-            // The subject itself, or (for an IP) its per-IP counters.
-            let same_ip =
-                own.0 == super::rules::http::CLIENT_IP && subject.0 == "ip" && own.1 == subject.1;
-            if own != subject && !same_ip {
+            if !subjects.contains(own) {
                 continue;
             }
             for limit in rules.matching(&request.domain, descriptor) {

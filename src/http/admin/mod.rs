@@ -172,7 +172,10 @@ pub async fn reset_identity(
     let identity = identity(&path.strategy, &path.id)?;
     let deleted = state
         .limiter
-        .reset(&limited_request(&state, &identity), &subject(&identity))
+        .reset(
+            &limited_request(&state, &identity),
+            &rules::http::subjects(&identity),
+        )
         .await
         .map_err(ApiError::Unavailable)?;
     audit("reset_counters", &identity, &format!("deleted={deleted}"));

@@ -14,7 +14,7 @@
 use super::super::request::{entry, CheckRequest, Descriptor, Entry};
 use super::tree::ValueMatch;
 use super::ScopedPolicy;
-use crate::identity::{Caller, Strategy};
+use crate::identity::{Caller, Identity, Strategy};
 
 /// The domain of the HTTP front end's rules.
 pub const DOMAIN: &str = "http";
@@ -113,6 +113,16 @@ impl Shapes {
             path: policies.iter().any(|p| scope(p) == Some(false)),
             client_ip: policies.iter().any(|p| p.policy.per_client_ip()),
         }
+    }
+}
+
+/// The subjects whose counters are `identity`'s: its own entry, and for an
+/// IP address also its per-client-IP entry (what an admin reset deletes).
+pub fn subjects(identity: &Identity) -> Vec<Entry> {
+    let own = entry(identity.strategy.as_str(), &identity.id);
+    match identity.strategy {
+        Strategy::Ip => vec![own, entry(CLIENT_IP, &identity.id)],
+        Strategy::User => vec![own],
     }
 }
 
