@@ -20,7 +20,9 @@ ARGV[2 + 5(i-1) ..]  five per policy i:
           algorithm  fixed_window | sliding_window | token_bucket | gcra
           limit      integer >= 1
           window     ms, integer >= 1
-          cost       integer >= 0 (0 for every policy: a read-only status)
+          cost       integer: > 0 charges, 0 reads only (a status), < 0 refunds
+                     (gives units back, never below an empty counter; a
+                     refund is always allowed and always written)
           shadow     1: report this policy's denial, never enforce it; 0: enforce
 
 Reply, an array of integers:
@@ -68,10 +70,10 @@ end
 local reply = { all_allowed and 1 or 0, now }
 for i, v in ipairs(verdicts) do
   local remaining = v.remaining
-  if all_allowed and v.allowed and v.cost > 0 then
+  if v.cost < 0 or (all_allowed and v.allowed and v.cost > 0) then
     v.commit(v.ttl + TTL_SLACK)
   else
-    if v.allowed and not all_allowed then
+    if v.allowed and not all_allowed and v.cost > 0 then
       remaining = remaining + v.cost -- nothing was taken
     end
     -- A counter found without a TTL (a PERSIST, a write by another tool)

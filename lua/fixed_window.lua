@@ -49,6 +49,21 @@ function M.check(key, limit, window, cost, now)
     end
   end
 
+  if cost < 0 then
+    -- A refund: give back up to what this window used, never below zero.
+    local left = math.max(0, used + cost)
+    return {
+      allowed = true,
+      remaining = math.max(0, limit - left),
+      reset = reset,
+      retry_after = 0,
+      ttl = reset,
+      commit = function(px)
+        redis.call('SET', key, string.format('%d %d', window_start, left), 'PX', px)
+      end,
+    }
+  end
+
   if used + cost <= limit then
     return {
       allowed = true,

@@ -42,6 +42,10 @@ function M.check(key, limit, window, cost, now)
   end
 
   local new_tat = tat + cost * interval
+  if cost < 0 then
+    -- A refund: the meter moves back, never before now (an empty meter).
+    new_tat = math.max(now_us, new_tat)
+  end
   if new_tat - now_us <= capacity then
     local ahead = new_tat - now_us
     return {

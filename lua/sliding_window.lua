@@ -58,6 +58,28 @@ function M.check(key, limit, window, cost, now)
     end
   end
 
+  if cost < 0 then
+    -- A refund: give back up to this window's count, never below zero (the
+    -- previous window is history).
+    local left = math.max(0, current + cost)
+    local reset
+    if left > 0 then
+      reset = rest + decay_until(left, window, window, 0)
+    else
+      reset = decay_until(previous, rest, window, 0)
+    end
+    return {
+      allowed = true,
+      remaining = math.max(0, limit - math.floor(previous * rest / window) - left),
+      reset = reset,
+      retry_after = 0,
+      ttl = rest + window,
+      commit = function(px)
+        redis.call('SET', key, string.format('%d %d %d', current_start, left, previous), 'PX', px)
+      end,
+    }
+  end
+
   local estimate = math.floor(previous * rest / window) + current
 
   -- ms until the estimate reaches 0 for these counts.

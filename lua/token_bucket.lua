@@ -50,6 +50,21 @@ function M.check(key, limit, window, cost, now)
   end
 
   local need = cost * window
+  if cost < 0 then
+    -- A refund: tokens back, never above a full bucket.
+    local after = math.min(capacity, level - need)
+    local reset = ceil_div(capacity - after, limit)
+    return {
+      allowed = true,
+      remaining = math.floor(after / window),
+      reset = reset,
+      retry_after = 0,
+      ttl = reset,
+      commit = function(px)
+        redis.call('SET', key, string.format('%d %d', after, now), 'PX', px)
+      end,
+    }
+  end
   if level >= need then
     local after = level - need
     local reset = ceil_div(capacity - after, limit)

@@ -29,7 +29,7 @@ fn policy(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64, cost: u32
         algorithm,
         limit,
         window_ms,
-        cost,
+        cost: cost.into(),
         shadow: false,
     }
 }
@@ -510,5 +510,41 @@ async fn out_of_range_stored_values_are_stale() {
             pttl > 0 && pttl <= 2 * window as i64 + 1000,
             "{algorithm} {value:?}: the key's TTL is the algorithm's ({pttl} ms)"
         );
+    }
+}
+
+/// Refunds (a negative cost): units given back, never past an empty
+/// counter, always allowed and always written, for every algorithm.
+#[tokio::test]
+async fn refunds_give_units_back_and_never_go_below_empty() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let window = 3_600_000;
+    for algorithm in Algorithm::ALL {
+        let key = format!("rate:{{user:refund}}:{}", algorithm.as_str());
+        let at = |cost: i64, now: u64| {
+            let mut p = policy(&key, algorithm, 3, window, 1);
+            p.cost = cost;
+            let store = &store;
+            async move { store.run_check(&[p], Some(now)).await.unwrap() }
+        };
+        let t = T0 + 10;
+        for _ in 0..3 {
+            assert!(at(1, t).await.allowed, "{algorithm}");
+        }
+        assert!(!at(1, t).await.allowed, "{algorithm}: exhausted");
+        let refund = at(-2, t).await;
+        assert!(refund.allowed, "{algorithm}: a refund is always allowed");
+        assert_eq!(refund.quotas[0].remaining, 2, "{algorithm}: two back");
+        assert!(at(1, t).await.allowed, "{algorithm}");
+        assert!(at(1, t).await.allowed, "{algorithm}");
+        assert!(!at(1, t).await.allowed, "{algorithm}: exhausted again");
+        // More than was taken: floored at an empty counter, not beyond.
+        let refund = at(-10, t).await;
+        assert_eq!(refund.quotas[0].remaining, 3, "{algorithm}: full, not 13");
+        for _ in 0..3 {
+            assert!(at(1, t).await.allowed, "{algorithm}");
+        }
+        assert!(!at(1, t).await.allowed, "{algorithm}: the limit holds");
     }
 }

@@ -77,7 +77,9 @@ impl LocalLimiter {
         // Shadow policies are never enforced, in this mode either.
         for counter in counters.iter().filter(|c| !c.policy.shadow()) {
             let policy = counter.policy;
-            let Some(cost) = NonZeroU32::new(counter.cost) else {
+            // Peeks and refunds take nothing here: the local limiter is
+            // approximate, and a refund while Redis is down is not replayed.
+            let Some(cost) = u32::try_from(counter.cost).ok().and_then(NonZeroU32::new) else {
                 continue;
             };
             match self.limiter(policy).check_key_n(counter.subject, cost) {

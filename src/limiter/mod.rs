@@ -159,7 +159,7 @@ impl<S: Store> Limiter<S> {
                     subject: descriptor.subject()?,
                     policy: &item.policy,
                     cost: if charge {
-                        item.policy.cost().saturating_mul(descriptor.hits)
+                        i64::from(item.policy.cost()).saturating_mul(descriptor.hits)
                     } else {
                         0
                     },
@@ -170,9 +170,14 @@ impl<S: Store> Limiter<S> {
 
     /// Checks (and, if allowed, counts) one request.
     pub async fn check(&self, request: &CheckRequest) -> Result<Decision, LimiterError> {
-        if let Some(outcome) = self.denied.get(request) {
-            self.metrics.deny_cache_hits.inc();
-            return Ok(Decision::Denied(outcome));
+        let refunds = request.descriptors.iter().any(|d| d.hits < 0);
+        // A refund must reach the store (and then frees its subjects'
+        // cached denials); it is never answered from the deny cache.
+        if !refunds {
+            if let Some(outcome) = self.denied.get(request) {
+                self.metrics.deny_cache_hits.inc();
+                return Ok(Decision::Denied(outcome));
+            }
         }
         let (items, valid_for) = match self.resolve(request) {
             Resolution::Blocked => return Ok(Decision::Blocked),
@@ -187,6 +192,16 @@ impl<S: Store> Limiter<S> {
         let counters = Self::counters(request, &items, true);
         match self.store.check(&counters).await {
             Ok(reply) => {
+                if refunds {
+                    for subject in request
+                        .descriptors
+                        .iter()
+                        .filter(|d| d.hits < 0)
+                        .filter_map(Descriptor::subject)
+                    {
+                        self.denied.forget(subject);
+                    }
+                }
                 let allowed = reply.allowed;
                 let outcome = outcome(items, reply.quotas, allowed);
                 Ok(if allowed {

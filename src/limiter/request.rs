@@ -17,8 +17,9 @@ pub type Entry = (Cow<'static, str>, String);
 pub struct Descriptor {
     pub entries: Vec<Entry>,
     /// Units taken under each limit, times the limit's cost: 1 by default,
-    /// 0 for a peek that charges nothing.
-    pub hits: u32,
+    /// 0 for a peek that charges nothing, negative for a refund (units given
+    /// back, never below an empty counter).
+    pub hits: i64,
 }
 
 impl Descriptor {

@@ -8,12 +8,12 @@ use super::request::Entry;
 use crate::policy::{Policy, Quota};
 
 /// One counter of a check: `policy` counted for `subject`, taking `cost`
-/// units (0: read without writing).
+/// units (0: read without writing; negative: a refund).
 #[derive(Debug, Clone, Copy)]
 pub struct Counter<'a> {
     pub subject: &'a Entry,
     pub policy: &'a Policy,
-    pub cost: u32,
+    pub cost: i64,
 }
 
 /// What the store answers for one check of several policies.

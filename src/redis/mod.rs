@@ -47,7 +47,8 @@ pub struct ScriptPolicy {
     pub algorithm: Algorithm,
     pub limit: u32,
     pub window_ms: u64,
-    pub cost: u32,
+    /// Units taken (negative: a refund).
+    pub cost: i64,
     /// Report this policy's denial, never enforce it.
     pub shadow: bool,
 }
