@@ -20,14 +20,14 @@
 //!   per domain (`tree`), the TOML rules file (`file`) and the built-in
 //!   limits compiled to the `http` domain (`http`, which also builds an HTTP
 //!   caller's check request). [`limiter::store`]: the `Store` trait the
-//!   Redis layer implements. [`limiter::admin`]: resets, admin overrides and
+//!   Redis layer implements. [`limiter::breaker`]: the circuit breaker in
+//!   front of the store. [`limiter::admin`]: resets, admin overrides and
 //!   the per-second refresh that shares them across instances.
 //!   [`limiter::deny_cache`]: denials answered without Redis.
 //!   [`limiter::local`]: the `local` failure mode. [`limiter::overrides`]:
 //!   the override format.
 //! - [`redis`]: the only code that talks to Redis: the pools of multiplexed
-//!   connections (`pool`), the circuit breaker (`breaker`), Sentinel
-//!   failover (`sentinel`), the Lua scripts of `lua/` (`scripts`), the key
+//!   connections (`pool`), Sentinel failover (`sentinel`), the Lua scripts of `lua/` (`scripts`), the key
 //!   layout ([`redis::keys`]), replies and errors (`reply`), and the
 //!   `Store` implementation (`store`).
 //! - [`app`]: what a running service shares: the limiter over Redis, the

@@ -14,6 +14,7 @@ use crate::app::AppState;
 use crate::config::Settings;
 use crate::http;
 use crate::identity::Identifier;
+use crate::limiter::breaker::Breaker;
 use crate::limiter::overrides::REFRESH_INTERVAL;
 use crate::limiter::{Limiter, Rules, RulesError};
 use crate::redis::{RedisSetupError, RedisStore};
@@ -42,13 +43,20 @@ impl Application {
         };
         let metrics = Arc::new(Metrics::new());
         let store = RedisStore::connect_with_metrics(&settings.redis, metrics.clone()).await?;
+        let redis = &settings.redis;
         let limiter = Limiter::new(
             store,
             rules,
             settings.failure_mode,
             settings.shadow,
             metrics,
-        );
+        )
+        .with_breaker(Breaker::new(
+            redis.breaker_failures,
+            redis.breaker_cooldown,
+            // A probe unanswered for twice the call timeout is presumed lost.
+            redis.breaker_cooldown.max(redis.timeout * 2),
+        ));
         let state = web::Data::new(AppState {
             limiter,
             identifier: Identifier::new(

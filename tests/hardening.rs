@@ -5,12 +5,16 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rate_limiter::config::{RedisSettings, RedisTopology};
-use rate_limiter::limiter::{Algorithm, Counter, Entry, Policy, Store, StoreError};
+use rate_limiter::limiter::breaker::Breaker;
+use rate_limiter::limiter::{
+    CheckRequest, Descriptor, FailureMode, Limiter, LimiterError, Rules, Store, StoreError,
+};
 use rate_limiter::redis::RedisStore;
+use rate_limiter::telemetry::Metrics;
 use serde_json::{json, Value};
 use support::{
     eventually, header_u64, spawn_app, spawn_app_with_rules, unique_key, RedisServer, RulesFile,
@@ -38,24 +42,38 @@ fn admin(app: &TestApp, method: reqwest::Method, path: &str) -> reqwest::Request
     app.client.request(method, app.url(path)).bearer_auth(TOKEN)
 }
 
-fn one_policy() -> Policy {
-    Policy::new(
-        "user",
-        Algorithm::FixedWindow,
-        NonZeroU32::new(1000).unwrap(),
-        Duration::from_secs(3600),
-        1,
+/// A limiter over `redis` with a breaker that opens after one failure and
+/// probes again after `cooldown`; failure mode `closed`, so store errors
+/// come back as errors.
+async fn limiter_with_breaker(
+    redis: &RedisServer,
+    timeout: Duration,
+    cooldown: Duration,
+) -> Limiter<RedisStore> {
+    let store = RedisStore::connect(&RedisSettings::single(redis.url(), timeout))
+        .await
+        .unwrap();
+    let rules = Rules::parse(
+        "breaker.toml",
+        "[[policy]]\nname = \"user\"\nalgorithm = \"gcra\"\nlimit = 1000\nwindow = \"1h\"\nstrategy = \"user\"\n",
     )
-    .unwrap()
+    .unwrap();
+    Limiter::new(
+        store,
+        rules,
+        FailureMode::Closed,
+        false,
+        Arc::new(Metrics::new()),
+    )
+    .with_breaker(Breaker::new(1, cooldown, timeout * 2))
 }
 
-/// One counter of `policy` for `subject`, taking one unit.
-fn counter<'a>(subject: &'a Entry, policy: &'a Policy) -> [Counter<'a>; 1] {
-    [Counter {
-        subject,
-        policy,
-        cost: 1,
-    }]
+/// One request of `key` in the HTTP domain.
+fn user_request(key: &str) -> CheckRequest {
+    CheckRequest {
+        domain: "http".into(),
+        descriptors: vec![Descriptor::new(vec![("user".into(), key.to_owned())])],
+    }
 }
 
 /// Item 1: the breaker's one probe was cancelled mid-call (the client reset
@@ -64,30 +82,33 @@ fn counter<'a>(subject: &'a Entry, policy: &'a Policy) -> [Counter<'a>; 1] {
 #[tokio::test]
 async fn breaker_probe_cancelled_mid_call_does_not_keep_the_breaker_open() {
     let redis = RedisServer::start().await;
-    let mut settings = RedisSettings::single(redis.url(), Duration::from_millis(300));
-    settings.breaker_failures = 1;
-    settings.breaker_cooldown = Duration::from_millis(100);
-    let store = RedisStore::connect(&settings).await.unwrap();
-    let subject: Entry = ("user".into(), unique_key("probe"));
-    let policy = one_policy();
-    let policies = counter(&subject, &policy);
-    store.check(&policies).await.expect("Redis up");
+    let limiter = limiter_with_breaker(
+        &redis,
+        Duration::from_millis(300),
+        Duration::from_millis(100),
+    )
+    .await;
+    let request = user_request(&unique_key("probe"));
+    limiter.check(&request).await.expect("Redis up");
 
     signal(&redis, "-STOP");
-    let err = store.check(&policies).await.unwrap_err();
-    assert!(matches!(err, StoreError::Timeout(_)), "{err}");
-    assert!(store.breaker_open());
+    let err = limiter.check(&request).await.unwrap_err();
+    assert!(
+        matches!(err, LimiterError::Unavailable(StoreError::Timeout(_))),
+        "{err}"
+    );
+    assert!(limiter.breaker_open());
     tokio::time::sleep(Duration::from_millis(150)).await;
     // The probe goes out and is cancelled while Redis does not answer.
-    let cancelled = tokio::time::timeout(Duration::from_millis(50), store.check(&policies)).await;
+    let cancelled = tokio::time::timeout(Duration::from_millis(50), limiter.check(&request)).await;
     assert!(cancelled.is_err(), "the probe was cancelled mid-call");
     signal(&redis, "-CONT");
 
     eventually("a new probe closes the breaker", || async {
-        store.check(&policies).await.is_ok()
+        limiter.check(&request).await.is_ok()
     })
     .await;
-    assert!(!store.breaker_open());
+    assert!(!limiter.breaker_open());
 }
 
 /// Item 1: a health check that reaches Redis closes the breaker at once,
@@ -95,20 +116,21 @@ async fn breaker_probe_cancelled_mid_call_does_not_keep_the_breaker_open() {
 #[tokio::test]
 async fn breaker_closes_on_a_successful_health_ping() {
     let redis = RedisServer::start().await;
-    let mut settings = RedisSettings::single(redis.url(), Duration::from_millis(200));
-    settings.breaker_failures = 1;
-    settings.breaker_cooldown = Duration::from_secs(3600);
-    let store = RedisStore::connect(&settings).await.unwrap();
-    let subject: Entry = ("user".into(), unique_key("ping"));
-    let policy = one_policy();
+    let limiter = limiter_with_breaker(
+        &redis,
+        Duration::from_millis(200),
+        Duration::from_secs(3600),
+    )
+    .await;
+    let request = user_request(&unique_key("ping"));
     signal(&redis, "-STOP");
-    assert!(store.check(&counter(&subject, &policy)).await.is_err());
+    assert!(limiter.check(&request).await.is_err());
     signal(&redis, "-CONT");
-    assert!(store.breaker_open());
-    store.ping().await.expect("Redis answers");
-    assert!(!store.breaker_open(), "the ping closed the breaker");
-    store
-        .check(&counter(&subject, &policy))
+    assert!(limiter.breaker_open());
+    limiter.ping().await.expect("Redis answers");
+    assert!(!limiter.breaker_open(), "the ping closed the breaker");
+    limiter
+        .check(&request)
         .await
         .expect("calls go through again");
 }

@@ -10,7 +10,7 @@ use super::access::request_id;
 use super::errors::{ApiError, ErrorBody};
 use super::ratelimit::{identify, RateLimitExceeded};
 use super::AppState;
-use crate::limiter::{rules, Outcome, Route, Standing, Store};
+use crate::limiter::{rules, Outcome, Route, Standing};
 use crate::policy::FailureMode;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -209,7 +209,7 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .set(state.limiter.deny_cache().len() as i64);
     metrics
         .breaker_open
-        .set(i64::from(state.limiter.store().breaker_open()));
+        .set(i64::from(state.limiter.breaker_open()));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(metrics.render())
@@ -269,8 +269,8 @@ pub struct Health {
 )]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let store = state.limiter.store();
-    let ping = store.ping().await;
-    let breaker = if store.breaker_open() {
+    let ping = state.limiter.ping().await;
+    let breaker = if state.limiter.breaker_open() {
         "open"
     } else {
         "closed"

@@ -10,6 +10,7 @@
 //! overrides live here once and serve every front end.
 
 pub mod admin;
+pub mod breaker;
 pub mod decision;
 pub mod deny_cache;
 pub mod local;
@@ -39,6 +40,7 @@ pub struct Limiter<S> {
     shadow: bool,
     failure_mode: FailureMode,
     local: local::LocalLimiter,
+    breaker: breaker::Breaker,
     denied: deny_cache::DenyCache,
     dynamic: ArcSwap<admin::OverrideMap>,
     /// The last reset sequence seen (None until the first refresh).
@@ -63,6 +65,7 @@ impl<S: Store> Limiter<S> {
             shadow,
             failure_mode,
             local: local::LocalLimiter::default(),
+            breaker: breaker::Breaker::default(),
             denied: deny_cache::DenyCache::default(),
             dynamic: ArcSwap::from_pointee(HashMap::new()),
             resets_seen: Default::default(),
@@ -71,8 +74,51 @@ impl<S: Store> Limiter<S> {
         }
     }
 
+    /// The same limiter with `breaker` in front of its store.
+    pub fn with_breaker(mut self, breaker: breaker::Breaker) -> Self {
+        self.breaker = breaker;
+        self
+    }
+
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Whether the circuit breaker is open (checks fail fast).
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.is_open()
+    }
+
+    /// The store's health check; an answer closes an open breaker at once
+    /// (requests need not wait for the next probe).
+    pub async fn ping(&self) -> Result<Duration, StoreError> {
+        let latency = self.store.ping().await?;
+        self.breaker.record_success();
+        Ok(latency)
+    }
+
+    /// Asks the store through the circuit breaker: while it is open the
+    /// answer is `CircuitOpen` at once, and one call in each cool-down
+    /// probes the store. The permit is dropped with this future, so a probe
+    /// cancelled mid-call frees its slot.
+    async fn guarded(&self, counters: &[Counter<'_>]) -> Result<StoreReply, StoreError> {
+        let permit = self.breaker.admit();
+        if permit.admission() == breaker::Admission::Reject {
+            self.metrics
+                .redis_errors
+                .with_label_values(&["circuit_open"])
+                .inc();
+            return Err(StoreError::CircuitOpen);
+        }
+        let result = self.store.check(counters).await;
+        match &result {
+            Ok(_) => permit.success(),
+            Err(StoreError::Timeout(_) | StoreError::Connection(_)) => permit.failure(),
+            // Says nothing about the store's health; the permit's drop
+            // releases a probe.
+            Err(_) => drop(permit),
+        }
+        result
     }
 
     pub fn failure_mode(&self) -> FailureMode {
@@ -190,7 +236,7 @@ impl<S: Store> Limiter<S> {
         // this check's denial stale, and the cache then refuses it.
         let generation = self.denied.generation();
         let counters = Self::counters(request, &items, true);
-        match self.store.check(&counters).await {
+        match self.guarded(&counters).await {
             Ok(reply) => {
                 if refunds {
                     for subject in request
@@ -239,8 +285,7 @@ impl<S: Store> Limiter<S> {
             Resolution::Limited { items, .. } => items,
         };
         let reply = self
-            .store
-            .check(&Self::counters(request, &items, false))
+            .guarded(&Self::counters(request, &items, false))
             .await?;
         Ok(Standing::Limited(outcome(items, reply.quotas, true)))
     }

@@ -2,7 +2,6 @@
 //! the key layout, and the mapping of Redis errors onto [`StoreError`].
 //! It knows nothing about HTTP.
 
-mod breaker;
 pub mod keys;
 mod pool;
 mod reply;
@@ -23,7 +22,6 @@ use crate::config::{RedisSettings, RedisTopology};
 
 use crate::limiter::{Algorithm, Counter, StoreError, StoreReply};
 use crate::telemetry::Metrics;
-use breaker::{Admission, Breaker};
 pub use keys::{counter_key, OVERRIDES_KEY, RESET_KEYS};
 use pool::{AnyConnection, Connection, LogErrors, Manager};
 use reply::{map_error, parse_reply};
@@ -76,8 +74,8 @@ pub enum RedisSetupError {
 
 /// Counters in Redis (one server, Sentinel or Cluster), reached through
 /// pools of multiplexed connections, one pool per thread that calls it.
-/// Every call is bounded by the configured timeout and guarded by a circuit
-/// breaker.
+/// Every call is bounded by the configured timeout (the limiter's circuit
+/// breaker stands in front of the checks).
 ///
 /// Why a pool per thread: actix-web runs each worker on its own
 /// single-threaded runtime, and a multiplexed connection runs its socket in a
@@ -96,7 +94,6 @@ pub struct RedisStore {
     topology: &'static str,
     /// A Redis Cluster: keys of different identities live in different slots.
     cluster: bool,
-    breaker: Breaker,
     metrics: Arc<Metrics>,
     /// Whether the last call succeeded; only used to log each loss and each
     /// recovery once.
@@ -147,11 +144,6 @@ impl RedisStore {
             timeout: settings.timeout,
             topology: settings.topology.name(),
             cluster: matches!(settings.topology, RedisTopology::Cluster { .. }),
-            breaker: Breaker::new(
-                settings.breaker_failures,
-                settings.breaker_cooldown,
-                settings.breaker_cooldown.max(settings.timeout * 2),
-            ),
             metrics,
             reachable: AtomicBool::new(true),
         };
@@ -169,7 +161,7 @@ impl RedisStore {
         // Start-up may wait for the first connection longer than a request
         // would.
         let deadline = Instant::now() + self.timeout.max(Duration::from_secs(2));
-        self.call(deadline, false, |mut conn| async move {
+        self.call(deadline, |mut conn| async move {
             scripts::load(&mut conn, &scripts::CHECK).await
         })
         .await
@@ -178,11 +170,6 @@ impl RedisStore {
     /// `single`, `sentinel` or `cluster`.
     pub fn topology(&self) -> &'static str {
         self.topology
-    }
-
-    /// Whether the circuit breaker is open (requests fail fast).
-    pub fn breaker_open(&self) -> bool {
-        self.breaker.is_open()
     }
 
     /// Runs check.lua over `policies` (keys of one hash tag). `now_ms`
@@ -205,7 +192,7 @@ impl RedisStore {
         let deadline = Instant::now() + self.timeout;
         let metrics = &self.metrics;
         let reply = self
-            .call(deadline, true, |mut conn| async move {
+            .call(deadline, |mut conn| async move {
                 scripts::evalsha(
                     &mut conn,
                     &scripts::CHECK,
@@ -220,32 +207,13 @@ impl RedisStore {
     }
 
     /// Checks out a connection and runs `op` on it, all before `deadline`,
-    /// recording the outcome in the connection's health and, when `guarded`,
-    /// going through the circuit breaker (health checks are not guarded: they
-    /// must see Redis as it is).
-    async fn call<T, F, Fut>(
-        &self,
-        deadline: Instant,
-        guarded: bool,
-        op: F,
-    ) -> Result<T, StoreError>
+    /// recording the outcome in the connection's health and in the metrics.
+    /// (The circuit breaker is the limiter's: see `limiter::breaker`.)
+    async fn call<T, F, Fut>(&self, deadline: Instant, op: F) -> Result<T, StoreError>
     where
         F: FnOnce(AnyConnection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
-        // Dropped with this future if the call is cancelled: a cancelled
-        // probe then frees the probe slot instead of holding it for good.
-        let permit = guarded.then(|| self.breaker.admit());
-        if permit
-            .as_ref()
-            .is_some_and(|p| p.admission() == Admission::Reject)
-        {
-            self.metrics
-                .redis_errors
-                .with_label_values(&["circuit_open"])
-                .inc();
-            return Err(StoreError::CircuitOpen);
-        }
         let started = Instant::now();
         let result = self.call_unguarded(deadline, op).await;
         self.metrics
@@ -256,15 +224,6 @@ impl RedisStore {
                 .redis_errors
                 .with_label_values(&[err.kind()])
                 .inc();
-        }
-        if let Some(permit) = permit {
-            match &result {
-                Ok(_) => permit.success(),
-                Err(StoreError::Timeout(_) | StoreError::Connection(_)) => permit.failure(),
-                // Says nothing about Redis's health; the permit's drop
-                // releases a probe.
-                Err(_) => drop(permit),
-            }
         }
         self.note_reachability(&result);
         result

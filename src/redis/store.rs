@@ -77,7 +77,7 @@ impl Store for RedisStore {
         for tag in tags {
             let group: Vec<&String> = keys.iter().filter(|k| hash_tag(k) == Some(tag)).collect();
             deleted += self
-                .call(deadline, false, |mut conn| async move {
+                .call(deadline, |mut conn| async move {
                     redis::cmd("DEL")
                         .arg(&group)
                         .query_async::<u64>(&mut conn)
@@ -92,7 +92,7 @@ impl Store for RedisStore {
         let deadline = Instant::now() + self.timeout;
         // Raw bytes: a field or value that is not UTF-8 is the limiter's to
         // skip, not a failed call.
-        self.call(deadline, false, |mut conn| async move {
+        self.call(deadline, |mut conn| async move {
             redis::cmd("HGETALL")
                 .arg(OVERRIDES_KEY)
                 .query_async::<Vec<(Vec<u8>, Vec<u8>)>>(&mut conn)
@@ -103,7 +103,7 @@ impl Store for RedisStore {
 
     async fn delete_override_if(&self, key: &[u8], json: &[u8]) -> Result<bool, StoreError> {
         let deadline = Instant::now() + self.timeout;
-        self.call(deadline, false, |mut conn| async move {
+        self.call(deadline, |mut conn| async move {
             scripts::DELETE_IF
                 .key(OVERRIDES_KEY)
                 .arg(key)
@@ -117,7 +117,7 @@ impl Store for RedisStore {
 
     async fn publish_reset(&self, key: &str) -> Result<(), StoreError> {
         let deadline = Instant::now() + self.timeout;
-        self.call(deadline, false, |mut conn| async move {
+        self.call(deadline, |mut conn| async move {
             scripts::PUBLISH_RESET
                 .key(&RESET_KEYS[..])
                 .arg(key)
@@ -133,7 +133,7 @@ impl Store for RedisStore {
     async fn resets_since(&self, after: u64) -> Result<ResetLog, StoreError> {
         let deadline = Instant::now() + self.timeout;
         let (latest, trimmed, keys) = self
-            .call(deadline, false, |mut conn| async move {
+            .call(deadline, |mut conn| async move {
                 scripts::RESETS_SINCE
                     .key(&RESET_KEYS[..])
                     .arg(after)
@@ -150,7 +150,7 @@ impl Store for RedisStore {
 
     async fn save_override(&self, key: &str, json: &str) -> Result<(), StoreError> {
         let deadline = Instant::now() + self.timeout;
-        self.call(deadline, false, |mut conn| async move {
+        self.call(deadline, |mut conn| async move {
             redis::cmd("HSET")
                 .arg(OVERRIDES_KEY)
                 .arg(key)
@@ -163,7 +163,7 @@ impl Store for RedisStore {
 
     async fn delete_override(&self, key: &str) -> Result<bool, StoreError> {
         let deadline = Instant::now() + self.timeout;
-        self.call(deadline, false, |mut conn| async move {
+        self.call(deadline, |mut conn| async move {
             redis::cmd("HDEL")
                 .arg(OVERRIDES_KEY)
                 .arg(key)
@@ -182,7 +182,7 @@ impl Store for RedisStore {
         let started = Instant::now();
         let cluster = self.cluster;
         let role = self
-            .call(deadline, false, |mut conn| async move {
+            .call(deadline, |mut conn| async move {
                 if cluster {
                     redis::cmd("PING").query_async::<()>(&mut conn).await?;
                     return Ok(None);
@@ -208,11 +208,7 @@ impl Store for RedisStore {
             })
             .await;
         match role {
-            Ok(_) => {
-                // Redis answers: requests need not wait for the next probe.
-                self.breaker.record_success();
-                Ok(started.elapsed())
-            }
+            Ok(_) => Ok(started.elapsed()),
             Err(err) => Err(err),
         }
     }

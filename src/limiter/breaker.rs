@@ -1,4 +1,5 @@
-//! A circuit breaker in front of Redis. After `threshold` failures in a row
+//! A circuit breaker in front of the store (Redis), in the core so that
+//! every front end shares it. After `threshold` failures in a row
 //! (timeouts, lost connections) it opens: for `cooldown` every call fails at
 //! once instead of waiting out its timeout, so during an outage requests are
 //! answered in microseconds by the failure mode. Then one call is let through
@@ -20,7 +21,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Admission {
+pub enum Admission {
     /// Closed: go ahead.
     Go,
     /// Open, cool-down over: this call is the one probe.
@@ -38,7 +39,7 @@ struct State {
 }
 
 #[derive(Debug)]
-pub(crate) struct Breaker {
+pub struct Breaker {
     threshold: u32,
     cooldown: Duration,
     probe_ttl: Duration,
@@ -52,23 +53,23 @@ pub(crate) struct Breaker {
 /// The right to make one call. A probe permit dropped before
 /// [`Permit::success`] or [`Permit::failure`] releases the probe slot.
 #[must_use]
-pub(crate) struct Permit<'a> {
+pub struct Permit<'a> {
     breaker: &'a Breaker,
     admission: Admission,
     settled: bool,
 }
 
 impl Permit<'_> {
-    pub(crate) fn admission(&self) -> Admission {
+    pub fn admission(&self) -> Admission {
         self.admission
     }
 
-    pub(crate) fn success(mut self) {
+    pub fn success(mut self) {
         self.settled = true;
         self.breaker.record_success();
     }
 
-    pub(crate) fn failure(mut self) {
+    pub fn failure(mut self) {
         self.settled = true;
         self.breaker.record_failure_at(Instant::now());
     }
@@ -85,10 +86,17 @@ impl Drop for Permit<'_> {
     }
 }
 
+impl Default for Breaker {
+    /// The defaults of REDIS_BREAKER_FAILURES and REDIS_BREAKER_COOLDOWN_MS.
+    fn default() -> Self {
+        Breaker::new(3, Duration::from_millis(500), Duration::from_secs(1))
+    }
+}
+
 impl Breaker {
     /// `probe_ttl`: how long a probe may stay unanswered before another one
     /// is let through (at least the call timeout).
-    pub(crate) fn new(threshold: u32, cooldown: Duration, probe_ttl: Duration) -> Self {
+    pub fn new(threshold: u32, cooldown: Duration, probe_ttl: Duration) -> Self {
         Breaker {
             threshold: threshold.max(1),
             cooldown,
@@ -104,7 +112,7 @@ impl Breaker {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn admit(&self) -> Permit<'_> {
+    pub fn admit(&self) -> Permit<'_> {
         let admission = if self.tripped.load(Ordering::Acquire) {
             self.admit_at(Instant::now())
         } else {
@@ -134,12 +142,12 @@ impl Breaker {
         }
     }
 
-    pub(crate) fn is_open(&self) -> bool {
+    pub fn is_open(&self) -> bool {
         self.tripped.load(Ordering::Acquire) && self.lock().open_until.is_some()
     }
 
     /// Redis answered (a guarded call, or a health check).
-    pub(crate) fn record_success(&self) {
+    pub fn record_success(&self) {
         if !self.tripped.load(Ordering::Acquire) {
             return;
         }
