@@ -29,6 +29,19 @@ impl FailureMode {
     }
 }
 
+impl FailureMode {
+    /// How much of the limit a mode keeps while the store cannot answer:
+    /// `closed` (refuse) over `local` (approximate) over `open` (allow). A
+    /// request whose policies ask for different modes gets the strictest.
+    pub fn strictness(self) -> u8 {
+        match self {
+            FailureMode::Open => 0,
+            FailureMode::Local => 1,
+            FailureMode::Closed => 2,
+        }
+    }
+}
+
 impl FromStr for FailureMode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -138,6 +151,7 @@ pub struct Policy {
     cost: u32,
     shadow: bool,
     per_client_ip: bool,
+    failure_mode: Option<FailureMode>,
 }
 
 impl Policy {
@@ -178,6 +192,7 @@ impl Policy {
             cost,
             shadow: false,
             per_client_ip: false,
+            failure_mode: None,
         })
     }
 
@@ -193,13 +208,26 @@ impl Policy {
         self
     }
 
+    /// The same policy with its own failure mode (`None`: the service's).
+    pub fn with_failure_mode(mut self, failure_mode: Option<FailureMode>) -> Self {
+        self.failure_mode = failure_mode;
+        self
+    }
+
+    /// What this policy wants when the store cannot answer, if it says
+    /// (rules file `failure_mode`); otherwise RATE_LIMIT_FAILURE_MODE.
+    pub fn failure_mode(&self) -> Option<FailureMode> {
+        self.failure_mode
+    }
+
     /// The same policy with another limit and window (an override), or why
     /// that would not be a valid policy.
     pub fn with_limit(&self, limit: NonZeroU32, window: Duration) -> Result<Self, PolicyError> {
         Ok(
             Policy::new(self.name.clone(), self.algorithm, limit, window, self.cost)?
                 .with_shadow(self.shadow)
-                .with_per_client_ip(self.per_client_ip),
+                .with_per_client_ip(self.per_client_ip)
+                .with_failure_mode(self.failure_mode),
         )
     }
 

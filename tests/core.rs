@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rate_limiter::config::RedisSettings;
 use rate_limiter::limiter::{
-    CheckRequest, Decision, Descriptor, FailureMode, Limiter, Rules, Standing,
+    CheckRequest, Decision, Descriptor, FailureMode, Limiter, LimiterError, Rules, Standing,
 };
 use rate_limiter::redis::RedisStore;
 use rate_limiter::telemetry::Metrics;
@@ -122,4 +122,53 @@ async fn decisions_per_descriptor_peeks_and_refunds() {
         limiter.check(&request(&key, "10.0.0.1", 1)).await.unwrap(),
         Decision::Denied(_)
     ));
+}
+
+/// A policy's own failure mode: while Redis cannot answer, a request gets
+/// the strictest mode among its policies (here `closed` on the per-IP
+/// policy beats the service's `open`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_strictest_failure_mode_of_a_requests_policies_applies() {
+    let mut redis = RedisServer::start().await;
+    let store = RedisStore::connect(&RedisSettings::single(
+        redis.url(),
+        Duration::from_millis(100),
+    ))
+    .await
+    .expect("store");
+    let rules = Rules::parse(
+        "modes.toml",
+        &RULES.replace(
+            "per = \"client_ip\"\n",
+            "per = \"client_ip\"\nfailure_mode = \"closed\"\n",
+        ),
+    )
+    .expect("rules");
+    let limiter = Limiter::new(
+        store,
+        rules,
+        FailureMode::Open,
+        false,
+        Arc::new(Metrics::new()),
+    );
+    redis.kill();
+    let key = unique_key("modes");
+    let only_key = CheckRequest {
+        domain: "http".into(),
+        descriptors: vec![Descriptor::new(vec![("user".into(), key.clone())])],
+    };
+    assert!(
+        matches!(
+            limiter.check(&only_key).await,
+            Ok(Decision::Degraded { .. })
+        ),
+        "the service's mode: open"
+    );
+    assert!(
+        matches!(
+            limiter.check(&request(&key, "10.0.0.1", 1)).await,
+            Err(LimiterError::Unavailable(_))
+        ),
+        "the per-IP policy's mode: closed"
+    );
 }

@@ -258,8 +258,14 @@ impl<S: Store> Limiter<S> {
                 })
             }
             Err(error) => {
-                let policies = items.iter().map(|i| i.policy.clone()).collect();
-                match self.failure_mode {
+                let policies: Vec<Arc<Policy>> = items.iter().map(|i| i.policy.clone()).collect();
+                // Each policy's own mode, or the service's; the strictest wins.
+                let mode = policies
+                    .iter()
+                    .map(|p| p.failure_mode().unwrap_or(self.failure_mode))
+                    .max_by_key(|m| m.strictness())
+                    .unwrap_or(self.failure_mode);
+                match mode {
                     FailureMode::Open => Ok(Decision::Degraded { error, policies }),
                     FailureMode::Closed => Err(LimiterError::Unavailable(error)),
                     FailureMode::Local => {

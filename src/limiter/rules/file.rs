@@ -18,7 +18,7 @@ use super::http::RouteMatch;
 use super::{check_override, OverrideAction, RulesError, ScopedPolicy};
 use crate::identity::{Identity, Strategy};
 use crate::limiter::request::Entry;
-use crate::policy::{parse_window, Algorithm, Policy};
+use crate::policy::{parse_window, Algorithm, FailureMode, Policy};
 
 /// What a valid file holds: its policies, and its overrides by subject.
 pub(super) type Parsed = (Vec<ScopedPolicy>, HashMap<Entry, OverrideAction>);
@@ -47,6 +47,7 @@ struct PolicyToml {
     route: Option<String>,
     shadow: Option<bool>,
     per: Option<String>,
+    failure_mode: Option<String>,
 }
 
 /// An `[[override]]` table.
@@ -227,10 +228,18 @@ impl Parser<'_> {
                 "a policy counted per client IP applies to every caller: remove `strategy`",
             ));
         }
+        let failure_mode = table
+            .failure_mode
+            .map(|m| {
+                m.parse::<FailureMode>()
+                    .map_err(|e| place.bad("failure_mode", e))
+            })
+            .transpose()?;
         let policy = Policy::new(name, algorithm, limit, window, cost)
             .map_err(|err| place.bad(err.key(), err.to_string()))?
             .with_shadow(table.shadow.unwrap_or(false))
-            .with_per_client_ip(per_client_ip);
+            .with_per_client_ip(per_client_ip)
+            .with_failure_mode(failure_mode);
         Ok(ScopedPolicy {
             policy: Arc::new(policy),
             strategy,
