@@ -11,8 +11,8 @@ use actix_web::{Error, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::app_state;
 use super::errors::ApiError;
+use super::{app_state, AppState};
 use crate::identity::{Caller, Identifier, Identity, IdentityError, RequestParts};
 use std::sync::Arc;
 
@@ -151,7 +151,7 @@ pub struct LimitInfo {
 /// policy name from the configuration, decision; never a client value), and
 /// notes it in the request for the access log.
 fn record<'a>(
-    req: &ServiceRequest,
+    req: &HttpRequest,
     metrics: &Metrics,
     strategy: &'static str,
     policies: impl IntoIterator<Item = &'a Policy>,
@@ -179,6 +179,14 @@ fn record<'a>(
 /// a Structured Field list of their names.
 pub const X_RATELIMIT_SHADOW: HeaderName = HeaderName::from_static("x-ratelimit-shadow");
 
+/// What the limiter's decision means for one HTTP request.
+pub enum Verdict {
+    /// Go ahead: serve the request and add these headers to its response.
+    Pass(HeaderMap),
+    /// Answer this instead (429, 403, 503).
+    Answer(HttpResponse),
+}
+
 /// Middleware for limited routes (wrap them with `from_fn(rate_limit)`).
 pub async fn rate_limit(
     req: ServiceRequest,
@@ -189,22 +197,44 @@ pub async fn rate_limit(
         Ok(caller) => caller,
         Err(err) => return Ok(req.into_response(ApiError::from(err).error_response())),
     };
-    let identity = &caller.identity;
-    let strategy = identity.strategy.as_str();
     let (method, path) = route_of(req.request());
     let route = Route {
         method: &method,
         path: &path,
     };
+    match verdict(req.request(), &state, &caller, &route).await {
+        Verdict::Answer(response) => Ok(req.into_response(response)),
+        Verdict::Pass(headers) => {
+            let mut response = next.call(req).await?.map_into_boxed_body();
+            for (name, value) in headers {
+                response.headers_mut().insert(name, value);
+            }
+            Ok(response)
+        }
+    }
+}
+
+/// Asks the limiter about `caller` on `route` and turns the decision into
+/// headers or an answer; counts it, and notes it in `req` for the access
+/// log. Every HTTP front end (the limited routes, forward-auth) uses it.
+pub async fn verdict(
+    req: &HttpRequest,
+    state: &AppState,
+    caller: &Caller,
+    route: &Route<'_>,
+) -> Verdict {
+    let identity = &caller.identity;
+    let strategy = identity.strategy.as_str();
     let metrics = state.limiter.metrics();
-    let request = rules::http::request(&caller, &route, state.limiter.shapes());
+    let request = rules::http::request(caller, route, state.limiter.shapes());
     let decision = match state.limiter.check(&request).await {
         Ok(decision) => decision,
         Err(LimiterError::Unavailable(err)) => {
-            record(&req, metrics, strategy, [], "unavailable");
-            return Ok(req.into_response(ApiError::Unavailable(err).error_response()));
+            record(req, metrics, strategy, [], "unavailable");
+            return Verdict::Answer(ApiError::Unavailable(err).error_response());
         }
     };
+    let mut headers = HeaderMap::new();
     match decision {
         Decision::Allowed(outcome) => {
             let shadow_denied: Vec<&str> = outcome
@@ -219,7 +249,7 @@ pub async fn rate_limit(
                 "shadow_denied"
             };
             record(
-                &req,
+                req,
                 metrics,
                 strategy,
                 outcome.quotas.iter().map(|(p, _)| p.as_ref()),
@@ -234,46 +264,43 @@ pub async fn rate_limit(
                         .inc();
                 }
             }
-            let mut response = next.call(req).await?.map_into_boxed_body();
-            let headers = response.headers_mut();
-            insert_quota_headers(headers, &outcome);
+            insert_quota_headers(&mut headers, &outcome);
             if !shadow_denied.is_empty() {
                 let names: Vec<String> = shadow_denied.iter().map(|n| format!("\"{n}\"")).collect();
                 if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
                     headers.insert(X_RATELIMIT_SHADOW, value);
                 }
             }
-            Ok(response)
+            Verdict::Pass(headers)
         }
         Decision::Denied(outcome) => {
             record(
-                &req,
+                req,
                 metrics,
                 strategy,
                 outcome.quotas.iter().map(|(p, _)| p.as_ref()),
                 "denied",
             );
-            Ok(req.into_response(too_many_requests(identity, &outcome)))
+            Verdict::Answer(too_many_requests(identity, &outcome))
         }
         Decision::Unlimited => {
-            record(&req, metrics, strategy, [], "unlimited");
-            Ok(next.call(req).await?.map_into_boxed_body())
+            record(req, metrics, strategy, [], "unlimited");
+            Verdict::Pass(headers)
         }
         Decision::Blocked => {
-            record(&req, metrics, strategy, [], "blocked");
-            Ok(req.into_response(ApiError::Blocked.error_response()))
+            record(req, metrics, strategy, [], "blocked");
+            Verdict::Answer(ApiError::Blocked.error_response())
         }
         Decision::Degraded { error, policies } => {
             record(
-                &req,
+                req,
                 metrics,
                 strategy,
                 policies.iter().map(|p| p.as_ref()),
                 "degraded",
             );
-            let mut response = next.call(req).await?.map_into_boxed_body();
-            mark_degraded(response.headers_mut(), &error, &policies, false);
-            Ok(response)
+            mark_degraded(&mut headers, &error, &policies, false);
+            Verdict::Pass(headers)
         }
         Decision::Local {
             error,
@@ -281,15 +308,14 @@ pub async fn rate_limit(
             policies,
         } if verdict.allowed => {
             record(
-                &req,
+                req,
                 metrics,
                 strategy,
                 policies.iter().map(|p| p.as_ref()),
                 "local_allowed",
             );
-            let mut response = next.call(req).await?.map_into_boxed_body();
-            mark_degraded(response.headers_mut(), &error, &policies, true);
-            Ok(response)
+            mark_degraded(&mut headers, &error, &policies, true);
+            Verdict::Pass(headers)
         }
         Decision::Local {
             error,
@@ -297,7 +323,7 @@ pub async fn rate_limit(
             policies,
         } => {
             record(
-                &req,
+                req,
                 metrics,
                 strategy,
                 policies.iter().map(|p| p.as_ref()),
@@ -318,7 +344,7 @@ pub async fn rate_limit(
             let headers = response.headers_mut();
             mark_degraded(headers, &error, &policies, true);
             headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(0u32));
-            Ok(req.into_response(response))
+            Verdict::Answer(response)
         }
     }
 }
