@@ -13,7 +13,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::errors::ErrorBody;
 use super::ratelimit::RateLimitExceeded;
-use super::{admin, routes};
+use super::{admin, forward_auth, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,7 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
     ),
     paths(
         routes::resource,
+        forward_auth::forward_auth,
         routes::rate_limit_status,
         routes::health,
         routes::livez,
@@ -42,6 +43,7 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         ErrorBody,
         RateLimitExceeded,
         routes::ResourceResponse,
+        forward_auth::ForwardAllowed,
         routes::ResourceData,
         routes::RateLimitStatus,
         routes::PolicyStatus,
@@ -58,6 +60,7 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
     tags(
         (name = "resource", description = "The protected, rate-limited API"),
         (name = "rate limit", description = "The caller's own limit"),
+        (name = "forward-auth", description = "The rate limiter a gateway (nginx, Caddy, Traefik) asks before it forwards a request"),
         (name = "health", description = "Liveness, readiness and metrics"),
         (name = "admin", description = "Identities and overrides; only when ADMIN_TOKEN is set (otherwise these paths do not exist and this document does not list them), with Authorization: Bearer <ADMIN_TOKEN>")
     )

@@ -52,6 +52,9 @@ pub enum ApiError {
     BodyTimeout(std::time::Duration),
     #[error("request body too large")]
     PayloadTooLarge { limit: usize },
+    /// Forward-auth asked by a peer that is not a trusted proxy.
+    #[error("untrusted peer")]
+    UntrustedPeer,
 }
 
 impl ApiError {
@@ -84,6 +87,10 @@ impl ApiError {
                     timeout.as_millis()
                 )),
             ),
+            ApiError::UntrustedPeer => (
+                "Forbidden",
+                Some("forward-auth answers trusted proxies only (TRUSTED_PROXIES)".to_owned()),
+            ),
             ApiError::PayloadTooLarge { limit } => (
                 "Payload too large",
                 Some(format!("the body may be at most {limit} bytes")),
@@ -104,7 +111,7 @@ impl ResponseError for ApiError {
             }
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Blocked => StatusCode::FORBIDDEN,
+            ApiError::Blocked | ApiError::UntrustedPeer => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::NoSuchIdentity(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod body;
 pub mod docs;
 pub mod errors;
+pub mod forward_auth;
 pub mod ratelimit;
 pub mod routes;
 
@@ -45,6 +46,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
             )
             .default_service(not_allowed("POST")),
     )
+    .service({
+        // Any standard method: a gateway may ask with the original one.
+        let mut resource = web::resource("/v1/forward-auth");
+        for method in forward_auth::METHODS {
+            resource = resource.route(web::route().method(method).to(forward_auth::forward_auth));
+        }
+        resource.default_service(not_allowed(forward_auth::ALLOW))
+    })
     .service(get_only("/rate-limit/status", routes::rate_limit_status))
     .service(get_only("/health", routes::health))
     .service(get_only("/livez", routes::livez))

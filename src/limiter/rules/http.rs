@@ -59,14 +59,15 @@ impl RouteMatch {
         })
     }
 
-    /// The first entry of the descriptors this route scope matches.
+    /// The first entry of the descriptors this route scope matches. A `*`
+    /// in the path is a glob (any run of characters, `/` included).
     fn step(&self) -> (String, ValueMatch) {
         match &self.method {
             Some(method) => (
                 ROUTE.to_owned(),
-                ValueMatch::Exact(format!("{method} {}", self.path)),
+                ValueMatch::of(&format!("{method} {}", self.path)),
             ),
-            None => (PATH.to_owned(), ValueMatch::Exact(self.path.clone())),
+            None => (PATH.to_owned(), ValueMatch::of(&self.path)),
         }
     }
 }
