@@ -117,3 +117,28 @@ async fn forward_auth_refuses_untrusted_peers_and_vague_requests() {
     assert_eq!(r.status(), 200);
     assert_eq!(header_u64(&r, "X-RateLimit-Remaining"), 19);
 }
+
+/// `deny_status` turns a denial into 401 or 403 for gateways that pass only
+/// those on (nginx's auth_request), with the same headers.
+#[tokio::test]
+async fn forward_auth_denies_with_the_status_a_gateway_passes_on() {
+    let redis = RedisServer::start().await;
+    let rules = RulesFile::new(&RULES.replace("limit = 2\n", "limit = 1\n"));
+    let app = spawn_app_with_rules(&redis, &rules, &[("TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let key = unique_key("deny-status");
+    let send = |query: &'static str| {
+        app.client
+            .get(app.url(&format!("/v1/forward-auth{query}")))
+            .header("X-Forwarded-Method", "POST")
+            .header("X-Forwarded-Uri", "/v1/orders/1")
+            .header("X-API-Key", &key)
+            .send()
+    };
+    assert_eq!(send("?deny_status=403").await.unwrap().status(), 200);
+    let r = send("?deny_status=403").await.unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(header_u64(&r, "Retry-After") >= 1);
+    assert_eq!(send("?deny_status=401").await.unwrap().status(), 401);
+    assert_eq!(send("").await.unwrap().status(), 429);
+    assert_eq!(send("?deny_status=500").await.unwrap().status(), 400);
+}

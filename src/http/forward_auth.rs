@@ -8,6 +8,7 @@
 //! anyone else could ask about any request, or pose as any client.
 
 use actix_web::http::header::{HeaderMap, HeaderName};
+use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -77,6 +78,17 @@ fn original(headers: &HeaderMap) -> Result<(String, String), ApiError> {
     Ok((method.to_ascii_uppercase(), path.to_owned()))
 }
 
+/// Query parameters of forward-auth.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ForwardQuery {
+    /// The status of a denial: 429 (the default), or 401 or 403 for gateways
+    /// that pass only those on (nginx `auth_request` turns any other into
+    /// 500; its snippet in `deploy/nginx/` turns 403 back into 429).
+    #[param(minimum = 401, maximum = 429)]
+    deny_status: Option<u16>,
+}
+
 /// Should the gateway forward this request?
 ///
 /// Any method. The gateway describes the original request:
@@ -89,6 +101,7 @@ fn original(headers: &HeaderMap) -> Result<(String, String), ApiError> {
     path = "/v1/forward-auth",
     tag = "forward-auth",
     params(
+        ForwardQuery,
         ("X-Forwarded-Method" = Option<String>, Header, description = "The original method (default GET); nginx: X-Original-Method", pattern = "^[A-Za-z]{1,16}$"),
         ("X-Forwarded-Uri" = String, Header, description = "The original path and query; nginx: X-Original-URI", pattern = "^/[ -~]{0,2047}$"),
         ("X-API-Key" = Option<String>, Header, description = "The original request's API key, as for /api/resource", max_length = 256, pattern = "^[ -~]*$"),
@@ -96,7 +109,8 @@ fn original(headers: &HeaderMap) -> Result<(String, String), ApiError> {
     responses(
         (status = 200, description = "Allowed: forward it (copy the rate-limit headers)", body = ForwardAllowed),
         (status = 400, description = "No usable description of the original request, or an unusable X-API-Key", body = ErrorBody),
-        (status = 403, description = "Asked by a peer that is not a trusted proxy, or the caller is blocked", body = ErrorBody),
+        (status = 401, description = "Rate limit exceeded, with `deny_status=401`", body = RateLimitExceeded),
+        (status = 403, description = "Asked by a peer that is not a trusted proxy, the caller is blocked, or (with `deny_status=403`) the rate limit is exceeded", body = ErrorBody),
         (status = 429, description = "Rate limit exceeded: answer the client with this", body = RateLimitExceeded),
         (status = 503, description = "Redis cannot answer and the failure mode is `closed`", body = ErrorBody),
     )
@@ -105,6 +119,18 @@ pub async fn forward_auth(req: HttpRequest, state: web::Data<AppState>) -> HttpR
     if !state.identifier.trusts(req.peer_addr()) {
         return ApiError::UntrustedPeer.error_response();
     }
+    let deny_status = match web::Query::<ForwardQuery>::from_query(req.query_string()) {
+        Ok(query) => match query.deny_status {
+            None | Some(429) => StatusCode::TOO_MANY_REQUESTS,
+            Some(401) => StatusCode::UNAUTHORIZED,
+            Some(403) => StatusCode::FORBIDDEN,
+            Some(other) => {
+                return ApiError::BadRequest(format!("deny_status {other}: use 429, 401 or 403"))
+                    .error_response()
+            }
+        },
+        Err(err) => return ApiError::BadRequest(format!("query: {err}")).error_response(),
+    };
     let (method, path) = match original(req.headers()) {
         Ok(original) => original,
         Err(err) => return err.error_response(),
@@ -118,7 +144,12 @@ pub async fn forward_auth(req: HttpRequest, state: web::Data<AppState>) -> HttpR
         path: &path,
     };
     match verdict(&req, &state, &caller, &route).await {
-        Verdict::Answer(response) => response,
+        Verdict::Answer(mut response) => {
+            if response.status() == StatusCode::TOO_MANY_REQUESTS {
+                *response.status_mut() = deny_status;
+            }
+            response
+        }
         Verdict::Pass(headers) => {
             let mut response = HttpResponse::Ok().json(ForwardAllowed { allowed: true });
             for (name, value) in headers {

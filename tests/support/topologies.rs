@@ -10,6 +10,13 @@ use super::{free_port, require, RedisServer, TempDir};
 /// A child process killed on drop (sentinels).
 pub struct Process(Child);
 
+impl Process {
+    /// Owns `child`: it is killed when this is dropped.
+    pub fn new(child: Child) -> Self {
+        Process(child)
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.0.kill();
