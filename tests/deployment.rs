@@ -314,3 +314,58 @@ fn systemd_unit_runs_the_binary_and_reloads_with_sighup() {
         assert!(text.contains(section));
     }
 }
+
+/// Traefik is not packaged here, so its configuration is checked against
+/// the shape its documentation gives the file provider: a ForwardAuth
+/// middleware asking /v1/forward-auth, used by a router, with a service.
+#[test]
+fn traefik_forward_auth_configuration_is_well_formed() {
+    let doc: serde_yaml::Value =
+        serde_yaml::from_str(&read("deploy/traefik/dynamic.yml")).expect("YAML");
+    let http = &doc["http"];
+    let auth = &http["middlewares"]["rate-limit"]["forwardAuth"];
+    let address = auth["address"].as_str().expect("forwardAuth.address");
+    assert!(address.starts_with("http://") && address.ends_with("/v1/forward-auth"));
+    assert_eq!(auth["trustForwardHeader"], serde_yaml::Value::Bool(true));
+    let copied: Vec<&str> = auth["authResponseHeaders"]
+        .as_sequence()
+        .expect("authResponseHeaders")
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(copied.contains(&"X-RateLimit-Remaining") && copied.contains(&"RateLimit"));
+    // Only keys Traefik's ForwardAuth middleware documents.
+    let known = [
+        "address",
+        "tls",
+        "trustForwardHeader",
+        "authResponseHeaders",
+        "authResponseHeadersRegex",
+        "authRequestHeaders",
+        "addAuthCookiesToResponse",
+        "headerField",
+        "forwardBody",
+        "maxBodySize",
+        "preserveLocationHeader",
+        "preserveRequestMethod",
+    ];
+    for key in auth.as_mapping().unwrap().keys() {
+        assert!(known.contains(&key.as_str().unwrap()), "{key:?}");
+    }
+    let router = &http["routers"]["api"];
+    assert!(router["rule"].as_str().unwrap().contains("PathPrefix"));
+    let middlewares: Vec<&str> = router["middlewares"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(middlewares, ["rate-limit"]);
+    let service = router["service"].as_str().unwrap();
+    assert!(
+        http["services"][service]["loadBalancer"]["servers"][0]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://")
+    );
+}

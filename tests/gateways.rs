@@ -1,6 +1,7 @@
 //! Real gateways in front of a tiny backend, asking the rate limiter through
-//! forward-auth: nginx with the shipped `deploy/nginx/rate-limiter.conf`
-//! (auth_request), started on free loopback ports.
+//! forward-auth, each running the configuration shipped in `deploy/` with
+//! its addresses pointed at the test's processes on free loopback ports:
+//! nginx (`auth_request`) and Caddy (`forward_auth`).
 
 mod support;
 
@@ -154,6 +155,100 @@ async fn nginx_auth_request_limits_each_key_and_answers_429() {
     for _ in 0..3 {
         let r = client.post(url("/v1/orders/9")).send().await.unwrap();
         anonymous.push(r.status().as_u16());
+    }
+    assert_eq!(anonymous, [200, 200, 429]);
+    backend.stop(false).await;
+}
+
+/// Caddy with the shipped Caddyfile.
+fn caddy(dir: &TempDir, listen: u16, limiter: u16, backend: u16) -> Process {
+    let file = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/caddy/Caddyfile"),
+    )
+    .expect("the shipped Caddyfile");
+    let file = file
+        .replace(
+            "forward_auth 127.0.0.1:8000",
+            &format!("forward_auth 127.0.0.1:{limiter}"),
+        )
+        .replace(
+            "reverse_proxy 127.0.0.1:9000",
+            &format!("reverse_proxy 127.0.0.1:{backend}"),
+        )
+        .replace(":8080 {", &format!("http://127.0.0.1:{listen} {{"));
+    let path = dir.path().join("Caddyfile");
+    std::fs::write(&path, file).unwrap();
+    let child = Command::new(require("caddy"))
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        // Caddy keeps its state under the home and XDG directories.
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start caddy");
+    Process::new(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_forward_auth_limits_each_key_and_passes_the_429_on() {
+    let redis = RedisServer::start().await;
+    let rules = RulesFile::new(RULES);
+    let app = spawn_app_with_rules(&redis, &rules, &[("TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let (backend_port, backend) = backend();
+    let dir = TempDir::new("caddy");
+    let port = free_port();
+    let _caddy = caddy(&dir, port, app.port, backend_port);
+    wait_for(port).await;
+    let client = reqwest::Client::new();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+
+    let key = unique_key("caddy");
+    let mut statuses = Vec::new();
+    for i in 0..3 {
+        let r = client
+            .post(url(&format!("/v1/orders/{i}")))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 200 {
+            assert_eq!(r.text().await.unwrap(), "backend");
+        } else {
+            // The limiter's own answer, passed on as it is.
+            let retry = header_u64(&r, "Retry-After");
+            assert_eq!(header_u64(&r, "X-RateLimit-Limit"), 2);
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["retry_after"], retry);
+            assert_eq!(body["identifier"], key.as_str());
+        }
+    }
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "the route's limit, through Caddy"
+    );
+    let r = client
+        .get(url("/v1/orders/1"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "a route rule applies to its route only");
+    // Without a key the client is the address Caddy saw, in X-Forwarded-For.
+    let mut anonymous = Vec::new();
+    for _ in 0..3 {
+        let r = client.post(url("/v1/orders/9")).send().await.unwrap();
+        if r.status() == 429 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["identifier"], "127.0.0.1");
+            anonymous.push(429);
+        } else {
+            anonymous.push(r.status().as_u16());
+        }
     }
     assert_eq!(anonymous, [200, 200, 429]);
     backend.stop(false).await;
