@@ -190,6 +190,8 @@ impl std::str::FromStr for ForwardedHeader {
 pub struct Identifier {
     trusted_proxies: Vec<IpNet>,
     max_key_length: usize,
+    /// The header that carries API keys (API_KEY_HEADER), lower case.
+    api_key_header: String,
     header: ForwardedHeader,
 }
 
@@ -215,8 +217,21 @@ impl Identifier {
         Identifier {
             trusted_proxies,
             max_key_length,
+            api_key_header: "x-api-key".to_owned(),
             header,
         }
+    }
+
+    /// The same identifier reading API keys from `header` (e.g.
+    /// `X-Client-Key`, or `Authorization` for `Bearer <key>`).
+    pub fn with_api_key_header(mut self, header: &str) -> Self {
+        self.api_key_header = header.to_ascii_lowercase();
+        self
+    }
+
+    /// The header that carries API keys, lower case.
+    pub fn api_key_header(&self) -> &str {
+        &self.api_key_header
     }
 
     /// The caller: its identity, and its client IP.

@@ -63,7 +63,8 @@ impl Application {
                 settings.trusted_proxies.clone(),
                 settings.max_api_key_length,
                 settings.forwarded_header,
-            ),
+            )
+            .with_api_key_header(&settings.api_key_header),
             environment: settings.environment.clone(),
             log_format: settings.log_format,
             admin_token: settings.admin_token.clone(),

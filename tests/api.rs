@@ -608,3 +608,48 @@ async fn openapi_documents_every_endpoint_status_and_header() {
         .iter()
         .any(|p| p["name"] == "X-API-Key" && p["in"] == "header"));
 }
+
+/// API_KEY_HEADER names the header that carries keys; with
+/// `Authorization` the key is the token of `Bearer <key>`.
+#[tokio::test]
+async fn the_api_key_header_is_a_setting_and_can_be_a_bearer_token() {
+    let redis = RedisServer::start().await;
+    let app = spawn_app(&redis, &[("API_KEY_HEADER", "X-Client-Key")]).await;
+    let key = unique_key("client-key");
+    let status = |builder: reqwest::RequestBuilder| async move {
+        let body: Value = builder.send().await.unwrap().json().await.unwrap();
+        (body["strategy"].clone(), body["identifier"].clone())
+    };
+    let url = app.url("/rate-limit/status");
+    assert_eq!(
+        status(app.client.get(&url).header("X-Client-Key", &key)).await,
+        (Value::from("user"), Value::from(key.as_str()))
+    );
+    assert_eq!(
+        status(app.client.get(&url).header("X-API-Key", &key))
+            .await
+            .0,
+        "ip",
+        "the default header is not read when another is set"
+    );
+
+    let bearer = spawn_app(&redis, &[("API_KEY_HEADER", "Authorization")]).await;
+    let url = bearer.url("/rate-limit/status");
+    assert_eq!(
+        status(
+            bearer
+                .client
+                .get(&url)
+                .header("Authorization", format!("bearer {key}"))
+        )
+        .await,
+        (Value::from("user"), Value::from(key.as_str()))
+    );
+    assert_eq!(
+        status(bearer.client.get(&url).header("Authorization", "Basic abc"))
+            .await
+            .0,
+        "ip",
+        "another scheme carries no key"
+    );
+}

@@ -92,6 +92,9 @@ pub struct Settings {
     pub max_api_key_length: usize,
     /// How long a client may take to send a request body (then 408).
     pub body_timeout: Duration,
+    /// The header that carries API keys; `Authorization` means
+    /// `Authorization: Bearer <key>`.
+    pub api_key_header: String,
 }
 
 impl Settings {
@@ -182,6 +185,16 @@ impl Settings {
             )?,
             max_api_key_length: env.parse_with("MAX_API_KEY_LENGTH", 256, |v| {
                 bounded_integer(v, 1, 4096).map(|n| n as usize)
+            })?,
+            api_key_header: env.parse_with("API_KEY_HEADER", "X-API-Key".to_owned(), |v| {
+                if !v.is_empty()
+                    && v.len() <= 64
+                    && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                {
+                    Ok(v.to_owned())
+                } else {
+                    Err("expected a header name (letters, digits and '-'), e.g. X-API-Key or Authorization".into())
+                }
             })?,
             body_timeout: env.parse_with(
                 "REQUEST_BODY_TIMEOUT_MS",
@@ -290,6 +303,7 @@ mod tests {
             ("FORWARDED_HEADER", "X-Real-IP"),
             ("REQUEST_BODY_TIMEOUT_MS", "0"),
             ("RATE_LIMIT_IP_EVERY_REQUEST", "sometimes"),
+            ("API_KEY_HEADER", "X API Key"),
         ];
         for (name, value) in cases {
             let err = settings(&[(name, value)]).unwrap_err();

@@ -29,7 +29,6 @@ pub const X_RATELIMIT_DEGRADED: HeaderName = HeaderName::from_static("x-ratelimi
 pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 /// IETF draft-ietf-httpapi-ratelimit-headers: the state under each policy.
 pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 
 /// The 429 body.
@@ -54,11 +53,24 @@ pub fn identify(req: &HttpRequest, identifier: &Identifier) -> Result<Caller, Id
     let xff: Vec<&[u8]> = values(headers, &X_FORWARDED_FOR);
     let forwarded: Vec<&[u8]> = values(headers, &header::FORWARDED);
     identifier.caller(&RequestParts {
-        api_key: headers.get(X_API_KEY).map(HeaderValue::as_bytes),
+        api_key: api_key(headers, identifier.api_key_header()),
         x_forwarded_for: &xff,
         forwarded: &forwarded,
         peer: req.peer_addr(),
     })
+}
+
+/// The raw API key: the configured header's value or, when that header is
+/// `Authorization`, the token of its `Bearer` scheme (any case).
+fn api_key<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    let value = headers.get(name)?.as_bytes();
+    if !name.eq_ignore_ascii_case("authorization") {
+        return Some(value);
+    }
+    let (scheme, token) = value.split_at(value.iter().position(|b| *b == b' ')?);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| token.trim_ascii())
 }
 
 fn values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Vec<&'a [u8]> {
