@@ -13,10 +13,11 @@ cd "$(dirname "$0")"
 log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # The programs the tests run, and the Debian packages that bring them
-# (nginx and Caddy: the gateway tests put real ones in front of a backend).
+# (nginx and Caddy: the gateway tests put real ones in front of a backend;
+# openssl: the JWT tests make an EC key pair).
 scripts/install_packages.sh \
   redis-server=redis-server redis-cli=redis-tools redis-sentinel=redis-sentinel \
-  nginx=nginx-light caddy=caddy python3=python3 py:ensurepip=python3-venv
+  nginx=nginx-light caddy=caddy openssl=openssl python3=python3 py:ensurepip=python3-venv
 # The Debian package may start a system-wide redis-server on 6379. The tests
 # never use it (each starts its own on a free port), so it is left alone.
 

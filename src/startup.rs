@@ -13,6 +13,7 @@ use actix_web::{web, App, HttpServer};
 use crate::app::AppState;
 use crate::config::Settings;
 use crate::http;
+use crate::identity::jwt::JwtVerifier;
 use crate::identity::Identifier;
 use crate::limiter::breaker::Breaker;
 use crate::limiter::overrides::REFRESH_INTERVAL;
@@ -26,6 +27,8 @@ pub enum StartupError {
     Redis(#[from] RedisSetupError),
     #[error("invalid rules file (setting RATE_LIMIT_CONFIG): {0}")]
     Rules(#[from] RulesError),
+    #[error(transparent)]
+    Jwt(#[from] crate::identity::jwt::JwtSetupError),
     #[error("cannot listen on {address} (settings HOST and PORT): {source}")]
     Bind { address: String, source: io::Error },
 }
@@ -57,14 +60,18 @@ impl Application {
             // A probe unanswered for twice the call timeout is presumed lost.
             redis.breaker_cooldown.max(redis.timeout * 2),
         ));
+        let mut identifier = Identifier::new(
+            settings.trusted_proxies.clone(),
+            settings.max_api_key_length,
+            settings.forwarded_header,
+        )
+        .with_api_key_header(&settings.api_key_header);
+        if let Some(jwt) = &settings.jwt {
+            identifier = identifier.with_jwt(JwtVerifier::new(jwt.clone())?);
+        }
         let state = web::Data::new(AppState {
             limiter,
-            identifier: Identifier::new(
-                settings.trusted_proxies.clone(),
-                settings.max_api_key_length,
-                settings.forwarded_header,
-            )
-            .with_api_key_header(&settings.api_key_header),
+            identifier,
             environment: settings.environment.clone(),
             log_format: settings.log_format,
             admin_token: settings.admin_token.clone(),

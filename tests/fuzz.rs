@@ -60,6 +60,7 @@ proptest! {
         let forwarded: Vec<&[u8]> = forwarded.iter().map(Vec::as_slice).collect();
         let parts = RequestParts {
             api_key: api_key.as_deref(),
+            bearer: None,
             x_forwarded_for: &xff,
             forwarded: &forwarded,
             peer: Some(SocketAddr::new(peer_ip, 4000)),

@@ -17,6 +17,7 @@ use ipnet::IpNet;
 mod env;
 mod topology;
 
+use crate::identity::jwt::{JwtKeySource, JwtSettings};
 use crate::identity::ForwardedHeader;
 use crate::policy::Algorithm;
 pub use crate::policy::{parse_window, FailureMode};
@@ -95,6 +96,8 @@ pub struct Settings {
     /// The header that carries API keys; `Authorization` means
     /// `Authorization: Bearer <key>`.
     pub api_key_header: String,
+    /// JWT identities (JWT_CLAIM and a key source), when configured.
+    pub jwt: Option<JwtSettings>,
 }
 
 impl Settings {
@@ -196,12 +199,72 @@ impl Settings {
                     Err("expected a header name (letters, digits and '-'), e.g. X-API-Key or Authorization".into())
                 }
             })?,
+            jwt: jwt_settings(&env)?,
             body_timeout: env.parse_with(
                 "REQUEST_BODY_TIMEOUT_MS",
                 Duration::from_secs(5),
                 |v| bounded_integer(v, 1, 600_000).map(Duration::from_millis),
             )?,
         })
+    }
+}
+
+/// JWT_CLAIM with exactly one of JWT_SECRET, JWT_PUBLIC_KEY_FILE and
+/// JWT_JWKS_FILE; JWT_ISSUER and JWT_AUDIENCE optional.
+fn jwt_settings(env: &Env<'_>) -> Result<Option<JwtSettings>, ConfigError> {
+    let file = |name: &'static str| {
+        env.parse_with(name, None, |v| {
+            let path = PathBuf::from(v);
+            if path.is_file() {
+                Ok(Some(path))
+            } else {
+                Err("no such file".into())
+            }
+        })
+    };
+    let sources = [
+        (
+            "JWT_SECRET",
+            env.get("JWT_SECRET").map(JwtKeySource::Secret),
+        ),
+        (
+            "JWT_PUBLIC_KEY_FILE",
+            file("JWT_PUBLIC_KEY_FILE")?.map(JwtKeySource::PemFile),
+        ),
+        (
+            "JWT_JWKS_FILE",
+            file("JWT_JWKS_FILE")?.map(JwtKeySource::JwksFile),
+        ),
+    ];
+    let mut given = sources.into_iter().filter_map(|(n, s)| s.map(|s| (n, s)));
+    let first = given.next();
+    if let Some((second, _)) = given.next() {
+        return Err(ConfigError::new(
+            second,
+            &env.get(second).unwrap_or_default(),
+            "set one of JWT_SECRET, JWT_PUBLIC_KEY_FILE and JWT_JWKS_FILE",
+        ));
+    }
+    let claim = env.get("JWT_CLAIM");
+    let (issuer, audience) = (env.get("JWT_ISSUER"), env.get("JWT_AUDIENCE"));
+    match (claim, first) {
+        (None, None) => Ok(None),
+        (None, Some((name, _))) => Err(ConfigError::new(
+            "JWT_CLAIM",
+            "",
+            format!("{name} is set: name the claim that identifies the caller, e.g. sub"),
+        )),
+        (Some(claim), None) => Err(ConfigError::new(
+            "JWT_CLAIM",
+            &claim,
+            "set one of JWT_SECRET, JWT_PUBLIC_KEY_FILE and JWT_JWKS_FILE to verify tokens",
+        )),
+        (Some(claim), Some((_, keys))) => Ok(Some(JwtSettings {
+            claim,
+            keys,
+            issuer,
+            audience,
+        })),
     }
 }
 
@@ -304,6 +367,8 @@ mod tests {
             ("REQUEST_BODY_TIMEOUT_MS", "0"),
             ("RATE_LIMIT_IP_EVERY_REQUEST", "sometimes"),
             ("API_KEY_HEADER", "X API Key"),
+            ("JWT_CLAIM", "sub"),
+            ("JWT_PUBLIC_KEY_FILE", "/no/such/key.pem"),
         ];
         for (name, value) in cases {
             let err = settings(&[(name, value)]).unwrap_err();

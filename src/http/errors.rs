@@ -106,6 +106,7 @@ impl ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
+            ApiError::Identity(IdentityError::Token(_)) => StatusCode::UNAUTHORIZED,
             ApiError::Identity(_) | ApiError::InvalidJson(_) | ApiError::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
@@ -128,7 +129,7 @@ impl ResponseError for ApiError {
             ApiError::MethodNotAllowed { allow } => {
                 response.insert_header((header::ALLOW, *allow));
             }
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized | ApiError::Identity(IdentityError::Token(_)) => {
                 response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
             }
             _ => {}

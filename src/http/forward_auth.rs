@@ -109,7 +109,7 @@ pub struct ForwardQuery {
     responses(
         (status = 200, description = "Allowed: forward it (copy the rate-limit headers)", body = ForwardAllowed),
         (status = 400, description = "No usable description of the original request, or an unusable X-API-Key", body = ErrorBody),
-        (status = 401, description = "Rate limit exceeded, with `deny_status=401`", body = RateLimitExceeded),
+        (status = 401, description = "Rate limit exceeded, with `deny_status=401`; or a bearer token that does not verify (JWT identities)", body = RateLimitExceeded),
         (status = 403, description = "Asked by a peer that is not a trusted proxy, the caller is blocked, or (with `deny_status=403`) the rate limit is exceeded", body = ErrorBody),
         (status = 429, description = "Rate limit exceeded: answer the client with this", body = RateLimitExceeded),
         (status = 503, description = "Redis cannot answer and the failure mode is `closed`", body = ErrorBody),

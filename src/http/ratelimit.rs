@@ -54,6 +54,7 @@ pub fn identify(req: &HttpRequest, identifier: &Identifier) -> Result<Caller, Id
     let forwarded: Vec<&[u8]> = values(headers, &header::FORWARDED);
     identifier.caller(&RequestParts {
         api_key: api_key(headers, identifier.api_key_header()),
+        bearer: api_key(headers, "authorization"),
         x_forwarded_for: &xff,
         forwarded: &forwarded,
         peer: req.peer_addr(),

@@ -47,6 +47,7 @@ pub struct ResourceResponse {
     responses(
         (status = 200, description = "Allowed and served", body = ResourceResponse),
         (status = 400, description = "Malformed JSON body or an unusable X-API-Key", body = ErrorBody),
+        (status = 401, description = "A bearer token that does not verify (JWT identities, JWT_CLAIM)", body = ErrorBody),
         (status = 403, description = "The caller is on the rules file's deny-list (`blocked = true`)", body = ErrorBody),
         (status = 405, description = "Only POST is allowed", body = ErrorBody),
         (status = 429, description = "Rate limit exceeded: wait `Retry-After` seconds", body = RateLimitExceeded),
@@ -133,6 +134,7 @@ pub struct RateLimitStatus {
     responses(
         (status = 200, description = "The caller's state", body = RateLimitStatus),
         (status = 400, description = "An unusable X-API-Key", body = ErrorBody),
+        (status = 401, description = "A bearer token that does not verify (JWT identities, JWT_CLAIM)", body = ErrorBody),
         (status = 503, description = "Redis cannot answer", body = ErrorBody),
     )
 )]

@@ -6,6 +6,8 @@
 //! when the peer itself is a trusted proxy; otherwise any client could pick
 //! its own identity by sending `X-Forwarded-For`.
 
+pub mod jwt;
+
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
@@ -157,6 +159,9 @@ pub enum IdentityError {
     KeyHasControlCharacters,
     #[error("the client address is unknown")]
     NoClientAddress,
+    /// A bearer token that does not verify (the caller gets 401).
+    #[error(transparent)]
+    Token(#[from] jwt::TokenError),
 }
 
 /// The one forwarding header the trusted proxies write
@@ -192,6 +197,8 @@ pub struct Identifier {
     max_key_length: usize,
     /// The header that carries API keys (API_KEY_HEADER), lower case.
     api_key_header: String,
+    /// Verifies bearer tokens when JWT identities are configured.
+    jwt: Option<std::sync::Arc<jwt::JwtVerifier>>,
     header: ForwardedHeader,
 }
 
@@ -200,6 +207,8 @@ pub struct Identifier {
 pub struct RequestParts<'a> {
     /// The first `X-API-Key` header, raw.
     pub api_key: Option<&'a [u8]>,
+    /// The token of `Authorization: Bearer <token>`, raw.
+    pub bearer: Option<&'a [u8]>,
     /// Every `X-Forwarded-For` header value, in order.
     pub x_forwarded_for: &'a [&'a [u8]],
     /// Every `Forwarded` header value, in order.
@@ -218,8 +227,16 @@ impl Identifier {
             trusted_proxies,
             max_key_length,
             api_key_header: "x-api-key".to_owned(),
+            jwt: None,
             header,
         }
+    }
+
+    /// The same identifier taking a verified JWT claim as the identity of a
+    /// caller that sends `Authorization: Bearer <token>`.
+    pub fn with_jwt(mut self, verifier: jwt::JwtVerifier) -> Self {
+        self.jwt = Some(std::sync::Arc::new(verifier));
+        self
     }
 
     /// The same identifier reading API keys from `header` (e.g.
@@ -248,6 +265,11 @@ impl Identifier {
     }
 
     pub fn identify(&self, parts: &RequestParts<'_>) -> Result<Identity, IdentityError> {
+        if let (Some(verifier), Some(token)) = (&self.jwt, parts.bearer) {
+            let token = std::str::from_utf8(token)
+                .map_err(|_| jwt::TokenError::Invalid("not UTF-8".into()))?;
+            return Ok(Identity::user(verifier.identity(token.trim())?));
+        }
         if let Some(raw) = parts.api_key {
             if let Some(key) = self.api_key(raw)? {
                 return Ok(Identity::user(key));

@@ -1,0 +1,220 @@
+//! JWT identities: a verified token's claim is the caller's identity; a
+//! token that does not verify gets 401 and is never counted.
+
+mod support;
+
+use std::process::Command;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+use support::{require, spawn_app, unique_key, RedisServer, TempDir, TestApp};
+
+const SECRET: &str = "a-test-secret-of-some-length-0123456789";
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn hs256(claims: Value, secret: &str, kid: Option<&str>) -> String {
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = kid.map(str::to_owned);
+    encode(
+        &header,
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+async fn status(app: &TestApp, token: &str) -> (u16, Value) {
+    let r = app
+        .client
+        .get(app.url("/rate-limit/status"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn hs256_tokens_identify_by_claim_and_bad_ones_get_401() {
+    let redis = RedisServer::start().await;
+    let app = spawn_app(
+        &redis,
+        &[
+            ("JWT_CLAIM", "tenant"),
+            ("JWT_SECRET", SECRET),
+            ("JWT_AUDIENCE", "api"),
+            ("JWT_ISSUER", "https://issuer.test"),
+        ],
+    )
+    .await;
+    let tenant = unique_key("tenant");
+    let claims = |extra: Value| {
+        let mut c = json!({"tenant": tenant, "aud": "api", "iss": "https://issuer.test", "exp": now() + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    };
+    let (code, body) = status(&app, &hs256(claims(json!({})), SECRET, None)).await;
+    assert_eq!(code, 200);
+    assert_eq!(body["strategy"], "user");
+    assert_eq!(body["identifier"], tenant.as_str());
+    // Counted under the claim: a POST with the token uses its quota.
+    let r = app
+        .client
+        .post(app.url("/api/resource"))
+        .bearer_auth(hs256(claims(json!({})), SECRET, None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "19");
+
+    let bad = [
+        (
+            "expired",
+            hs256(claims(json!({"exp": now() - 10})), SECRET, None),
+        ),
+        (
+            "not yet valid",
+            hs256(claims(json!({"nbf": now() + 600})), SECRET, None),
+        ),
+        (
+            "wrong signature",
+            hs256(claims(json!({})), "another-secret-entirely-0123456", None),
+        ),
+        (
+            "wrong audience",
+            hs256(claims(json!({"aud": "other"})), SECRET, None),
+        ),
+        (
+            "wrong issuer",
+            hs256(claims(json!({"iss": "https://evil.test"})), SECRET, None),
+        ),
+        (
+            "missing claim",
+            hs256(
+                json!({"aud": "api", "iss": "https://issuer.test", "exp": now() + 600}),
+                SECRET,
+                None,
+            ),
+        ),
+        ("not a token", "not.a.token".to_owned()),
+    ];
+    for (what, token) in bad {
+        let (code, body) = status(&app, &token).await;
+        assert_eq!(code, 401, "{what}: {body}");
+        assert!(body["error"].is_string(), "{what}");
+        assert!(
+            !body.to_string().contains(&tenant),
+            "{what}: the claim is never echoed: {body}"
+        );
+    }
+    // Without a token the caller is identified as before.
+    let r = app.get("/rate-limit/status").await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["strategy"], "ip");
+}
+
+#[tokio::test]
+async fn es256_public_keys_and_jwks_files_verify_tokens() {
+    let openssl = require("openssl");
+    let dir = TempDir::new("jwt-keys");
+    let private = dir.path().join("private.pem");
+    let public = dir.path().join("public.pem");
+    assert!(Command::new(&openssl)
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out"
+        ])
+        .arg(&private)
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new(&openssl)
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap()
+        .success());
+    let redis = RedisServer::start().await;
+    let app = spawn_app(
+        &redis,
+        &[
+            ("JWT_CLAIM", "sub"),
+            ("JWT_PUBLIC_KEY_FILE", public.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let key = EncodingKey::from_ec_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let subject = unique_key("es256");
+    let token = encode(
+        &Header::new(Algorithm::ES256),
+        &json!({"sub": subject, "exp": now() + 600}),
+        &key,
+    )
+    .unwrap();
+    let (code, body) = status(&app, &token).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["identifier"], subject.as_str());
+    // An HS256 token cannot pass for one signed by the EC key.
+    let forged = hs256(json!({"sub": subject, "exp": now() + 600}), SECRET, None);
+    assert_eq!(status(&app, &forged).await.0, 401);
+
+    // A JWKS document: the key is chosen by the token's kid.
+    let jwks = dir.path().join("jwks.json");
+    let k = base64_url(SECRET.as_bytes());
+    std::fs::write(
+        &jwks,
+        json!({"keys": [{"kty": "oct", "kid": "k1", "alg": "HS256", "k": k}]}).to_string(),
+    )
+    .unwrap();
+    let app = spawn_app(
+        &redis,
+        &[
+            ("JWT_CLAIM", "sub"),
+            ("JWT_JWKS_FILE", jwks.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let good = hs256(
+        json!({"sub": subject, "exp": now() + 600}),
+        SECRET,
+        Some("k1"),
+    );
+    assert_eq!(status(&app, &good).await.0, 200);
+    let unknown_kid = hs256(
+        json!({"sub": subject, "exp": now() + 600}),
+        SECRET,
+        Some("k9"),
+    );
+    assert_eq!(status(&app, &unknown_kid).await.0, 401);
+}
+
+/// Base64url without padding (RFC 7515), for the JWK's `k`.
+fn base64_url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n =
+            chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
