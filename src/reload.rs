@@ -110,3 +110,27 @@ async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
         None => std::future::pending().await,
     }
 }
+
+/// Rereads the JWKS file of JWT identities every [`POLL_INTERVAL`], for as
+/// long as the runtime that calls this runs: rotated keys apply at once, a
+/// broken file is refused (logged) and the keys in force stay.
+pub fn spawn_jwks(state: web::Data<AppState>) {
+    if state.identifier.jwt().and_then(|j| j.jwks_file()).is_none() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(POLL_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let Some(verifier) = state.identifier.jwt() else {
+                return;
+            };
+            match verifier.reload_jwks() {
+                Ok(true) => log::info!("jwt: reloaded the JWKS file (keys rotated)"),
+                Ok(false) => {}
+                Err(err) => log::error!("jwt: the keys in force stay: {err}"),
+            }
+        }
+    });
+}

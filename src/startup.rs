@@ -105,6 +105,7 @@ impl Application {
         if let Some(path) = settings.rules_path.clone() {
             crate::reload::spawn(path, reload_state.clone());
         }
+        crate::reload::spawn_jwks(reload_state.clone());
         spawn_override_refresh(reload_state);
         Ok(Application { port, server })
     }

@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
-use support::{require, spawn_app, unique_key, RedisServer, TempDir, TestApp};
+use support::{eventually, require, spawn_app, unique_key, RedisServer, TempDir, TestApp};
 
 const SECRET: &str = "a-test-secret-of-some-length-0123456789";
 

@@ -4,7 +4,8 @@
 //! RS256/ES256 (a PEM public key, or a JWKS file whose keys are chosen by
 //! `kid`). `exp` and `nbf` are honoured; the issuer and the audience are
 //! checked when configured. A token that does not verify is refused, never
-//! counted as an identity; the claim's value is never logged whole.
+//! counted as an identity; the claim's value is never logged whole. A JWKS
+//! file is reread every second: rotated keys apply without a restart.
 
 use std::path::{Path, PathBuf};
 
@@ -59,7 +60,10 @@ enum Keys {
 
 pub struct JwtVerifier {
     settings: JwtSettings,
-    keys: Keys,
+    /// Swapped whole when a JWKS file changes (keys rotated).
+    keys: arc_swap::ArcSwap<Keys>,
+    /// The JWKS file's contents as last loaded.
+    jwks_text: std::sync::Mutex<Vec<u8>>,
 }
 
 impl std::fmt::Debug for JwtVerifier {
@@ -68,6 +72,13 @@ impl std::fmt::Debug for JwtVerifier {
             .field("claim", &self.settings.claim)
             .finish_non_exhaustive()
     }
+}
+
+fn parse_jwks(path: &Path, json: &[u8]) -> Result<JwkSet, JwtSetupError> {
+    serde_json::from_slice(json).map_err(|err| JwtSetupError {
+        setting: "JWT_JWKS_FILE",
+        problem: format!("{}: not a JWKS document: {err}", path.display()),
+    })
 }
 
 fn read(path: &Path, setting: &'static str) -> Result<Vec<u8>, JwtSetupError> {
@@ -80,6 +91,7 @@ fn read(path: &Path, setting: &'static str) -> Result<Vec<u8>, JwtSetupError> {
 impl JwtVerifier {
     /// Loads the keys; a file that cannot be read or parsed stops the start.
     pub fn new(settings: JwtSettings) -> Result<Self, JwtSetupError> {
+        let mut jwks_text = Vec::new();
         let keys = match &settings.keys {
             JwtKeySource::Secret(secret) => Keys::One(vec![(
                 DecodingKey::from_secret(secret.as_bytes()),
@@ -103,14 +115,42 @@ impl JwtVerifier {
                 Keys::One(keys)
             }
             JwtKeySource::JwksFile(path) => {
-                let json = read(path, "JWT_JWKS_FILE")?;
-                Keys::Set(serde_json::from_slice(&json).map_err(|err| JwtSetupError {
-                    setting: "JWT_JWKS_FILE",
-                    problem: format!("{}: not a JWKS document: {err}", path.display()),
-                })?)
+                jwks_text = read(path, "JWT_JWKS_FILE")?;
+                Keys::Set(parse_jwks(path, &jwks_text)?)
             }
         };
-        Ok(JwtVerifier { settings, keys })
+        Ok(JwtVerifier {
+            settings,
+            keys: arc_swap::ArcSwap::from_pointee(keys),
+            jwks_text: std::sync::Mutex::new(jwks_text),
+        })
+    }
+
+    /// The JWKS file to watch, if keys come from one.
+    pub fn jwks_file(&self) -> Option<&Path> {
+        match &self.settings.keys {
+            JwtKeySource::JwksFile(path) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// Rereads the JWKS file; a changed, valid one replaces the keys (a key
+    /// rotation), a broken one is refused and the keys in force stay.
+    /// Whether the keys changed.
+    pub fn reload_jwks(&self) -> Result<bool, JwtSetupError> {
+        let Some(path) = self.jwks_file() else {
+            return Ok(false);
+        };
+        let text = read(path, "JWT_JWKS_FILE")?;
+        let mut last = self.jwks_text.lock().unwrap_or_else(|e| e.into_inner());
+        if *last == text {
+            return Ok(false);
+        }
+        let set = parse_jwks(path, &text);
+        // Remembered even when refused, so a broken file is reported once.
+        *last = text;
+        self.keys.store(std::sync::Arc::new(Keys::Set(set?)));
+        Ok(true)
     }
 
     fn validation(&self, algorithm: Algorithm) -> Validation {
@@ -132,7 +172,8 @@ impl JwtVerifier {
     /// The identity in `token`: its claim's value, once the token verifies.
     pub fn identity(&self, token: &str) -> Result<String, TokenError> {
         let header = decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
-        let candidates: Vec<(DecodingKey, Algorithm)> = match &self.keys {
+        let keys = self.keys.load();
+        let candidates: Vec<(DecodingKey, Algorithm)> = match keys.as_ref() {
             Keys::One(keys) => keys
                 .iter()
                 .filter(|(_, a)| *a == header.alg)

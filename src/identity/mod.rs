@@ -246,6 +246,11 @@ impl Identifier {
         self
     }
 
+    /// The JWT verifier, when JWT identities are configured.
+    pub fn jwt(&self) -> Option<&jwt::JwtVerifier> {
+        self.jwt.as_deref()
+    }
+
     /// The header that carries API keys, lower case.
     pub fn api_key_header(&self) -> &str {
         &self.api_key_header
