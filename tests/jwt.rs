@@ -203,6 +203,24 @@ async fn es256_public_keys_and_jwks_files_verify_tokens() {
         Some("k9"),
     );
     assert_eq!(status(&app, &unknown_kid).await.0, 401);
+
+    // Keys rotated: the file is reread and the new key applies, the old one
+    // no longer does, without a restart.
+    let rotated = "a-rotated-secret-0123456789-abcdefgh";
+    let new_jwks = json!({"keys": [{
+        "kty": "oct", "kid": "k2", "alg": "HS256", "k": base64_url(rotated.as_bytes())
+    }]});
+    std::fs::write(&jwks, new_jwks.to_string()).unwrap();
+    let new = hs256(
+        json!({"sub": subject, "exp": now() + 600}),
+        rotated,
+        Some("k2"),
+    );
+    eventually("the rotated JWKS applies", || async {
+        status(&app, &new).await.0 == 200
+    })
+    .await;
+    assert_eq!(status(&app, &good).await.0, 401, "the retired key");
 }
 
 /// Base64url without padding (RFC 7515), for the JWK's `k`.
