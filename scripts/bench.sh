@@ -7,6 +7,9 @@
 #   denied        POST /api/resource, 1,000 keys all over their limit
 #   denied-body   the same with a 1 KB JSON body (the connection must stay
 #                 open although the body is never used)
+#   forward-auth  GET /v1/forward-auth, a gateway's question about 10,000 keys
+#   via-nginx     POST through nginx (deploy/nginx/rate-limiter.conf) asking
+#                 forward-auth, to a backend that nginx itself answers
 # at 64 and at 1,000 connections, then 10,000 connections for errors only.
 # Prints req/s, p50, p99 and errors per case (the median round), and each
 # case's throughput as a ratio of /livez at the same connection count.
@@ -19,7 +22,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_packages.sh redis-server=redis-server redis-cli=redis-tools \
-  redis-sentinel=redis-sentinel wrk=wrk curl=curl
+  redis-sentinel=redis-sentinel wrk=wrk curl=curl nginx=nginx-light
 
 rounds=${ROUNDS:-3}
 duration=${DURATION:-10s}
@@ -46,7 +49,35 @@ start_instance() { # name port extra-env...
 }
 allow_port=$(free_port)
 deny_port=$(free_port)
-start_instance allow "$allow_port" RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60
+start_instance allow "$allow_port" RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60 \
+  TRUSTED_PROXIES=127.0.0.1
+
+# nginx in front of a backend it answers itself, asking the allow instance.
+nginx_port=$(free_port)
+backend_port=$(free_port)
+sed -e "s/server 127.0.0.1:8000;/server 127.0.0.1:$allow_port;/" \
+    -e "s/server 127.0.0.1:9000;/server 127.0.0.1:$backend_port;/" \
+    -e "s/listen 127.0.0.1:8080;/listen 127.0.0.1:$nginx_port;/" \
+    deploy/nginx/rate-limiter.conf >"$work/rate-limiter.conf"
+cat >"$work/nginx.conf" <<NGINX
+daemon off;
+worker_processes 1;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx-body;
+  proxy_temp_path $work/nginx-proxy;
+  fastcgi_temp_path $work/nginx-fastcgi;
+  uwsgi_temp_path $work/nginx-uwsgi;
+  scgi_temp_path $work/nginx-scgi;
+  server { listen 127.0.0.1:$backend_port; return 200 "backend"; }
+  include $work/rate-limiter.conf;
+}
+NGINX
+nginx -p "$work" -c "$work/nginx.conf" &
+pids+=($!)
 start_instance deny "$deny_port" RATE_LIMIT_USER_LIMIT=1 RATE_LIMIT_USER_WINDOW=1d
 
 # Put the 1,000 "denied" keys over their limit: each used once (and more).
@@ -61,6 +92,8 @@ run() {
     allowed-1)   url="http://127.0.0.1:$allow_port/api/resource"; env=(KEYS=1) ;;
     allowed-10k) url="http://127.0.0.1:$allow_port/api/resource"; env=(KEYS=10000) ;;
     denied)      url="http://127.0.0.1:$deny_port/api/resource"; env=(KEYS=1000 KEY_PREFIX=abuser) ;;
+    forward-auth) url="http://127.0.0.1:$allow_port/v1/forward-auth"; env=(KEYS=10000 FORWARD=1) ;;
+    via-nginx)   url="http://127.0.0.1:$nginx_port/v1/orders"; env=(KEYS=10000) ;;
     denied-body) url="http://127.0.0.1:$deny_port/api/resource"
                  env=(KEYS=1000 KEY_PREFIX=abuser "BODY={\"data\": \"$(head -c 1000 /dev/zero | tr '\0' x)\"}") ;;
   esac
@@ -90,7 +123,7 @@ median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} E
 
 if [[ ${TOPOLOGIES:-1} != only ]]; then
 declare -A results
-cases=(livez allowed-1 allowed-10k denied denied-body)
+cases=(livez allowed-1 allowed-10k denied denied-body forward-auth via-nginx)
 for conns in 64 1000; do
   for round in $(seq 1 "$rounds"); do
     for case in "${cases[@]}"; do

@@ -10,6 +10,9 @@ local keys = tonumber(os.getenv("KEYS") or "10000")
 local prefix = os.getenv("KEY_PREFIX") or "bench"
 local sequential = os.getenv("ORDER") == "sequential"
 local body = os.getenv("BODY")
+-- FORWARD=1: ask forward-auth about POST /v1/orders/<n> instead (a gateway's
+-- question), with the key of the original request.
+local forward = os.getenv("FORWARD") == "1"
 local counter = 0
 local thread_id = 0
 local next_id = 0
@@ -34,6 +37,11 @@ request = function()
     n = math.random(1, keys)
   end
   local headers = { ["X-API-Key"] = prefix .. "-" .. n }
+  if forward then
+    headers["X-Forwarded-Method"] = "POST"
+    headers["X-Forwarded-Uri"] = "/v1/orders/" .. n
+    return wrk.format("GET", nil, headers)
+  end
   if body then
     headers["Content-Type"] = "application/json"
   end
