@@ -142,3 +142,47 @@ async fn forward_auth_denies_with_the_status_a_gateway_passes_on() {
     assert_eq!(send("").await.unwrap().status(), 429);
     assert_eq!(send("?deny_status=500").await.unwrap().status(), 400);
 }
+
+/// Rules select on the original host too (`host`, a glob allowed).
+#[tokio::test]
+async fn forward_auth_rules_select_on_the_original_host() {
+    let redis = RedisServer::start().await;
+    let rules = RulesFile::new(
+        r#"
+[[policy]]
+name = "partner-api"
+algorithm = "gcra"
+limit = 1
+window = "1h"
+host = "*.partner.example"
+
+[[policy]]
+name = "everything"
+algorithm = "gcra"
+limit = 100
+window = "1h"
+"#,
+    );
+    let app = spawn_app_with_rules(&redis, &rules, &[("TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let key = unique_key("host");
+    let send = |host: &'static str| {
+        ask(&app, "GET", "/v1/things")
+            .header("X-Forwarded-Host", host)
+            .header("X-API-Key", &key)
+            .send()
+    };
+    assert_eq!(
+        send("api.partner.example:8443").await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        send("API.Partner.Example").await.unwrap().status(),
+        429,
+        "hosts match in any case"
+    );
+    assert_eq!(
+        send("api.example.com").await.unwrap().status(),
+        200,
+        "another host"
+    );
+}

@@ -14,7 +14,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::errors::{ApiError, ErrorBody};
-use super::ratelimit::{identify, verdict, RateLimitExceeded, Verdict};
+use super::ratelimit::{host_of, identify, verdict, RateLimitExceeded, Verdict};
 use super::AppState;
 use crate::limiter::Route;
 
@@ -23,6 +23,8 @@ const METHOD_HEADERS: [HeaderName; 2] = [
     HeaderName::from_static("x-forwarded-method"),
     HeaderName::from_static("x-original-method"),
 ];
+/// The host the original request was sent to.
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// The original URI (path and query).
 const URI_HEADERS: [HeaderName; 2] = [
     HeaderName::from_static("x-forwarded-uri"),
@@ -104,6 +106,7 @@ pub struct ForwardQuery {
         ForwardQuery,
         ("X-Forwarded-Method" = Option<String>, Header, description = "The original method (default GET); nginx: X-Original-Method", pattern = "^[A-Za-z]{1,16}$"),
         ("X-Forwarded-Uri" = String, Header, description = "The original path and query; nginx: X-Original-URI", pattern = "^/[ -~]{0,2047}$"),
+        ("X-Forwarded-Host" = Option<String>, Header, description = "The host the original request was sent to (for rules with `host`)", max_length = 253),
         ("X-API-Key" = Option<String>, Header, description = "The original request's API key, as for /api/resource", max_length = 256, pattern = "^[ -~]*$"),
     ),
     responses(
@@ -142,6 +145,7 @@ pub async fn forward_auth(req: HttpRequest, state: web::Data<AppState>) -> HttpR
     let route = Route {
         method: &method,
         path: &path,
+        host: host_of(req.headers().get(X_FORWARDED_HOST)),
     };
     match verdict(&req, &state, &caller, &route).await {
         Verdict::Answer(mut response) => {

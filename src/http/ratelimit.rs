@@ -74,6 +74,17 @@ fn api_key<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
         .then(|| token.trim_ascii())
 }
 
+/// The host of a `Host` (or `X-Forwarded-Host`) value, without its port.
+pub fn host_of(value: Option<&HeaderValue>) -> Option<&str> {
+    let host = value?.to_str().ok()?.trim();
+    let host = match host.strip_prefix('[') {
+        // [IPv6]:port
+        Some(rest) => rest.split(']').next()?,
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    Some(host).filter(|h| !h.is_empty())
+}
+
 fn values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Vec<&'a [u8]> {
     headers.get_all(name).map(HeaderValue::as_bytes).collect()
 }
@@ -214,6 +225,7 @@ pub async fn rate_limit(
     let route = Route {
         method: &method,
         path: &path,
+        host: host_of(req.headers().get(header::HOST)),
     };
     match verdict(req.request(), &state, &caller, &route).await {
         Verdict::Answer(response) => Ok(req.into_response(response)),

@@ -146,6 +146,7 @@ pub async fn rate_limit_status(
     let route = Route {
         method: "POST",
         path: "/api/resource",
+        host: super::ratelimit::host_of(req.headers().get(actix_web::http::header::HOST)),
     };
     let request = rules::http::request(&caller, &route, state.limiter.shapes());
     let standing = state

@@ -33,6 +33,7 @@ const ACTOR: &str = "admin";
 const LIMITED_ROUTE: Route<'static> = Route {
     method: "POST",
     path: "/api/resource",
+    host: None,
 };
 
 async fn require_token(

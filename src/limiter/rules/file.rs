@@ -48,6 +48,7 @@ struct PolicyToml {
     shadow: Option<bool>,
     per: Option<String>,
     failure_mode: Option<String>,
+    host: Option<String>,
 }
 
 /// An `[[override]]` table.
@@ -240,10 +241,28 @@ impl Parser<'_> {
             .with_shadow(table.shadow.unwrap_or(false))
             .with_per_client_ip(per_client_ip)
             .with_failure_mode(failure_mode);
+        let host = table
+            .host
+            .map(|h| {
+                let ok = !h.is_empty()
+                    && h.len() <= 253
+                    && h.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b));
+                if ok {
+                    Ok(h.to_ascii_lowercase())
+                } else {
+                    Err(place.bad(
+                        "host",
+                        "expected a host name such as \"api.example.com\" or \"*.example.com\"",
+                    ))
+                }
+            })
+            .transpose()?;
         Ok(ScopedPolicy {
             policy: Arc::new(policy),
             strategy,
             route,
+            host,
         })
     }
 

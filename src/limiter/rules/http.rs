@@ -20,6 +20,7 @@ use crate::identity::{Caller, Identity, Strategy};
 pub const DOMAIN: &str = "http";
 const ROUTE: &str = "route";
 const PATH: &str = "path";
+const HOST: &str = "host";
 /// The key of descriptors counted per client IP.
 pub const CLIENT_IP: &str = "client_ip";
 
@@ -28,6 +29,8 @@ pub const CLIENT_IP: &str = "client_ip";
 pub struct Route<'a> {
     pub method: &'a str,
     pub path: &'a str,
+    /// The host it was sent to (without a port), when known.
+    pub host: Option<&'a str>,
 }
 
 /// The routes a policy applies to: one path, with one method or any.
@@ -84,13 +87,18 @@ pub(super) fn subject_keys(scoped: &ScopedPolicy) -> Vec<&'static str> {
     }
 }
 
-/// Where a policy sits in the tree (one path per subject key).
+/// Where a policy sits in the tree (one path per subject key): its host,
+/// then its route, then its subject.
 pub(super) fn paths(scoped: &ScopedPolicy) -> Vec<Vec<(String, ValueMatch)>> {
     subject_keys(scoped)
         .into_iter()
         .map(|key| {
-            let mut path: Vec<(String, ValueMatch)> =
-                scoped.route.iter().map(RouteMatch::step).collect();
+            let mut path: Vec<(String, ValueMatch)> = scoped
+                .host
+                .iter()
+                .map(|h| (HOST.to_owned(), ValueMatch::of(h)))
+                .collect();
+            path.extend(scoped.route.iter().map(RouteMatch::step));
             path.push((key.to_owned(), ValueMatch::Any));
             path
         })
@@ -104,6 +112,7 @@ pub struct Shapes {
     pub route: bool,
     pub path: bool,
     pub client_ip: bool,
+    pub host: bool,
 }
 
 impl Shapes {
@@ -113,6 +122,7 @@ impl Shapes {
             route: policies.iter().any(|p| scope(p) == Some(true)),
             path: policies.iter().any(|p| scope(p) == Some(false)),
             client_ip: policies.iter().any(|p| p.policy.per_client_ip()),
+            host: policies.iter().any(|p| p.host.is_some()),
         }
     }
 }
@@ -136,19 +146,29 @@ pub fn request(caller: &Caller, route: &Route<'_>, shapes: Shapes) -> CheckReque
         .as_ref()
         .filter(|_| shapes.client_ip)
         .map(|ip| entry(CLIENT_IP, &ip.id));
+    let host = route
+        .host
+        .filter(|_| shapes.host)
+        .map(|h| entry(HOST, &h.to_ascii_lowercase()));
     let mut descriptors = Vec::with_capacity(6);
     for subject in client_ip.into_iter().chain(std::iter::once(identity)) {
-        let scoped = |first: Entry| Descriptor::new(vec![first, subject.clone()]);
-        if shapes.route {
-            descriptors.push(scoped(entry(
-                ROUTE,
-                &format!("{} {}", route.method, route.path),
-            )));
+        // With and without the host in front, when some rule names one.
+        for prefix in std::iter::once(None).chain(host.iter().map(Some)) {
+            let with = |mut entries: Vec<Entry>| {
+                if let Some(host) = prefix {
+                    entries.insert(0, host.clone());
+                }
+                Descriptor::new(entries)
+            };
+            if shapes.route {
+                let route = entry(ROUTE, &format!("{} {}", route.method, route.path));
+                descriptors.push(with(vec![route, subject.clone()]));
+            }
+            if shapes.path {
+                descriptors.push(with(vec![entry(PATH, route.path), subject.clone()]));
+            }
+            descriptors.push(with(vec![subject.clone()]));
         }
-        if shapes.path {
-            descriptors.push(scoped(entry(PATH, route.path)));
-        }
-        descriptors.push(Descriptor::new(vec![subject]));
     }
     CheckRequest {
         domain: std::borrow::Cow::Borrowed(DOMAIN),

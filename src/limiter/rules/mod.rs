@@ -34,6 +34,8 @@ struct ScopedPolicy {
     policy: Arc<Policy>,
     strategy: Option<Strategy>,
     route: Option<RouteMatch>,
+    /// The host the request was sent to (a `*` glob allowed), lower case.
+    host: Option<String>,
 }
 
 /// What an override does to one identity.
@@ -138,6 +140,7 @@ impl Rules {
                 ),
                 strategy: (!per_client_ip).then_some(strategy),
                 route: None,
+                host: None,
             }
         };
         Self::compile(
@@ -332,6 +335,7 @@ mod tests {
     const ROUTE: Route<'static> = Route {
         method: "POST",
         path: "/api/resource",
+        host: None,
     };
 
     impl Rules {
@@ -405,6 +409,7 @@ mod tests {
         let get = Route {
             method: "GET",
             path: "/api/resource",
+            host: None,
         };
         assert_eq!(names(&rules.resolve_http(&ip, &get)), ["all=100"]);
     }
