@@ -7,20 +7,7 @@ mod support;
 use serde_json::Value;
 use support::{header_u64, spawn_app, spawn_app_with_rules, unique_key, RedisServer, RulesFile};
 
-const RULES: &str = r#"
-[[policy]]
-name = "orders"
-algorithm = "gcra"
-limit = 2
-window = "1h"
-route = "POST /v1/orders/*"
-
-[[policy]]
-name = "everything"
-algorithm = "gcra"
-limit = 100
-window = "1h"
-"#;
+use support::ORDER_RULES as RULES;
 
 fn ask(app: &support::TestApp, method: &str, uri: &str) -> reqwest::RequestBuilder {
     app.client

@@ -138,6 +138,23 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
     }
 }
 
+/// The rules of the gateway tests: 2 per hour on `POST /v1/orders/*` (a
+/// glob route), 100 per hour on everything, per key or client IP.
+pub const ORDER_RULES: &str = r#"
+[[policy]]
+name = "orders"
+algorithm = "gcra"
+limit = 2
+window = "1h"
+route = "POST /v1/orders/*"
+
+[[policy]]
+name = "everything"
+algorithm = "gcra"
+limit = 100
+window = "1h"
+"#;
+
 /// A rules file in a private temporary directory, removed on drop.
 pub struct RulesFile {
     _dir: TempDir,
