@@ -236,3 +236,60 @@ fn base64_url(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[tokio::test]
+async fn rs256_public_keys_verify_tokens() {
+    let openssl = require("openssl");
+    let dir = TempDir::new("jwt-rsa");
+    let private = dir.path().join("private.pem");
+    let public = dir.path().join("public.pem");
+    assert!(Command::new(&openssl)
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out"
+        ])
+        .arg(&private)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new(&openssl)
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap()
+        .success());
+    let redis = RedisServer::start().await;
+    let app = spawn_app(
+        &redis,
+        &[
+            ("JWT_CLAIM", "sub"),
+            ("JWT_PUBLIC_KEY_FILE", public.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let key = EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
+    let subject = unique_key("rs256");
+    let token = encode(
+        &Header::new(Algorithm::RS256),
+        &json!({"sub": subject, "exp": now() + 600}),
+        &key,
+    )
+    .unwrap();
+    let (code, body) = status(&app, &token).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["identifier"], subject.as_str());
+    let expired = encode(
+        &Header::new(Algorithm::RS256),
+        &json!({"sub": subject, "exp": now() - 10}),
+        &key,
+    )
+    .unwrap();
+    assert_eq!(status(&app, &expired).await.0, 401);
+}
