@@ -8,8 +8,9 @@
 //! - [`policy`]: what a limit is: the algorithms, a [`policy::Policy`]
 //!   (limit, window, cost), the quota a store reports, the failure modes and
 //!   the one duration parser. Uses nothing else.
-//! - [`identity`]: who is calling: `X-API-Key` (strategy `user`) or the client
-//!   IP (strategy `ip`), forwarding headers only from trusted proxies.
+//! - [`identity`]: who is calling: an API key or a verified JWT claim
+//!   (strategy `user`, [`identity::jwt`]) or the client IP (strategy `ip`),
+//!   forwarding headers only from trusted proxies.
 //! - [`telemetry`]: the Prometheus metrics of one running application.
 //! - [`config`]: typed settings from the environment and `.env`; a bad value
 //!   stops the start with a line naming the setting. `config::env` holds the
@@ -33,11 +34,12 @@
 //! - [`app`]: what a running service shares: the limiter over Redis, the
 //!   caller identification, the settings handlers read.
 //! - [`reload`]: hot reload of the rules file on SIGHUP and on change.
-//! - [`http`]: the HTTP front end: routes, the rate-limit middleware
-//!   (`ratelimit`), bodies read within a deadline (`body`), the access log
-//!   and request ids (`access`), the admin API (`admin`), JSON errors
-//!   (`errors`), OpenAPI, Swagger UI and ReDoc (`docs`). Never builds a
-//!   Redis command.
+//! - [`http`]: the HTTP front ends: routes, reading the caller and route of
+//!   a request (`caller`), the rate-limit middleware and its verdict
+//!   (`ratelimit`), forward-auth for gateways (`forward_auth`), bodies read
+//!   within a deadline (`body`), the access log and request ids (`access`),
+//!   the admin API (`admin`), JSON errors (`errors`), OpenAPI, Swagger UI
+//!   and ReDoc (`docs`). Never builds a Redis command.
 //! - [`startup`]: all the wiring; `main` and the tests start the service
 //!   through [`startup::Application`].
 

@@ -13,8 +13,9 @@ use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
+use super::caller::{host_of, identify};
 use super::errors::{ApiError, ErrorBody};
-use super::ratelimit::{host_of, identify, verdict, RateLimitExceeded, Verdict};
+use super::ratelimit::{verdict, RateLimitExceeded, Verdict};
 use super::AppState;
 use crate::limiter::Route;
 

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod admin;
 pub mod body;
+pub mod caller;
 pub mod docs;
 pub mod errors;
 pub mod forward_auth;

@@ -7,8 +7,9 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::access::request_id;
+use super::caller::{host_of, identify};
 use super::errors::{ApiError, ErrorBody};
-use super::ratelimit::{identify, RateLimitExceeded};
+use super::ratelimit::RateLimitExceeded;
 use super::AppState;
 use crate::limiter::{rules, Outcome, Route, Standing};
 use crate::policy::FailureMode;
@@ -146,7 +147,7 @@ pub async fn rate_limit_status(
     let route = Route {
         method: "POST",
         path: "/api/resource",
-        host: super::ratelimit::host_of(req.headers().get(actix_web::http::header::HOST)),
+        host: host_of(req.headers().get(actix_web::http::header::HOST)),
     };
     let request = rules::http::request(&caller, &route, state.limiter.shapes());
     let standing = state
