@@ -111,18 +111,33 @@ async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
     }
 }
 
-/// Rereads the JWKS file of JWT identities every [`POLL_INTERVAL`], for as
-/// long as the runtime that calls this runs: rotated keys apply at once, a
-/// broken file is refused (logged) and the keys in force stay.
+/// Runs `task` every `period` (the first time at once), for as long as the
+/// runtime that calls this runs; a late tick waits rather than bunching up.
+pub fn every<F, Fut>(period: Duration, mut task: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(period);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            task().await;
+        }
+    });
+}
+
+/// Rereads the JWKS file of JWT identities every [`POLL_INTERVAL`]: rotated
+/// keys apply at once, a broken file is refused (logged) and the keys in
+/// force stay.
 pub fn spawn_jwks(state: web::Data<AppState>) {
     if state.identifier.jwt().and_then(|j| j.jwks_file()).is_none() {
         return;
     }
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(POLL_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
+    every(POLL_INTERVAL, move || {
+        let state = state.clone();
+        async move {
             let Some(verifier) = state.identifier.jwt() else {
                 return;
             };

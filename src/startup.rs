@@ -129,11 +129,9 @@ impl Application {
 /// Rereads the overrides set through the admin API (by any instance) every
 /// [`REFRESH_INTERVAL`], for as long as the runtime that calls this runs.
 fn spawn_override_refresh(state: web::Data<AppState>) {
-    tokio::spawn(async move {
-        let mut ticker = tokio::time::interval(REFRESH_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
+    crate::reload::every(REFRESH_INTERVAL, move || {
+        let state = state.clone();
+        async move {
             if let Err(err) = state.limiter.refresh_overrides().await {
                 log::debug!("overrides: cannot refresh: {err}");
             }

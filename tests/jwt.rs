@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,6 +29,32 @@ fn hs256(claims: Value, secret: &str, kid: Option<&str>) -> String {
         &EncodingKey::from_secret(secret.as_bytes()),
     )
     .unwrap()
+}
+
+/// A key pair made by openssl in `dir`: `genpkey -algorithm <algorithm...>`
+/// for the private key (PKCS#8 PEM), its public key beside it.
+fn key_pair(dir: &TempDir, algorithm: &[&str]) -> (PathBuf, PathBuf) {
+    let openssl = require("openssl");
+    let private = dir.path().join("private.pem");
+    let public = dir.path().join("public.pem");
+    assert!(Command::new(&openssl)
+        .args(["genpkey", "-algorithm"])
+        .args(algorithm)
+        .arg("-out")
+        .arg(&private)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new(&openssl)
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&private)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap()
+        .success());
+    (private, public)
 }
 
 async fn status(app: &TestApp, token: &str) -> (u16, Value) {
@@ -126,31 +153,8 @@ async fn hs256_tokens_identify_by_claim_and_bad_ones_get_401() {
 
 #[tokio::test]
 async fn es256_public_keys_and_jwks_files_verify_tokens() {
-    let openssl = require("openssl");
     let dir = TempDir::new("jwt-keys");
-    let private = dir.path().join("private.pem");
-    let public = dir.path().join("public.pem");
-    assert!(Command::new(&openssl)
-        .args([
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out"
-        ])
-        .arg(&private)
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new(&openssl)
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .unwrap()
-        .success());
+    let (private, public) = key_pair(&dir, &["EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
     let redis = RedisServer::start().await;
     let app = spawn_app(
         &redis,
@@ -239,32 +243,8 @@ fn base64_url(bytes: &[u8]) -> String {
 
 #[tokio::test]
 async fn rs256_public_keys_verify_tokens() {
-    let openssl = require("openssl");
     let dir = TempDir::new("jwt-rsa");
-    let private = dir.path().join("private.pem");
-    let public = dir.path().join("public.pem");
-    assert!(Command::new(&openssl)
-        .args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out"
-        ])
-        .arg(&private)
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success());
-    assert!(Command::new(&openssl)
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&private)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .unwrap()
-        .success());
+    let (private, public) = key_pair(&dir, &["RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
     let redis = RedisServer::start().await;
     let app = spawn_app(
         &redis,

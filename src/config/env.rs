@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -30,6 +31,16 @@ impl Env<'_> {
             None => Ok(default),
             Some(value) => parse(&value).map_err(|problem| ConfigError::new(name, &value, problem)),
         }
+    }
+}
+
+/// A path to a file that exists.
+pub(super) fn existing_file(value: &str) -> Result<Option<PathBuf>, String> {
+    let path = PathBuf::from(value);
+    if path.is_file() {
+        Ok(Some(path))
+    } else {
+        Err("no such file".into())
     }
 }
 

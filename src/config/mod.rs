@@ -21,7 +21,9 @@ use crate::identity::jwt::{JwtKeySource, JwtSettings};
 use crate::identity::ForwardedHeader;
 use crate::policy::Algorithm;
 pub use crate::policy::{parse_window, FailureMode};
-use env::{bounded_integer, is_hostname, limit_settings, parse_bool, parse_networks, Env};
+use env::{
+    bounded_integer, existing_file, is_hostname, limit_settings, parse_bool, parse_networks, Env,
+};
 use topology::redis_topology;
 pub use topology::{RedisSettings, RedisTopology};
 
@@ -170,14 +172,7 @@ impl Settings {
                     Ok(Some(v.to_owned()))
                 }
             })?,
-            rules_path: env.parse_with("RATE_LIMIT_CONFIG", None, |v| {
-                let path = PathBuf::from(v);
-                if path.is_file() {
-                    Ok(Some(path))
-                } else {
-                    Err("no such file".into())
-                }
-            })?,
+            rules_path: env.parse_with("RATE_LIMIT_CONFIG", None, existing_file)?,
             failure_mode: env
                 .parse_with("RATE_LIMIT_FAILURE_MODE", FailureMode::Open, |v| v.parse())?,
             trusted_proxies: env.parse_with("TRUSTED_PROXIES", Vec::new(), parse_networks)?,
@@ -212,16 +207,7 @@ impl Settings {
 /// JWT_CLAIM with exactly one of JWT_SECRET, JWT_PUBLIC_KEY_FILE and
 /// JWT_JWKS_FILE; JWT_ISSUER and JWT_AUDIENCE optional.
 fn jwt_settings(env: &Env<'_>) -> Result<Option<JwtSettings>, ConfigError> {
-    let file = |name: &'static str| {
-        env.parse_with(name, None, |v| {
-            let path = PathBuf::from(v);
-            if path.is_file() {
-                Ok(Some(path))
-            } else {
-                Err("no such file".into())
-            }
-        })
-    };
+    let file = |name: &'static str| env.parse_with(name, None, existing_file);
     let sources = [
         (
             "JWT_SECRET",

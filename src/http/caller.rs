@@ -31,6 +31,14 @@ fn api_key<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
     if !name.eq_ignore_ascii_case("authorization") {
         return Some(value);
     }
+    bearer(value)
+}
+
+/// The token of an `Authorization: Bearer <token>` value, trimmed (maybe
+/// empty). The scheme name is case-insensitive (RFC 9110, section 11.1).
+/// The one parser of it: API keys, JWTs and the admin token.
+pub fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii_start();
     let (scheme, token) = value.split_at(value.iter().position(|b| *b == b' ')?);
     scheme
         .eq_ignore_ascii_case(b"bearer")

@@ -40,17 +40,6 @@ pub struct CheckRequest {
     pub descriptors: Vec<Descriptor>,
 }
 
-impl CheckRequest {
-    /// The same request taking no hits (a status read).
-    pub fn peek(&self) -> Self {
-        let mut peek = self.clone();
-        for d in &mut peek.descriptors {
-            d.hits = 0;
-        }
-        peek
-    }
-}
-
 /// An entry with a fixed key.
 pub fn entry(key: &'static str, value: &str) -> Entry {
     (Cow::Borrowed(key), value.to_owned())

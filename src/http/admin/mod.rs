@@ -60,14 +60,11 @@ async fn require_token(
     Ok(next.call(req).await?.map_into_left_body())
 }
 
-/// The token of an `Authorization: Bearer <token>` value. The scheme name
-/// is case-insensitive (RFC 9110, section 11.1).
+/// The admin token of an `Authorization: Bearer <token>` value (not empty).
 fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim_start().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
+    super::caller::bearer(value.as_bytes())
         .filter(|t| !t.is_empty())
+        .and_then(|t| std::str::from_utf8(t).ok())
 }
 
 /// The subject (descriptor entry) of an identity: `(strategy, id)`.
