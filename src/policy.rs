@@ -6,6 +6,7 @@
 use std::fmt;
 use std::num::NonZeroU32;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What a request gets when Redis cannot answer within the timeout.
@@ -152,6 +153,95 @@ pub struct Policy {
     shadow: bool,
     per_client_ip: bool,
     failure_mode: Option<FailureMode>,
+    /// How an Envoy rate-limit response names this limit, when it came
+    /// from an envoyproxy/ratelimit rule (or a descriptor's `limit`).
+    label: Option<Arc<Label>>,
+}
+
+/// An Envoy rate-limit unit, numbered as
+/// `envoy.service.ratelimit.v3.RateLimitResponse.RateLimit.Unit`. Windows
+/// of these units are aligned to the Unix epoch, as envoyproxy/ratelimit
+/// aligns them: a month is 30 days, a year 365, a week starts on Thursday.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unit {
+    Second = 1,
+    Minute = 2,
+    Hour = 3,
+    Day = 4,
+    Month = 5,
+    Year = 6,
+    Week = 7,
+}
+
+impl Unit {
+    pub fn seconds(self) -> u64 {
+        match self {
+            Unit::Second => 1,
+            Unit::Minute => 60,
+            Unit::Hour => 3600,
+            Unit::Day => 86_400,
+            Unit::Week => 604_800,
+            Unit::Month => 2_592_000,
+            Unit::Year => 31_536_000,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Second => "second",
+            Unit::Minute => "minute",
+            Unit::Hour => "hour",
+            Unit::Day => "day",
+            Unit::Week => "week",
+            Unit::Month => "month",
+            Unit::Year => "year",
+        }
+    }
+
+    /// A unit name, in any case (`minute`, `MINUTE`).
+    pub fn parse(name: &str) -> Option<Unit> {
+        [
+            Unit::Second,
+            Unit::Minute,
+            Unit::Hour,
+            Unit::Day,
+            Unit::Week,
+            Unit::Month,
+            Unit::Year,
+        ]
+        .into_iter()
+        .find(|u| u.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// The largest unit that divides `window` (for a window that is no
+    /// unit, e.g. 30 s: `Second`); what a response names as its unit.
+    pub fn base_of(window: Duration) -> Unit {
+        let secs = window.as_secs();
+        [
+            Unit::Year,
+            Unit::Month,
+            Unit::Week,
+            Unit::Day,
+            Unit::Hour,
+            Unit::Minute,
+        ]
+        .into_iter()
+        .find(|u| secs >= u.seconds() && secs.is_multiple_of(u.seconds()))
+        .unwrap_or(Unit::Second)
+    }
+}
+
+/// How an Envoy response reports a limit (`current_limit`) and where its
+/// counts go in the envoyproxy/ratelimit metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Label {
+    /// The rule's `name` ("" when it has none).
+    pub name: String,
+    pub requests_per_unit: u32,
+    pub unit: Unit,
+    /// The rule's path in the config, `domain.key_value.key` (see
+    /// envoyproxy/ratelimit's stats keys).
+    pub stats_key: String,
 }
 
 impl Policy {
@@ -178,7 +268,11 @@ impl Policy {
         if cost > limit.get() {
             return Err(PolicyError::CostAboveLimit { cost, limit });
         }
-        if u128::from(limit.get()) * window.as_millis() >= MAX_LIMIT_TIMES_WINDOW_MS {
+        // A fixed window only counts up to its limit; the other algorithms
+        // compute in units of time per request.
+        if algorithm != Algorithm::FixedWindow
+            && u128::from(limit.get()) * window.as_millis() >= MAX_LIMIT_TIMES_WINDOW_MS
+        {
             return Err(PolicyError::TooLarge {
                 limit,
                 window_ms: window.as_millis(),
@@ -193,6 +287,7 @@ impl Policy {
             shadow: false,
             per_client_ip: false,
             failure_mode: None,
+            label: None,
         })
     }
 
@@ -214,6 +309,16 @@ impl Policy {
         self
     }
 
+    /// The same policy, reported to Envoy as `label` says.
+    pub fn with_label(mut self, label: Label) -> Self {
+        self.label = Some(Arc::new(label));
+        self
+    }
+
+    pub fn label(&self) -> Option<&Label> {
+        self.label.as_deref()
+    }
+
     /// What this policy wants when the store cannot answer, if it says
     /// (rules file `failure_mode`); otherwise RATE_LIMIT_FAILURE_MODE.
     pub fn failure_mode(&self) -> Option<FailureMode> {
@@ -227,8 +332,14 @@ impl Policy {
             Policy::new(self.name.clone(), self.algorithm, limit, window, self.cost)?
                 .with_shadow(self.shadow)
                 .with_per_client_ip(self.per_client_ip)
-                .with_failure_mode(self.failure_mode),
+                .with_failure_mode(self.failure_mode)
+                .with_label_of(self),
         )
+    }
+
+    fn with_label_of(mut self, other: &Policy) -> Self {
+        self.label = other.label.clone();
+        self
     }
 
     /// Unique within a rules file; part of the Redis key.

@@ -100,6 +100,68 @@ pub struct Settings {
     pub api_key_header: String,
     /// JWT identities (JWT_CLAIM and a key source), when configured.
     pub jwt: Option<JwtSettings>,
+    /// The Envoy rate limit service (gRPC) and its configuration.
+    pub envoy: EnvoySettings,
+}
+
+/// Where envoyproxy/ratelimit's YAML configuration lives, read with its
+/// settings and defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSettings {
+    /// RUNTIME_ROOT.
+    pub root: PathBuf,
+    /// RUNTIME_SUBDIRECTORY (default empty).
+    pub subdirectory: String,
+    /// RUNTIME_APPDIRECTORY (default `config`).
+    pub appdirectory: String,
+    /// RUNTIME_WATCH_ROOT (default true).
+    pub watch_root: bool,
+    /// RUNTIME_IGNOREDOTFILES (default false).
+    pub ignore_dotfiles: bool,
+    /// MERGE_DOMAIN_CONFIG (default false).
+    pub merge_domains: bool,
+}
+
+/// The header names of LIMIT_RESPONSE_HEADERS_ENABLED.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitHeaders {
+    pub limit: String,
+    pub remaining: String,
+    pub reset: String,
+}
+
+/// A number from 0 to 1.
+#[derive(Debug, Clone, Copy)]
+pub struct Ratio(pub f64);
+
+impl PartialEq for Ratio {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+
+impl Eq for Ratio {}
+
+/// The Envoy rate limit service (RLS v3 over gRPC, as envoyproxy/ratelimit
+/// serves it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnvoySettings {
+    /// GRPC_HOST (default 0.0.0.0).
+    pub grpc_host: String,
+    /// GRPC_PORT (default 8081; 0 picks a free port).
+    pub grpc_port: u16,
+    /// The YAML configuration, when RUNTIME_ROOT is set.
+    pub runtime: Option<RuntimeSettings>,
+    /// SHADOW_MODE: an over-limit answer becomes OK overall (the statuses
+    /// still say OVER_LIMIT).
+    pub shadow_mode: bool,
+    /// LIMIT_RESPONSE_HEADERS_ENABLED, with the header names.
+    pub limit_headers: Option<LimitHeaders>,
+    /// NEAR_LIMIT_RATIO (default 0.8), for the near_limit metric.
+    pub near_limit_ratio: Ratio,
+    /// FORCE_START_WITHOUT_INITIAL_CONFIG: start even when the first load
+    /// of the YAML configuration fails.
+    pub force_start: bool,
 }
 
 impl Settings {
@@ -195,6 +257,7 @@ impl Settings {
                 }
             })?,
             jwt: jwt_settings(&env)?,
+            envoy: envoy_settings(&env)?,
             body_timeout: env.parse_with(
                 "REQUEST_BODY_TIMEOUT_MS",
                 Duration::from_secs(5),
@@ -202,6 +265,72 @@ impl Settings {
             )?,
         })
     }
+}
+
+fn envoy_settings(env: &Env<'_>) -> Result<EnvoySettings, ConfigError> {
+    let name = |setting: &'static str, default: &str| {
+        env.parse_with(setting, default.to_owned(), |v| {
+            if v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                Ok(v.to_owned())
+            } else {
+                Err("expected a header name (letters, digits and '-')".into())
+            }
+        })
+    };
+    let runtime = match env.get("RUNTIME_ROOT") {
+        None => None,
+        Some(root) => {
+            let root = PathBuf::from(root);
+            if !root.is_dir() {
+                return Err(ConfigError::new(
+                    "RUNTIME_ROOT",
+                    &root.display().to_string(),
+                    "no such directory",
+                ));
+            }
+            Some(RuntimeSettings {
+                root,
+                subdirectory: env.get("RUNTIME_SUBDIRECTORY").unwrap_or_default(),
+                appdirectory: env
+                    .get("RUNTIME_APPDIRECTORY")
+                    .unwrap_or_else(|| "config".into()),
+                watch_root: env.parse_with("RUNTIME_WATCH_ROOT", true, parse_bool)?,
+                ignore_dotfiles: env.parse_with("RUNTIME_IGNOREDOTFILES", false, parse_bool)?,
+                merge_domains: env.parse_with("MERGE_DOMAIN_CONFIG", false, parse_bool)?,
+            })
+        }
+    };
+    Ok(EnvoySettings {
+        grpc_host: env.parse_with("GRPC_HOST", "0.0.0.0".to_owned(), |v| {
+            if v.parse::<IpAddr>().is_ok() || is_hostname(v) {
+                Ok(v.to_owned())
+            } else {
+                Err("expected an IP address or a host name".into())
+            }
+        })?,
+        grpc_port: env.parse_with("GRPC_PORT", 8081, |v| {
+            bounded_integer(v, 0, 65535).map(|n| n as u16)
+        })?,
+        runtime,
+        shadow_mode: env.parse_with("SHADOW_MODE", false, parse_bool)?,
+        limit_headers: if env.parse_with("LIMIT_RESPONSE_HEADERS_ENABLED", false, parse_bool)? {
+            Some(LimitHeaders {
+                limit: name("LIMIT_LIMIT_HEADER", "RateLimit-Limit")?,
+                remaining: name("LIMIT_REMAINING_HEADER", "RateLimit-Remaining")?,
+                reset: name("LIMIT_RESET_HEADER", "RateLimit-Reset")?,
+            })
+        } else {
+            None
+        },
+        near_limit_ratio: env.parse_with("NEAR_LIMIT_RATIO", Ratio(0.8), |v| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .map(Ratio)
+                .ok_or_else(|| "expected a number from 0 to 1".to_owned())
+        })?,
+        force_start: env.parse_with("FORCE_START_WITHOUT_INITIAL_CONFIG", false, parse_bool)?,
+    })
 }
 
 /// JWT_CLAIM with exactly one of JWT_SECRET, JWT_PUBLIC_KEY_FILE and

@@ -29,8 +29,8 @@ pub use crate::policy::{Algorithm, FailureMode, Policy, Quota, MAX_LIMIT_TIMES_W
 use crate::telemetry::Metrics;
 pub use admin::{AdminError, OverrideState};
 pub use decision::{Decision, LimiterError, Outcome, Standing};
-pub use request::{CheckRequest, Descriptor, Entry};
-pub use rules::{Item, Resolution, Route, Rules, RulesError};
+pub use request::{CheckRequest, Descriptor, Entry, LimitOverride};
+pub use rules::{Item, Mark, Resolution, Route, Rules, RulesError};
 pub use store::{Counter, RawOverride, ResetLog, Store, StoreError, StoreReply};
 
 pub struct Limiter<S> {
@@ -202,7 +202,7 @@ impl<S: Store> Limiter<S> {
             .filter_map(|item| {
                 let descriptor = &request.descriptors[item.descriptor];
                 Some(Counter {
-                    subject: descriptor.subject()?,
+                    subject: item.subject.as_deref().or(descriptor.subject())?,
                     policy: &item.policy,
                     cost: if charge {
                         i64::from(item.policy.cost()).saturating_mul(descriptor.hits)
@@ -216,22 +216,71 @@ impl<S: Store> Limiter<S> {
 
     /// Checks (and, if allowed, counts) one request.
     pub async fn check(&self, request: &CheckRequest) -> Result<Decision, LimiterError> {
+        Ok(self.check_marked(request, false).await?.decision)
+    }
+
+    /// Checks (and, if allowed, counts) one request; with `marks`, also
+    /// says what the rules made of each descriptor (for the front ends that
+    /// answer per descriptor).
+    pub async fn check_marked(
+        &self,
+        request: &CheckRequest,
+        marks: bool,
+    ) -> Result<Checked, LimiterError> {
         let refunds = request.descriptors.iter().any(|d| d.hits < 0);
         // A refund must reach the store (and then frees its subjects'
         // cached denials); it is never answered from the deny cache.
         if !refunds {
             if let Some(outcome) = self.denied.get(request) {
                 self.metrics.deny_cache_hits.inc();
-                return Ok(Decision::Denied(outcome));
+                let marks = match (marks, self.resolve(request)) {
+                    (true, Resolution::Limited { marks, .. }) => marks,
+                    _ => Vec::new(),
+                };
+                return Ok(Checked {
+                    decision: Decision::Denied(outcome),
+                    marks,
+                });
             }
         }
-        let (items, valid_for) = match self.resolve(request) {
-            Resolution::Blocked => return Ok(Decision::Blocked),
-            Resolution::Limited { items, .. } if items.is_empty() => {
-                return Ok(Decision::Unlimited)
+        let (items, valid_for, marks) = match self.resolve(request) {
+            Resolution::Blocked => return Ok(Checked::new(Decision::Blocked)),
+            Resolution::Limited {
+                marks,
+                banned: true,
+                ..
+            } => {
+                return Ok(Checked {
+                    decision: Decision::Blocked,
+                    marks,
+                })
             }
-            Resolution::Limited { items, valid_for } => (items, valid_for),
+            Resolution::Limited { items, marks, .. } if items.is_empty() => {
+                return Ok(Checked {
+                    decision: Decision::Unlimited,
+                    marks,
+                })
+            }
+            Resolution::Limited {
+                items,
+                valid_for,
+                marks,
+                ..
+            } => (items, valid_for, marks),
         };
+        let decision = self.decide(request, items, valid_for, refunds).await?;
+        Ok(Checked { decision, marks })
+    }
+
+    /// Asks the store about `items` and turns its answer (or its failure)
+    /// into a decision.
+    async fn decide(
+        &self,
+        request: &CheckRequest,
+        items: Vec<Item>,
+        valid_for: Option<Duration>,
+        refunds: bool,
+    ) -> Result<Decision, LimiterError> {
         // Read before asking the store: a reset that lands meanwhile makes
         // this check's denial stale, and the cache then refuses it.
         let generation = self.denied.generation();
@@ -288,12 +337,30 @@ impl<S: Store> Limiter<S> {
             Resolution::Limited { items, .. } if items.is_empty() => {
                 return Ok(Standing::Unlimited)
             }
+            Resolution::Limited { banned: true, .. } => return Ok(Standing::Blocked),
             Resolution::Limited { items, .. } => items,
         };
         let reply = self
             .guarded(&Self::counters(request, &items, false))
             .await?;
         Ok(Standing::Limited(outcome(items, reply.quotas, true)))
+    }
+}
+
+/// A decision with what the rules made of each descriptor (empty unless
+/// asked for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub decision: Decision,
+    pub marks: Vec<Mark>,
+}
+
+impl Checked {
+    fn new(decision: Decision) -> Self {
+        Checked {
+            decision,
+            marks: Vec::new(),
+        }
     }
 }
 

@@ -9,6 +9,7 @@
 //! the policy (or override) and the key, and a file with an error is never
 //! half applied.
 
+pub mod erl;
 mod file;
 pub mod http;
 pub mod tree;
@@ -19,10 +20,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::request::{CheckRequest, Descriptor, Entry};
+use super::request::{path_subject, CheckRequest, Descriptor, Entry, LimitOverride};
 use crate::config::Settings;
 use crate::identity::Strategy;
-use crate::policy::Policy;
+use crate::policy::{Algorithm, Label, Policy};
 use http::RouteMatch;
 pub use http::{Route, Shapes};
 pub use tree::Limit;
@@ -81,6 +82,25 @@ pub struct Item {
     /// The index of the descriptor in the request.
     pub descriptor: usize,
     pub policy: Arc<Policy>,
+    /// Whose counter: for a descriptor outside the HTTP domain its domain
+    /// and whole path (see [`path_subject`]); `None`: the descriptor's last
+    /// entry.
+    pub subject: Option<Arc<Entry>>,
+}
+
+/// What the rules say of one descriptor before any counter is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mark {
+    /// No limit: no rule matched, the domain is unknown, or another matched
+    /// rule `replaces` this one.
+    None,
+    /// `unlimited: true` (or an allow-list override): never counted.
+    Unlimited,
+    /// `requests_per_unit: 0`: always over, never counted; `shadow` when
+    /// that is only reported.
+    Banned { label: Label, shadow: bool },
+    /// Its limits are among the items.
+    Limited,
 }
 
 /// How the rules and overrides treat one request.
@@ -93,6 +113,11 @@ pub enum Resolution {
     Limited {
         items: Vec<Item>,
         valid_for: Option<Duration>,
+        /// One per descriptor.
+        marks: Vec<Mark>,
+        /// A descriptor is banned (an enforced `requests_per_unit: 0`): the
+        /// request is over the limit whatever its counters say.
+        banned: bool,
     },
 }
 
@@ -107,6 +132,9 @@ pub struct Rules {
     overrides: HashMap<Entry, OverrideAction>,
     /// The rule tree of each domain.
     domains: HashMap<String, Node>,
+    /// The envoyproxy/ratelimit configuration (its domains), kept through
+    /// reloads of the HTTP rules.
+    erl: Arc<erl::Config>,
     shapes: Shapes,
 }
 
@@ -186,6 +214,27 @@ impl Rules {
             policies,
             overrides,
             domains: HashMap::from([(http::DOMAIN.to_owned(), tree)]),
+            erl: Arc::default(),
+        }
+    }
+
+    /// These rules with `config`'s domains beside the HTTP domain.
+    pub fn with_erl(mut self, config: Arc<erl::Config>) -> Self {
+        self.erl = config;
+        self
+    }
+
+    /// The envoyproxy/ratelimit configuration in force.
+    pub fn erl(&self) -> &Arc<erl::Config> {
+        &self.erl
+    }
+
+    /// The tree of `domain`.
+    fn tree(&self, domain: &str) -> Option<&Node> {
+        if domain == http::DOMAIN {
+            self.domains.get(domain)
+        } else {
+            self.erl.domains.get(domain)
         }
     }
 
@@ -194,7 +243,7 @@ impl Rules {
         for scoped in &mut self.policies {
             scoped.policy = Arc::new(Policy::clone(&scoped.policy).with_shadow(true));
         }
-        Self::compile(self.policies, self.overrides)
+        Self::compile(self.policies, self.overrides).with_erl(self.erl)
     }
 
     /// The policies of the HTTP domain, with their names, for display.
@@ -210,43 +259,131 @@ impl Rules {
     /// The limits `descriptor` matches in `domain` (none for an unknown
     /// domain).
     pub fn matching(&self, domain: &str, descriptor: &Descriptor) -> &[Limit] {
-        self.domains
-            .get(domain)
+        self.tree(domain)
             .map_or(&[][..], |tree| tree.matching(&descriptor.entries))
     }
 
+    /// Whether the rules know `domain`.
+    pub fn has_domain(&self, domain: &str) -> bool {
+        self.tree(domain).is_some()
+    }
+
     /// The limits of every descriptor of `request`: each descriptor's
-    /// matches in the tree, changed by the override of its subject
-    /// (`dynamic`, the admin API's, first; then the file's).
+    /// matches in the tree (or its own `limit`), less those another match
+    /// `replaces`, changed by the override of its subject (`dynamic`, the
+    /// admin API's, first; then the file's).
     pub fn resolve(
         &self,
         request: &CheckRequest,
         dynamic: impl Fn(&Entry) -> Option<ActiveOverride>,
     ) -> Resolution {
+        let domain: &str = &request.domain;
+        let tree = self.tree(domain);
+        let walks: Vec<Option<tree::Walk<'_>>> = request
+            .descriptors
+            .iter()
+            .map(|d| tree.and_then(|t| t.walk(&d.entries)))
+            .collect();
+        let replaced: Vec<&str> = walks
+            .iter()
+            .flatten()
+            .filter_map(|w| w.rule())
+            .flat_map(|r| r.replaces.iter().map(String::as_str))
+            .collect();
         let mut ranked: Vec<(u32, Item)> = Vec::new();
+        let mut marks = Vec::with_capacity(request.descriptors.len());
+        let mut banned = false;
         let mut valid_for: Option<Duration> = None;
-        for (index, descriptor) in request.descriptors.iter().enumerate() {
-            let limits = self.matching(&request.domain, descriptor);
-            let Some(subject) = descriptor.subject() else {
+        for (index, (descriptor, walk)) in request.descriptors.iter().zip(&walks).enumerate() {
+            let Some(tree) = tree else {
+                marks.push(Mark::None);
                 continue;
             };
+            let rule = walk.and_then(|w| w.rule());
+            let own;
+            let limits: &[Limit] = match (descriptor.limit, walk) {
+                (Some(limit), _) => match override_limit(domain, descriptor, limit, rule) {
+                    Ok(limit) => {
+                        own = [limit];
+                        &own
+                    }
+                    Err(label) => {
+                        banned = true;
+                        marks.push(Mark::Banned {
+                            label,
+                            shadow: false,
+                        });
+                        continue;
+                    }
+                },
+                (None, None) => {
+                    marks.push(Mark::None);
+                    continue;
+                }
+                (None, Some(walk)) => {
+                    if let Some(rule) = rule {
+                        if rule.name.as_deref().is_some_and(|n| replaced.contains(&n)) {
+                            marks.push(Mark::None);
+                            continue;
+                        }
+                        if rule.unlimited {
+                            marks.push(Mark::Unlimited);
+                            continue;
+                        }
+                        if let Some(label) = &rule.ban {
+                            banned |= !rule.shadow;
+                            marks.push(Mark::Banned {
+                                label: label.clone(),
+                                shadow: rule.shadow,
+                            });
+                            continue;
+                        }
+                    }
+                    walk.limits()
+                }
+            };
             if limits.is_empty() {
+                marks.push(Mark::None);
                 continue;
             }
-            let action = dynamic(subject).or_else(|| {
-                self.file_override(subject)
-                    .map(|action| (action.clone(), None))
-            });
+            let subject = if domain == http::DOMAIN {
+                None
+            } else {
+                let values = if walk.is_some_and(|w| w.shared) {
+                    tree.counter_values(&descriptor.entries)
+                } else {
+                    descriptor
+                        .entries
+                        .iter()
+                        .map(|e| std::borrow::Cow::Borrowed(e.1.as_str()))
+                        .collect()
+                };
+                Some(Arc::new(path_subject(
+                    domain,
+                    descriptor.entries.iter().map(|e| &*e.0),
+                    values.iter().map(|v| &**v),
+                )))
+            };
+            let Some(key) = subject.as_deref().or(descriptor.subject()) else {
+                marks.push(Mark::None);
+                continue;
+            };
+            let action = dynamic(key)
+                .or_else(|| self.file_override(key).map(|action| (action.clone(), None)));
             if let Some((_, Some(left))) = &action {
                 valid_for = Some(valid_for.map_or(*left, |v| v.min(*left)));
             }
             let item = |policy| Item {
                 descriptor: index,
                 policy,
+                subject: subject.clone(),
             };
             match action.map(|(a, _)| a) {
                 Some(OverrideAction::Blocked) => return Resolution::Blocked,
-                Some(OverrideAction::Unlimited) => continue,
+                Some(OverrideAction::Unlimited) => {
+                    marks.push(Mark::Unlimited);
+                    continue;
+                }
                 Some(action) => ranked.extend(
                     limits
                         .iter()
@@ -254,12 +391,15 @@ impl Rules {
                 ),
                 None => ranked.extend(limits.iter().map(|l| (l.rank, item(l.policy.clone())))),
             }
+            marks.push(Mark::Limited);
         }
         // Stable: the limits of one rank keep the order of the descriptors.
         ranked.sort_by_key(|(rank, _)| *rank);
         Resolution::Limited {
             items: ranked.into_iter().map(|(_, item)| item).collect(),
             valid_for,
+            marks,
+            banned,
         }
     }
 
@@ -346,11 +486,6 @@ mod tests {
             self.resolve(&http::request(&caller, route, self.shapes()), |_| None)
         }
     }
-
-    const UNLIMITED: Resolution = Resolution::Limited {
-        items: Vec::new(),
-        valid_for: None,
-    };
 
     fn names(resolution: &Resolution) -> Vec<String> {
         match resolution {
@@ -460,7 +595,11 @@ mod tests {
             names(&resolve(Identity::user("everything"))),
             ["minute=7", "hour=7"]
         );
-        assert_eq!(resolve(Identity::user("internal")), UNLIMITED);
+        assert!(matches!(
+            resolve(Identity::user("internal")),
+            Resolution::Limited { items, marks, .. }
+                if items.is_empty() && marks.contains(&Mark::Unlimited)
+        ));
         assert_eq!(
             resolve(Identity::ip("203.0.113.9".parse().unwrap())),
             Resolution::Blocked
@@ -564,5 +703,41 @@ mod tests {
                 &("client_ip".into(), "10.0.0.1".to_owned())
             ]
         );
+    }
+}
+
+/// The limit of a descriptor that brings its own (Envoy's `limit`): a fixed
+/// window of its unit, named like the rule it matched (so both share a
+/// counter when their units agree), or `Err` with the label of a limit of 0
+/// (always over).
+fn override_limit(
+    domain: &str,
+    descriptor: &Descriptor,
+    limit: LimitOverride,
+    rule: Option<&tree::Rule>,
+) -> Result<Limit, Label> {
+    let stats_key = match rule {
+        Some(rule) => rule.stats_key.clone(),
+        None => std::iter::once(domain)
+            .chain(descriptor.entries.iter().map(|e| &*e.0))
+            .collect::<Vec<_>>()
+            .join("."),
+    };
+    let label = Label {
+        name: String::new(),
+        requests_per_unit: limit.requests_per_unit,
+        unit: limit.unit,
+        stats_key,
+    };
+    let window = Duration::from_secs(limit.unit.seconds());
+    let policy = NonZeroU32::new(limit.requests_per_unit)
+        .and_then(|n| Policy::new(erl::POLICY_NAME, Algorithm::FixedWindow, n, window, 1).ok());
+    match policy {
+        Some(policy) => Ok(Limit {
+            rank: 0,
+            policy: Arc::new(policy.with_label(label)),
+        }),
+        // 0, or too large to count exactly: refused like a ban.
+        None => Err(label),
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::super::request::Entry;
-use crate::policy::Policy;
+use crate::policy::{Label, Policy};
 
 /// One limit on a node; `rank` orders the limits of a request as the rules
 /// file lists them (so headers list policies in file order).
@@ -52,6 +52,50 @@ pub struct Node {
     /// key -> node, for any value.
     any: HashMap<String, Node>,
     limits: Vec<Limit>,
+    /// What an envoyproxy/ratelimit rule says beyond its limits.
+    rule: Option<Arc<Rule>>,
+    /// A wildcard node whose matching values share one counter
+    /// (`share_threshold`).
+    share_threshold: bool,
+}
+
+/// What an envoyproxy/ratelimit rule on a node says beyond its limits.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// `rate_limit.name`: a target for other rules' `replaces`.
+    pub name: Option<String>,
+    /// Names of the limits this one replaces when both match one request.
+    pub replaces: Vec<String>,
+    /// `unlimited: true`: always allowed, never counted.
+    pub unlimited: bool,
+    /// `requests_per_unit: 0`: always over the limit, never counted.
+    pub ban: Option<Label>,
+    /// The ban is reported, not enforced (`shadow_mode`).
+    pub shadow: bool,
+    /// The rule's stats key (`domain.key_value.key`).
+    pub stats_key: String,
+    /// Metrics name the request's values (`detailed_metric`).
+    pub detailed_metric: bool,
+}
+
+/// Where a descriptor's walk through the tree ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Walk<'a> {
+    pub node: &'a Node,
+    /// Whether some level matched a `share_threshold` wildcard: its
+    /// pattern, not the value, then names the counter (see
+    /// [`Node::counter_values`]).
+    pub shared: bool,
+}
+
+impl<'a> Walk<'a> {
+    pub fn limits(&self) -> &'a [Limit] {
+        &self.node.limits
+    }
+
+    pub fn rule(&self) -> Option<&'a Rule> {
+        self.node.rule.as_deref()
+    }
 }
 
 impl Node {
@@ -63,6 +107,38 @@ impl Node {
             node = node.child_mut(key, value);
         }
         node.limits.push(limit);
+    }
+
+    /// Sets the rule of the node `path` leads to; `share_threshold` marks
+    /// its last level.
+    pub fn set_rule(&mut self, path: &[(String, ValueMatch)], rule: Rule, share_threshold: bool) {
+        let mut node = self;
+        for (key, value) in path {
+            node = node.child_mut(key, value);
+        }
+        node.rule = Some(Arc::new(rule));
+        node.share_threshold = share_threshold;
+    }
+
+    /// Whether `path` leads to a node already (a duplicate rule).
+    pub fn contains(&self, path: &[(String, ValueMatch)]) -> bool {
+        let mut node = self;
+        for (key, value) in path {
+            let next = match value {
+                ValueMatch::Exact(v) => node.exact.get(key).and_then(|m| m.get(v)),
+                ValueMatch::Any => node.any.get(key),
+                ValueMatch::Wildcard(p) => node
+                    .wildcards
+                    .iter()
+                    .find(|(k, q, _)| k == key && q == p)
+                    .map(|(_, _, n)| n),
+            };
+            match next {
+                Some(next) => node = next,
+                None => return false,
+            }
+        }
+        true
     }
 
     fn child_mut(&mut self, key: &str, value: &ValueMatch) -> &mut Node {
@@ -92,35 +168,63 @@ impl Node {
         }
     }
 
-    /// The child that matches one entry, by the order of precedence.
-    fn child(&self, (key, value): &Entry) -> Option<&Node> {
+    /// The child that matches one entry, by the order of precedence, with
+    /// the wildcard pattern that matched, if one did.
+    fn child(&self, (key, value): &Entry) -> Option<(&Node, Option<&str>)> {
         let key: &str = key;
-        self.exact
-            .get(key)
-            .and_then(|values| values.get(value))
-            .or_else(|| {
-                self.wildcards
-                    .iter()
-                    .find(|(k, pattern, _)| k == key && wildcard_match(pattern, value))
-                    .map(|(_, _, node)| node)
-            })
-            .or_else(|| self.any.get(key))
+        if let Some(node) = self.exact.get(key).and_then(|values| values.get(value)) {
+            return Some((node, None));
+        }
+        self.wildcards
+            .iter()
+            .find(|(k, pattern, _)| k == key && wildcard_match(pattern, value))
+            .map(|(_, pattern, node)| (node, Some(pattern.as_str())))
+            .or_else(|| self.any.get(key).map(|node| (node, None)))
+    }
+
+    /// The node reached by the last of `entries`, if the walk gets there.
+    pub fn walk(&self, entries: &[Entry]) -> Option<Walk<'_>> {
+        if entries.is_empty() {
+            return None;
+        }
+        let mut walk = Walk {
+            node: self,
+            shared: false,
+        };
+        for entry in entries {
+            let (next, _) = walk.node.child(entry)?;
+            walk.shared |= next.share_threshold;
+            walk.node = next;
+        }
+        Some(walk)
+    }
+
+    /// The values that name a descriptor's counter: the request's, except
+    /// at `share_threshold` levels, where the pattern stands for every value
+    /// it matches (so they share one counter).
+    pub fn counter_values<'e>(&self, entries: &'e [Entry]) -> Vec<std::borrow::Cow<'e, str>> {
+        let mut node = self;
+        let mut values = Vec::with_capacity(entries.len());
+        for entry in entries {
+            match node.child(entry) {
+                Some((next, Some(pattern))) if next.share_threshold => {
+                    values.push(std::borrow::Cow::Owned(pattern.to_owned()));
+                    node = next;
+                }
+                Some((next, _)) => {
+                    values.push(std::borrow::Cow::Borrowed(entry.1.as_str()));
+                    node = next;
+                }
+                None => values.push(std::borrow::Cow::Borrowed(entry.1.as_str())),
+            }
+        }
+        values
     }
 
     /// The limits of the node reached by the last of `entries`; empty when
     /// the walk stops earlier or the node has none.
     pub fn matching(&self, entries: &[Entry]) -> &[Limit] {
-        let mut node = self;
-        for entry in entries {
-            match node.child(entry) {
-                Some(next) => node = next,
-                None => return &[],
-            }
-        }
-        if entries.is_empty() {
-            return &[];
-        }
-        &node.limits
+        self.walk(entries).map_or(&[], |walk| walk.limits())
     }
 
     /// Every limit in the tree, each once per node it sits on.

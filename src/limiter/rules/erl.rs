@@ -1,0 +1,806 @@
+//! envoyproxy/ratelimit's configuration, read exactly as it reads it: a
+//! directory of YAML files (`RUNTIME_ROOT`, `RUNTIME_SUBDIRECTORY`,
+//! `RUNTIME_APPDIRECTORY`, `RUNTIME_WATCH_ROOT`, `RUNTIME_IGNOREDOTFILES`),
+//! one domain per file (`MERGE_DOMAIN_CONFIG` merges them), validated with
+//! its error messages, compiled to one rule tree per domain.
+//!
+//! Every file it accepts loads here unchanged. Our extensions are extra
+//! keys: `algorithm`, `unit_multiplier` and `window` in a `rate_limit`, and
+//! `rate_limits` (a list) for several limits on one descriptor.
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_yaml::{Mapping, Value};
+
+use super::tree::{Limit, Node, Rule, ValueMatch};
+use super::RulesError;
+use crate::config::RuntimeSettings;
+use crate::policy::{parse_window, Algorithm, Label, Policy, Unit};
+
+/// The policy name of the first limit of a rule (the others are `erl-2`,
+/// `erl-3`...): with the domain, the path, the window and the algorithm it
+/// names the counter, so a descriptor's `limit` of the same unit shares the
+/// rule's counter, as in envoyproxy/ratelimit.
+pub const POLICY_NAME: &str = "erl";
+
+/// Every key envoyproxy/ratelimit accepts anywhere in a file, and ours.
+const VALID_KEYS: [&str; 20] = [
+    "domain",
+    "key",
+    "value",
+    "descriptors",
+    "rate_limit",
+    "unit",
+    "requests_per_unit",
+    "unlimited",
+    "shadow_mode",
+    "quota_mode",
+    "name",
+    "replaces",
+    "detailed_metric",
+    "value_to_metric",
+    "share_threshold",
+    "metadata",
+    // Ours.
+    "rate_limits",
+    "algorithm",
+    "unit_multiplier",
+    "window",
+];
+
+/// The domains of a configuration directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Config {
+    pub domains: HashMap<String, Node>,
+    /// The file keys loaded, in load order (`config.basic.yaml`).
+    pub files: Vec<String>,
+    /// One line per limit, `<stats key>: unit=<UNIT> requests_per_unit=<n>,
+    /// shadow_mode: <bool>, quota_mode: <bool>`, as `/rlconfig` shows it.
+    pub dump: Vec<String>,
+}
+
+/// A file to load: its key (relative path, `/` as `.`) and where it is.
+type FileEntry = (String, PathBuf);
+
+/// The files envoyproxy/ratelimit would read, with their keys, and a
+/// warning when its settings make it read none.
+pub fn files(settings: &RuntimeSettings) -> Result<(Vec<FileEntry>, Option<String>), String> {
+    let mut files = Vec::new();
+    if settings.watch_root {
+        if settings.subdirectory.is_empty() {
+            return Ok((
+                files,
+                Some(
+                    "RUNTIME_SUBDIRECTORY is empty with RUNTIME_WATCH_ROOT=true: \
+                     envoyproxy/ratelimit reads no file then, and neither do we; \
+                     set RUNTIME_SUBDIRECTORY (e.g. `ratelimit`) or RUNTIME_WATCH_ROOT=false"
+                        .into(),
+                ),
+            ));
+        }
+        let base = settings.root.join(&settings.subdirectory);
+        walk(&base, &base, settings.ignore_dotfiles, &mut files)?;
+        let prefix = format!("{}.", settings.appdirectory);
+        files.retain(|(key, _)| key.starts_with(&prefix));
+    } else {
+        if settings.appdirectory.is_empty() {
+            return Ok((
+                files,
+                Some(
+                    "RUNTIME_APPDIRECTORY is empty with RUNTIME_WATCH_ROOT=false: \
+                     envoyproxy/ratelimit reads no file then, and neither do we"
+                        .into(),
+                ),
+            ));
+        }
+        let base = settings
+            .root
+            .join(&settings.subdirectory)
+            .join(&settings.appdirectory);
+        walk(&base, &base, settings.ignore_dotfiles, &mut files)?;
+    }
+    files.sort();
+    let warning = files.is_empty().then(|| {
+        format!(
+            "no configuration file found under {}: every descriptor is answered OK \
+             (unknown domain)",
+            settings.root.display()
+        )
+    });
+    Ok((files, warning))
+}
+
+/// Every regular file under `dir` (a symlink to a file counts; symlinked
+/// directories are not entered, except the root itself).
+fn walk(
+    base: &Path,
+    dir: &Path,
+    ignore_dotfiles: bool,
+    out: &mut Vec<FileEntry>,
+) -> Result<(), String> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|err| format!("cannot read {}: {err}", dir.display()))?;
+    for entry in entries {
+        let entry = entry.map_err(|err| format!("cannot read {}: {err}", dir.display()))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if ignore_dotfiles && name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            walk(base, &path, ignore_dotfiles, out)?;
+        } else if kind.is_file() || (kind.is_symlink() && path.is_file()) {
+            let relative = path.strip_prefix(base).unwrap_or(&path);
+            let key = relative
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(".");
+            out.push((key, path));
+        }
+    }
+    Ok(())
+}
+
+/// Reads and validates every file; all or nothing.
+pub fn load(settings: &RuntimeSettings) -> Result<(Config, Option<String>), RulesError> {
+    let (files, warning) = files(settings).map_err(|problem| RulesError {
+        origin: settings.root.display().to_string(),
+        place: String::new(),
+        problem,
+    })?;
+    let mut texts = Vec::with_capacity(files.len());
+    for (key, path) in files {
+        let text = std::fs::read_to_string(&path).map_err(|err| RulesError {
+            origin: key.clone(),
+            place: String::new(),
+            problem: format!("error loading config file: {err}"),
+        })?;
+        texts.push((key, text));
+    }
+    let config = parse(&texts, settings.merge_domains)?;
+    Ok((config, warning))
+}
+
+/// Validates and compiles files given as (key, YAML text).
+pub fn parse(files: &[(String, String)], merge: bool) -> Result<Config, RulesError> {
+    let mut builder = Builder {
+        config: Config::default(),
+        seen: HashMap::new(),
+        merge,
+    };
+    for (key, text) in files {
+        builder.file(key, text).map_err(|problem| RulesError {
+            origin: key.clone(),
+            place: String::new(),
+            problem,
+        })?;
+        builder.config.files.push(key.clone());
+    }
+    Ok(builder.config)
+}
+
+struct Builder {
+    config: Config,
+    /// Composite keys per domain (`domain.key_value.key`), for duplicates.
+    seen: HashMap<String, HashSet<String>>,
+    merge: bool,
+}
+
+/// One level of a rule's path as written: key and value.
+type Step = (String, ValueMatch);
+
+impl Builder {
+    fn file(&mut self, _key: &str, text: &str) -> Result<(), String> {
+        let root: Value = serde_yaml::from_str(text)
+            .map_err(|err| format!("error loading config file: {err}"))?;
+        let root = match root {
+            Value::Null => Mapping::new(),
+            Value::Mapping(map) => map,
+            _ => return Err("error loading config file: the file is not a YAML map".into()),
+        };
+        validate_keys(&root)?;
+        let domain = match root.get("domain") {
+            None | Some(Value::Null) => String::new(),
+            Some(value) => {
+                scalar(value).ok_or("error loading config file: domain: expected a string")?
+            }
+        };
+        if domain.is_empty() {
+            return Err("config file cannot have empty domain".into());
+        }
+        if domain == super::http::DOMAIN {
+            return Err(format!(
+                "domain '{domain}' is reserved for the service's HTTP rules \
+                 (RATE_LIMIT_CONFIG and the RATE_LIMIT_* settings); choose another name"
+            ));
+        }
+        if self.config.domains.contains_key(&domain) && !self.merge {
+            return Err(format!("duplicate domain '{domain}' in config file"));
+        }
+        let mut tree = self.config.domains.remove(&domain).unwrap_or_default();
+        let mut seen = self.seen.remove(&domain).unwrap_or_default();
+        let descriptors = list(root.get("descriptors"), "descriptors")?;
+        let result = self.descriptors(&domain, &mut tree, &mut seen, &[], &domain, &descriptors);
+        self.config.domains.insert(domain.clone(), tree);
+        self.seen.insert(domain, seen);
+        result
+    }
+
+    fn descriptors(
+        &mut self,
+        domain: &str,
+        tree: &mut Node,
+        seen: &mut HashSet<String>,
+        parent: &[Step],
+        parent_key: &str,
+        descriptors: &[Mapping],
+    ) -> Result<(), String> {
+        for d in descriptors {
+            let key = field_string(d, "key")?.unwrap_or_default();
+            if key.is_empty() {
+                return Err("descriptor has empty key".into());
+            }
+            let value = field_string(d, "value")?.unwrap_or_default();
+            let final_key = if value.is_empty() {
+                key.clone()
+            } else {
+                format!("{key}_{value}")
+            };
+            let composite = format!("{parent_key}.{final_key}");
+            if !seen.insert(composite.clone()) {
+                return Err(format!("duplicate descriptor composite key '{composite}'"));
+            }
+            let share_threshold = field_bool(d, "share_threshold")?;
+            if share_threshold && !value.contains('*') {
+                return Err(format!(
+                    "share_threshold can only be used with wildcard values (containing '*'), \
+                     but found key '{final_key}'"
+                ));
+            }
+            if let Some(metadata) = d.get("metadata") {
+                if !matches!(metadata, Value::Mapping(_) | Value::Null) {
+                    return Err("error parsing metadata: expected a map".into());
+                }
+            }
+            let mut path = parent.to_vec();
+            path.push((
+                key.clone(),
+                if value.is_empty() {
+                    ValueMatch::Any
+                } else {
+                    ValueMatch::of(&value)
+                },
+            ));
+            let shadow = field_bool(d, "shadow_mode")?;
+            let quota = field_bool(d, "quota_mode")?;
+            let mut rule = Rule {
+                stats_key: composite.clone(),
+                detailed_metric: field_bool(d, "detailed_metric")?,
+                shadow,
+                ..Rule::default()
+            };
+            let limits = match (d.get("rate_limit"), d.get("rate_limits")) {
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "'{composite}': set rate_limit or rate_limits, not both"
+                    ))
+                }
+                (Some(Value::Null), None) | (None, None) => Vec::new(),
+                (Some(one), None) => vec![mapping(one, "rate_limit")?],
+                (None, Some(many)) => list(Some(many), "rate_limits")?,
+            };
+            for (index, limit) in limits.iter().enumerate() {
+                let parsed = parse_limit(limit)?;
+                if let Some(name) = &parsed.name {
+                    rule.name.get_or_insert_with(|| name.clone());
+                }
+                for replaced in &parsed.replaces {
+                    if replaced.is_empty() {
+                        return Err("should not have an empty replaces entry".into());
+                    }
+                    if Some(replaced) == parsed.name.as_ref() {
+                        return Err("replaces should not contain name of same descriptor".into());
+                    }
+                    rule.replaces.push(replaced.clone());
+                }
+                if parsed.unlimited {
+                    rule.unlimited = true;
+                    continue;
+                }
+                let label = Label {
+                    name: parsed.name.clone().unwrap_or_default(),
+                    requests_per_unit: parsed.requests_per_unit,
+                    unit: parsed.unit,
+                    stats_key: composite.clone(),
+                };
+                self.config.dump.push(format!(
+                    "{composite}: unit={} requests_per_unit={}, shadow_mode: {shadow}, quota_mode: {quota}",
+                    parsed.unit.as_str().to_ascii_uppercase(),
+                    parsed.requests_per_unit,
+                ));
+                let Some(limit) = NonZeroU32::new(parsed.requests_per_unit) else {
+                    rule.ban = Some(label);
+                    continue;
+                };
+                let name = if index == 0 {
+                    POLICY_NAME.to_owned()
+                } else {
+                    format!("{POLICY_NAME}-{}", index + 1)
+                };
+                let policy = Policy::new(name, parsed.algorithm, limit, parsed.window, 1)
+                    .map_err(|err| format!("'{composite}': {err}"))?
+                    .with_shadow(shadow)
+                    .with_label(label);
+                tree.insert(
+                    &path,
+                    Limit {
+                        rank: 0,
+                        policy: Arc::new(policy),
+                    },
+                );
+            }
+            tree.set_rule(&path, rule, share_threshold);
+            let children = list(d.get("descriptors"), "descriptors")?;
+            self.descriptors(domain, tree, seen, &path, &composite, &children)?;
+        }
+        Ok(())
+    }
+}
+
+struct ParsedLimit {
+    name: Option<String>,
+    replaces: Vec<String>,
+    unlimited: bool,
+    requests_per_unit: u32,
+    unit: Unit,
+    window: Duration,
+    algorithm: Algorithm,
+}
+
+fn parse_limit(map: &Mapping) -> Result<ParsedLimit, String> {
+    let unlimited = field_bool(map, "unlimited")?;
+    let unit_text = field_string(map, "unit")?.unwrap_or_default();
+    let unit = Unit::parse(&unit_text);
+    if unlimited {
+        if unit.is_some() {
+            return Err("should not specify rate limit unit when unlimited".into());
+        }
+    } else if unit.is_none() {
+        return Err(format!("invalid rate limit unit '{unit_text}'"));
+    }
+    let requests_per_unit = match map.get("requests_per_unit") {
+        None | Some(Value::Null) => 0,
+        Some(Value::Number(n)) => {
+            n.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    format!("error loading config file: requests_per_unit: {n} is not a uint32")
+                })?
+        }
+        Some(other) => {
+            return Err(format!(
+                "error loading config file: requests_per_unit: {} is not a uint32",
+                scalar(other).unwrap_or_default()
+            ))
+        }
+    };
+    let replaces = list(map.get("replaces"), "replaces")?
+        .iter()
+        .map(|r| field_string(r, "name").map(Option::unwrap_or_default))
+        .collect::<Result<Vec<_>, _>>()?;
+    let unit = unit.unwrap_or(Unit::Second);
+    let multiplier = match map.get("unit_multiplier") {
+        None | Some(Value::Null) => 1,
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
+            .ok_or("unit_multiplier: expected a whole number of at least 1")?,
+        Some(_) => return Err("unit_multiplier: expected a whole number of at least 1".into()),
+    };
+    let window = match field_string(map, "window")? {
+        Some(_) if map.contains_key("unit_multiplier") => {
+            return Err("set window or unit_multiplier, not both".into())
+        }
+        Some(text) => parse_window(&text).map_err(|err| format!("window: {err}"))?,
+        None => Duration::from_secs(unit.seconds().saturating_mul(multiplier)),
+    };
+    let algorithm = match field_string(map, "algorithm")? {
+        None => Algorithm::FixedWindow,
+        Some(name) => name.parse().map_err(|err| format!("algorithm: {err}"))?,
+    };
+    Ok(ParsedLimit {
+        name: field_string(map, "name")?.filter(|n| !n.is_empty()),
+        replaces,
+        unlimited,
+        requests_per_unit,
+        unit: if map.contains_key("window") {
+            Unit::base_of(window)
+        } else {
+            unit
+        },
+        window,
+        algorithm,
+    })
+}
+
+/// envoyproxy/ratelimit's key check: every key of every map (but inside
+/// `metadata`) a string it knows, every list a list of maps, every leaf a
+/// string, an integer, a boolean or null.
+fn validate_keys(map: &Mapping) -> Result<(), String> {
+    for (key, value) in map {
+        let Value::String(key) = key else {
+            return Err(format!(
+                "config error, key is not of type string: {}",
+                scalar(key).unwrap_or_else(|| format!("{key:?}"))
+            ));
+        };
+        if !VALID_KEYS.contains(&key.as_str()) {
+            return Err(format!("config error, unknown key '{key}'"));
+        }
+        if key == "metadata" {
+            continue;
+        }
+        match value {
+            Value::Sequence(items) => {
+                for item in items {
+                    match item {
+                        Value::Mapping(m) => validate_keys(m)?,
+                        other => {
+                            return Err(format!(
+                                "config error, yaml file contains list of type other than map: {}",
+                                scalar(other).unwrap_or_else(|| format!("{other:?}"))
+                            ))
+                        }
+                    }
+                }
+            }
+            Value::Mapping(m) => validate_keys(m)?,
+            Value::String(_) | Value::Bool(_) | Value::Null => {}
+            Value::Number(n) if n.is_i64() || n.is_u64() => {}
+            _ => return Err("error checking config".into()),
+        }
+    }
+    Ok(())
+}
+
+/// A scalar as text (YAML `value: 1` is the value "1").
+fn scalar(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+fn field_string(map: &Mapping, key: &str) -> Result<Option<String>, String> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => scalar(value)
+            .map(Some)
+            .ok_or_else(|| format!("error loading config file: {key}: expected a string")),
+    }
+}
+
+fn field_bool(map: &Mapping, key: &str) -> Result<bool, String> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(format!(
+            "error loading config file: {key}: expected true or false"
+        )),
+    }
+}
+
+fn mapping(value: &Value, key: &str) -> Result<Mapping, String> {
+    match value {
+        Value::Mapping(m) => Ok(m.clone()),
+        _ => Err(format!("error loading config file: {key}: expected a map")),
+    }
+}
+
+fn list(value: Option<&Value>, key: &str) -> Result<Vec<Mapping>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Sequence(items)) => items.iter().map(|i| mapping(i, key)).collect(),
+        Some(_) => Err(format!("error loading config file: {key}: expected a list")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limiter::request::Entry;
+
+    fn load(text: &str) -> Result<Config, String> {
+        parse(&[("config.test.yaml".into(), text.into())], false).map_err(|e| e.to_string())
+    }
+
+    fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned().into(), (*v).to_owned()))
+            .collect()
+    }
+
+    const BASIC: &str = r#"
+domain: test-domain
+descriptors:
+  - key: key1
+    value: value1
+    descriptors:
+      - { key: subkey1, rate_limit: { unit: second, requests_per_unit: 5 } }
+      - { key: subkey1, value: subvalue1, rate_limit: { unit: second, requests_per_unit: 10 } }
+  - { key: key2, rate_limit: { unit: minute, requests_per_unit: 20 } }
+  - { key: key2, value: value2, rate_limit: { unit: minute, requests_per_unit: 30 } }
+  - { key: key2, value: value3 }
+  - { key: key3, rate_limit: { unit: hour, requests_per_unit: 1 } }
+  - { key: key4, rate_limit: { name: key4_rate_limit, unit: day, requests_per_unit: 1 } }
+  - key: key5
+    value: value5
+    rate_limit: { unit: day, requests_per_unit: 15 }
+    descriptors:
+      - { key: subkey5, value: subvalue5, rate_limit: { unit: day, requests_per_unit: 25 } }
+  - { key: key6, rate_limit: { unlimited: true } }
+  - { key: key7, detailed_metric: true, rate_limit: { unit: minute, requests_per_unit: 70 } }
+"#;
+
+    /// (requests_per_unit, unit, name, stats key) of what `pairs` matches.
+    fn matched(config: &Config, pairs: &[(&str, &str)]) -> Option<(u32, Unit, String, String)> {
+        let tree = &config.domains["test-domain"];
+        let walk = tree.walk(&entries(pairs))?;
+        let limit = walk.limits().first()?;
+        let label = limit.policy.label()?;
+        Some((
+            label.requests_per_unit,
+            label.unit,
+            label.name.clone(),
+            label.stats_key.clone(),
+        ))
+    }
+
+    #[test]
+    fn basic_config_matches_like_envoys_ratelimit() {
+        let c = load(BASIC).unwrap();
+        assert_eq!(matched(&c, &[("key1", "something")]), None);
+        assert_eq!(matched(&c, &[("key1", "value1")]), None);
+        let m = matched(&c, &[("key1", "value1"), ("subkey1", "something")]).unwrap();
+        assert_eq!(
+            (m.0, m.1, m.3.as_str()),
+            (5, Unit::Second, "test-domain.key1_value1.subkey1")
+        );
+        let m = matched(&c, &[("key1", "value1"), ("subkey1", "subvalue1")]).unwrap();
+        assert_eq!(
+            (m.0, m.3.as_str()),
+            (10, "test-domain.key1_value1.subkey1_subvalue1")
+        );
+        let m = matched(&c, &[("key2", "something")]).unwrap();
+        assert_eq!(
+            (m.0, m.1, m.3.as_str()),
+            (20, Unit::Minute, "test-domain.key2")
+        );
+        assert_eq!(matched(&c, &[("key2", "value2")]).unwrap().0, 30);
+        assert_eq!(matched(&c, &[("key2", "value3")]), None);
+        assert_eq!(
+            matched(&c, &[("key2", "value2"), ("subkey", "subvalue")]),
+            None
+        );
+        assert_eq!(
+            matched(&c, &[("key5", "value5"), ("subkey5", "subvalue")]),
+            None
+        );
+        assert_eq!(matched(&c, &[("key5", "value5")]).unwrap().0, 15);
+        assert_eq!(
+            matched(&c, &[("key5", "value5"), ("subkey5", "subvalue5")])
+                .unwrap()
+                .0,
+            25
+        );
+        let m = matched(&c, &[("key4", "foo")]).unwrap();
+        assert_eq!(
+            (m.0, m.1, m.2.as_str(), m.3.as_str()),
+            (1, Unit::Day, "key4_rate_limit", "test-domain.key4")
+        );
+        let tree = &c.domains["test-domain"];
+        let walk = tree.walk(&entries(&[("key6", "foo")])).unwrap();
+        assert!(walk.rule().unwrap().unlimited && walk.limits().is_empty());
+        let walk = tree.walk(&entries(&[("key7", "x")])).unwrap();
+        assert!(walk.rule().unwrap().detailed_metric);
+        assert!(c.dump.contains(
+            &"test-domain.key2_value2: unit=MINUTE requests_per_unit=30, shadow_mode: false, quota_mode: false".to_owned()
+        ));
+    }
+
+    #[test]
+    fn validation_messages_are_envoys() {
+        let cases: &[(&str, &str)] = &[
+            ("domain: \"\"\n", "config file cannot have empty domain"),
+            ("", "config file cannot have empty domain"),
+            ("domain: d\ndescriptors:\n  - key: \"\"\n", "descriptor has empty key"),
+            (
+                "domain: d\ndescriptors:\n  - {key: k1, value: v1}\n  - {key: k1, value: v1}\n",
+                "duplicate descriptor composite key 'd.k1_v1'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - {key: k, rate_limit: {unit: foo, requests_per_unit: 1}}\n",
+                "invalid rate limit unit 'foo'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - {key: k, rate_limit: {requests_per_unit: 1}}\n",
+                "invalid rate limit unit ''",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - {key: k, rate_limit: {unit: second, unlimited: true}}\n",
+                "should not specify rate limit unit when unlimited",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - {key: k, rate_limit: {name: a, unit: second, requests_per_unit: 1, replaces: [{name: a}]}}\n",
+                "replaces should not contain name of same descriptor",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - {key: k, rate_limit: {unit: second, requests_per_unit: 1, replaces: [{name: }]}}\n",
+                "should not have an empty replaces entry",
+            ),
+            ("domain: d\ndescriptors:\n  - key: k\n    ratelimit: {}\n", "config error, unknown key 'ratelimit'"),
+            (
+                "domain: d\ndescriptors:\n  - {key: k, rate_limit: {unit: second, requestsperunit: 1}}\n",
+                "config error, unknown key 'requestsperunit'",
+            ),
+            ("domain: d\n0.25: x\n", "config error, key is not of type string: 0.25"),
+            ("domain: d\ndescriptors:\n  - a\n", "config error, yaml file contains list of type other than map: a"),
+            ("domain: d\ndescriptors:\n  - {key: k, value: 1.5}\n", "error checking config"),
+            (
+                "domain: d\ndescriptors:\n  - {key: files, value: pdf, share_threshold: true}\n",
+                "share_threshold can only be used with wildcard values (containing '*'), but found key 'files_pdf'",
+            ),
+            ("domain: d\ndescriptors:\n  - {key: k, metadata: 3}\n", "error parsing metadata"),
+            ("domain: d\ndescriptors: [\n", "error loading config file: "),
+            (
+                "domain: d\ndescriptors:\n  - {key: k, rate_limit: {unit: second, requests_per_unit: -1}}\n",
+                "error loading config file: requests_per_unit",
+            ),
+        ];
+        for (text, message) in cases {
+            let err = load(text).unwrap_err();
+            assert!(
+                err.starts_with(&format!("config.test.yaml: {message}")),
+                "{text:?}: got {err:?}, want {message:?}"
+            );
+        }
+        let two = [
+            (
+                "config.a.yaml".to_owned(),
+                "domain: test-domain\n".to_owned(),
+            ),
+            (
+                "config.b.yaml".to_owned(),
+                "domain: test-domain\n".to_owned(),
+            ),
+        ];
+        assert_eq!(
+            parse(&two, false).unwrap_err().to_string(),
+            "config.b.yaml: duplicate domain 'test-domain' in config file"
+        );
+        assert!(parse(&two, true).is_ok(), "MERGE_DOMAIN_CONFIG merges");
+    }
+
+    #[test]
+    fn merged_domains_still_refuse_duplicate_keys() {
+        let files = [
+            ("config.a.yaml".to_owned(), "domain: d\ndescriptors:\n  - {key: a, rate_limit: {unit: second, requests_per_unit: 1}}\n".to_owned()),
+            ("config.b.yaml".to_owned(), "domain: d\ndescriptors:\n  - {key: b, rate_limit: {unit: second, requests_per_unit: 2}}\n".to_owned()),
+        ];
+        let c = parse(&files, true).unwrap();
+        let tree = &c.domains["d"];
+        assert!(!tree.matching(&entries(&[("a", "x")])).is_empty());
+        assert!(!tree.matching(&entries(&[("b", "x")])).is_empty());
+        let dup = [
+            files[0].clone(),
+            ("config.c.yaml".to_owned(), files[0].1.clone()),
+        ];
+        assert_eq!(
+            parse(&dup, true).unwrap_err().to_string(),
+            "config.c.yaml: duplicate descriptor composite key 'd.a'"
+        );
+    }
+
+    #[test]
+    fn extensions_several_limits_algorithms_and_windows() {
+        let c = load(
+            r#"
+domain: test-domain
+descriptors:
+  - key: user
+    rate_limits:
+      - { unit: second, requests_per_unit: 10, algorithm: gcra }
+      - { unit: minute, unit_multiplier: 5, requests_per_unit: 100 }
+      - { unit: second, window: 30s, requests_per_unit: 50, algorithm: sliding_window }
+"#,
+        )
+        .unwrap();
+        let limits = c.domains["test-domain"].matching(&entries(&[("user", "u")]));
+        let shapes: Vec<(Algorithm, u64, u32, Unit)> = limits
+            .iter()
+            .map(|l| {
+                (
+                    l.policy.algorithm(),
+                    l.policy.window().as_secs(),
+                    l.policy.limit().get(),
+                    l.policy.label().unwrap().unit,
+                )
+            })
+            .collect();
+        assert_eq!(
+            shapes,
+            [
+                (Algorithm::Gcra, 1, 10, Unit::Second),
+                (Algorithm::FixedWindow, 300, 100, Unit::Minute),
+                (Algorithm::SlidingWindow, 30, 50, Unit::Second),
+            ]
+        );
+        let names: Vec<&str> = limits.iter().map(|l| l.policy.name()).collect();
+        assert_eq!(names, ["erl", "erl-2", "erl-3"]);
+        assert!(load("domain: d\ndescriptors:\n  - {key: k, rate_limit: {unit: second, requests_per_unit: 1, algorithm: leaky}}\n").is_err());
+        assert!(load("domain: http\n").unwrap_err().contains("reserved"));
+    }
+
+    fn runtime(root: &Path, sub: &str, app: &str, watch_root: bool, dot: bool) -> RuntimeSettings {
+        RuntimeSettings {
+            root: root.to_owned(),
+            subdirectory: sub.into(),
+            appdirectory: app.into(),
+            watch_root,
+            ignore_dotfiles: dot,
+            merge_domains: false,
+        }
+    }
+
+    #[test]
+    fn files_are_found_as_envoys_ratelimit_finds_them() {
+        let dir = std::env::temp_dir().join(format!("erl-files-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let app = dir.join("current/ratelimit/config");
+        std::fs::create_dir_all(app.join("nested")).unwrap();
+        std::fs::write(app.join("a.yaml"), "domain: a\n").unwrap();
+        std::fs::write(app.join("nested/b.yml"), "domain: b\n").unwrap();
+        std::fs::write(dir.join("current/ratelimit/other.yaml"), "domain: c\n").unwrap();
+        let keys = |s: &RuntimeSettings| -> Vec<String> {
+            files(s).unwrap().0.into_iter().map(|(k, _)| k).collect()
+        };
+        // Mode A: keys keep the app directory and must start with it.
+        let a = runtime(&dir.join("current"), "ratelimit", "config", true, false);
+        assert_eq!(keys(&a), ["config.a.yaml", "config.nested.b.yml"]);
+        // Mode B: the app directory is the root of the keys.
+        let b = runtime(&dir.join("current"), "ratelimit", "config", false, false);
+        assert_eq!(keys(&b), ["a.yaml", "nested.b.yml"]);
+        // Mode A without a subdirectory reads nothing, and says so.
+        let (none, warning) =
+            files(&runtime(&dir.join("current"), "", "config", true, false)).unwrap();
+        assert!(none.is_empty() && warning.unwrap().contains("RUNTIME_SUBDIRECTORY"));
+        // A ConfigMap: ..data is skipped with RUNTIME_IGNOREDOTFILES.
+        let cm = dir.join("cm/config");
+        std::fs::create_dir_all(cm.join("..2026_11_28")).unwrap();
+        std::fs::write(cm.join("..2026_11_28/rl.yaml"), "domain: a\n").unwrap();
+        std::os::unix::fs::symlink("..2026_11_28", cm.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/rl.yaml", cm.join("rl.yaml")).unwrap();
+        let k8s = runtime(&dir.join("cm"), "", "config", false, true);
+        assert_eq!(keys(&k8s), ["rl.yaml"]);
+        assert!(load_ok(&k8s));
+        let without = runtime(&dir.join("cm"), "", "config", false, false);
+        assert_eq!(keys(&without), ["..2026_11_28.rl.yaml", "rl.yaml"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn load_ok(s: &RuntimeSettings) -> bool {
+        super::load(s).is_ok()
+    }
+}
