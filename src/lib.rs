@@ -34,6 +34,10 @@
 //! - [`app`]: what a running service shares: the limiter over Redis, the
 //!   caller identification, the settings handlers read.
 //! - [`reload`]: hot reload of the rules file on SIGHUP and on change.
+//! - [`envoy`]: Envoy's rate limit service (RLS v3): the gRPC server and
+//!   its health service (`grpc`), envoyproxy/ratelimit's `/json` and
+//!   `/healthcheck` (`json`), both answering through one translation of
+//!   `RateLimitRequest` to a check request and of the decision back.
 //! - [`http`]: the HTTP front ends: routes, reading the caller and route of
 //!   a request (`caller`), the rate-limit middleware and its verdict
 //!   (`ratelimit`), forward-auth for gateways (`forward_auth`), bodies read
@@ -45,6 +49,7 @@
 
 pub mod app;
 pub mod config;
+pub mod envoy;
 pub mod http;
 pub mod identity;
 pub mod limiter;

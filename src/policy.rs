@@ -198,6 +198,21 @@ impl Unit {
         }
     }
 
+    /// The unit numbered `code` in Envoy's response enum.
+    pub fn try_from_code(code: i32) -> Option<Unit> {
+        [
+            Unit::Second,
+            Unit::Minute,
+            Unit::Hour,
+            Unit::Day,
+            Unit::Month,
+            Unit::Year,
+            Unit::Week,
+        ]
+        .into_iter()
+        .find(|u| *u as i32 == code)
+    }
+
     /// A unit name, in any case (`minute`, `MINUTE`).
     pub fn parse(name: &str) -> Option<Unit> {
         [
@@ -242,6 +257,12 @@ pub struct Label {
     /// The rule's path in the config, `domain.key_value.key` (see
     /// envoyproxy/ratelimit's stats keys).
     pub stats_key: String,
+    /// The first two levels of that path, the `key1` and `key2` labels of
+    /// the metrics ("" when the path is shorter).
+    pub key1: String,
+    pub key2: String,
+    /// Metrics name the request's values (`detailed_metric`).
+    pub detailed: bool,
 }
 
 impl Policy {

@@ -14,6 +14,8 @@ use std::time::Duration;
 use actix_web::web;
 
 use crate::app::AppState;
+use crate::config::RuntimeSettings;
+use crate::limiter::rules::erl;
 use crate::limiter::Rules;
 
 pub const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -44,7 +46,9 @@ pub fn reload_if_changed(path: &Path, last: &mut Option<String>, state: &AppStat
     match result {
         Ok(rules) => {
             let count = rules.policies().count();
-            state.limiter.replace_rules(rules);
+            // The Envoy domains are not in this file: they stay.
+            let erl = state.limiter.rules().erl().clone();
+            state.limiter.replace_rules(rules.with_erl(erl));
             state
                 .limiter
                 .metrics()
@@ -146,6 +150,83 @@ pub fn spawn_jwks(state: web::Data<AppState>) {
                 Ok(false) => {}
                 Err(err) => log::error!("jwt: the keys in force stay: {err}"),
             }
+        }
+    });
+}
+
+/// The files of an Envoy configuration directory with their contents.
+pub type ErlFiles = Vec<(String, String)>;
+
+/// Reads the Envoy configuration directory whole: (key, text) per file.
+pub fn read_erl(settings: &RuntimeSettings) -> Result<(ErlFiles, Option<String>), String> {
+    let (files, warning) = erl::files(settings)?;
+    let mut texts = Vec::with_capacity(files.len());
+    for (key, path) in files {
+        let text = std::fs::read_to_string(&path)
+            .map_err(|err| format!("{key}: error loading config file: {err}"))?;
+        texts.push((key, text));
+    }
+    Ok((texts, warning))
+}
+
+/// Applies the Envoy configuration directory if its files changed since
+/// `last` and all of them are valid; otherwise the configuration in force
+/// stays, and the error names the file and the problem.
+pub fn reload_erl_if_changed(
+    settings: &RuntimeSettings,
+    last: &mut Option<ErlFiles>,
+    state: &AppState,
+) -> Reloaded {
+    let metrics = &state.limiter.metrics().envoy;
+    let refused = |message: String| {
+        metrics.config_load_error.inc();
+        log::error!("Error loading new configuration: {message}");
+        Reloaded::Refused(message)
+    };
+    let (files, warning) = match read_erl(settings) {
+        Ok(read) => read,
+        Err(message) => {
+            // Reported once per distinct failure.
+            let marker = vec![(String::new(), message.clone())];
+            if last.as_ref() == Some(&marker) {
+                return Reloaded::Unchanged;
+            }
+            *last = Some(marker);
+            return refused(message);
+        }
+    };
+    if last.as_ref() == Some(&files) {
+        return Reloaded::Unchanged;
+    }
+    let result = erl::parse(&files, settings.merge_domains);
+    *last = Some(files);
+    match result {
+        Ok(config) => {
+            if let Some(warning) = warning {
+                log::warn!("Envoy configuration: {warning}");
+            }
+            let domains = config.domains.len();
+            let rules = Rules::clone(&state.limiter.rules()).with_erl(std::sync::Arc::new(config));
+            state.limiter.replace_rules(rules);
+            metrics.config_load_success.inc();
+            metrics.config_loaded.set(1);
+            log::info!("Envoy configuration: loaded {domains} domains");
+            Reloaded::Applied
+        }
+        Err(err) => refused(err.to_string()),
+    }
+}
+
+/// Watches the Envoy configuration directory every [`POLL_INTERVAL`]
+/// (both of envoyproxy/ratelimit's watch modes, symlink swaps and
+/// Kubernetes ConfigMap updates alike: the files' contents are compared).
+pub fn spawn_erl(settings: RuntimeSettings, state: web::Data<AppState>, last: Option<ErlFiles>) {
+    let last = std::sync::Arc::new(std::sync::Mutex::new(last));
+    every(POLL_INTERVAL, move || {
+        let (settings, state, last) = (settings.clone(), state.clone(), last.clone());
+        async move {
+            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+            reload_erl_if_changed(&settings, &mut last, &state);
         }
     });
 }

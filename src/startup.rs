@@ -31,11 +31,18 @@ pub enum StartupError {
     Jwt(#[from] crate::identity::jwt::JwtSetupError),
     #[error("cannot listen on {address} (settings HOST and PORT): {source}")]
     Bind { address: String, source: io::Error },
+    #[error("cannot listen on {address} (settings GRPC_HOST and GRPC_PORT): {source}")]
+    GrpcBind { address: String, source: io::Error },
+    #[error("invalid Envoy configuration (settings RUNTIME_ROOT and RUNTIME_*; FORCE_START_WITHOUT_INITIAL_CONFIG=true starts without it): {0}")]
+    EnvoyConfig(String),
 }
 
 pub struct Application {
     port: u16,
+    grpc_port: u16,
     server: Server,
+    /// Stops the gRPC server when the HTTP server stops.
+    grpc_stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Application {
@@ -45,6 +52,39 @@ impl Application {
             None => Rules::builtin(&settings),
         };
         let metrics = Arc::new(Metrics::new());
+        // envoyproxy/ratelimit's YAML directory, if there is one: read
+        // before anything starts, so a broken one stops the start.
+        let mut erl_files = None;
+        let rules = match &settings.envoy.runtime {
+            None => {
+                metrics.envoy.config_loaded.set(1);
+                rules
+            }
+            Some(runtime) => {
+                let loaded = crate::reload::read_erl(runtime).and_then(|(files, warning)| {
+                    let config = crate::limiter::rules::erl::parse(&files, runtime.merge_domains)
+                        .map_err(|e| e.to_string())?;
+                    Ok((files, warning, config))
+                });
+                match loaded {
+                    Ok((files, warning, config)) => {
+                        if let Some(warning) = warning {
+                            log::warn!("Envoy configuration: {warning}");
+                        }
+                        metrics.envoy.config_load_success.inc();
+                        metrics.envoy.config_loaded.set(1);
+                        erl_files = Some(files);
+                        rules.with_erl(Arc::new(config))
+                    }
+                    Err(err) if settings.envoy.force_start => {
+                        metrics.envoy.config_load_error.inc();
+                        log::error!("Error loading new configuration: {err}; starting without it (FORCE_START_WITHOUT_INITIAL_CONFIG)");
+                        rules
+                    }
+                    Err(err) => return Err(StartupError::EnvoyConfig(err)),
+                }
+            }
+        };
         let store = RedisStore::connect_with_metrics(&settings.redis, metrics.clone()).await?;
         let redis = &settings.redis;
         let limiter = Limiter::new(
@@ -86,11 +126,14 @@ impl Application {
         };
         let listener = TcpListener::bind(&address).map_err(bind_error)?;
         let reload_state = state.clone();
+        let rls = crate::envoy::Rls::new(state.clone(), settings.envoy.clone());
+        let rls_data = web::Data::new(rls.clone());
         let port = listener.local_addr().map_err(bind_error)?.port();
 
         let mut server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
+                .app_data(rls_data.clone())
                 .wrap(from_fn(http::errors::json_errors))
                 .wrap(from_fn(http::access::access))
                 .configure(|cfg| http::configure(cfg, admin))
@@ -102,12 +145,37 @@ impl Application {
             server = server.workers(workers);
         }
         let server = server.run();
+
+        let grpc_address = format!("{}:{}", settings.envoy.grpc_host, settings.envoy.grpc_port);
+        let grpc_error = |source| StartupError::GrpcBind {
+            address: grpc_address.clone(),
+            source,
+        };
+        let grpc_listener = TcpListener::bind(&grpc_address).map_err(grpc_error)?;
+        let grpc_port = grpc_listener.local_addr().map_err(grpc_error)?.port();
+        let (grpc_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let grpc = crate::envoy::grpc::serve(rls, grpc_listener, async {
+            let _ = stopped.await;
+        });
+        tokio::spawn(async move {
+            if let Err(err) = grpc.await {
+                log::error!("gRPC server error: {err}");
+            }
+        });
+        if let Some(runtime) = settings.envoy.runtime.clone() {
+            crate::reload::spawn_erl(runtime, reload_state.clone(), erl_files);
+        }
         if let Some(path) = settings.rules_path.clone() {
             crate::reload::spawn(path, reload_state.clone());
         }
         crate::reload::spawn_jwks(reload_state.clone());
         spawn_override_refresh(reload_state);
-        Ok(Application { port, server })
+        Ok(Application {
+            port,
+            grpc_port,
+            server,
+            grpc_stop: Some(grpc_stop),
+        })
     }
 
     /// Stops the server from elsewhere (tests; `main` relies on signals).
@@ -120,9 +188,19 @@ impl Application {
         self.port
     }
 
-    /// Serves until SIGINT or SIGTERM, then finishes in-flight requests.
-    pub async fn run_until_stopped(self) -> io::Result<()> {
-        self.server.await
+    /// The gRPC port actually bound (useful with GRPC_PORT=0).
+    pub fn grpc_port(&self) -> u16 {
+        self.grpc_port
+    }
+
+    /// Serves until SIGINT or SIGTERM (or [`Application::handle`]'s stop),
+    /// then finishes in-flight requests; the gRPC server stops with it.
+    pub async fn run_until_stopped(mut self) -> io::Result<()> {
+        let result = self.server.await;
+        if let Some(stop) = self.grpc_stop.take() {
+            let _ = stop.send(());
+        }
+        result
     }
 }
 

@@ -28,6 +28,56 @@ pub struct Metrics {
     pub rules_reloads: IntCounterVec,
     /// route (the matched pattern, or "unmatched"), method, status
     pub http_requests: IntCounterVec,
+    /// envoyproxy/ratelimit's metrics, with its names and labels.
+    pub envoy: EnvoyMetrics,
+}
+
+/// envoyproxy/ratelimit's metrics under the names of its Prometheus mapper,
+/// so dashboards built for it keep working. Labels come from the
+/// configuration (the rule's stats key); request values only where a rule
+/// asks for them (`detailed_metric`), and then at most [`MAX_DETAILED`]
+/// distinct series, the rest counted under `other`.
+pub struct EnvoyMetrics {
+    /// domain, key1, key2: hits (not requests).
+    pub total_hits: IntCounterVec,
+    pub over_limit: IntCounterVec,
+    pub near_limit: IntCounterVec,
+    pub within_limit: IntCounterVec,
+    pub shadow_mode: IntCounterVec,
+    /// domain (of the configuration, or `other`).
+    pub domain_not_found: IntCounterVec,
+    /// err_type: redis_error | service_error
+    pub errors: IntCounterVec,
+    /// grpc_method
+    pub total_requests: IntCounterVec,
+    pub response_time: prometheus::HistogramVec,
+    pub config_load_success: IntCounter,
+    pub config_load_error: IntCounter,
+    pub global_shadow_mode: IntCounter,
+    /// 1 while the Envoy configuration is loaded and in force.
+    pub config_loaded: IntGauge,
+    detailed: std::sync::Mutex<std::collections::HashSet<(String, String, String)>>,
+}
+
+/// Distinct request-valued label sets kept by `detailed_metric` rules.
+pub const MAX_DETAILED: usize = 1000;
+
+impl EnvoyMetrics {
+    /// The labels of a rule's counts: `detailed` ones (from request values)
+    /// only while fewer than [`MAX_DETAILED`] exist, else `other`.
+    pub fn labels(&self, domain: &str, key1: &str, key2: &str, detailed: bool) -> [String; 3] {
+        let labels = (domain.to_owned(), key1.to_owned(), key2.to_owned());
+        if detailed {
+            let mut seen = self.detailed.lock().unwrap_or_else(|e| e.into_inner());
+            if !seen.contains(&labels) {
+                if seen.len() >= MAX_DETAILED {
+                    return [labels.0, "other".into(), "other".into()];
+                }
+                seen.insert(labels.clone());
+            }
+        }
+        [labels.0, labels.1, labels.2]
+    }
 }
 
 impl Default for Metrics {
@@ -99,7 +149,75 @@ impl Metrics {
                 .expect("unique metric");
             c
         };
+        let rule = |name: &str, help: &str| {
+            counter_vec(
+                &format!("ratelimit_service_rate_limit_{name}"),
+                help,
+                &["domain", "key1", "key2"],
+            )
+        };
+        let response_time = prometheus::HistogramVec::new(
+            HistogramOpts::new(
+                "ratelimit_service_response_time_seconds",
+                "Time to answer ShouldRateLimit.",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["grpc_method"],
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(response_time.clone()))
+            .expect("unique metric");
+        let envoy = EnvoyMetrics {
+            total_hits: rule("total_hits", "Hits checked, by rule."),
+            over_limit: rule("over_limit", "Hits over the limit, by rule."),
+            near_limit: rule(
+                "near_limit",
+                "Hits within the limit past NEAR_LIMIT_RATIO of it, by rule.",
+            ),
+            within_limit: rule("within_limit", "Hits within the limit, by rule."),
+            shadow_mode: rule(
+                "shadow_mode",
+                "Hits over a shadow-mode limit (allowed), by rule.",
+            ),
+            domain_not_found: counter_vec(
+                "ratelimit_service_rate_limit_domain_not_found",
+                "Descriptors of a domain the configuration does not have.",
+                &["domain"],
+            ),
+            errors: counter_vec(
+                "ratelimit_service_should_rate_limit_error",
+                "ShouldRateLimit calls that failed, by cause.",
+                &["err_type"],
+            ),
+            total_requests: counter_vec(
+                "ratelimit_service_total_requests",
+                "ShouldRateLimit calls.",
+                &["grpc_method"],
+            ),
+            response_time,
+            config_load_success: counter(
+                "ratelimit_service_config_load_success",
+                "Loads of the Envoy configuration that succeeded.",
+            ),
+            config_load_error: counter(
+                "ratelimit_service_config_load_error",
+                "Loads of the Envoy configuration that failed (the previous one stays).",
+            ),
+            global_shadow_mode: counter(
+                "ratelimit_service_global_shadow_mode",
+                "Over-limit answers turned into OK by SHADOW_MODE.",
+            ),
+            config_loaded: gauge(
+                "ratelimit_service_config_loaded",
+                "1 while an Envoy configuration is in force.",
+            ),
+            detailed: Default::default(),
+        };
         Metrics {
+            envoy,
             breaker_open: gauge(
                 "ratelimit_redis_breaker_open",
                 "1 while the Redis circuit breaker is open, else 0.",

@@ -28,6 +28,7 @@ fn serve(dir: &TempDir, redis: &RedisServer, extra: &[(&str, &str)]) -> std::pro
     let mut vars = vec![
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
+        ("GRPC_PORT", "0"),
         ("WORKERS", "1"),
         ("REDIS_URL", url.as_str()),
         // Generous: the test machine is shared (see support::settings).

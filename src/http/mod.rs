@@ -14,6 +14,8 @@ pub mod routes;
 use actix_web::middleware::from_fn;
 use actix_web::web;
 
+use crate::envoy;
+
 pub use crate::app::AppState;
 
 /// The shared state, from a middleware's request. Startup registers it on
@@ -55,6 +57,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
         }
         resource.default_service(not_allowed(forward_auth::ALLOW))
     })
+    .service(
+        // envoyproxy/ratelimit's endpoints.
+        web::resource("/json")
+            .app_data(web::PayloadConfig::new(envoy::json::MAX_BODY_BYTES))
+            .wrap(from_fn(|req, next| {
+                body::buffer(req, next, envoy::json::MAX_BODY_BYTES)
+            }))
+            .route(web::post().to(envoy::json::json))
+            .default_service(not_allowed("POST")),
+    )
+    .service(web::resource("/healthcheck").route(web::route().to(envoy::json::healthcheck)))
     .service(get_only("/rate-limit/status", routes::rate_limit_status))
     .service(get_only("/health", routes::health))
     .service(get_only("/livez", routes::livez))

@@ -70,20 +70,30 @@ impl Outcome {
     /// quota of the one closest to exhaustion (or, denied, the one that
     /// frees up last).
     pub fn per_descriptor(&self, count: usize) -> Vec<Option<(bool, Quota)>> {
-        let mut out: Vec<Option<(bool, Quota)>> = vec![None; count];
-        for ((policy, quota), &d) in self.quotas.iter().zip(&self.descriptors) {
+        self.per_descriptor_reported(count)
+            .into_iter()
+            .map(|d| d.map(|(allowed, i)| (allowed, self.quotas[i].1)))
+            .collect()
+    }
+
+    /// As [`Outcome::per_descriptor`], with the index in `quotas` of the
+    /// policy reported for each descriptor.
+    pub fn per_descriptor_reported(&self, count: usize) -> Vec<Option<(bool, usize)>> {
+        let mut out: Vec<Option<(bool, usize)>> = vec![None; count];
+        for (i, ((policy, quota), &d)) in self.quotas.iter().zip(&self.descriptors).enumerate() {
             let Some(slot) = out.get_mut(d) else { continue };
             let denies = !quota.allowed && !policy.shadow();
             *slot = Some(match *slot {
-                None => (!denies, *quota),
+                None => (!denies, i),
                 Some((allowed, best)) => {
+                    let best_quota = &self.quotas[best].1;
                     let allowed = allowed && !denies;
                     let pick = if allowed {
-                        quota.tighter_than(&best)
+                        quota.tighter_than(best_quota)
                     } else {
-                        denies && quota.retry_after >= best.retry_after
+                        denies && quota.retry_after >= best_quota.retry_after
                     };
-                    (allowed, if pick { *quota } else { best })
+                    (allowed, if pick { i } else { best })
                 }
             });
         }

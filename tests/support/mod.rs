@@ -70,6 +70,8 @@ impl Drop for TempDir {
 pub struct TestApp {
     pub address: String,
     pub port: u16,
+    /// The Envoy rate limit service's gRPC port.
+    pub grpc_port: u16,
     pub client: reqwest::Client,
     handle: actix_web::dev::ServerHandle,
 }
@@ -98,6 +100,7 @@ pub fn settings(redis_url: &str, overrides: &[(&str, &str)]) -> Settings {
     let mut env: HashMap<String, String> = [
         ("HOST", "127.0.0.1"),
         ("PORT", "0"),
+        ("GRPC_PORT", "0"),
         ("WORKERS", "2"),
         ("LOG_LEVEL", "warn"),
         ("REDIS_URL", redis_url),
@@ -124,11 +127,13 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         .await
         .expect("the application builds");
     let port = app.port();
+    let grpc_port = app.grpc_port();
     let handle = app.handle();
     tokio::spawn(app.run_until_stopped());
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
+        grpc_port,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(30))

@@ -229,7 +229,7 @@ impl Builder {
         let mut tree = self.config.domains.remove(&domain).unwrap_or_default();
         let mut seen = self.seen.remove(&domain).unwrap_or_default();
         let descriptors = list(root.get("descriptors"), "descriptors")?;
-        let result = self.descriptors(&domain, &mut tree, &mut seen, &[], &domain, &descriptors);
+        let result = self.descriptors(&mut tree, &mut seen, &[], &domain, &descriptors);
         self.config.domains.insert(domain.clone(), tree);
         self.seen.insert(domain, seen);
         result
@@ -237,7 +237,6 @@ impl Builder {
 
     fn descriptors(
         &mut self,
-        domain: &str,
         tree: &mut Node,
         seen: &mut HashSet<String>,
         parent: &[Step],
@@ -321,6 +320,9 @@ impl Builder {
                     requests_per_unit: parsed.requests_per_unit,
                     unit: parsed.unit,
                     stats_key: composite.clone(),
+                    key1: path.first().map(level).unwrap_or_default(),
+                    key2: path.get(1).map(level).unwrap_or_default(),
+                    detailed: rule.detailed_metric,
                 };
                 self.config.dump.push(format!(
                     "{composite}: unit={} requests_per_unit={}, shadow_mode: {shadow}, quota_mode: {quota}",
@@ -350,9 +352,18 @@ impl Builder {
             }
             tree.set_rule(&path, rule, share_threshold);
             let children = list(d.get("descriptors"), "descriptors")?;
-            self.descriptors(domain, tree, seen, &path, &composite, &children)?;
+            self.descriptors(tree, seen, &path, &composite, &children)?;
         }
         Ok(())
+    }
+}
+
+/// One level of a stats key: `key`, or `key_value` (the pattern for a
+/// wildcard).
+fn level((key, value): &Step) -> String {
+    match value {
+        ValueMatch::Any => key.clone(),
+        ValueMatch::Exact(v) | ValueMatch::Wildcard(v) => format!("{key}_{v}"),
     }
 }
 

@@ -466,6 +466,54 @@ fn check_override(
     Ok(())
 }
 
+/// The limit of a descriptor that brings its own (Envoy's `limit`): a fixed
+/// window of its unit, named like the rule it matched (so both share a
+/// counter when their units agree), or `Err` with the label of a limit of 0
+/// (always over).
+fn override_limit(
+    domain: &str,
+    descriptor: &Descriptor,
+    limit: LimitOverride,
+    rule: Option<&tree::Rule>,
+) -> Result<Limit, Label> {
+    // Metrics name the rule it matched, or the descriptor's keys: never its
+    // values (envoyproxy/ratelimit's unbounded series, its #275).
+    let keys = || descriptor.entries.iter().map(|e| e.0.to_string());
+    let stats_key = match rule {
+        Some(rule) => rule.stats_key.clone(),
+        None => std::iter::once(domain.to_owned())
+            .chain(keys())
+            .collect::<Vec<_>>()
+            .join("."),
+    };
+    let mut levels = stats_key
+        .strip_prefix(domain)
+        .and_then(|rest| rest.strip_prefix('.'))
+        .map(|rest| rest.split('.').map(str::to_owned).collect::<Vec<_>>())
+        .unwrap_or_else(|| keys().collect());
+    levels.resize(2, String::new());
+    let label = Label {
+        name: String::new(),
+        requests_per_unit: limit.requests_per_unit,
+        unit: limit.unit,
+        stats_key,
+        key2: levels.pop().unwrap_or_default(),
+        key1: levels.pop().unwrap_or_default(),
+        detailed: false,
+    };
+    let window = Duration::from_secs(limit.unit.seconds());
+    let policy = NonZeroU32::new(limit.requests_per_unit)
+        .and_then(|n| Policy::new(erl::POLICY_NAME, Algorithm::FixedWindow, n, window, 1).ok());
+    match policy {
+        Some(policy) => Ok(Limit {
+            rank: 0,
+            policy: Arc::new(policy.with_label(label)),
+        }),
+        // 0, or too large to count exactly: refused like a ban.
+        None => Err(label),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -703,41 +751,5 @@ mod tests {
                 &("client_ip".into(), "10.0.0.1".to_owned())
             ]
         );
-    }
-}
-
-/// The limit of a descriptor that brings its own (Envoy's `limit`): a fixed
-/// window of its unit, named like the rule it matched (so both share a
-/// counter when their units agree), or `Err` with the label of a limit of 0
-/// (always over).
-fn override_limit(
-    domain: &str,
-    descriptor: &Descriptor,
-    limit: LimitOverride,
-    rule: Option<&tree::Rule>,
-) -> Result<Limit, Label> {
-    let stats_key = match rule {
-        Some(rule) => rule.stats_key.clone(),
-        None => std::iter::once(domain)
-            .chain(descriptor.entries.iter().map(|e| &*e.0))
-            .collect::<Vec<_>>()
-            .join("."),
-    };
-    let label = Label {
-        name: String::new(),
-        requests_per_unit: limit.requests_per_unit,
-        unit: limit.unit,
-        stats_key,
-    };
-    let window = Duration::from_secs(limit.unit.seconds());
-    let policy = NonZeroU32::new(limit.requests_per_unit)
-        .and_then(|n| Policy::new(erl::POLICY_NAME, Algorithm::FixedWindow, n, window, 1).ok());
-    match policy {
-        Some(policy) => Ok(Limit {
-            rank: 0,
-            policy: Arc::new(policy.with_label(label)),
-        }),
-        // 0, or too large to count exactly: refused like a ban.
-        None => Err(label),
     }
 }

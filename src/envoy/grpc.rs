@@ -1,0 +1,98 @@
+//! The gRPC server: `envoy.service.ratelimit.v3.RateLimitService` and the
+//! standard health service, on GRPC_HOST:GRPC_PORT beside the HTTP server.
+//!
+//! Health answers for `ratelimit` (the name envoyproxy/ratelimit registers
+//! and Envoy health checks written for it ask), for `""` and for the
+//! service's full name: SERVING while the configuration is loaded and Redis
+//! answers, NOT_SERVING otherwise, rechecked every second.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
+    RateLimitService, RateLimitServiceServer,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use tonic::{Request, Response, Status};
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+
+use super::{Rls, RlsError};
+
+/// The health service name envoyproxy/ratelimit registers.
+pub const HEALTH_NAME: &str = "ratelimit";
+const METHOD: &str = "ShouldRateLimit";
+const HEALTH_INTERVAL: Duration = Duration::from_secs(1);
+
+#[tonic::async_trait]
+impl RateLimitService for Rls {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        Rls::should_rate_limit(self, request.get_ref(), METHOD)
+            .await
+            .map(Response::new)
+            .map_err(|err| match err {
+                RlsError::InvalidArgument(m) => Status::invalid_argument(m),
+                RlsError::Unavailable(m) => Status::unavailable(m),
+            })
+    }
+}
+
+/// Serves `rls` on `listener` until `stop` resolves; keeps the health
+/// service up to date meanwhile.
+pub async fn serve(
+    rls: Rls,
+    listener: TcpListener,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(report_health(rls.clone(), reporter));
+    let result = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(RateLimitServiceServer::new(rls))
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await;
+    health_task.abort();
+    result.map_err(std::io::Error::other)
+}
+
+/// Whether the service can answer: a configuration in force and Redis
+/// answering.
+pub(super) async fn healthy(rls: &Rls) -> bool {
+    let limiter = &rls.state().limiter;
+    limiter.metrics().envoy.config_loaded.get() == 1 && limiter.ping().await.is_ok()
+}
+
+async fn report_health(rls: Rls, reporter: HealthReporter) {
+    let mut ticks = tokio::time::interval(HEALTH_INTERVAL);
+    let mut last = None;
+    loop {
+        ticks.tick().await;
+        let status = if healthy(&rls).await {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            for name in [HEALTH_NAME, ""] {
+                reporter.set_service_status(name, status).await;
+            }
+            match status {
+                ServingStatus::Serving => {
+                    reporter.set_serving::<RateLimitServiceServer<Rls>>().await
+                }
+                _ => {
+                    reporter
+                        .set_not_serving::<RateLimitServiceServer<Rls>>()
+                        .await
+                }
+            }
+            last = Some(status);
+        }
+    }
+}

@@ -1,0 +1,886 @@
+//! Envoy's rate limit service (RLS v3 over gRPC), checked with a tonic
+//! client against the real service and a real Redis, item by item of the
+//! drop-in conformance checklist (shared/ENVOY_RLS.md §7). The YAML
+//! fixtures are modelled on envoyproxy/ratelimit's examples and tests.
+
+mod support;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
+    Entry, RateLimitOverride,
+};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::google::protobuf::UInt64Value;
+use support::{eventually, spawn_app, RedisServer, TempDir, TestApp};
+use tonic::transport::Channel;
+
+/// A configuration directory laid out for RUNTIME_WATCH_ROOT=false:
+/// `<root>/config/<file>`.
+struct ConfigDir {
+    dir: TempDir,
+}
+
+impl ConfigDir {
+    fn new(files: &[(&str, &str)]) -> Self {
+        let dir = TempDir::new("erl");
+        std::fs::create_dir_all(dir.path().join("config")).unwrap();
+        let config = ConfigDir { dir };
+        for (name, text) in files {
+            config.write(name, text);
+        }
+        config
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        // Write then rename: the poller never reads half a file.
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.dir.path().join("config").join(name)).unwrap();
+    }
+
+    fn root(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+}
+
+async fn spawn_rls(redis: &RedisServer, config: &ConfigDir, extra: &[(&str, &str)]) -> TestApp {
+    let root = config.root();
+    let mut settings = vec![
+        ("RUNTIME_ROOT", root.as_str()),
+        ("RUNTIME_WATCH_ROOT", "false"),
+        ("RUNTIME_IGNOREDOTFILES", "true"),
+    ];
+    settings.extend_from_slice(extra);
+    spawn_app(redis, &settings).await
+}
+
+async fn client(app: &TestApp) -> RateLimitServiceClient<Channel> {
+    RateLimitServiceClient::connect(format!("http://127.0.0.1:{}", app.grpc_port))
+        .await
+        .expect("connect to the gRPC port")
+}
+
+fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: (*k).into(),
+                value: (*v).into(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.into(),
+        descriptors,
+        hits_addend: 0,
+    }
+}
+
+async fn ask(c: &mut RateLimitServiceClient<Channel>, r: RateLimitRequest) -> RateLimitResponse {
+    c.should_rate_limit(r)
+        .await
+        .expect("an answer")
+        .into_inner()
+}
+
+async fn one(
+    c: &mut RateLimitServiceClient<Channel>,
+    domain: &str,
+    entries: &[(&str, &str)],
+) -> DescriptorStatus {
+    let r = ask(c, request(domain, vec![descriptor(entries)])).await;
+    assert_eq!(r.statuses.len(), 1);
+    r.statuses[0].clone()
+}
+
+fn code(s: &DescriptorStatus) -> Code {
+    Code::try_from(s.code).unwrap()
+}
+
+/// (requests_per_unit, unit, name) of a status's current limit.
+fn limit_of(s: &DescriptorStatus) -> Option<(u32, i32, String)> {
+    s.current_limit
+        .as_ref()
+        .map(|l| (l.requests_per_unit, l.unit, l.name.clone()))
+}
+
+const SECOND: i32 = 1;
+const MINUTE: i32 = 2;
+const DAY: i32 = 4;
+
+/// The number of the `unit`-second window we are in now.
+fn window_index(unit: u64) -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / unit
+}
+
+/// Runs `scenario` until it runs within one `unit`-second window (a fixed
+/// window that rolled over mid-scenario resets its counts; the run is then
+/// repeated with fresh keys).
+async fn within_one_window<F, Fut>(unit: u64, mut scenario: F)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for attempt in 0..5 {
+        let before = window_index(unit);
+        scenario(attempt).await;
+        if window_index(unit) == before {
+            return;
+        }
+    }
+    panic!("five windows of {unit} s rolled over during the scenario");
+}
+
+const BASIC: &str = r#"
+domain: test-domain
+descriptors:
+  - key: key1
+    value: value1
+    descriptors:
+      - { key: subkey1, rate_limit: { unit: second, requests_per_unit: 5 } }
+      - { key: subkey1, value: subvalue1, rate_limit: { unit: second, requests_per_unit: 10 } }
+  - { key: key2, rate_limit: { unit: minute, requests_per_unit: 20 } }
+  - { key: key2, value: value2, rate_limit: { unit: minute, requests_per_unit: 30 } }
+  - { key: key2, value: value3 }
+  - { key: key3, rate_limit: { unit: hour, requests_per_unit: 1 } }
+  - { key: key4, rate_limit: { name: key4_rate_limit, unit: day, requests_per_unit: 1 } }
+  - key: key5
+    value: value5
+    rate_limit: { unit: day, requests_per_unit: 15 }
+    descriptors:
+      - { key: subkey5, value: subvalue5, rate_limit: { unit: day, requests_per_unit: 25 } }
+  - { key: key6, rate_limit: { unlimited: true } }
+  - { key: key7, detailed_metric: true, rate_limit: { unit: minute, requests_per_unit: 70 } }
+"#;
+
+#[tokio::test]
+async fn empty_domain_or_descriptors_are_invalid_and_statuses_follow_the_request() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[("basic.yaml", BASIC)]);
+    let app = spawn_rls(&redis, &config, &[]).await;
+    let mut c = client(&app).await;
+    let err = c
+        .should_rate_limit(request("", vec![descriptor(&[("key2", "x")])]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(err.message(), "rate limit domain must not be empty");
+    let err = c
+        .should_rate_limit(request("test-domain", vec![]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        err.message(),
+        "rate limit descriptor list must not be empty"
+    );
+    // An override without a unit: refused, not a crash.
+    let mut d = descriptor(&[("key2", "x")]);
+    d.limit = Some(RateLimitOverride {
+        requests_per_unit: 5,
+        unit: 0,
+    });
+    let err = c
+        .should_rate_limit(request("test-domain", vec![d]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    // A huge value: refused, not stored.
+    let huge = "v".repeat(100_000);
+    let err = c
+        .should_rate_limit(request("test-domain", vec![descriptor(&[("key2", &huge)])]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Several descriptors: one status each, in order; never UNKNOWN.
+    let r = ask(
+        &mut c,
+        request(
+            "test-domain",
+            vec![
+                descriptor(&[("key6", "a")]),
+                descriptor(&[("nothing", "here")]),
+                descriptor(&[("key4", "b")]),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r.overall_code, Code::Ok as i32);
+    assert_eq!(r.statuses.len(), 3);
+    assert_eq!(r.statuses[0].limit_remaining, u32::MAX, "unlimited");
+    assert_eq!(
+        r.statuses[1],
+        DescriptorStatus {
+            code: Code::Ok as i32,
+            ..Default::default()
+        }
+    );
+    assert_eq!(
+        limit_of(&r.statuses[2]),
+        Some((1, DAY, "key4_rate_limit".into()))
+    );
+    // An unknown domain: OK, nothing counted.
+    let s = one(&mut c, "foo_domain", &[("key2", "x")]).await;
+    assert_eq!(
+        s,
+        DescriptorStatus {
+            code: Code::Ok as i32,
+            ..Default::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn basic_config_answers_as_envoys_ratelimit() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[("basic.yaml", BASIC)]);
+    let app = spawn_rls(&redis, &config, &[]).await;
+    let mut c = client(&app).await;
+    let d = "test-domain";
+    for entries in [
+        &[("key1", "something")][..],
+        &[("key1", "value1")],
+        &[("key2", "value3")],
+        &[("key2", "value2"), ("subkey", "subvalue")],
+        &[("key5", "value5"), ("subkey5", "subvalue")],
+    ] {
+        let s = one(&mut c, d, entries).await;
+        assert_eq!(limit_of(&s), None, "{entries:?} matches nothing");
+        assert_eq!(code(&s), Code::Ok);
+    }
+    let s = one(&mut c, d, &[("key1", "value1"), ("subkey1", "something")]).await;
+    assert_eq!(limit_of(&s), Some((5, SECOND, String::new())));
+    let s = one(&mut c, d, &[("key1", "value1"), ("subkey1", "subvalue1")]).await;
+    assert_eq!(limit_of(&s), Some((10, SECOND, String::new())));
+    let s = one(&mut c, d, &[("key2", "something")]).await;
+    assert_eq!(limit_of(&s), Some((20, MINUTE, String::new())));
+    assert!(s.limit_remaining <= 19 && s.duration_until_reset.unwrap().seconds <= 60);
+    let s = one(&mut c, d, &[("key2", "value2")]).await;
+    assert_eq!(limit_of(&s), Some((30, MINUTE, String::new())));
+    let s = one(&mut c, d, &[("key4", "foo")]).await;
+    assert_eq!(limit_of(&s), Some((1, DAY, "key4_rate_limit".into())));
+    let s = one(&mut c, d, &[("key6", "foo")]).await;
+    assert_eq!(
+        (code(&s), s.limit_remaining, limit_of(&s)),
+        (Code::Ok, u32::MAX, None)
+    );
+    let s = one(&mut c, d, &[("key7", "unspecified_value")]).await;
+    assert_eq!(limit_of(&s), Some((70, MINUTE, String::new())));
+
+    // The metrics carry envoyproxy/ratelimit's names, labelled by the rule
+    // (key7's detailed_metric by the request's value).
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    for line in [
+        r#"ratelimit_service_rate_limit_total_hits{domain="test-domain",key1="key1_value1",key2="subkey1"} 1"#,
+        r#"ratelimit_service_rate_limit_total_hits{domain="test-domain",key1="key2",key2=""} 1"#,
+        r#"ratelimit_service_rate_limit_within_limit{domain="test-domain",key1="key4",key2=""} 1"#,
+        r#"ratelimit_service_rate_limit_total_hits{domain="test-domain",key1="key7_unspecified_value",key2=""} 1"#,
+        r#"ratelimit_service_rate_limit_domain_not_found{domain="foo_domain"}"#,
+        r#"ratelimit_service_total_requests{grpc_method="ShouldRateLimit"}"#,
+        "ratelimit_service_config_load_success 1",
+    ] {
+        if line.contains("domain_not_found") {
+            let _ = one(&mut c, "foo_domain", &[("k", "v")]).await;
+        }
+        let metrics = if line.contains("domain_not_found") {
+            app.get("/metrics").await.text().await.unwrap()
+        } else {
+            metrics.clone()
+        };
+        assert!(metrics.contains(line), "missing {line}");
+    }
+}
+
+#[tokio::test]
+async fn fixed_windows_count_to_the_limit_and_report_the_window_end() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[("basic.yaml", BASIC)]);
+    let app = spawn_rls(&redis, &config, &[]).await;
+    let mut c = client(&app).await;
+    within_one_window(60, |attempt| {
+        let mut c = c.clone();
+        async move {
+            let key = format!("w{attempt}-{}", uuid());
+            for n in 1..=20u32 {
+                let s = one(&mut c, "test-domain", &[("key2", &key)]).await;
+                assert_eq!((code(&s), s.limit_remaining), (Code::Ok, 20 - n));
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let until = s.duration_until_reset.unwrap().seconds as u64;
+                // The window's end: 60 - now % 60 (give or take the second
+                // that passes between the answer and this reading).
+                let expected = 60 - now % 60;
+                assert!(
+                    until.abs_diff(expected) <= 1 || until.abs_diff(expected) == 59,
+                    "{until} vs {expected}"
+                );
+            }
+            let s = one(&mut c, "test-domain", &[("key2", &key)]).await;
+            assert_eq!((code(&s), s.limit_remaining), (Code::OverLimit, 0));
+            assert_eq!(limit_of(&s), Some((20, MINUTE, String::new())));
+        }
+    })
+    .await;
+    let _ = &mut c;
+}
+
+fn uuid() -> String {
+    format!(
+        "{:x}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+const WILDCARDS: &str = r#"
+domain: test-domain
+descriptors:
+  - { key: wild,      value: "foo*",        rate_limit: { unit: day, requests_per_unit: 2 } }
+  - { key: noWild,    value: foo,           rate_limit: { unit: day, requests_per_unit: 2 } }
+  - { key: midWild,   value: "bar*b",       rate_limit: { unit: day, requests_per_unit: 2 } }
+  - { key: multiWild, value: "foo*bar*baz", rate_limit: { unit: day, requests_per_unit: 1 } }
+  - key: nestedWild
+    value: val1
+    descriptors: [ { key: wild, value: "goo*", rate_limit: { unit: day, requests_per_unit: 2 } } ]
+  - { key: files, value: "files/*", share_threshold: true, rate_limit: { unit: day, requests_per_unit: 2 } }
+"#;
+
+#[tokio::test]
+async fn wildcards_and_share_threshold() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[("wild.yaml", WILDCARDS)]);
+    let app = spawn_rls(&redis, &config, &[]).await;
+    let mut c = client(&app).await;
+    within_one_window(86_400, |_| {
+        let mut c = c.clone();
+        async move {
+            let d = "test-domain";
+            let tag = uuid();
+            // foo1 and foo2 match foo* with counters of their own.
+            let foo1 = format!("foo1{tag}");
+            let foo2 = format!("foo2{tag}");
+            assert_eq!(one(&mut c, d, &[("wild", &foo1)]).await.limit_remaining, 1);
+            assert_eq!(one(&mut c, d, &[("wild", &foo1)]).await.limit_remaining, 0);
+            assert_eq!(
+                code(&one(&mut c, d, &[("wild", &foo1)]).await),
+                Code::OverLimit
+            );
+            assert_eq!(one(&mut c, d, &[("wild", &foo2)]).await.limit_remaining, 1);
+            assert_eq!(limit_of(&one(&mut c, d, &[("wild", "bar")]).await), None);
+            assert_eq!(limit_of(&one(&mut c, d, &[("noWild", "foo1")]).await), None);
+            assert!(
+                limit_of(&one(&mut c, d, &[("midWild", &format!("bar{tag}b"))]).await).is_some()
+            );
+            assert_eq!(
+                limit_of(&one(&mut c, d, &[("midWild", "barbaz")]).await),
+                None
+            );
+            assert!(
+                limit_of(&one(&mut c, d, &[("multiWild", &format!("foo{tag}bar2baz"))]).await)
+                    .is_some()
+            );
+            assert_eq!(
+                limit_of(&one(&mut c, d, &[("multiWild", "foobarba")]).await),
+                None
+            );
+            let nested = one(
+                &mut c,
+                d,
+                &[("nestedWild", "val1"), ("wild", &format!("goo{tag}"))],
+            )
+            .await;
+            assert_eq!(limit_of(&nested), Some((2, DAY, String::new())));
+            // share_threshold: every file shares one counter.
+            let a = one(&mut c, d, &[("files", &format!("files/{tag}a.pdf"))]).await;
+            let b = one(&mut c, d, &[("files", &format!("files/{tag}b.csv"))]).await;
+            let shared_before = a.limit_remaining + 1;
+            assert_eq!(b.limit_remaining + 1, a.limit_remaining, "one counter");
+            assert!(shared_before <= 2);
+        }
+    })
+    .await;
+    let _ = &mut c;
+}
+
+#[tokio::test]
+async fn replaces_unlimited_and_zero_limits() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[(
+        "replaces.yaml",
+        r#"
+domain: domain
+descriptors:
+  - key: key_1
+    value: value_1
+    descriptors:
+      - { key: user, rate_limit: { name: specific_limit, unit: day, requests_per_unit: 5 } }
+  - key: key_2
+    value: value_2
+    descriptors:
+      - { key: user, rate_limit: { replaces: [ { name: specific_limit } ], unit: day, requests_per_unit: 10 } }
+  - { key: free, rate_limit: { unlimited: true } }
+  - { key: remote_address, rate_limit: { unit: day, requests_per_unit: 10 } }
+  - { key: remote_address, value: 50.0.0.5, rate_limit: { unit: day, requests_per_unit: 0 } }
+"#,
+    )]);
+    let app = spawn_rls(&redis, &config, &[]).await;
+    let mut c = client(&app).await;
+    within_one_window(86_400, |_| {
+        let mut c = c.clone();
+        let redis = &redis;
+        async move {
+            let user = uuid();
+            let first = descriptor(&[("key_1", "value_1"), ("user", &user)]);
+            let second = descriptor(&[("key_2", "value_2"), ("user", &user)]);
+            let s = &ask(&mut c, request("domain", vec![first.clone()]))
+                .await
+                .statuses[0];
+            assert_eq!((limit_of(s).unwrap().0, s.limit_remaining), (5, 4));
+            // Sent together, the 10/day rule replaces the 5/day one, whose
+            // counter is left alone.
+            let r = ask(&mut c, request("domain", vec![first.clone(), second])).await;
+            assert_eq!(
+                r.statuses[0],
+                DescriptorStatus {
+                    code: Code::Ok as i32,
+                    ..Default::default()
+                }
+            );
+            assert_eq!(limit_of(&r.statuses[1]).unwrap().0, 10);
+            let s = &ask(&mut c, request("domain", vec![first])).await.statuses[0];
+            assert_eq!(s.limit_remaining, 3, "the replaced counter was not charged");
+
+            // unlimited: never reaches Redis.
+            let calls = evalsha_calls(redis).await;
+            for _ in 0..5 {
+                let s = one(&mut c, "domain", &[("free", &user)]).await;
+                assert_eq!((code(&s), s.limit_remaining), (Code::Ok, u32::MAX));
+            }
+            assert_eq!(
+                evalsha_calls(redis).await,
+                calls,
+                "no script call for unlimited"
+            );
+            // requests_per_unit 0: over from the first hit, also without Redis.
+            let s = one(&mut c, "domain", &[("remote_address", "50.0.0.5")]).await;
+            assert_eq!((code(&s), limit_of(&s).unwrap().0), (Code::OverLimit, 0));
+            assert_eq!(evalsha_calls(redis).await, calls);
+            let s = one(&mut c, "domain", &[("remote_address", "50.0.0.6")]).await;
+            assert_eq!((code(&s), s.limit_remaining), (Code::Ok, 9));
+        }
+    })
+    .await;
+    let _ = &mut c;
+}
+
+/// How many EVALSHA calls the Redis server has run.
+async fn evalsha_calls(redis: &RedisServer) -> u64 {
+    let mut conn = redis.connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn hits_addend_peeks_costs_overrides_and_refunds() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[(
+        "hits.yaml",
+        "domain: hits\ndescriptors:\n  - { key: user, rate_limit: { unit: day, requests_per_unit: 10 } }\n  - { key: plan, rate_limit: { unit: day, requests_per_unit: 1000 } }\n",
+    )]);
+    let app = spawn_rls(&redis, &config, &[]).await;
+    let mut c = client(&app).await;
+    within_one_window(86_400, |_| {
+        let mut c = c.clone();
+        async move {
+            let user = uuid();
+            let with_hits = |hits: Option<u64>, negative: bool| {
+                let mut d = descriptor(&[("user", &user)]);
+                d.hits_addend = hits.map(|value| UInt64Value { value });
+                d.is_negative_hits = negative;
+                d
+            };
+            // Request-level 0 means 1.
+            let s = &ask(&mut c, request("hits", vec![with_hits(None, false)]))
+                .await
+                .statuses[0];
+            assert_eq!(s.limit_remaining, 9);
+            // Present and 0: a peek.
+            let s = &ask(&mut c, request("hits", vec![with_hits(Some(0), false)]))
+                .await
+                .statuses[0];
+            assert_eq!((code(s), s.limit_remaining), (Code::Ok, 9));
+            // Request-level 4 for a descriptor without its own.
+            let mut r = request("hits", vec![with_hits(None, false)]);
+            r.hits_addend = 4;
+            assert_eq!(ask(&mut c, r).await.statuses[0].limit_remaining, 5);
+            // 5 more: exactly at the limit.
+            let s = &ask(&mut c, request("hits", vec![with_hits(Some(5), false)]))
+                .await
+                .statuses[0];
+            assert_eq!((code(s), s.limit_remaining), (Code::Ok, 0));
+            let s = &ask(&mut c, request("hits", vec![with_hits(Some(1), false)]))
+                .await
+                .statuses[0];
+            assert_eq!(code(s), Code::OverLimit);
+            // A refund of 3 gives 3 back (and frees the cached denial).
+            let s = &ask(&mut c, request("hits", vec![with_hits(Some(3), true)]))
+                .await
+                .statuses[0];
+            assert_eq!((code(s), s.limit_remaining), (Code::Ok, 3));
+            let s = &ask(&mut c, request("hits", vec![with_hits(Some(1), false)]))
+                .await
+                .statuses[0];
+            assert_eq!((code(s), s.limit_remaining), (Code::Ok, 2));
+            // Never below empty.
+            let s = &ask(&mut c, request("hits", vec![with_hits(Some(1000), true)]))
+                .await
+                .statuses[0];
+            assert_eq!(s.limit_remaining, 10);
+
+            // Rejected hits are not counted: a request over one limit charges
+            // none of its descriptors.
+            let plan = format!("p{user}");
+            let mut big = with_hits(Some(11), false);
+            big.entries[0].value = format!("other{user}");
+            let r = ask(
+                &mut c,
+                request("hits", vec![descriptor(&[("plan", &plan)]), big]),
+            )
+            .await;
+            assert_eq!(r.overall_code, Code::OverLimit as i32);
+            assert_eq!(r.statuses[0].limit_remaining, 1000, "nothing was taken");
+            let s = one(&mut c, "hits", &[("plan", &plan)]).await;
+            assert_eq!(s.limit_remaining, 999, "the denied request took nothing");
+
+            // Envoy's limit: 3 per minute for this descriptor, whatever the
+            // rules say; an unknown domain ignores it.
+            let mut d = descriptor(&[("user", &format!("o{user}"))]);
+            d.limit = Some(RateLimitOverride {
+                requests_per_unit: 3,
+                unit: 2,
+            });
+            let s = &ask(&mut c, request("hits", vec![d.clone()])).await.statuses[0];
+            assert_eq!(limit_of(s), Some((3, MINUTE, String::new())));
+            let s = &ask(&mut c, request("unknown", vec![d])).await.statuses[0];
+            assert_eq!(limit_of(s), None);
+        }
+    })
+    .await;
+    let _ = &mut c;
+}
+
+#[tokio::test]
+async fn shadow_modes_and_response_headers() {
+    let redis = RedisServer::start().await;
+    let yaml = "domain: s\ndescriptors:\n  - { key: shady, shadow_mode: true, rate_limit: { unit: day, requests_per_unit: 1 } }\n  - { key: strict, rate_limit: { unit: day, requests_per_unit: 2 } }\n";
+    let config = ConfigDir::new(&[("s.yaml", yaml)]);
+    let app = spawn_rls(
+        &redis,
+        &config,
+        &[
+            ("LIMIT_RESPONSE_HEADERS_ENABLED", "true"),
+            ("LIMIT_REMAINING_HEADER", "X-Left"),
+        ],
+    )
+    .await;
+    let c = client(&app).await;
+    let global = ConfigDir::new(&[("s.yaml", yaml)]);
+    let shadow_app = spawn_rls(&redis, &global, &[("SHADOW_MODE", "true")]).await;
+    let shadow = client(&shadow_app).await;
+    within_one_window(86_400, |_| {
+        let (mut c, mut shadow) = (c.clone(), shadow.clone());
+        async move {
+            let who = uuid();
+            // Per-rule shadow: over, yet OK with nothing remaining.
+            one(&mut c, "s", &[("shady", &who)]).await;
+            let s = one(&mut c, "s", &[("shady", &who)]).await;
+            assert_eq!((code(&s), s.limit_remaining), (Code::Ok, 0));
+            // Headers on OK, from the status closest to its limit.
+            let r = ask(&mut c, request("s", vec![descriptor(&[("strict", &who)])])).await;
+            let headers: Vec<(String, String)> = r
+                .response_headers_to_add
+                .iter()
+                .map(|h| (h.key.clone(), h.value.clone()))
+                .collect();
+            assert_eq!(headers[0], ("RateLimit-Limit".into(), "2".into()));
+            assert_eq!(headers[1], ("X-Left".into(), "1".into()));
+            assert_eq!(headers[2].0, "RateLimit-Reset");
+            one(&mut c, "s", &[("strict", &who)]).await;
+            // And on OVER_LIMIT, with Retry-After and the IETF fields.
+            let r = ask(&mut c, request("s", vec![descriptor(&[("strict", &who)])])).await;
+            assert_eq!(r.overall_code, Code::OverLimit as i32);
+            let keys: Vec<&str> = r
+                .response_headers_to_add
+                .iter()
+                .map(|h| h.key.as_str())
+                .collect();
+            assert_eq!(
+                keys,
+                [
+                    "RateLimit-Limit",
+                    "X-Left",
+                    "RateLimit-Reset",
+                    "retry-after",
+                    "ratelimit-policy",
+                    "ratelimit"
+                ]
+            );
+            let retry: u64 = r.response_headers_to_add[3].value.parse().unwrap();
+            assert!((1..=86_400).contains(&retry));
+
+            // Global SHADOW_MODE: OK overall, the status still over.
+            let other = format!("g{who}");
+            for _ in 0..2 {
+                one(&mut shadow, "s", &[("strict", &other)]).await;
+            }
+            let r = ask(
+                &mut shadow,
+                request("s", vec![descriptor(&[("strict", &other)])]),
+            )
+            .await;
+            assert_eq!(r.overall_code, Code::Ok as i32);
+            assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
+        }
+    })
+    .await;
+    let metrics = shadow_app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("ratelimit_service_global_shadow_mode "),
+        "{metrics}"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(metrics
+        .contains(r#"ratelimit_service_rate_limit_shadow_mode{domain="s",key1="shady",key2=""}"#));
+}
+
+#[tokio::test]
+async fn a_cached_denial_spares_redis() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[("c.yaml", "domain: c\ndescriptors:\n  - { key: k, rate_limit: { unit: day, requests_per_unit: 1 } }\n")]);
+    let app = spawn_rls(&redis, &config, &[]).await;
+    let mut c = client(&app).await;
+    within_one_window(86_400, |_| {
+        let mut c = c.clone();
+        let redis = &redis;
+        async move {
+            let k = uuid();
+            one(&mut c, "c", &[("k", &k)]).await;
+            assert_eq!(code(&one(&mut c, "c", &[("k", &k)]).await), Code::OverLimit);
+            let calls = evalsha_calls(redis).await;
+            for _ in 0..10 {
+                assert_eq!(code(&one(&mut c, "c", &[("k", &k)]).await), Code::OverLimit);
+            }
+            assert_eq!(evalsha_calls(redis).await, calls);
+        }
+    })
+    .await;
+    let _ = &mut c;
+}
+
+#[tokio::test]
+async fn config_reloads_keep_the_old_rules_on_error() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[("a.yaml", "domain: a\ndescriptors:\n  - { key: k, rate_limit: { unit: day, requests_per_unit: 5 } }\n")]);
+    let app = spawn_rls(&redis, &config, &[]).await;
+    let mut c = client(&app).await;
+    let key = uuid();
+    assert_eq!(
+        limit_of(&one(&mut c, "a", &[("k", &key)]).await).unwrap().0,
+        5
+    );
+    // A new limit applies within the poll interval.
+    config.write("a.yaml", "domain: a\ndescriptors:\n  - { key: k, rate_limit: { unit: day, requests_per_unit: 7 } }\n");
+    eventually("the new limit", || {
+        let mut c = c.clone();
+        let key = key.clone();
+        async move { limit_of(&one(&mut c, "a", &[("k", &key)]).await).unwrap().0 == 7 }
+    })
+    .await;
+    // A broken file: the rules in force stay, the error is counted.
+    config.write("b.yaml", "domain: a\n");
+    eventually("the refused load", || async {
+        app.get("/metrics")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("ratelimit_service_config_load_error 1")
+    })
+    .await;
+    assert_eq!(
+        limit_of(&one(&mut c, "a", &[("k", &key)]).await).unwrap().0,
+        7
+    );
+    // Fixed: it loads.
+    config.write("b.yaml", "domain: b\n");
+    eventually("the fixed configuration", || async {
+        app.get("/metrics")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("ratelimit_service_config_load_success 3")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn json_endpoint_and_healthcheck() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[("j.yaml", "domain: dummy\ndescriptors:\n  - { key: one_per_day, rate_limit: { unit: day, requests_per_unit: 1 } }\n  - { key: two, rate_limit: { unit: day, requests_per_unit: 2 } }\n")]);
+    let app = spawn_rls(&redis, &config, &[]).await;
+    let r = app
+        .client
+        .get(app.url("/healthcheck"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "OK");
+    within_one_window(86_400, |_| {
+        let app = &app;
+        async move {
+            let v = uuid();
+            let post = |body: String| async move {
+                app.client
+                    .post(app.url("/json"))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap()
+            };
+            let body = format!(
+                r#"{{"domain":"dummy","descriptors":[{{"entries":[{{"key":"one_per_day","value":"{v}"}}]}},{{"entries":[{{"key":"two","value":"{v}"}}],"hits_addend":"1"}}]}}"#
+            );
+            let r = post(body.clone()).await;
+            assert_eq!(r.status(), 200);
+            let json: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(json["overallCode"], "OK");
+            assert_eq!(json["statuses"][0]["currentLimit"]["unit"], "DAY");
+            assert_eq!(json["statuses"][1]["limitRemaining"], 1);
+            assert!(json["statuses"][0]["durationUntilReset"].as_str().unwrap().ends_with('s'));
+            let r = post(body).await;
+            assert_eq!(r.status(), 429);
+            let json: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(json["overallCode"], "OVER_LIMIT");
+            assert_eq!(json["statuses"][0]["code"], "OVER_LIMIT");
+            assert!(json["statuses"][0].get("limitRemaining").is_none(), "defaults are left out");
+            // camelCase with numbers works too.
+            let r = post(format!(r#"{{"domain":"dummy","hitsAddend":0,"descriptors":[{{"entries":[{{"key":"two","value":"x{v}"}}],"hitsAddend":0}}]}}"#)).await;
+            assert_eq!(r.status(), 200);
+            let json: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(json["statuses"][0]["limitRemaining"], 2, "a peek");
+        }
+    })
+    .await;
+    for bad in [
+        "{",
+        r#"{"domain":"dummy","descriptors":[]}"#,
+        r#"{"domain":"d","descriptors":[{"entries":[{"key":"k"}]}],"bogus":1}"#,
+    ] {
+        let r = app
+            .client
+            .post(app.url("/json"))
+            .body(bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{bad}");
+        let json: serde_json::Value = r.json().await.unwrap();
+        assert!(json["error"].is_string());
+    }
+    let r = app.client.get(app.url("/json")).send().await.unwrap();
+    assert_eq!(r.status(), 405);
+}
+
+#[tokio::test]
+async fn redis_down_answers_unavailable_quickly_and_health_says_not_serving() {
+    let mut redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[("d.yaml", "domain: d\ndescriptors:\n  - { key: k, rate_limit: { unit: day, requests_per_unit: 5 } }\n")]);
+    let app = spawn_rls(&redis, &config, &[("REDIS_TIMEOUT_MS", "50")]).await;
+    let mut c = client(&app).await;
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{}", app.grpc_port))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = Health::new(channel);
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let serving = ServingStatus::Serving as i32;
+    eventually("health SERVING", || {
+        health_is(&health, "ratelimit", serving)
+    })
+    .await;
+    assert!(health_is(&health, "", serving).await);
+    assert!(
+        health_is(
+            &health,
+            "envoy.service.ratelimit.v3.RateLimitService",
+            serving
+        )
+        .await
+    );
+
+    redis.kill();
+    let started = std::time::Instant::now();
+    let err = c
+        .should_rate_limit(request("d", vec![descriptor(&[("k", "v")])]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable);
+    // Bounded by the Redis timeout, not by the client's patience (this is a
+    // hang check, not a benchmark: 50 ms setting, seconds of slack).
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let not_serving = ServingStatus::NotServing as i32;
+    eventually("health NOT_SERVING", || {
+        health_is(&health, "ratelimit", not_serving)
+    })
+    .await;
+    let r = app
+        .client
+        .get(app.url("/healthcheck"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+}
+
+type Health = tonic_health::pb::health_client::HealthClient<Channel>;
+
+/// Whether the health service says `want` for `name`.
+async fn health_is(health: &Health, name: &str, want: i32) -> bool {
+    let mut h = health.clone();
+    h.check(tonic_health::pb::HealthCheckRequest {
+        service: name.to_owned(),
+    })
+    .await
+    .is_ok_and(|r| r.into_inner().status == want)
+}
