@@ -10,8 +10,44 @@ use rate_limiter::startup::Application;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `rate-limiter config check DIR [--merge-domain-configs]`: validates a
+/// directory of envoyproxy/ratelimit YAML files offline, as its
+/// `config_check_cmd` does.
+fn config_check(args: &[String]) -> ExitCode {
+    let (mut dir, mut merge) = (None, false);
+    for arg in args {
+        match arg.as_str() {
+            "--merge-domain-configs" | "-merge_domain_configs" => merge = true,
+            _ if dir.is_none() => dir = Some(std::path::PathBuf::from(arg)),
+            _ => dir = None,
+        }
+    }
+    let Some(dir) = dir.filter(|d| d.is_dir()) else {
+        eprintln!("usage: rate-limiter config check DIR [--merge-domain-configs]  (DIR: a directory of envoyproxy/ratelimit YAML files)");
+        return ExitCode::from(2);
+    };
+    match rate_limiter::limiter::rules::erl::check_dir(&dir, merge) {
+        Ok(config) => {
+            println!(
+                "all rate limit configs ok ({} files, {} domains)",
+                config.files.len(),
+                config.domains.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error loading rate limit configs: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.len() >= 2 && args[0] == "config" && args[1] == "check" {
+        return config_check(&args[2..]);
+    }
     // A missing .env is normal; a malformed one is a configuration error.
     if let Err(err) = dotenvy::dotenv() {
         if !err.not_found() {

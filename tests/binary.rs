@@ -308,3 +308,72 @@ async fn json_logs_are_one_object_per_line_and_audit_lines_hide_secrets() {
         );
     }
 }
+
+#[test]
+fn config_check_validates_an_envoy_configuration_directory() {
+    let dir = TempDir::new("check");
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/envoy/ratelimit/config");
+    let out = binary(&dir, &[])
+        .args(["config", "check", shipped])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("all rate limit configs ok"));
+
+    std::fs::write(dir.path().join("a.yaml"), "domain: d\n").unwrap();
+    std::fs::write(dir.path().join("b.yaml"), "domain: d\n").unwrap();
+    let path = dir.path().display().to_string();
+    let out = binary(&dir, &[])
+        .args(["config", "check", &path])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("b.yaml: duplicate domain 'd' in config file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = binary(&dir, &[])
+        .args(["config", "check", &path, "--merge-domain-configs"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let out = binary(&dir, &[])
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_broken_envoy_configuration_stops_the_start_naming_the_file() {
+    let dir = TempDir::new("broken-erl");
+    std::fs::create_dir_all(dir.path().join("config")).unwrap();
+    std::fs::write(
+        dir.path().join("config/x.yaml"),
+        "domain: d\ndescriptors:\n  - key: k\n    ratelimit: {}\n",
+    )
+    .unwrap();
+    let root = dir.path().display().to_string();
+    let out = binary(
+        &dir,
+        &[
+            ("RUNTIME_ROOT", &root),
+            ("RUNTIME_WATCH_ROOT", "false"),
+            ("REDIS_PORT", "1"),
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("x.yaml: config error, unknown key 'ratelimit'"),
+        "{stderr}"
+    );
+}

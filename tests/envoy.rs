@@ -181,9 +181,10 @@ async fn envoy_asks_the_service_limits_with_its_headers_and_fails_open() {
         .await
         .unwrap();
     assert!(
-        stats
-            .lines()
-            .any(|l| l.starts_with("cluster.backend.ratelimit.failure_mode_allowed: ") && !l.ends_with(": 0")),
+        stats.lines().any(
+            |l| l.starts_with("cluster.backend.ratelimit.failure_mode_allowed: ")
+                && !l.ends_with(": 0")
+        ),
         "Envoy counted the fail-open"
     );
 }

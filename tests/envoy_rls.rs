@@ -884,3 +884,44 @@ async fn health_is(health: &Health, name: &str, want: i32) -> bool {
     .await
     .is_ok_and(|r| r.into_inner().status == want)
 }
+
+#[tokio::test]
+async fn a_thousand_concurrent_calls_over_two_instances_admit_exactly_the_limit() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[(
+        "exact.yaml",
+        r#"
+domain: exact
+descriptors:
+  - { key: fixed_window, rate_limit: { unit: day, requests_per_unit: 100 } }
+  - { key: sliding_window, rate_limit: { unit: day, requests_per_unit: 100, algorithm: sliding_window } }
+  - { key: token_bucket, rate_limit: { unit: day, requests_per_unit: 100, algorithm: token_bucket } }
+  - { key: gcra, rate_limit: { unit: day, requests_per_unit: 100, algorithm: gcra } }
+"#,
+    )]);
+    let one_app = spawn_rls(&redis, &config, &[("REDIS_POOL_SIZE", "4")]).await;
+    let other_app = spawn_rls(&redis, &config, &[("REDIS_POOL_SIZE", "4")]).await;
+    let clients = [client(&one_app).await, client(&other_app).await];
+    for algorithm in ["fixed_window", "sliding_window", "token_bucket", "gcra"] {
+        within_one_window(86_400, |_| {
+            let clients = clients.clone();
+            async move {
+                let subject = uuid();
+                let calls = (0..1000).map(|i| {
+                    let mut c = clients[i % 2].clone();
+                    let r = request("exact", vec![descriptor(&[(algorithm, &subject)])]);
+                    tokio::spawn(async move { c.should_rate_limit(r).await })
+                });
+                let mut ok = 0;
+                for call in futures::future::join_all(calls).await {
+                    let response = call.unwrap().expect("an answer").into_inner();
+                    if response.overall_code == Code::Ok as i32 {
+                        ok += 1;
+                    }
+                }
+                assert_eq!(ok, 100, "{algorithm}: exactly the limit");
+            }
+        })
+        .await;
+    }
+}

@@ -114,6 +114,30 @@ pub fn files(settings: &RuntimeSettings) -> Result<(Vec<FileEntry>, Option<Strin
     Ok((files, warning))
 }
 
+/// Validates every file under `dir` (dot files skipped), as
+/// envoyproxy/ratelimit's `config_check_cmd -config_dir DIR` does: the
+/// configuration, or the first error with its file.
+pub fn check_dir(dir: &Path, merge: bool) -> Result<Config, RulesError> {
+    let origin = || dir.display().to_string();
+    let mut files = Vec::new();
+    walk(dir, dir, true, &mut files).map_err(|problem| RulesError {
+        origin: origin(),
+        place: String::new(),
+        problem,
+    })?;
+    files.sort();
+    let mut texts = Vec::with_capacity(files.len());
+    for (key, path) in files {
+        let text = std::fs::read_to_string(&path).map_err(|err| RulesError {
+            origin: key.clone(),
+            place: String::new(),
+            problem: format!("error loading config file: {err}"),
+        })?;
+        texts.push((key, text));
+    }
+    parse(&texts, merge)
+}
+
 /// Every regular file under `dir` (a symlink to a file counts; symlinked
 /// directories are not entered, except the root itself).
 fn walk(
