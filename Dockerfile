@@ -27,8 +27,10 @@ COPY rules.example.toml /etc/rate-limiter/rules.example.toml
 USER 10001
 ENV HOST=0.0.0.0 \
     PORT=8000 \
+    GRPC_PORT=8081 \
     LOG_LEVEL=info
-EXPOSE 8000
+# 8000: HTTP; 8081: Envoy's rate limit service (gRPC).
+EXPOSE 8000 8081
 # Liveness only: /livez never calls Redis, so a Redis outage does not get the
 # container restarted (the failure mode handles that).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \

@@ -114,11 +114,17 @@ fn check_compose(path: &str) -> BTreeSet<String> {
                 env.iter().map(|(k, v)| (str_of(k), str_of(v))).collect();
             rate_limiter::config::Settings::from_lookup(|k| lookup.get(k).cloned())
                 .unwrap_or_else(|e| panic!("{path}: {name}: {e}"));
+            // The container ports the service listens on: the settings'
+            // PORT and GRPC_PORT (8000 and 8081 unless set).
+            let settings =
+                rate_limiter::config::Settings::from_lookup(|k| lookup.get(k).cloned()).unwrap();
+            let listening = [settings.port, settings.envoy.grpc_port];
             for port in service["ports"].as_sequence().expect("ports") {
                 let port = str_of(port);
+                let inside: u16 = port.rsplit(':').next().unwrap().parse().unwrap();
                 assert!(
-                    port.ends_with(":8000"),
-                    "{path}: {name} publishes {port}, the service listens on 8000"
+                    listening.contains(&inside),
+                    "{path}: {name} publishes {port}, the service listens on {listening:?}"
                 );
             }
         }
@@ -203,7 +209,7 @@ fn dockerfile_is_multi_stage_non_root_with_a_livez_healthcheck() {
     assert_ne!(user.trim(), "0");
     let health = text.split("\nHEALTHCHECK ").nth(1).expect("HEALTHCHECK");
     assert!(health.contains("http://127.0.0.1:8000/livez"));
-    assert!(text.contains("EXPOSE 8000"));
+    assert!(text.contains("EXPOSE 8000 8081"));
     // Every COPY source from the build context exists.
     for line in text
         .lines()
