@@ -91,6 +91,10 @@ async fn main() -> ExitCode {
     logger.init();
 
     let host = settings.host.clone();
+    let (grpc_host, grpc_uds) = (
+        settings.envoy.grpc_host.clone(),
+        settings.envoy.grpc_uds.clone(),
+    );
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(err) => {
@@ -100,9 +104,13 @@ async fn main() -> ExitCode {
         }
     };
     log::info!(
-        "rate-limiter {} listening on {host}:{}",
+        "rate-limiter {} listening on {host}:{} (Envoy rate limit service: {})",
         env!("CARGO_PKG_VERSION"),
-        app.port()
+        app.port(),
+        match &grpc_uds {
+            Some(path) => format!("unix:{}", path.display()),
+            None => format!("{grpc_host}:{}", app.grpc_port()),
+        }
     );
     match app.run_until_stopped().await {
         Ok(()) => {

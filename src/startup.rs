@@ -31,7 +31,9 @@ pub enum StartupError {
     Jwt(#[from] crate::identity::jwt::JwtSetupError),
     #[error("cannot listen on {address} (settings HOST and PORT): {source}")]
     Bind { address: String, source: io::Error },
-    #[error("cannot listen on {address} (settings GRPC_HOST and GRPC_PORT): {source}")]
+    #[error(
+        "cannot listen on {address} (settings GRPC_HOST and GRPC_PORT, or GRPC_UDS): {source}"
+    )]
     GrpcBind { address: String, source: io::Error },
     #[error("invalid Envoy configuration (settings RUNTIME_ROOT and RUNTIME_*; FORCE_START_WITHOUT_INITIAL_CONFIG=true starts without it): {0}")]
     EnvoyConfig(String),
@@ -146,13 +148,7 @@ impl Application {
         }
         let server = server.run();
 
-        let grpc_address = format!("{}:{}", settings.envoy.grpc_host, settings.envoy.grpc_port);
-        let grpc_error = |source| StartupError::GrpcBind {
-            address: grpc_address.clone(),
-            source,
-        };
-        let grpc_listener = TcpListener::bind(&grpc_address).map_err(grpc_error)?;
-        let grpc_port = grpc_listener.local_addr().map_err(grpc_error)?.port();
+        let (grpc_listener, grpc_port) = grpc_listener(&settings.envoy)?;
         let (grpc_stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let grpc = crate::envoy::grpc::serve(rls, grpc_listener, async {
             let _ = stopped.await;
@@ -215,4 +211,32 @@ fn spawn_override_refresh(state: web::Data<AppState>) {
             }
         }
     });
+}
+
+/// The gRPC listener: GRPC_UDS when set (a stale socket file is replaced),
+/// else GRPC_HOST:GRPC_PORT; with the TCP port bound (0 for a socket).
+fn grpc_listener(
+    settings: &crate::config::EnvoySettings,
+) -> Result<(crate::envoy::grpc::Listener, u16), StartupError> {
+    use crate::envoy::grpc::Listener;
+    if let Some(path) = &settings.grpc_uds {
+        let error = |source| StartupError::GrpcBind {
+            address: path.display().to_string(),
+            source,
+        };
+        use std::os::unix::fs::FileTypeExt;
+        if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
+            std::fs::remove_file(path).map_err(error)?;
+        }
+        let listener = std::os::unix::net::UnixListener::bind(path).map_err(error)?;
+        return Ok((Listener::Unix(listener), 0));
+    }
+    let address = format!("{}:{}", settings.grpc_host, settings.grpc_port);
+    let error = |source| StartupError::GrpcBind {
+        address: address.clone(),
+        source,
+    };
+    let listener = TcpListener::bind(&address).map_err(error)?;
+    let port = listener.local_addr().map_err(error)?.port();
+    Ok((Listener::Tcp(listener), port))
 }

@@ -221,7 +221,8 @@ fn wait_for_port(lines: &std::sync::mpsc::Receiver<String>) -> u16 {
             .recv_timeout(Duration::from_secs(20))
             .expect("a start-up line");
         if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            return rest.trim().parse().unwrap();
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            return digits.parse().unwrap();
         }
     }
 }
@@ -248,7 +249,8 @@ async fn json_logs_are_one_object_per_line_and_audit_lines_hide_secrets() {
             .as_str()
             .and_then(|m| m.split("listening on 127.0.0.1:").nth(1))
         {
-            break rest.trim().parse::<u16>().unwrap();
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            break digits.parse::<u16>().unwrap();
         }
     };
     let client = reqwest::Client::new();

@@ -925,3 +925,28 @@ descriptors:
         .await;
     }
 }
+
+#[tokio::test]
+async fn grpc_uds_serves_on_a_unix_socket() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[("u.yaml", "domain: u\ndescriptors:\n  - { key: k, rate_limit: { unit: day, requests_per_unit: 3 } }\n")]);
+    let socket = config.dir.path().join("rls.sock");
+    let socket_setting = socket.display().to_string();
+    let app = spawn_rls(&redis, &config, &[("GRPC_UDS", &socket_setting)]).await;
+    assert_eq!(app.grpc_port, 0, "no TCP port");
+    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect to the socket");
+    let mut c = RateLimitServiceClient::new(channel);
+    let s = one(&mut c, "u", &[("k", &uuid())]).await;
+    assert_eq!(limit_of(&s).map(|l| l.0), Some(3));
+}

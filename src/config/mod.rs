@@ -150,6 +150,8 @@ pub struct EnvoySettings {
     pub grpc_host: String,
     /// GRPC_PORT (default 8081; 0 picks a free port).
     pub grpc_port: u16,
+    /// GRPC_UDS: a Unix socket to serve gRPC on instead of the TCP port.
+    pub grpc_uds: Option<PathBuf>,
     /// The YAML configuration, when RUNTIME_ROOT is set.
     pub runtime: Option<RuntimeSettings>,
     /// SHADOW_MODE: an over-limit answer becomes OK overall (the statuses
@@ -310,6 +312,13 @@ fn envoy_settings(env: &Env<'_>) -> Result<EnvoySettings, ConfigError> {
         })?,
         grpc_port: env.parse_with("GRPC_PORT", 8081, |v| {
             bounded_integer(v, 0, 65535).map(|n| n as u16)
+        })?,
+        grpc_uds: env.parse_with("GRPC_UDS", None, |v| {
+            let path = PathBuf::from(v);
+            match path.parent() {
+                Some(dir) if dir.as_os_str().is_empty() || dir.is_dir() => Ok(Some(path)),
+                _ => Err("the socket's directory does not exist".into()),
+            }
         })?,
         runtime,
         shadow_mode: env.parse_with("SHADOW_MODE", false, parse_bool)?,

@@ -6,7 +6,6 @@
 //! service's full name: SERVING while the configuration is loaded and Redis
 //! answers, NOT_SERVING otherwise, rechecked every second.
 
-use std::net::TcpListener;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
@@ -40,23 +39,40 @@ impl RateLimitService for Rls {
     }
 }
 
+/// Where the gRPC server listens.
+pub enum Listener {
+    Tcp(std::net::TcpListener),
+    /// GRPC_UDS.
+    Unix(std::os::unix::net::UnixListener),
+}
+
 /// Serves `rls` on `listener` until `stop` resolves; keeps the health
 /// service up to date meanwhile.
 pub async fn serve(
     rls: Rls,
-    listener: TcpListener,
+    listener: Listener,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(rls.clone(), reporter));
-    let result = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(RateLimitServiceServer::new(rls))
-        .serve_with_incoming_shutdown(incoming, stop)
-        .await;
+        .add_service(RateLimitServiceServer::new(rls));
+    let result = match listener {
+        Listener::Tcp(listener) => {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, stop).await
+        }
+        Listener::Unix(listener) => {
+            listener.set_nonblocking(true)?;
+            let listener = tokio::net::UnixListener::from_std(listener)?;
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            router.serve_with_incoming_shutdown(incoming, stop).await
+        }
+    };
     health_task.abort();
     result.map_err(std::io::Error::other)
 }
