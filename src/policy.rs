@@ -358,8 +358,20 @@ impl Policy {
         )
     }
 
+    /// `other`'s label, reporting this policy's limit and window.
     fn with_label_of(mut self, other: &Policy) -> Self {
-        self.label = other.label.clone();
+        self.label = other.label.as_ref().map(|label| {
+            if label.requests_per_unit == self.limit.get()
+                && label.unit.seconds() * 1000 == self.window_ms()
+            {
+                return label.clone();
+            }
+            Arc::new(Label {
+                requests_per_unit: self.limit.get(),
+                unit: Unit::base_of(self.window),
+                ..Label::clone(label)
+            })
+        });
         self
     }
 

@@ -950,3 +950,141 @@ async fn grpc_uds_serves_on_a_unix_socket() {
     let s = one(&mut c, "u", &[("k", &uuid())]).await;
     assert_eq!(limit_of(&s).map(|l| l.0), Some(3));
 }
+
+#[tokio::test]
+async fn admin_status_reset_and_overrides_work_for_descriptors() {
+    const TOKEN: &str = "descriptor-admin-token-0123";
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[("a.yaml", "domain: edge\ndescriptors:\n  - { key: api_key, rate_limit: { name: per_key, unit: day, requests_per_unit: 3, algorithm: gcra } }\n")]);
+    let app = spawn_rls(&redis, &config, &[("ADMIN_TOKEN", TOKEN)]).await;
+    let mut c = client(&app).await;
+    let key = format!("k/{}", uuid()); // a '/' in the value: percent-encoded
+    let query = format!("descriptor=api_key={}", key.replace('/', "%252F"));
+    let admin = |method: reqwest::Method, path: &str| {
+        app.client.request(method, app.url(path)).bearer_auth(TOKEN)
+    };
+    let d = || request("edge", vec![descriptor(&[("api_key", &key)])]);
+    assert_eq!(ask(&mut c, d()).await.statuses[0].limit_remaining, 2);
+    assert_eq!(ask(&mut c, d()).await.statuses[0].limit_remaining, 1);
+
+    // Where it stands, without counting.
+    let r = admin(
+        reqwest::Method::GET,
+        &format!("/admin/descriptors/edge?{query}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(report["status"], "limited");
+    assert_eq!(report["policies"][0]["remaining"], 1, "{report}");
+
+    // Over the limit (and cached), then reset: allowed again at once.
+    ask(&mut c, d()).await;
+    assert_eq!(ask(&mut c, d()).await.overall_code, Code::OverLimit as i32);
+    let r = admin(
+        reqwest::Method::DELETE,
+        &format!("/admin/descriptors/edge?{query}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let report: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(report["deleted"], 1);
+    assert_eq!(ask(&mut c, d()).await.statuses[0].limit_remaining, 2);
+
+    // An override: 10 a day for this descriptor only.
+    let r = admin(
+        reqwest::Method::PUT,
+        &format!("/admin/descriptors/edge/override?{query}"),
+    )
+    .json(&serde_json::json!({"limit": 10, "window": "1d"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let s = &ask(&mut c, d()).await.statuses[0];
+    assert_eq!(limit_of(s), Some((10, DAY, "per_key".into())));
+    let other = one(&mut c, "edge", &[("api_key", &format!("other{key}"))]).await;
+    assert_eq!(
+        limit_of(&other).unwrap().0,
+        3,
+        "other descriptors keep the rule"
+    );
+    // Blocked, then unlimited.
+    let put = |body: serde_json::Value| {
+        admin(
+            reqwest::Method::PUT,
+            &format!("/admin/descriptors/edge/override?{query}"),
+        )
+        .json(&body)
+        .send()
+    };
+    assert_eq!(
+        put(serde_json::json!({"blocked": true}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = ask(&mut c, d()).await;
+    assert_eq!(
+        (r.overall_code, r.statuses.len()),
+        (Code::OverLimit as i32, 1)
+    );
+    assert_eq!(
+        put(serde_json::json!({"unlimited": true}))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(ask(&mut c, d()).await.statuses[0].limit_remaining, u32::MAX);
+    // A limit override must give a window, and name no policy.
+    assert_eq!(
+        put(serde_json::json!({"limit": 5})).await.unwrap().status(),
+        400
+    );
+    let listed: serde_json::Value = admin(reqwest::Method::GET, "/admin/overrides")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed[0]["strategy"], "@edge", "{listed}");
+    let r = admin(
+        reqwest::Method::DELETE,
+        &format!("/admin/descriptors/edge/override?{query}"),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(limit_of(&ask(&mut c, d()).await.statuses[0]).unwrap().0, 3);
+
+    // Malformed or unknown.
+    let r = admin(
+        reqwest::Method::GET,
+        "/admin/descriptors/edge?descriptor=novalue",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = admin(
+        reqwest::Method::GET,
+        "/admin/descriptors/nowhere?descriptor=a=b",
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = admin(reqwest::Method::GET, "/admin/descriptors/edge")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}

@@ -122,6 +122,23 @@ impl Rls {
             }
             _ => vec![None; count],
         };
+        // A deny-listed subject (an admin override) blocks the whole
+        // request before any descriptor is looked at.
+        if checked.marks.len() != count {
+            let over = DescriptorStatus {
+                code: Code::OverLimit as i32,
+                ..Default::default()
+            };
+            return Ok(RateLimitResponse {
+                overall_code: if self.settings.shadow_mode {
+                    Code::Ok
+                } else {
+                    Code::OverLimit
+                } as i32,
+                statuses: vec![over; count],
+                ..Default::default()
+            });
+        }
         let mut statuses = Vec::with_capacity(count);
         for (i, mark) in checked.marks.iter().enumerate() {
             let d = &check.descriptors[i];

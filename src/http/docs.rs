@@ -37,7 +37,11 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         admin::put_override,
         admin::get_override,
         admin::delete_override,
-        admin::list_overrides
+        admin::list_overrides,
+        admin::descriptors::get_descriptor,
+        admin::descriptors::reset_descriptor,
+        admin::descriptors::put_descriptor_override,
+        admin::descriptors::delete_descriptor_override
     ),
     components(schemas(
         ErrorBody,
@@ -54,6 +58,7 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         admin::ResetReport,
         admin::OverrideEntry,
         admin::StrategyName,
+        admin::descriptors::DescriptorReport,
         crate::limiter::overrides::OverrideSpec
     )),
     modifiers(&RateLimitHeaders, &AdminSecurity),
@@ -62,7 +67,7 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         (name = "rate limit", description = "The caller's own limit"),
         (name = "forward-auth", description = "The rate limiter a gateway (nginx, Caddy, Traefik) asks before it forwards a request"),
         (name = "health", description = "Liveness, readiness and metrics"),
-        (name = "admin", description = "Identities and overrides; only when ADMIN_TOKEN is set (otherwise these paths do not exist and this document does not list them), with Authorization: Bearer <ADMIN_TOKEN>")
+        (name = "admin", description = "Identities, Envoy descriptors and overrides; only when ADMIN_TOKEN is set (otherwise these paths do not exist and this document does not list them), with Authorization: Bearer <ADMIN_TOKEN>")
     )
 )]
 pub struct ApiDoc;

@@ -53,6 +53,9 @@ impl<S: Store> Limiter<S> {
         let Some(subject) = subjects.first() else {
             return Ok(0);
         };
+        if super::request::is_path_subject(&subject.0) {
+            return self.reset_descriptors(request, subject).await;
+        }
         let rules = self.rules.load();
         let mut counters: Vec<Counter<'_>> = Vec::new();
         let mut changed: Vec<Arc<Policy>> = Vec::new();
@@ -91,6 +94,42 @@ impl<S: Store> Limiter<S> {
             })
             .collect();
         counters.extend(overridden);
+        let deleted = self.store.reset(&counters).await?;
+        self.denied.forget(subject);
+        self.store
+            .publish_reset(&overrides::storage_key(subject))
+            .await?;
+        Ok(deleted)
+    }
+
+    /// [`Limiter::reset`] for the descriptors of an Envoy domain, whose
+    /// counters are named by `subject`, their domain and whole path: under
+    /// the rules' limits and under the override's.
+    async fn reset_descriptors(
+        &self,
+        request: &CheckRequest,
+        subject: &Entry,
+    ) -> Result<u64, StoreError> {
+        let rules = self.rules.load();
+        let mut items = Vec::new();
+        for resolution in [
+            rules.resolve(request, |_| None),
+            rules.resolve(request, |s| self.dynamic_action(s)),
+        ] {
+            if let super::Resolution::Limited { items: found, .. } = resolution {
+                items.extend(found);
+            }
+        }
+        let counters: Vec<Counter<'_>> = items
+            .iter()
+            .filter_map(|item| {
+                Some(Counter {
+                    subject: item.subject.as_deref()?,
+                    policy: &item.policy,
+                    cost: 0,
+                })
+            })
+            .collect();
         let deleted = self.store.reset(&counters).await?;
         self.denied.forget(subject);
         self.store

@@ -18,6 +18,7 @@
 //! Bounded: at most [`CAPACITY`] entries; when full, expired entries are
 //! dropped, and if none are, new denials are simply not cached.
 
+use super::request::{is_path_subject, path_subject};
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -171,10 +172,16 @@ impl DenyCache {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .retain(|_, e| {
-                    !e.request
-                        .descriptors
-                        .iter()
-                        .any(|d| d.subject() == Some(subject))
+                    let domain = &e.request.domain;
+                    !e.request.descriptors.iter().any(|d| {
+                        d.subject() == Some(subject)
+                            || (is_path_subject(&subject.0)
+                                && path_subject(
+                                    domain,
+                                    d.entries.iter().map(|e| &*e.0),
+                                    d.entries.iter().map(|e| e.1.as_str()),
+                                ) == *subject)
+                    })
                 });
         }
     }

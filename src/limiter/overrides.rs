@@ -114,6 +114,11 @@ pub fn storage_key(subject: &Entry) -> String {
 /// (`user` or `ip`).
 pub fn subject_of(key: &str) -> Option<Entry> {
     let (strategy, id) = key.split_once(':')?;
+    // A descriptor of an Envoy domain (see `request::path_subject`).
+    if super::request::is_path_subject(strategy) {
+        super::request::parse_path(id)?;
+        return Some((strategy.to_owned().into(), id.to_owned()));
+    }
     let strategy: Strategy = strategy.parse().ok()?;
     Some((strategy.as_str().into(), id.to_owned()))
 }

@@ -73,10 +73,12 @@ const PATH_SAFE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~')
     .remove(b'@');
 
-/// The subject of a descriptor outside the HTTP domain: the domain as its
-/// key, and its whole path (`k1=v1/k2=v2`, each part percent-encoded) as
-/// its value, so two descriptors share counters only when their domain, keys
-/// and values (or `share_threshold` patterns) all agree.
+/// The subject of a descriptor outside the HTTP domain: `@` and the domain
+/// (percent-encoded) as its key, and its whole path (`k1=v1/k2=v2`, each
+/// part percent-encoded) as its value, so two descriptors share counters
+/// only when their domain, keys and values (or `share_threshold` patterns)
+/// all agree. The `@` keeps it apart from the HTTP domain's subjects
+/// (`user`, `ip`), also where overrides are stored.
 pub fn path_subject<'a>(
     domain: &str,
     keys: impl Iterator<Item = &'a str>,
@@ -91,5 +93,43 @@ pub fn path_subject<'a>(
         path.push('=');
         path.extend(utf8_percent_encode(value, PATH_SAFE));
     }
-    (Cow::Owned(domain.to_owned()), path)
+    (
+        Cow::Owned(format!("@{}", utf8_percent_encode(domain, PATH_SAFE))),
+        path,
+    )
+}
+
+/// Whether `key` is the key of a [`path_subject`].
+pub fn is_path_subject(key: &str) -> bool {
+    key.starts_with('@')
+}
+
+/// The entries of a descriptor path as [`path_subject`] writes it
+/// (`k1=v1/k2=v2`, parts percent-encoded); `None` if it is not one (an
+/// empty key, a part without `=`).
+pub fn parse_path(path: &str) -> Option<Vec<Entry>> {
+    // Bytes that are not UTF-8 read as U+FFFD, as everywhere else.
+    let decode = |part: &str| {
+        Some(
+            percent_encoding::percent_decode_str(part)
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    };
+    path.split('/')
+        .map(|part| {
+            let (key, value) = part.split_once('=')?;
+            let key = decode(key).filter(|k| !k.is_empty())?;
+            Some((Cow::Owned(key), decode(value)?))
+        })
+        .collect()
+}
+
+/// The domain of a [`path_subject`]'s key.
+pub fn path_subject_domain(key: &str) -> Option<String> {
+    let encoded = key.strip_prefix('@')?;
+    percent_encoding::percent_decode_str(encoded)
+        .decode_utf8()
+        .ok()
+        .map(|s| s.into_owned())
 }

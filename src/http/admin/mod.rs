@@ -12,6 +12,7 @@ use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, Error, HttpResponse, ResponseError};
 use subtle::ConstantTimeEq;
 
+pub mod descriptors;
 mod types;
 
 pub use types::{IdentityPath, IdentityReport, OverrideEntry, ResetReport, StrategyName};
@@ -340,6 +341,22 @@ pub fn scope() -> actix_web::Scope<
                 .route(web::get().to(get_identity))
                 .route(web::delete().to(reset_identity))
                 .default_service(not_allowed("GET, DELETE")),
+        )
+        .app_data(
+            web::QueryConfig::default()
+                .error_handler(|err, _| ApiError::BadRequest(format!("query: {err}")).into()),
+        )
+        .service(
+            web::resource("/descriptors/{domain}")
+                .route(web::get().to(descriptors::get_descriptor))
+                .route(web::delete().to(descriptors::reset_descriptor))
+                .default_service(not_allowed("GET, DELETE")),
+        )
+        .service(
+            web::resource("/descriptors/{domain}/override")
+                .route(web::put().to(descriptors::put_descriptor_override))
+                .route(web::delete().to(descriptors::delete_descriptor_override))
+                .default_service(not_allowed("PUT, DELETE")),
         )
         .service(
             web::resource("/overrides/{strategy}/{id}")

@@ -263,6 +263,17 @@ impl Rules {
             .map_or(&[][..], |tree| tree.matching(&descriptor.entries))
     }
 
+    /// Whose counters a descriptor of an Envoy domain uses (see
+    /// [`path_subject`]); `None` for the HTTP domain or an unknown one.
+    pub fn subject(&self, domain: &str, descriptor: &Descriptor) -> Option<Entry> {
+        if domain == http::DOMAIN {
+            return None;
+        }
+        let tree = self.tree(domain)?;
+        let shared = tree.walk(&descriptor.entries).is_some_and(|w| w.shared);
+        Some(path_counter(tree, domain, descriptor, shared))
+    }
+
     /// Whether the rules know `domain`.
     pub fn has_domain(&self, domain: &str) -> bool {
         self.tree(domain).is_some()
@@ -346,24 +357,14 @@ impl Rules {
                 marks.push(Mark::None);
                 continue;
             }
-            let subject = if domain == http::DOMAIN {
-                None
-            } else {
-                let values = if walk.is_some_and(|w| w.shared) {
-                    tree.counter_values(&descriptor.entries)
-                } else {
-                    descriptor
-                        .entries
-                        .iter()
-                        .map(|e| std::borrow::Cow::Borrowed(e.1.as_str()))
-                        .collect()
-                };
-                Some(Arc::new(path_subject(
+            let subject = (domain != http::DOMAIN).then(|| {
+                Arc::new(path_counter(
+                    tree,
                     domain,
-                    descriptor.entries.iter().map(|e| &*e.0),
-                    values.iter().map(|v| &**v),
-                )))
-            };
+                    descriptor,
+                    walk.is_some_and(|w| w.shared),
+                ))
+            });
             let Some(key) = subject.as_deref().or(descriptor.subject()) else {
                 marks.push(Mark::None);
                 continue;
@@ -419,8 +420,40 @@ impl Rules {
         subject_key: &str,
         action: &OverrideAction,
     ) -> Result<(), (&'static str, String)> {
+        if super::request::is_path_subject(subject_key) {
+            return check_descriptor_override(action);
+        }
         check_override(&self.policies, subject_key, action)
     }
+}
+
+/// Whether `action` can apply to an Envoy descriptor: it changes every
+/// limit of the descriptor (no policy name), to a limit and window every
+/// algorithm can count. Err((key, problem)).
+fn check_descriptor_override(action: &OverrideAction) -> Result<(), (&'static str, String)> {
+    let OverrideAction::Limit {
+        policy,
+        limit,
+        window,
+    } = action
+    else {
+        return Ok(());
+    };
+    if policy.is_some() {
+        return Err((
+            "policy",
+            "a descriptor's override changes all of its limits: name no policy".into(),
+        ));
+    }
+    let window = window.ok_or((
+        "window",
+        "a descriptor's override needs a window (its limits may have different ones)".to_owned(),
+    ))?;
+    for algorithm in Algorithm::ALL {
+        Policy::new(erl::POLICY_NAME, algorithm, *limit, window, 1)
+            .map_err(|problem| ("limit", problem.to_string()))?;
+    }
+    Ok(())
 }
 
 /// Whether `action` can apply to the policies counted under `subject_key`:
@@ -464,6 +497,25 @@ fn check_override(
         .map_err(|problem| ("limit", format!("for policy {:?}: {problem}", p.name())))?;
     }
     Ok(())
+}
+
+/// The path subject of a descriptor of `domain`: its values, or the
+/// `share_threshold` patterns where it matched one (`shared`).
+fn path_counter(tree: &Node, domain: &str, descriptor: &Descriptor, shared: bool) -> Entry {
+    let values = if shared {
+        tree.counter_values(&descriptor.entries)
+    } else {
+        descriptor
+            .entries
+            .iter()
+            .map(|e| std::borrow::Cow::Borrowed(e.1.as_str()))
+            .collect()
+    };
+    path_subject(
+        domain,
+        descriptor.entries.iter().map(|e| &*e.0),
+        values.iter().map(|v| &**v),
+    )
 }
 
 /// The limit of a descriptor that brings its own (Envoy's `limit`): a fixed
