@@ -1088,3 +1088,71 @@ async fn admin_status_reset_and_overrides_work_for_descriptors() {
         .unwrap();
     assert_eq!(r.status(), 400);
 }
+
+/// Points `link` at `target` atomically (a new link renamed over the old),
+/// as `ln -sfn` deployments and Kubernetes do.
+fn swap_symlink(target: &str, link: &std::path::Path) {
+    let name = link.file_name().unwrap().to_string_lossy();
+    let tmp = link.with_file_name(format!("{name}.swap"));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp).unwrap();
+    std::fs::rename(&tmp, link).unwrap();
+}
+
+fn rule(limit: u32) -> String {
+    format!("domain: sw\ndescriptors:\n  - {{ key: k, rate_limit: {{ unit: day, requests_per_unit: {limit} }} }}\n")
+}
+
+#[tokio::test]
+async fn symlink_swaps_reload_in_both_watch_modes() {
+    let redis = RedisServer::start().await;
+    // Mode A (RUNTIME_WATCH_ROOT=true): RUNTIME_ROOT is a symlink swapped
+    // from one version directory to the next.
+    let dir = TempDir::new("swap");
+    for (version, limit) in [("v1", 4), ("v2", 6)] {
+        let config = dir.path().join(version).join("ratelimit/config");
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::write(config.join("sw.yaml"), rule(limit)).unwrap();
+    }
+    let current = dir.path().join("current");
+    swap_symlink("v1", &current);
+    let root = current.display().to_string();
+    let app = spawn_app(
+        &redis,
+        &[("RUNTIME_ROOT", &root), ("RUNTIME_SUBDIRECTORY", "ratelimit")],
+    )
+    .await;
+    let c = client(&app).await;
+    let limit_now = |c: &RateLimitServiceClient<Channel>| {
+        let mut c = c.clone();
+        async move { limit_of(&one(&mut c, "sw", &[("k", "x")]).await).map(|l| l.0) }
+    };
+    assert_eq!(limit_now(&c).await, Some(4));
+    swap_symlink("v2", &current);
+    eventually("mode A sees the swap", || async { limit_now(&c).await == Some(6) }).await;
+
+    // Mode B with a Kubernetes ConfigMap volume: files are links through
+    // ..data, which is swapped to a new timestamped directory.
+    let cm = TempDir::new("configmap");
+    let volume = cm.path().join("config");
+    for (version, limit) in [("..2026_11_28_v1", 5), ("..2026_11_28_v2", 8)] {
+        std::fs::create_dir_all(volume.join(version)).unwrap();
+        std::fs::write(volume.join(version).join("sw.yaml"), rule(limit)).unwrap();
+    }
+    swap_symlink("..2026_11_28_v1", &volume.join("..data"));
+    std::os::unix::fs::symlink("..data/sw.yaml", volume.join("sw.yaml")).unwrap();
+    let root = cm.path().display().to_string();
+    let app = spawn_app(
+        &redis,
+        &[
+            ("RUNTIME_ROOT", &root),
+            ("RUNTIME_WATCH_ROOT", "false"),
+            ("RUNTIME_IGNOREDOTFILES", "true"),
+        ],
+    )
+    .await;
+    let c = client(&app).await;
+    assert_eq!(limit_now(&c).await, Some(5));
+    swap_symlink("..2026_11_28_v2", &volume.join("..data"));
+    eventually("the ConfigMap update", || async { limit_now(&c).await == Some(8) }).await;
+}
