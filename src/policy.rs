@@ -156,6 +156,10 @@ pub struct Policy {
     /// How an Envoy rate-limit response names this limit, when it came
     /// from an envoyproxy/ratelimit rule (or a descriptor's `limit`).
     label: Option<Arc<Label>>,
+    /// envoyproxy/ratelimit's `quota_mode`: its denial never blocks the
+    /// other limits of a request (the Envoy front end decides the overall
+    /// answer from all quota-mode descriptors).
+    quota_mode: bool,
 }
 
 /// An Envoy rate-limit unit, numbered as
@@ -309,6 +313,7 @@ impl Policy {
             per_client_ip: false,
             failure_mode: None,
             label: None,
+            quota_mode: false,
         })
     }
 
@@ -328,6 +333,22 @@ impl Policy {
     pub fn with_failure_mode(mut self, failure_mode: Option<FailureMode>) -> Self {
         self.failure_mode = failure_mode;
         self
+    }
+
+    /// The same policy in quota mode or not.
+    pub fn with_quota_mode(mut self, quota_mode: bool) -> Self {
+        self.quota_mode = quota_mode;
+        self
+    }
+
+    pub fn quota_mode(&self) -> bool {
+        self.quota_mode
+    }
+
+    /// Checked without blocking the request's other limits: a shadow or a
+    /// quota-mode policy.
+    pub fn non_blocking(&self) -> bool {
+        self.shadow || self.quota_mode
     }
 
     /// The same policy, reported to Envoy as `label` says.
@@ -354,6 +375,7 @@ impl Policy {
                 .with_shadow(self.shadow)
                 .with_per_client_ip(self.per_client_ip)
                 .with_failure_mode(self.failure_mode)
+                .with_quota_mode(self.quota_mode)
                 .with_label_of(self),
         )
     }

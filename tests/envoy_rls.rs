@@ -1119,7 +1119,10 @@ async fn symlink_swaps_reload_in_both_watch_modes() {
     let root = current.display().to_string();
     let app = spawn_app(
         &redis,
-        &[("RUNTIME_ROOT", &root), ("RUNTIME_SUBDIRECTORY", "ratelimit")],
+        &[
+            ("RUNTIME_ROOT", &root),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+        ],
     )
     .await;
     let c = client(&app).await;
@@ -1129,7 +1132,10 @@ async fn symlink_swaps_reload_in_both_watch_modes() {
     };
     assert_eq!(limit_now(&c).await, Some(4));
     swap_symlink("v2", &current);
-    eventually("mode A sees the swap", || async { limit_now(&c).await == Some(6) }).await;
+    eventually("mode A sees the swap", || async {
+        limit_now(&c).await == Some(6)
+    })
+    .await;
 
     // Mode B with a Kubernetes ConfigMap volume: files are links through
     // ..data, which is swapped to a new timestamped directory.
@@ -1154,5 +1160,60 @@ async fn symlink_swaps_reload_in_both_watch_modes() {
     let c = client(&app).await;
     assert_eq!(limit_now(&c).await, Some(5));
     swap_symlink("..2026_11_28_v2", &volume.join("..data"));
-    eventually("the ConfigMap update", || async { limit_now(&c).await == Some(8) }).await;
+    eventually("the ConfigMap update", || async {
+        limit_now(&c).await == Some(8)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn quota_mode_is_over_only_when_every_quota_descriptor_is() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[(
+        "q.yaml",
+        r#"
+domain: q
+descriptors:
+  - { key: service, value: a, quota_mode: true, rate_limit: { unit: day, requests_per_unit: 1, algorithm: gcra } }
+  - { key: service, value: b, quota_mode: true, rate_limit: { unit: day, requests_per_unit: 2, algorithm: gcra } }
+  - { key: user, rate_limit: { unit: day, requests_per_unit: 100, algorithm: gcra } }
+  - { key: banned, rate_limit: { unit: day, requests_per_unit: 0 } }
+"#,
+    )]);
+    let app = spawn_rls(&redis, &config, &[]).await;
+    let mut c = client(&app).await;
+    let user = uuid();
+    let both = || {
+        request(
+            "q",
+            vec![
+                descriptor(&[("service", "a")]),
+                descriptor(&[("service", "b")]),
+                descriptor(&[("user", &user)]),
+            ],
+        )
+    };
+    let codes = |r: &RateLimitResponse| r.statuses.iter().map(|s| s.code).collect::<Vec<_>>();
+    let (ok, over) = (Code::Ok as i32, Code::OverLimit as i32);
+    let r = ask(&mut c, both()).await;
+    assert_eq!((r.overall_code, codes(&r)), (ok, vec![ok, ok, ok]));
+    // a is spent, b is not: overall OK; a's status says so.
+    let r = ask(&mut c, both()).await;
+    assert_eq!((r.overall_code, codes(&r)), (ok, vec![over, ok, ok]));
+    // Both spent: over.
+    let r = ask(&mut c, both()).await;
+    assert_eq!((r.overall_code, codes(&r)), (over, vec![over, over, ok]));
+    // A descriptor not in quota mode that is over makes it over anyway.
+    let r = ask(
+        &mut c,
+        request(
+            "q",
+            vec![
+                descriptor(&[("service", "fresh")]),
+                descriptor(&[("banned", "x")]),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(r.overall_code, over);
 }

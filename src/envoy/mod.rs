@@ -183,7 +183,31 @@ impl Rls {
             };
             statuses.push(status);
         }
-        let over = statuses.iter().any(|s| s.code == Code::OverLimit as i32);
+        // envoyproxy/ratelimit's rule: over if a descriptor not in quota
+        // mode is over, or if every quota-mode descriptor is.
+        let quota_mode: Vec<bool> = (0..count)
+            .map(
+                |i| match (&checked.decision, reported.get(i).copied().flatten()) {
+                    (Decision::Allowed(o) | Decision::Denied(o), Some((_, q))) => {
+                        o.quotas[q].0.quota_mode()
+                    }
+                    _ => false,
+                },
+            )
+            .collect();
+        let is_over = |s: &DescriptorStatus| s.code == Code::OverLimit as i32;
+        let mut quota = statuses
+            .iter()
+            .zip(&quota_mode)
+            .filter(|(_, q)| **q)
+            .map(|(s, _)| s)
+            .peekable();
+        let quota_over = quota.peek().is_some() && quota.all(is_over);
+        let over = quota_over
+            || statuses
+                .iter()
+                .zip(&quota_mode)
+                .any(|(s, q)| !q && is_over(s));
         let mut response = RateLimitResponse {
             overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
             response_headers_to_add: self.headers(&statuses, over),

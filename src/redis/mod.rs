@@ -34,7 +34,7 @@ pub(super) fn script_policy(counter: &Counter<'_>) -> ScriptPolicy {
         limit: counter.policy.limit().get(),
         window_ms: counter.policy.window_ms(),
         cost: counter.cost,
-        shadow: counter.policy.shadow(),
+        shadow: counter.policy.non_blocking(),
     }
 }
 

@@ -365,6 +365,7 @@ impl Builder {
                 let policy = Policy::new(name, parsed.algorithm, limit, parsed.window, 1)
                     .map_err(|err| format!("'{composite}': {err}"))?
                     .with_shadow(shadow)
+                    .with_quota_mode(quota)
                     .with_label(label);
                 tree.insert(
                     &path,
