@@ -267,6 +267,10 @@ pub struct Label {
     pub key2: String,
     /// Metrics name the request's values (`detailed_metric`).
     pub detailed: bool,
+    /// Counted under envoyproxy/ratelimit's own key, with this
+    /// CACHE_KEY_PREFIX (ENVOY_KEY_FORMAT=ratelimit; fixed windows of one
+    /// unit only).
+    pub ratelimit_key_prefix: Option<String>,
 }
 
 impl Policy {

@@ -198,7 +198,7 @@ pub fn reload_erl_if_changed(
     if last.as_ref() == Some(&files) {
         return Reloaded::Unchanged;
     }
-    let result = erl::parse(&files, settings.merge_domains);
+    let result = erl::compile(&files, settings);
     *last = Some(files);
     match result {
         Ok(config) => {

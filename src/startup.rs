@@ -64,7 +64,7 @@ impl Application {
             }
             Some(runtime) => {
                 let loaded = crate::reload::read_erl(runtime).and_then(|(files, warning)| {
-                    let config = crate::limiter::rules::erl::parse(&files, runtime.merge_domains)
+                    let config = crate::limiter::rules::erl::compile(&files, runtime)
                         .map_err(|e| e.to_string())?;
                     Ok((files, warning, config))
                 });

@@ -1217,3 +1217,77 @@ descriptors:
     .await;
     assert_eq!(r.overall_code, over);
 }
+
+#[tokio::test]
+async fn ratelimit_key_format_shares_counters_with_envoys_ratelimit() {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(&[(
+        "k.yaml",
+        "domain: basic\ndescriptors:\n  - { key: key1, rate_limit: { unit: day, requests_per_unit: 10 } }\n  - { key: key2, rate_limit: { unit: day, requests_per_unit: 10, algorithm: gcra } }\n",
+    )]);
+    let app = spawn_rls(
+        &redis,
+        &config,
+        &[
+            ("ENVOY_KEY_FORMAT", "ratelimit"),
+            ("CACHE_KEY_PREFIX", "prefix:"),
+        ],
+    )
+    .await;
+    let mut c = client(&app).await;
+    let mut conn = redis.connection().await.unwrap();
+    within_one_window(86_400, |_| {
+        let (mut c, mut conn) = (c.clone(), conn.clone());
+        async move {
+            let value = uuid();
+            let day = window_index(86_400) * 86_400;
+            // envoyproxy/ratelimit's key: <prefix><domain>_<key>_<value>_<window start>.
+            let key = format!("prefix:basic_key1_{value}_{day}");
+            let s = one(&mut c, "basic", &[("key1", &value)]).await;
+            assert_eq!(s.limit_remaining, 9);
+            let stored: String = redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(stored, "1", "a plain integer count");
+            let ttl: i64 = redis::cmd("TTL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!((1..=86_400).contains(&ttl), "TTL {ttl}");
+            // Counts written by envoyproxy/ratelimit are counted here.
+            let _: () = redis::cmd("SET")
+                .arg(&key)
+                .arg(5)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(
+                one(&mut c, "basic", &[("key1", &value)])
+                    .await
+                    .limit_remaining,
+                4
+            );
+            // Envoy's limit of the same unit shares the counter.
+            let mut d = descriptor(&[("key1", &value)]);
+            d.limit = Some(RateLimitOverride {
+                requests_per_unit: 20,
+                unit: DAY,
+            });
+            let s = &ask(&mut c, request("basic", vec![d])).await.statuses[0];
+            assert_eq!(s.limit_remaining, 20 - 7);
+            // Other algorithms keep this service's keys.
+            one(&mut c, "basic", &[("key2", &value)]).await;
+            let theirs: bool = redis::cmd("EXISTS")
+                .arg(format!("prefix:basic_key2_{value}_{day}"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(!theirs);
+        }
+    })
+    .await;
+    let _ = (&mut c, &mut conn);
+}

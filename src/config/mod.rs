@@ -120,6 +120,10 @@ pub struct RuntimeSettings {
     pub ignore_dotfiles: bool,
     /// MERGE_DOMAIN_CONFIG (default false).
     pub merge_domains: bool,
+    /// ENVOY_KEY_FORMAT=ratelimit: count fixed windows under
+    /// envoyproxy/ratelimit's own keys, with CACHE_KEY_PREFIX (default
+    /// empty); `None`: this service's keys (ENVOY_KEY_FORMAT=native).
+    pub ratelimit_key_prefix: Option<String>,
 }
 
 /// The header names of LIMIT_RESPONSE_HEADERS_ENABLED.
@@ -299,6 +303,17 @@ fn envoy_settings(env: &Env<'_>) -> Result<EnvoySettings, ConfigError> {
                 watch_root: env.parse_with("RUNTIME_WATCH_ROOT", true, parse_bool)?,
                 ignore_dotfiles: env.parse_with("RUNTIME_IGNOREDOTFILES", false, parse_bool)?,
                 merge_domains: env.parse_with("MERGE_DOMAIN_CONFIG", false, parse_bool)?,
+                ratelimit_key_prefix: match env.get("ENVOY_KEY_FORMAT").as_deref() {
+                    None | Some("native") => None,
+                    Some("ratelimit") => Some(env.get("CACHE_KEY_PREFIX").unwrap_or_default()),
+                    Some(other) => {
+                        return Err(ConfigError::new(
+                            "ENVOY_KEY_FORMAT",
+                            other,
+                            "expected native or ratelimit",
+                        ))
+                    }
+                },
             })
         }
     };

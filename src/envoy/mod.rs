@@ -443,6 +443,7 @@ fn label_of(policy: &Policy) -> Cow<'_, Label> {
             key1: policy.name().to_owned(),
             key2: String::new(),
             detailed: false,
+            ratelimit_key_prefix: None,
         }),
     }
 }

@@ -3,6 +3,7 @@
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
+use crate::limiter::request::{parse_path, path_subject_domain};
 use crate::limiter::{Algorithm, Entry, Policy};
 
 /// Characters kept as they are in a key; everything else is percent-encoded.
@@ -25,6 +26,11 @@ const KEY_SAFE: &AsciiSet = &NON_ALPHANUMERIC
 /// touch them all. The algorithm is part of the name because each stores a
 /// different shape of value.
 pub fn counter_key(subject: &Entry, policy: &Policy) -> String {
+    if let Some(prefix) = ratelimit_key_prefix(policy) {
+        if let Some(key) = ratelimit_key(prefix, subject, policy) {
+            return key;
+        }
+    }
     let window_ms = policy.window().as_millis();
     let window = if window_ms.is_multiple_of(1000) {
         (window_ms / 1000).to_string()
@@ -45,6 +51,37 @@ pub fn counter_key(subject: &Entry, policy: &Policy) -> String {
         key.push_str(policy.name());
     }
     key
+}
+
+/// The CACHE_KEY_PREFIX of a policy counted under envoyproxy/ratelimit's
+/// own keys (ENVOY_KEY_FORMAT=ratelimit), if it is one.
+pub fn ratelimit_key_prefix(policy: &Policy) -> Option<&str> {
+    if policy.algorithm() != Algorithm::FixedWindow {
+        return None;
+    }
+    policy.label()?.ratelimit_key_prefix.as_deref()
+}
+
+/// envoyproxy/ratelimit's key: `<prefix><domain>_<k1>_<v1>_..._<window
+/// start>`, the window start in Unix seconds by this host's clock, as it
+/// does (unescaped: `("a_b", "c")` and `("a", "b_c")` share a key there, and
+/// so here). `None` for a subject that is not an Envoy descriptor's.
+fn ratelimit_key(prefix: &str, subject: &Entry, policy: &Policy) -> Option<String> {
+    let domain = path_subject_domain(&subject.0)?;
+    let entries = parse_path(&subject.1)?;
+    let window = policy.window().as_secs().max(1);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut key = format!("{prefix}{domain}");
+    for (k, v) in &entries {
+        key.push('_');
+        key.push_str(k);
+        key.push('_');
+        key.push_str(v);
+    }
+    key.push_str(&format!("_{}", now - now % window));
+    Some(key)
 }
 
 /// The hash of the overrides set through the admin API, shared by every

@@ -20,7 +20,7 @@ use tokio::time::timeout_at;
 
 use crate::config::{RedisSettings, RedisTopology};
 
-use crate::limiter::{Algorithm, Counter, StoreError, StoreReply};
+use crate::limiter::{Counter, StoreError, StoreReply};
 use crate::telemetry::Metrics;
 pub use keys::{counter_key, OVERRIDES_KEY, RESET_KEYS};
 use pool::{AnyConnection, Connection, LogErrors, Manager};
@@ -30,7 +30,11 @@ use reply::{map_error, parse_reply};
 pub(super) fn script_policy(counter: &Counter<'_>) -> ScriptPolicy {
     ScriptPolicy {
         key: counter_key(counter.subject, counter.policy),
-        algorithm: counter.policy.algorithm(),
+        algorithm: if keys::ratelimit_key_prefix(counter.policy).is_some() {
+            scripts::RATELIMIT_FIXED_WINDOW
+        } else {
+            counter.policy.algorithm().as_str()
+        },
         limit: counter.policy.limit().get(),
         window_ms: counter.policy.window_ms(),
         cost: counter.cost,
@@ -42,7 +46,9 @@ pub(super) fn script_policy(counter: &Counter<'_>) -> ScriptPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScriptPolicy {
     pub key: String,
-    pub algorithm: Algorithm,
+    /// The Lua module: an algorithm's name, or
+    /// [`scripts::RATELIMIT_FIXED_WINDOW`].
+    pub algorithm: &'static str,
     pub limit: u32,
     pub window_ms: u64,
     /// Units taken (negative: a refund).
@@ -183,7 +189,7 @@ impl RedisStore {
         let mut args = Vec::with_capacity(1 + 5 * policies.len());
         args.push(now_ms.map(|n| n.to_string()).unwrap_or_default());
         for p in policies {
-            args.push(p.algorithm.as_str().to_owned());
+            args.push(p.algorithm.to_owned());
             args.push(p.limit.to_string());
             args.push(p.window_ms.to_string());
             args.push(p.cost.to_string());

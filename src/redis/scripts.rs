@@ -41,6 +41,10 @@ pub fn module_source(algorithm: Algorithm) -> &'static str {
 }
 
 /// check.lua with every algorithm module before it.
+/// The module of envoyproxy/ratelimit's fixed window with its own keys and
+/// values (ENVOY_KEY_FORMAT=ratelimit).
+pub const RATELIMIT_FIXED_WINDOW: &str = "ratelimit_fixed_window";
+
 pub static CHECK: LazyLock<LuaScript> = LazyLock::new(|| {
     let mut source = String::from("local ALGORITHMS = {}\n");
     for algorithm in Algorithm::ALL {
@@ -50,6 +54,10 @@ pub static CHECK: LazyLock<LuaScript> = LazyLock::new(|| {
             module_source(algorithm)
         ));
     }
+    source.push_str(&format!(
+        "ALGORITHMS['{RATELIMIT_FIXED_WINDOW}'] = (function()\n{}\nend)()\n",
+        include_str!("../../lua/ratelimit_fixed_window.lua")
+    ));
     source.push_str(include_str!("../../lua/check.lua"));
     LuaScript::new("check", source)
 });

@@ -72,10 +72,16 @@ impl Store for RedisStore {
         // One DEL per subject: a subject's keys share a hash tag, so each is
         // a single-slot command on a Cluster too.
         let mut deleted = 0;
-        let mut tags: Vec<&str> = keys.iter().filter_map(|k| hash_tag(k)).collect();
+        // A key without a hash tag (envoyproxy/ratelimit's format) is a
+        // group of its own.
+        fn tag_of(key: &str) -> &str {
+            hash_tag(key).unwrap_or(key)
+        }
+        let mut tags: Vec<&str> = keys.iter().map(|k| tag_of(k)).collect();
+        tags.sort();
         tags.dedup();
         for tag in tags {
-            let group: Vec<&String> = keys.iter().filter(|k| hash_tag(k) == Some(tag)).collect();
+            let group: Vec<&String> = keys.iter().filter(|k| tag_of(k) == tag).collect();
             deleted += self
                 .call(deadline, |mut conn| async move {
                     redis::cmd("DEL")

@@ -61,6 +61,31 @@ pub struct Config {
     /// One line per limit, `<stats key>: unit=<UNIT> requests_per_unit=<n>,
     /// shadow_mode: <bool>, quota_mode: <bool>`, as `/rlconfig` shows it.
     pub dump: Vec<String>,
+    /// ENVOY_KEY_FORMAT=ratelimit: fixed windows of one unit (and Envoy's
+    /// per-descriptor limits) are counted under envoyproxy/ratelimit's own
+    /// keys, with this CACHE_KEY_PREFIX.
+    pub ratelimit_key_prefix: Option<String>,
+}
+
+impl Config {
+    /// The same configuration counting under envoyproxy/ratelimit's keys
+    /// with `prefix` (see [`Config::ratelimit_key_prefix`]).
+    pub fn with_ratelimit_keys(mut self, prefix: &str) -> Self {
+        for tree in self.domains.values_mut() {
+            tree.map_policies(&mut |policy: &Policy| {
+                let label = policy.label()?;
+                let one_unit = label.unit.seconds() * 1000 == policy.window_ms();
+                (policy.algorithm() == Algorithm::FixedWindow && one_unit).then(|| {
+                    Policy::clone(policy).with_label(Label {
+                        ratelimit_key_prefix: Some(prefix.to_owned()),
+                        ..label.clone()
+                    })
+                })
+            });
+        }
+        self.ratelimit_key_prefix = Some(prefix.to_owned());
+        self
+    }
 }
 
 /// A file to load: its key (relative path, `/` as `.`) and where it is.
@@ -190,8 +215,20 @@ pub fn load(settings: &RuntimeSettings) -> Result<(Config, Option<String>), Rule
         })?;
         texts.push((key, text));
     }
-    let config = parse(&texts, settings.merge_domains)?;
-    Ok((config, warning))
+    Ok((compile(&texts, settings)?, warning))
+}
+
+/// Validates and compiles files given as (key, YAML text) with the
+/// settings' merge and key format.
+pub fn compile(
+    files: &[(String, String)],
+    settings: &RuntimeSettings,
+) -> Result<Config, RulesError> {
+    let config = parse(files, settings.merge_domains)?;
+    Ok(match &settings.ratelimit_key_prefix {
+        Some(prefix) => config.with_ratelimit_keys(prefix),
+        None => config,
+    })
 }
 
 /// Validates and compiles files given as (key, YAML text).
@@ -347,6 +384,7 @@ impl Builder {
                     key1: path.first().map(level).unwrap_or_default(),
                     key2: path.get(1).map(level).unwrap_or_default(),
                     detailed: rule.detailed_metric,
+                    ratelimit_key_prefix: None,
                 };
                 self.config.dump.push(format!(
                     "{composite}: unit={} requests_per_unit={}, shadow_mode: {shadow}, quota_mode: {quota}",
@@ -797,6 +835,7 @@ descriptors:
             watch_root,
             ignore_dotfiles: dot,
             merge_domains: false,
+            ratelimit_key_prefix: None,
         }
     }
 

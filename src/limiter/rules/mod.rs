@@ -313,7 +313,13 @@ impl Rules {
             let rule = walk.and_then(|w| w.rule());
             let own;
             let limits: &[Limit] = match (descriptor.limit, walk) {
-                (Some(limit), _) => match override_limit(domain, descriptor, limit, rule) {
+                (Some(limit), _) => match override_limit(
+                    domain,
+                    descriptor,
+                    limit,
+                    rule,
+                    self.erl.ratelimit_key_prefix.as_deref(),
+                ) {
                     Ok(limit) => {
                         own = [limit];
                         &own
@@ -527,6 +533,7 @@ fn override_limit(
     descriptor: &Descriptor,
     limit: LimitOverride,
     rule: Option<&tree::Rule>,
+    prefix: Option<&str>,
 ) -> Result<Limit, Label> {
     // Metrics name the rule it matched, or the descriptor's keys: never its
     // values (envoyproxy/ratelimit's unbounded series, its #275).
@@ -552,6 +559,7 @@ fn override_limit(
         key2: levels.pop().unwrap_or_default(),
         key1: levels.pop().unwrap_or_default(),
         detailed: false,
+        ratelimit_key_prefix: prefix.map(str::to_owned),
     };
     let window = Duration::from_secs(limit.unit.seconds());
     let policy = NonZeroU32::new(limit.requests_per_unit)

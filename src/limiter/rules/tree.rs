@@ -120,6 +120,26 @@ impl Node {
         node.share_threshold = share_threshold;
     }
 
+    /// Replaces every policy for which `change` gives a new one.
+    pub fn map_policies(&mut self, change: &mut dyn FnMut(&Policy) -> Option<Policy>) {
+        for limit in &mut self.limits {
+            if let Some(changed) = change(&limit.policy) {
+                limit.policy = Arc::new(changed);
+            }
+        }
+        for values in self.exact.values_mut() {
+            for node in values.values_mut() {
+                node.map_policies(change);
+            }
+        }
+        for (_, _, node) in &mut self.wildcards {
+            node.map_policies(change);
+        }
+        for node in self.any.values_mut() {
+            node.map_policies(change);
+        }
+    }
+
     /// Whether `path` leads to a node already (a duplicate rule).
     pub fn contains(&self, path: &[(String, ValueMatch)]) -> bool {
         let mut node = self;
