@@ -26,7 +26,7 @@ async fn store(redis: &RedisServer) -> RedisStore {
 fn policy(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64, cost: u32) -> ScriptPolicy {
     ScriptPolicy {
         key: key.to_owned(),
-        algorithm,
+        algorithm: algorithm.as_str(),
         limit,
         window_ms,
         cost: cost.into(),

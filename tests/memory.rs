@@ -53,7 +53,7 @@ async fn memory_per_identity_per_algorithm() {
                 async move {
                     let p = ScriptPolicy {
                         key: rate_limiter::redis::counter_key(&subject, &policy),
-                        algorithm,
+                        algorithm: algorithm.as_str(),
                         limit: 100,
                         window_ms: 60_000,
                         cost: 1,

@@ -327,7 +327,7 @@ impl Rules {
                     Err(label) => {
                         banned = true;
                         marks.push(Mark::Banned {
-                            label,
+                            label: *label,
                             shadow: false,
                         });
                         continue;
@@ -534,7 +534,7 @@ fn override_limit(
     limit: LimitOverride,
     rule: Option<&tree::Rule>,
     prefix: Option<&str>,
-) -> Result<Limit, Label> {
+) -> Result<Limit, Box<Label>> {
     // Metrics name the rule it matched, or the descriptor's keys: never its
     // values (envoyproxy/ratelimit's unbounded series, its #275).
     let keys = || descriptor.entries.iter().map(|e| e.0.to_string());
@@ -570,7 +570,7 @@ fn override_limit(
             policy: Arc::new(policy.with_label(label)),
         }),
         // 0, or too large to count exactly: refused like a ban.
-        None => Err(label),
+        None => Err(Box::new(label)),
     }
 }
 
