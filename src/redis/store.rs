@@ -7,40 +7,44 @@ use super::keys::{
     counter_key, hash_tag, OVERRIDES_KEY, RESET_KEYS, RESET_LOG_ENTRIES, RESET_LOG_TTL_MS,
 };
 use super::{script_policy, scripts, RedisStore, ScriptPolicy};
-use crate::limiter::{Counter, Entry, RawOverride, ResetLog, Store, StoreError, StoreReply};
+use crate::limiter::{Counter, RawOverride, ResetLog, Store, StoreError, StoreReply};
 
 impl Store for RedisStore {
     /// One script call for every counter, except on a Cluster when the
     /// counters have several subjects (a request of an API key that is also
-    /// limited per client IP): each subject's keys live in their own slot,
-    /// so each subject's counters run in their own call, in the request's
-    /// order. Then a subject that allowed stays charged when a later one
+    /// limited per client IP; an Envoy request with several descriptors):
+    /// each subject's keys live in their own slot (as does each key in
+    /// envoyproxy/ratelimit's format, which has no hash tag), so each
+    /// slot's counters run in their own call, in the request's order. Then a subject that allowed stays charged when a later one
     /// denies (for the HTTP front end: one request counted against the
     /// client IP, whose descriptors come first), and once one denies the
     /// rest are only read. Within each subject the check stays atomic and
     /// all-or-nothing.
     async fn check(&self, counters: &[Counter<'_>]) -> Result<StoreReply, StoreError> {
         let policies: Vec<ScriptPolicy> = counters.iter().map(script_policy).collect();
-        let first = counters.first().map(|c| c.subject);
-        let split = self.cluster && counters.iter().any(|c| Some(c.subject) != first);
+        // What decides a key's Cluster slot: its hash tag (a subject's), or
+        // the whole key when it has none (envoyproxy/ratelimit's format).
+        let slot_of = |p: &ScriptPolicy| hash_tag(&p.key).map_or(p.key.clone(), str::to_owned);
+        let first = policies.first().map(slot_of);
+        let split = self.cluster && policies.iter().any(|p| Some(slot_of(p)) != first);
         if !split {
             return self.run_check(&policies, None).await;
         }
-        let mut subjects: Vec<&Entry> = Vec::new();
-        for counter in counters {
-            if !subjects.contains(&counter.subject) {
-                subjects.push(counter.subject);
+        let mut slots: Vec<String> = Vec::new();
+        for policy in &policies {
+            let slot = slot_of(policy);
+            if !slots.contains(&slot) {
+                slots.push(slot);
             }
         }
         let mut quotas = vec![None; policies.len()];
         let mut allowed = true;
-        for subject in subjects {
-            let (indices, mut group): (Vec<usize>, Vec<ScriptPolicy>) = counters
+        for slot in slots {
+            let (indices, mut group): (Vec<usize>, Vec<ScriptPolicy>) = policies
                 .iter()
-                .zip(&policies)
                 .enumerate()
-                .filter(|(_, (c, _))| c.subject == subject)
-                .map(|(i, (_, p))| (i, p.clone()))
+                .filter(|(_, p)| slot_of(p) == slot)
+                .map(|(i, p)| (i, p.clone()))
                 .unzip();
             if !allowed {
                 // Already denied: read the rest without charging it.
