@@ -23,6 +23,7 @@
 # that part, TOPOLOGIES=only runs nothing else).
 #   scripts/bench.sh                      # ROUNDS=3 DURATION=10s
 #   ROUNDS=1 DURATION=5s scripts/bench.sh # a quick look
+#   CASES="livez allowed-10k grpc" ROUNDS=3 scripts/bench.sh  # some cases
 # Environment for the service under test passes through (e.g. REDIS_POOL_SIZE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -165,6 +166,9 @@ median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} E
 if [[ ${TOPOLOGIES:-1} != only ]]; then
 declare -A results
 cases=(livez allowed-1 allowed-10k denied denied-body forward-auth via-nginx grpc via-envoy)
+# CASES="livez allowed-10k grpc" runs only those (and skips the 10,000
+# connections part).
+[[ -n ${CASES:-} ]] && read -ra cases <<<"$CASES"
 for conns in 64 1000; do
   for round in $(seq 1 "$rounds"); do
     for case in "${cases[@]}"; do
@@ -188,6 +192,7 @@ for conns in 64 1000; do
   done
 done
 
+[[ -n ${CASES:-} ]] && exit 0
 echo
 echo "10,000 connections (errors only):"
 for case in livez allowed-10k; do

@@ -159,14 +159,7 @@ pub type ErlFiles = Vec<(String, String)>;
 
 /// Reads the Envoy configuration directory whole: (key, text) per file.
 pub fn read_erl(settings: &RuntimeSettings) -> Result<(ErlFiles, Option<String>), String> {
-    let (files, warning) = erl::files(settings)?;
-    let mut texts = Vec::with_capacity(files.len());
-    for (key, path) in files {
-        let text = std::fs::read_to_string(&path)
-            .map_err(|err| format!("{key}: error loading config file: {err}"))?;
-        texts.push((key, text));
-    }
-    Ok((texts, warning))
+    erl::read(settings).map_err(|err| err.to_string())
 }
 
 /// Applies the Envoy configuration directory if its files changed since

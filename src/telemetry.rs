@@ -65,18 +65,24 @@ pub const MAX_DETAILED: usize = 1000;
 impl EnvoyMetrics {
     /// The labels of a rule's counts: `detailed` ones (from request values)
     /// only while fewer than [`MAX_DETAILED`] exist, else `other`.
-    pub fn labels(&self, domain: &str, key1: &str, key2: &str, detailed: bool) -> [String; 3] {
-        let labels = (domain.to_owned(), key1.to_owned(), key2.to_owned());
+    pub fn labels<'a>(
+        &self,
+        domain: &'a str,
+        key1: &'a str,
+        key2: &'a str,
+        detailed: bool,
+    ) -> [&'a str; 3] {
         if detailed {
+            let labels = (domain.to_owned(), key1.to_owned(), key2.to_owned());
             let mut seen = self.detailed.lock().unwrap_or_else(|e| e.into_inner());
             if !seen.contains(&labels) {
                 if seen.len() >= MAX_DETAILED {
-                    return [labels.0, "other".into(), "other".into()];
+                    return [domain, "other", "other"];
                 }
-                seen.insert(labels.clone());
+                seen.insert(labels);
             }
         }
-        [labels.0, labels.1, labels.2]
+        [domain, key1, key2]
     }
 }
 

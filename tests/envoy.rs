@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpServer};
-use support::{free_port, spawn_app, unique_key, Process, RedisServer, TempDir};
+use support::{backend, free_port, spawn_app, unique_key, Process, RedisServer, TempDir};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -26,19 +25,6 @@ fn envoy_binary() -> PathBuf {
         path.display()
     );
     path
-}
-
-/// A backend that answers 200 "backend" to anything, on a free port.
-fn backend() -> (u16, actix_web::dev::ServerHandle) {
-    let port = free_port();
-    let server = HttpServer::new(|| App::new().default_service(web::to(|| async { "backend" })))
-        .workers(1)
-        .bind(("127.0.0.1", port))
-        .expect("bind the backend")
-        .run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    (port, handle)
 }
 
 struct Ports {

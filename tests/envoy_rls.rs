@@ -144,27 +144,7 @@ where
     panic!("five windows of {unit} s rolled over during the scenario");
 }
 
-const BASIC: &str = r#"
-domain: test-domain
-descriptors:
-  - key: key1
-    value: value1
-    descriptors:
-      - { key: subkey1, rate_limit: { unit: second, requests_per_unit: 5 } }
-      - { key: subkey1, value: subvalue1, rate_limit: { unit: second, requests_per_unit: 10 } }
-  - { key: key2, rate_limit: { unit: minute, requests_per_unit: 20 } }
-  - { key: key2, value: value2, rate_limit: { unit: minute, requests_per_unit: 30 } }
-  - { key: key2, value: value3 }
-  - { key: key3, rate_limit: { unit: hour, requests_per_unit: 1 } }
-  - { key: key4, rate_limit: { name: key4_rate_limit, unit: day, requests_per_unit: 1 } }
-  - key: key5
-    value: value5
-    rate_limit: { unit: day, requests_per_unit: 15 }
-    descriptors:
-      - { key: subkey5, value: subvalue5, rate_limit: { unit: day, requests_per_unit: 25 } }
-  - { key: key6, rate_limit: { unlimited: true } }
-  - { key: key7, detailed_metric: true, rate_limit: { unit: minute, requests_per_unit: 70 } }
-"#;
+const BASIC: &str = include_str!("fixtures/erl/basic.yaml");
 
 #[tokio::test]
 async fn empty_domain_or_descriptors_are_invalid_and_statuses_follow_the_request() {

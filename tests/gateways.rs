@@ -8,24 +8,10 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use actix_web::{web, App, HttpServer};
-use support::{free_port, header_u64, require, spawn_app_with_rules, unique_key, Process};
+use support::{backend, free_port, header_u64, require, spawn_app_with_rules, unique_key, Process};
 use support::{RedisServer, RulesFile, TempDir};
 
 use support::ORDER_RULES as RULES;
-
-/// A backend that answers 200 "backend" to anything, on a free port.
-fn backend() -> (u16, actix_web::dev::ServerHandle) {
-    let port = free_port();
-    let server = HttpServer::new(|| App::new().default_service(web::to(|| async { "backend" })))
-        .workers(1)
-        .bind(("127.0.0.1", port))
-        .expect("bind the backend")
-        .run();
-    let handle = server.handle();
-    tokio::spawn(server);
-    (port, handle)
-}
 
 /// nginx with the shipped snippet, its three addresses pointed at the test's
 /// processes.

@@ -99,7 +99,8 @@ impl Rls {
         let limiter = &self.state.limiter;
         if !limiter.rules().has_domain(&check.domain) {
             let metrics = &limiter.metrics().envoy;
-            let [domain, ..] = metrics.labels(&check.domain, "", "", true);
+            // Request-valued: capped like detailed_metric's labels.
+            let [_, domain, _] = metrics.labels("", &check.domain, "", true);
             metrics
                 .domain_not_found
                 .with_label_values(&[&domain])
@@ -272,13 +273,15 @@ impl Rls {
                 .unwrap_or_default()
         };
         let (key1, key2) = if label.detailed {
-            (level(0), level(1))
+            (Cow::Owned(level(0)), Cow::Owned(level(1)))
         } else {
-            (label.key1.clone(), label.key2.clone())
+            (
+                Cow::Borrowed(label.key1.as_str()),
+                Cow::Borrowed(label.key2.as_str()),
+            )
         };
         let domain = label.stats_key.split('.').next().unwrap_or("");
         let labels = metrics.labels(domain, &key1, &key2, label.detailed);
-        let labels = [labels[0].as_str(), &labels[1], &labels[2]];
         metrics.total_hits.with_label_values(&labels).inc_by(hits);
         if over || shadow {
             metrics.over_limit.with_label_values(&labels).inc_by(hits);

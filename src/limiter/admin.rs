@@ -94,7 +94,17 @@ impl<S: Store> Limiter<S> {
             })
             .collect();
         counters.extend(overridden);
-        let deleted = self.store.reset(&counters).await?;
+        self.delete_counters(&counters, subject).await
+    }
+
+    /// Deletes `counters`, forgets `subject`'s cached denials here and
+    /// tells every other instance to; how many counters existed.
+    async fn delete_counters(
+        &self,
+        counters: &[Counter<'_>],
+        subject: &Entry,
+    ) -> Result<u64, StoreError> {
+        let deleted = self.store.reset(counters).await?;
         self.denied.forget(subject);
         self.store
             .publish_reset(&overrides::storage_key(subject))
@@ -130,12 +140,7 @@ impl<S: Store> Limiter<S> {
                 })
             })
             .collect();
-        let deleted = self.store.reset(&counters).await?;
-        self.denied.forget(subject);
-        self.store
-            .publish_reset(&overrides::storage_key(subject))
-            .await?;
-        Ok(deleted)
+        self.delete_counters(&counters, subject).await
     }
 
     /// The admin override of `subject`, in force or not (expired ones are

@@ -21,6 +21,21 @@ use std::time::{Duration, Instant};
 use rate_limiter::config::Settings;
 use rate_limiter::startup::Application;
 
+/// A backend that answers 200 "backend" to anything, on a free port (for
+/// the gateways in front of it).
+pub fn backend() -> (u16, actix_web::dev::ServerHandle) {
+    use actix_web::{web, App, HttpServer};
+    let port = free_port();
+    let server = HttpServer::new(|| App::new().default_service(web::to(|| async { "backend" })))
+        .workers(1)
+        .bind(("127.0.0.1", port))
+        .expect("bind the backend")
+        .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (port, handle)
+}
+
 /// A free TCP port on 127.0.0.1 (the kernel picks it; it is released at once
 /// so the child process can bind it).
 pub fn free_port() -> u16 {

@@ -11,10 +11,10 @@ use utoipa::{IntoParams, ToSchema};
 use super::types::{OverrideEntry, ResetReport};
 use super::AppState;
 use crate::http::errors::{ApiError, ErrorBody};
-use crate::http::routes::{policy_statuses, PolicyStatus};
+use crate::http::routes::PolicyStatus;
 use crate::limiter::overrides::{self, OverrideSpec};
 use crate::limiter::request::parse_path;
-use crate::limiter::{AdminError, CheckRequest, Descriptor, Entry, OverrideState, Standing};
+use crate::limiter::{CheckRequest, Descriptor, Entry, OverrideState};
 
 /// The `{domain}` of a descriptor path.
 #[derive(Deserialize, IntoParams)]
@@ -115,16 +115,7 @@ pub async fn get_descriptor(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (request, subject) = named(&state, &path.domain, &query)?;
-    let standing = state
-        .limiter
-        .status(&request)
-        .await
-        .map_err(ApiError::Unavailable)?;
-    let (status, policies) = match &standing {
-        Standing::Limited(outcome) => ("limited", policy_statuses(outcome)),
-        Standing::Unlimited => ("unlimited", Vec::new()),
-        Standing::Blocked => ("blocked", Vec::new()),
-    };
+    let (status, policies) = super::standing(&state, &request).await?;
     let found = state.limiter.override_for(&subject);
     Ok(HttpResponse::Ok().json(DescriptorReport {
         domain: path.domain.clone(),
@@ -198,10 +189,7 @@ pub async fn put_descriptor_override(
         .limiter
         .set_override(&subject, &spec)
         .await
-        .map_err(|err| match err {
-            AdminError::Invalid(problem) => ApiError::BadRequest(problem),
-            AdminError::Store(err) => ApiError::Unavailable(err),
-        })?;
+        .map_err(super::admin_error)?;
     audit(
         "set_override",
         &subject,

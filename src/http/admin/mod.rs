@@ -98,6 +98,32 @@ fn identity(strategy: &str, id: &str) -> Result<Identity, ApiError> {
     })
 }
 
+/// Where `request` stands, read without counting: `limited` (with every
+/// policy), `unlimited` or `blocked`.
+pub(super) async fn standing(
+    state: &AppState,
+    request: &CheckRequest,
+) -> Result<(&'static str, Vec<crate::http::routes::PolicyStatus>), ApiError> {
+    let standing = state
+        .limiter
+        .status(request)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    Ok(match &standing {
+        Standing::Limited(outcome) => ("limited", policy_statuses(outcome)),
+        Standing::Unlimited => ("unlimited", Vec::new()),
+        Standing::Blocked => ("blocked", Vec::new()),
+    })
+}
+
+/// The answer to a change the limiter refused.
+pub(super) fn admin_error(err: AdminError) -> ApiError {
+    match err {
+        AdminError::Invalid(problem) => ApiError::BadRequest(problem),
+        AdminError::Store(err) => ApiError::Unavailable(err),
+    }
+}
+
 fn audit(action: &str, identity: &Identity, detail: &str) {
     log::info!(
         target: "audit",
@@ -128,16 +154,7 @@ pub async fn get_identity(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let identity = identity(&path.strategy, &path.id)?;
-    let standing = state
-        .limiter
-        .status(&limited_request(&state, &identity))
-        .await
-        .map_err(ApiError::Unavailable)?;
-    let (status, policies) = match &standing {
-        Standing::Limited(outcome) => ("limited", policy_statuses(outcome)),
-        Standing::Unlimited => ("unlimited", Vec::new()),
-        Standing::Blocked => ("blocked", Vec::new()),
-    };
+    let (status, policies) = standing(&state, &limited_request(&state, &identity)).await?;
     let override_state = state.limiter.override_for(&subject(&identity));
     Ok(HttpResponse::Ok().json(IdentityReport {
         strategy: identity.strategy.as_str(),
@@ -210,10 +227,7 @@ pub async fn put_override(
         .limiter
         .set_override(&subject(&identity), &spec)
         .await
-        .map_err(|err| match err {
-            AdminError::Invalid(problem) => ApiError::BadRequest(problem),
-            AdminError::Store(err) => ApiError::Unavailable(err),
-        })?;
+        .map_err(admin_error)?;
     audit(
         "set_override",
         &identity,

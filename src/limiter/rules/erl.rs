@@ -91,6 +91,9 @@ impl Config {
 /// A file to load: its key (relative path, `/` as `.`) and where it is.
 type FileEntry = (String, PathBuf);
 
+/// Files read: (key, text) each.
+pub type Texts = Vec<(String, String)>;
+
 /// The files envoyproxy/ratelimit would read, with their keys, and a
 /// warning when its settings make it read none.
 pub fn files(settings: &RuntimeSettings) -> Result<(Vec<FileEntry>, Option<String>), String> {
@@ -151,16 +154,22 @@ pub fn check_dir(dir: &Path, merge: bool) -> Result<Config, RulesError> {
         problem,
     })?;
     files.sort();
-    let mut texts = Vec::with_capacity(files.len());
-    for (key, path) in files {
-        let text = std::fs::read_to_string(&path).map_err(|err| RulesError {
-            origin: key.clone(),
-            place: String::new(),
-            problem: format!("error loading config file: {err}"),
-        })?;
-        texts.push((key, text));
-    }
-    parse(&texts, merge)
+    parse(&read_texts(files)?, merge)
+}
+
+/// The text of each file, with its key.
+fn read_texts(files: Vec<FileEntry>) -> Result<Texts, RulesError> {
+    files
+        .into_iter()
+        .map(|(key, path)| match std::fs::read_to_string(&path) {
+            Ok(text) => Ok((key, text)),
+            Err(err) => Err(RulesError {
+                origin: key,
+                place: String::new(),
+                problem: format!("error loading config file: {err}"),
+            }),
+        })
+        .collect()
 }
 
 /// Every regular file under `dir` (a symlink to a file counts; symlinked
@@ -199,22 +208,20 @@ fn walk(
     Ok(())
 }
 
-/// Reads and validates every file; all or nothing.
-pub fn load(settings: &RuntimeSettings) -> Result<(Config, Option<String>), RulesError> {
+/// Reads every file the settings name: (key, text) each, and a warning
+/// when they name none.
+pub fn read(settings: &RuntimeSettings) -> Result<(Texts, Option<String>), RulesError> {
     let (files, warning) = files(settings).map_err(|problem| RulesError {
         origin: settings.root.display().to_string(),
         place: String::new(),
         problem,
     })?;
-    let mut texts = Vec::with_capacity(files.len());
-    for (key, path) in files {
-        let text = std::fs::read_to_string(&path).map_err(|err| RulesError {
-            origin: key.clone(),
-            place: String::new(),
-            problem: format!("error loading config file: {err}"),
-        })?;
-        texts.push((key, text));
-    }
+    Ok((read_texts(files)?, warning))
+}
+
+/// Reads and validates every file; all or nothing.
+pub fn load(settings: &RuntimeSettings) -> Result<(Config, Option<String>), RulesError> {
+    let (texts, warning) = read(settings)?;
     Ok((compile(&texts, settings)?, warning))
 }
 
@@ -606,27 +613,7 @@ mod tests {
             .collect()
     }
 
-    const BASIC: &str = r#"
-domain: test-domain
-descriptors:
-  - key: key1
-    value: value1
-    descriptors:
-      - { key: subkey1, rate_limit: { unit: second, requests_per_unit: 5 } }
-      - { key: subkey1, value: subvalue1, rate_limit: { unit: second, requests_per_unit: 10 } }
-  - { key: key2, rate_limit: { unit: minute, requests_per_unit: 20 } }
-  - { key: key2, value: value2, rate_limit: { unit: minute, requests_per_unit: 30 } }
-  - { key: key2, value: value3 }
-  - { key: key3, rate_limit: { unit: hour, requests_per_unit: 1 } }
-  - { key: key4, rate_limit: { name: key4_rate_limit, unit: day, requests_per_unit: 1 } }
-  - key: key5
-    value: value5
-    rate_limit: { unit: day, requests_per_unit: 15 }
-    descriptors:
-      - { key: subkey5, value: subvalue5, rate_limit: { unit: day, requests_per_unit: 25 } }
-  - { key: key6, rate_limit: { unlimited: true } }
-  - { key: key7, detailed_metric: true, rate_limit: { unit: minute, requests_per_unit: 70 } }
-"#;
+    const BASIC: &str = include_str!("../../../tests/fixtures/erl/basic.yaml");
 
     /// (requests_per_unit, unit, name, stats key) of what `pairs` matches.
     fn matched(config: &Config, pairs: &[(&str, &str)]) -> Option<(u32, Unit, String, String)> {
