@@ -153,3 +153,127 @@ proptest! {
         }
     }
 }
+
+/// YAML text as an operator (or a broken deploy) can leave it in the Envoy
+/// configuration directory: the pieces the loader looks for, shuffled, and
+/// random bytes.
+fn erl_yaml() -> impl Strategy<Value = String> {
+    let token = prop_oneof![
+        Just("domain: d\n".to_owned()),
+        Just("descriptors:\n".to_owned()),
+        Just("  - key: k\n".to_owned()),
+        Just("    value: \"a*b\"\n".to_owned()),
+        Just("    rate_limit: { unit: minute, requests_per_unit: 5 }\n".to_owned()),
+        Just("    rate_limits: [ { unit: second, requests_per_unit: 0 }, { unlimited: true } ]\n".to_owned()),
+        Just("    replaces: [ { name: x } ]\n".to_owned()),
+        Just("    share_threshold: true\n".to_owned()),
+        Just("    descriptors:\n".to_owned()),
+        Just("      - { key: s, rate_limit: { unit: year, requests_per_unit: 4294967295, algorithm: gcra, window: 1ms } }\n".to_owned()),
+        Just("    unit_multiplier: 99999999999\n".to_owned()),
+        Just("- [\n".to_owned()),
+        Just("{ 1.5: ~ }\n".to_owned()),
+        "[ -~\n]{0,20}",
+    ];
+    prop::collection::vec(token, 0..12).prop_map(|parts| parts.concat())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn the_envoy_config_loader_never_panics(
+        first in erl_yaml(),
+        second in erl_yaml(),
+        merge in any::<bool>(),
+        entries in prop::collection::vec(("[a-z]{1,3}", "[a-z*]{0,4}"), 0..4),
+    ) {
+        let files = [("config.a.yaml".to_owned(), first), ("config.b.yaml".to_owned(), second)];
+        match rate_limiter::limiter::rules::erl::parse(&files, merge) {
+            Ok(config) => {
+                // Whatever loaded can be matched against any descriptor.
+                let entries: Vec<rate_limiter::limiter::Entry> = entries
+                    .into_iter()
+                    .map(|(k, v)| (k.into(), v))
+                    .collect();
+                for tree in config.domains.values() {
+                    let _ = tree.walk(&entries);
+                    let _ = tree.counter_values(&entries);
+                }
+            }
+            // Every refusal names the file it is about.
+            Err(err) => prop_assert!(err.to_string().starts_with("config.")),
+        }
+    }
+
+    #[test]
+    fn descriptor_paths_round_trip(
+        domain in "\\PC{1,8}",
+        entries in prop::collection::vec(("\\PC{1,6}", "\\PC{0,6}"), 1..4),
+    ) {
+        use rate_limiter::limiter::request::{parse_path, path_subject, path_subject_domain};
+        let (key, path) = path_subject(
+            &domain,
+            entries.iter().map(|(k, _)| k.as_str()),
+            entries.iter().map(|(_, v)| v.as_str()),
+        );
+        prop_assert_eq!(path_subject_domain(&key), Some(domain));
+        let parsed: Vec<(String, String)> = parse_path(&path)
+            .unwrap()
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v))
+            .collect();
+        prop_assert_eq!(parsed, entries);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn rate_limit_requests_are_checked_or_refused_never_a_panic(
+        domain in "\\PC{0,10}",
+        descriptors in prop::collection::vec(
+            (
+                prop::collection::vec(("\\PC{0,5}", "\\PC{0,5}"), 0..4),
+                prop::option::of((any::<u32>(), -2i32..10)),
+                prop::option::of(any::<u64>()),
+                any::<bool>(),
+            ),
+            0..5,
+        ),
+        hits in any::<u32>(),
+    ) {
+        use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{Entry, RateLimitOverride};
+        use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+        use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+        use envoy_types::pb::google::protobuf::UInt64Value;
+        let request = RateLimitRequest {
+            domain: domain.clone(),
+            hits_addend: hits,
+            descriptors: descriptors
+                .iter()
+                .map(|(entries, limit, own_hits, negative)| RateLimitDescriptor {
+                    entries: entries
+                        .iter()
+                        .map(|(k, v)| Entry { key: k.clone(), value: v.clone() })
+                        .collect(),
+                    limit: limit.map(|(n, unit)| RateLimitOverride { requests_per_unit: n, unit }),
+                    hits_addend: own_hits.map(|value| UInt64Value { value }),
+                    is_negative_hits: *negative,
+                })
+                .collect(),
+        };
+        match rate_limiter::envoy::check_request(&request) {
+            Ok(check) => {
+                prop_assert!(!domain.is_empty());
+                prop_assert_eq!(check.descriptors.len(), descriptors.len());
+                for (d, (_, _, own, negative)) in check.descriptors.iter().zip(&descriptors) {
+                    let expected = own.unwrap_or(u64::from(hits.max(1))).min(u64::from(u32::MAX)) as i64;
+                    prop_assert_eq!(d.hits, if *negative { -expected } else { expected });
+                }
+            }
+            Err(rate_limiter::envoy::RlsError::InvalidArgument(_)) => {}
+            Err(other) => prop_assert!(false, "unexpected {other:?}"),
+        }
+    }
+}
