@@ -209,6 +209,9 @@ fn spawn_override_refresh(state: web::Data<AppState>) {
             if let Err(err) = state.limiter.refresh_overrides().await {
                 log::debug!("overrides: cannot refresh: {err}");
             }
+            if let Err(err) = state.limiter.publish_top().await {
+                log::debug!("top offenders: cannot publish: {err}");
+            }
         }
     });
 }

@@ -41,7 +41,8 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         admin::descriptors::get_descriptor,
         admin::descriptors::reset_descriptor,
         admin::descriptors::put_descriptor_override,
-        admin::descriptors::delete_descriptor_override
+        admin::descriptors::delete_descriptor_override,
+        admin::top::get_top
     ),
     components(schemas(
         ErrorBody,
@@ -59,6 +60,10 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         admin::OverrideEntry,
         admin::StrategyName,
         admin::descriptors::DescriptorReport,
+        admin::top::TopReport,
+        admin::top::TopEntry,
+        admin::top::TopBy,
+        admin::top::TopWindow,
         crate::limiter::overrides::OverrideSpec
     )),
     modifiers(&RateLimitHeaders, &AdminSecurity),

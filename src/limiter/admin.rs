@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use super::request::{CheckRequest, Entry};
 use super::store::{Counter, Store, StoreError};
-use super::{overrides, rules, Limiter, Policy, Rules};
+use super::{overrides, rules, top, Limiter, Policy, Rules};
 
 /// An admin override as last read from the store, with what it does under
 /// the rules in force (or why it no longer fits them).
@@ -141,6 +141,59 @@ impl<S: Store> Limiter<S> {
             })
             .collect();
         self.delete_counters(&counters, subject).await
+    }
+
+    /// Publishes this instance's heavy hitters for every instance to read
+    /// (every second, and before each read).
+    pub async fn publish_top(&self) -> Result<(), StoreError> {
+        let now = top::now_secs();
+        for window in top::Window::ALL {
+            for kind in [top::Kind::Requests, top::Kind::Denied] {
+                let (index, entries) = self.top.snapshot(window, kind, now);
+                if entries.is_empty() {
+                    continue;
+                }
+                let rows: Vec<(&str, &str, u64)> = entries
+                    .iter()
+                    .map(|((k, v), c)| (&**k, v.as_str(), *c))
+                    .collect();
+                let json = serde_json::to_string(&rows).unwrap_or_default();
+                // Kept for two windows: a read at the start of a window may
+                // still want the one before.
+                let ttl_ms = window.seconds() * 2 * 1000;
+                self.store
+                    .publish_top(
+                        &top_slot(window, index, kind),
+                        &self.instance,
+                        &json,
+                        ttl_ms,
+                    )
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The `n` subjects with the most requests (or denials) in the current
+    /// `window`, summed over every instance.
+    pub async fn top(
+        &self,
+        window: top::Window,
+        kind: top::Kind,
+        n: usize,
+    ) -> Result<Vec<(Entry, u64)>, StoreError> {
+        self.publish_top().await?;
+        let index = window.index(top::now_secs());
+        let raw = self.store.load_top(&top_slot(window, index, kind)).await?;
+        let parts = raw.iter().filter_map(|json| {
+            let rows: Vec<(String, String, u64)> = serde_json::from_slice(json).ok()?;
+            Some(
+                rows.into_iter()
+                    .map(|(k, v, c)| ((k.into(), v), c))
+                    .collect::<Vec<(Entry, u64)>>(),
+            )
+        });
+        Ok(top::merge(parts, n))
     }
 
     /// The admin override of `subject`, in force or not (expired ones are
@@ -314,4 +367,9 @@ pub(super) fn judge(rules: &Rules, subject_key: &str, spec: overrides::OverrideS
             .map_err(|(key, problem)| format!("{key}: {problem}"))
     });
     Dynamic { spec, action }
+}
+
+/// Where one window's heavy hitters of one kind are published.
+fn top_slot(window: top::Window, index: u64, kind: top::Kind) -> String {
+    format!("{}:{index}:{}", window.as_str(), kind.as_str())
 }

@@ -18,6 +18,7 @@ pub mod overrides;
 pub mod request;
 pub mod rules;
 pub mod store;
+pub mod top;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -47,6 +48,10 @@ pub struct Limiter<S> {
     resets_seen: Mutex<Option<u64>>,
     /// Storage keys of bad override entries already reported.
     reported_bad: Mutex<HashSet<Vec<u8>>>,
+    /// Who is being limited (see [`top`]).
+    top: top::TopOffenders,
+    /// This instance's name among those publishing heavy hitters.
+    instance: String,
     metrics: Arc<Metrics>,
 }
 
@@ -70,6 +75,8 @@ impl<S: Store> Limiter<S> {
             dynamic: ArcSwap::from_pointee(HashMap::new()),
             resets_seen: Default::default(),
             reported_bad: Default::default(),
+            top: top::TopOffenders::default(),
+            instance: uuid::Uuid::new_v4().simple().to_string(),
             metrics,
         }
     }
@@ -219,10 +226,49 @@ impl<S: Store> Limiter<S> {
         Ok(self.check_marked(request, false).await?.decision)
     }
 
+    /// Counts `request` among the heavy hitters: each subject (descriptor
+    /// subject; for an Envoy domain, its key prefixed with `@<domain>/`)
+    /// once, as a denial too when `denied`.
+    fn record_top(&self, request: &CheckRequest, denied: bool) {
+        let http = request.domain == rules::http::DOMAIN;
+        let mut subjects: Vec<Entry> = Vec::with_capacity(request.descriptors.len());
+        for descriptor in &request.descriptors {
+            let Some((key, value)) = descriptor.subject() else {
+                continue;
+            };
+            let subject: Entry = if http {
+                (key.clone(), value.clone())
+            } else {
+                (format!("@{}/{key}", request.domain).into(), value.clone())
+            };
+            if !subjects.contains(&subject) {
+                subjects.push(subject);
+            }
+        }
+        self.top.record(subjects.iter(), denied, top::now_secs());
+    }
+
     /// Checks (and, if allowed, counts) one request; with `marks`, also
     /// says what the rules made of each descriptor (for the front ends that
     /// answer per descriptor).
     pub async fn check_marked(
+        &self,
+        request: &CheckRequest,
+        marks: bool,
+    ) -> Result<Checked, LimiterError> {
+        let checked = self.check_uncounted(request, marks).await;
+        if let Ok(Checked { decision, .. }) = &checked {
+            let denied = matches!(decision, Decision::Denied(_) | Decision::Blocked)
+                || matches!(decision, Decision::Local { verdict, .. } if !verdict.allowed);
+            // Peeks and refunds are not requests of anyone.
+            if request.descriptors.iter().any(|d| d.hits > 0) {
+                self.record_top(request, denied);
+            }
+        }
+        checked
+    }
+
+    async fn check_uncounted(
         &self,
         request: &CheckRequest,
         marks: bool,

@@ -104,6 +104,20 @@ pub trait Store: Send + Sync + 'static {
     /// `key` (see `overrides::storage_key`) were reset.
     fn publish_reset(&self, key: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Stores one instance's heavy hitters (JSON) for `slot` (window,
+    /// window number and kind, e.g. `1m:29512345:denied`), for `ttl_ms`.
+    fn publish_top(
+        &self,
+        slot: &str,
+        instance: &str,
+        json: &str,
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every instance's heavy hitters for `slot`, raw.
+    fn load_top(&self, slot: &str)
+        -> impl Future<Output = Result<Vec<Vec<u8>>, StoreError>> + Send;
+
     /// The resets published after sequence number `after`.
     fn resets_since(&self, after: u64)
         -> impl Future<Output = Result<ResetLog, StoreError>> + Send;

@@ -84,6 +84,13 @@ fn ratelimit_key(prefix: &str, subject: &Entry, policy: &Policy) -> Option<Strin
     Some(key)
 }
 
+/// The hash of every instance's heavy hitters for one slot (`1m:<window
+/// number>:denied`...), one field per instance: one hash tag, one Cluster
+/// slot.
+pub fn top_key(slot: &str) -> String {
+    format!("rate:{{top}}:{slot}")
+}
+
 /// The hash of the overrides set through the admin API, shared by every
 /// instance: field `<strategy>:<id>`, value the override as JSON. It never
 /// expires; an override's own `until` ends it.

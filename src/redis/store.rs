@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use super::keys::{
-    counter_key, hash_tag, OVERRIDES_KEY, RESET_KEYS, RESET_LOG_ENTRIES, RESET_LOG_TTL_MS,
+    counter_key, hash_tag, top_key, OVERRIDES_KEY, RESET_KEYS, RESET_LOG_ENTRIES, RESET_LOG_TTL_MS,
 };
 use super::{script_policy, scripts, RedisStore, ScriptPolicy};
 use crate::limiter::{Counter, RawOverride, ResetLog, Store, StoreError, StoreReply};
@@ -138,6 +138,40 @@ impl Store for RedisStore {
         })
         .await
         .map(drop)
+    }
+
+    async fn publish_top(
+        &self,
+        slot: &str,
+        instance: &str,
+        json: &str,
+        ttl_ms: u64,
+    ) -> Result<(), StoreError> {
+        let key = &top_key(slot);
+        let deadline = Instant::now() + self.timeout;
+        self.call(deadline, |mut conn| async move {
+            redis::pipe()
+                .atomic()
+                .hset(key, instance, json)
+                .ignore()
+                .pexpire(key, ttl_ms as i64)
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    async fn load_top(&self, slot: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let key = &top_key(slot);
+        let deadline = Instant::now() + self.timeout;
+        self.call(deadline, |mut conn| async move {
+            redis::cmd("HVALS")
+                .arg(key)
+                .query_async::<Vec<Vec<u8>>>(&mut conn)
+                .await
+        })
+        .await
     }
 
     async fn resets_since(&self, after: u64) -> Result<ResetLog, StoreError> {

@@ -13,6 +13,7 @@ use actix_web::{web, Error, HttpResponse, ResponseError};
 use subtle::ConstantTimeEq;
 
 pub mod descriptors;
+pub mod top;
 mod types;
 
 pub use types::{IdentityPath, IdentityReport, OverrideEntry, ResetReport, StrategyName};
@@ -359,6 +360,11 @@ pub fn scope() -> actix_web::Scope<
         .app_data(
             web::QueryConfig::default()
                 .error_handler(|err, _| ApiError::BadRequest(format!("query: {err}")).into()),
+        )
+        .service(
+            web::resource("/top")
+                .route(web::get().to(top::get_top))
+                .default_service(not_allowed("GET")),
         )
         .service(
             web::resource("/descriptors/{domain}")

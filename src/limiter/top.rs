@@ -1,0 +1,245 @@
+//! Who is being limited: a bounded heavy-hitters count of the subjects
+//! (API keys, client IPs, Envoy descriptors) by requests and by denials, per
+//! minute and per hour, in every instance, published to the store every
+//! second and merged across instances on read.
+//!
+//! Each count keeps at most [`CAPACITY`] subjects. It grows to twice that
+//! and is then pruned to the [`CAPACITY`] largest, so a subject seen often
+//! enough to matter stays (one seen more than `1 / CAPACITY` of the time
+//! is never pruned), memory stays bounded, and the work per request is one
+//! hash-map update (pruning, a partial sort, runs once per [`CAPACITY`] new
+//! subjects). Nothing of it is a metric label.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::request::Entry;
+
+/// Subjects each count keeps.
+pub const CAPACITY: usize = 2000;
+
+/// Subjects each instance publishes per window and kind (the merged view
+/// is made of every instance's largest).
+pub const PUBLISHED: usize = 200;
+
+/// A window of the counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Window {
+    Minute,
+    Hour,
+}
+
+impl Window {
+    pub const ALL: [Window; 2] = [Window::Minute, Window::Hour];
+
+    pub fn seconds(self) -> u64 {
+        match self {
+            Window::Minute => 60,
+            Window::Hour => 3600,
+        }
+    }
+
+    /// As the admin API names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Window::Minute => "1m",
+            Window::Hour => "1h",
+        }
+    }
+
+    /// The number of the window `now` (Unix seconds) falls in.
+    pub fn index(self, now: u64) -> u64 {
+        now / self.seconds()
+    }
+}
+
+/// What a count counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Requests,
+    Denied,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Requests => "requests",
+            Kind::Denied => "denied",
+        }
+    }
+}
+
+/// One bounded count of subjects.
+#[derive(Debug, Default, Clone)]
+struct Counts {
+    map: HashMap<Entry, u64>,
+}
+
+impl Counts {
+    fn add(&mut self, subject: &Entry, n: u64) {
+        if let Some(count) = self.map.get_mut(subject) {
+            *count += n;
+            return;
+        }
+        self.map.insert(subject.clone(), n);
+        if self.map.len() >= 2 * CAPACITY {
+            self.prune(CAPACITY);
+        }
+    }
+
+    /// Keeps the `keep` largest.
+    fn prune(&mut self, keep: usize) {
+        let mut all: Vec<(Entry, u64)> = self.map.drain().collect();
+        if all.len() > keep {
+            all.select_nth_unstable_by(keep, |a, b| b.1.cmp(&a.1));
+            all.truncate(keep);
+        }
+        self.map = all.into_iter().collect();
+    }
+
+    /// The `n` largest, largest first.
+    fn top(&self, n: usize) -> Vec<(Entry, u64)> {
+        let mut all: Vec<(Entry, u64)> = self.map.iter().map(|(e, c)| (e.clone(), *c)).collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
+    }
+}
+
+/// The counts of one window.
+#[derive(Debug, Default)]
+struct Slot {
+    index: u64,
+    requests: Counts,
+    denied: Counts,
+}
+
+/// Every instance's heavy hitters.
+#[derive(Debug, Default)]
+pub struct TopOffenders {
+    minute: Mutex<Slot>,
+    hour: Mutex<Slot>,
+}
+
+/// Unix seconds now.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl TopOffenders {
+    fn slot(&self, window: Window) -> &Mutex<Slot> {
+        match window {
+            Window::Minute => &self.minute,
+            Window::Hour => &self.hour,
+        }
+    }
+
+    /// Counts one request of `subjects`, denied or not, at `now` (Unix
+    /// seconds).
+    pub fn record<'a>(
+        &self,
+        subjects: impl Iterator<Item = &'a Entry> + Clone,
+        denied: bool,
+        now: u64,
+    ) {
+        for window in Window::ALL {
+            let mut slot = self.slot(window).lock().unwrap_or_else(|e| e.into_inner());
+            let index = window.index(now);
+            if slot.index != index {
+                *slot = Slot {
+                    index,
+                    ..Slot::default()
+                };
+            }
+            for subject in subjects.clone() {
+                slot.requests.add(subject, 1);
+                if denied {
+                    slot.denied.add(subject, 1);
+                }
+            }
+        }
+    }
+
+    /// This instance's largest counts of `window` as it stands at `now`:
+    /// the window's index and the [`PUBLISHED`] largest subjects of `kind`.
+    pub fn snapshot(&self, window: Window, kind: Kind, now: u64) -> (u64, Vec<(Entry, u64)>) {
+        let slot = self.slot(window).lock().unwrap_or_else(|e| e.into_inner());
+        let index = window.index(now);
+        if slot.index != index {
+            return (index, Vec::new());
+        }
+        let counts = match kind {
+            Kind::Requests => &slot.requests,
+            Kind::Denied => &slot.denied,
+        };
+        (index, counts.top(PUBLISHED))
+    }
+}
+
+/// Sums the counts of several instances and keeps the `n` largest.
+pub fn merge(parts: impl IntoIterator<Item = Vec<(Entry, u64)>>, n: usize) -> Vec<(Entry, u64)> {
+    let mut sum = Counts::default();
+    for part in parts {
+        for (subject, count) in part {
+            *sum.map.entry(subject).or_default() += count;
+        }
+    }
+    sum.top(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(id: &str) -> Entry {
+        ("user".into(), id.to_owned())
+    }
+
+    #[test]
+    fn heavy_hitters_survive_a_flood_of_one_time_subjects() {
+        let top = TopOffenders::default();
+        let now = 1_000_000;
+        let heavy = subject("heavy");
+        for i in 0..20_000 {
+            top.record(std::iter::once(&subject(&format!("once-{i}"))), false, now);
+            if i % 10 == 0 {
+                top.record(std::iter::once(&heavy), true, now);
+            }
+        }
+        let (_, requests) = top.snapshot(Window::Minute, Kind::Requests, now);
+        assert_eq!(requests[0], (heavy.clone(), 2000));
+        let (_, denied) = top.snapshot(Window::Hour, Kind::Denied, now);
+        assert_eq!(denied, vec![(heavy, 2000)]);
+        // Bounded: never more than twice the capacity.
+        assert!(top.minute.lock().unwrap().requests.map.len() < 2 * CAPACITY);
+    }
+
+    #[test]
+    fn windows_roll_over() {
+        let top = TopOffenders::default();
+        top.record(std::iter::once(&subject("a")), true, 59);
+        assert_eq!(top.snapshot(Window::Minute, Kind::Denied, 59).1.len(), 1);
+        assert!(top.snapshot(Window::Minute, Kind::Denied, 60).1.is_empty());
+        assert_eq!(top.snapshot(Window::Hour, Kind::Denied, 60).1.len(), 1);
+        top.record(std::iter::once(&subject("b")), false, 61);
+        assert_eq!(
+            top.snapshot(Window::Minute, Kind::Requests, 61).1,
+            vec![(subject("b"), 1)]
+        );
+    }
+
+    #[test]
+    fn merging_sums_instances() {
+        let merged = merge(
+            [
+                vec![(subject("a"), 5), (subject("b"), 1)],
+                vec![(subject("b"), 7)],
+            ],
+            1,
+        );
+        assert_eq!(merged, vec![(subject("b"), 8)]);
+    }
+}
