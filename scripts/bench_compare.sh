@@ -29,7 +29,7 @@ declare -A port pid
 start() { # name binary limit window -> sets port[name], pid[name]
   local name=$1 binary=$2 limit=$3 window=$4 p
   p=$(free_port)
-  env HOST=127.0.0.1 PORT="$p" REDIS_URL="redis://127.0.0.1:$redis_port/0" LOG_LEVEL=warn WORKERS=1 \
+  env HOST=127.0.0.1 GRPC_PORT=0 PORT="$p" REDIS_URL="redis://127.0.0.1:$redis_port/0" LOG_LEVEL=warn WORKERS=1 \
     RATE_LIMIT_USER_LIMIT="$limit" RATE_LIMIT_USER_WINDOW="$window" "$binary" >"$work/$name.log" 2>&1 &
   pids+=($!)
   pid[$name]=$!

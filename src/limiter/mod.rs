@@ -230,22 +230,27 @@ impl<S: Store> Limiter<S> {
     /// subject; for an Envoy domain, its key prefixed with `@<domain>/`)
     /// once, as a denial too when `denied`.
     fn record_top(&self, request: &CheckRequest, denied: bool) {
-        let http = request.domain == rules::http::DOMAIN;
+        let now = top::now_secs();
+        if request.domain == rules::http::DOMAIN {
+            // The common case: borrowed, nothing allocated but what the
+            // counts keep.
+            let mut subjects: Vec<&Entry> = Vec::with_capacity(request.descriptors.len());
+            for subject in request.descriptors.iter().filter_map(Descriptor::subject) {
+                if !subjects.contains(&subject) {
+                    subjects.push(subject);
+                }
+            }
+            self.top.record(subjects.into_iter(), denied, now);
+            return;
+        }
         let mut subjects: Vec<Entry> = Vec::with_capacity(request.descriptors.len());
-        for descriptor in &request.descriptors {
-            let Some((key, value)) = descriptor.subject() else {
-                continue;
-            };
-            let subject: Entry = if http {
-                (key.clone(), value.clone())
-            } else {
-                (format!("@{}/{key}", request.domain).into(), value.clone())
-            };
+        for (key, value) in request.descriptors.iter().filter_map(Descriptor::subject) {
+            let subject: Entry = (format!("@{}/{key}", request.domain).into(), value.clone());
             if !subjects.contains(&subject) {
                 subjects.push(subject);
             }
         }
-        self.top.record(subjects.iter(), denied, top::now_secs());
+        self.top.record(subjects.iter(), denied, now);
     }
 
     /// Checks (and, if allowed, counts) one request; with `marks`, also

@@ -88,14 +88,17 @@ impl Counts {
         }
     }
 
-    /// Keeps the `keep` largest.
+    /// Keeps at most the `keep` largest: those above the `keep`-th
+    /// largest count (ties at it go, so a flood of subjects seen once
+    /// leaves none of them behind).
     fn prune(&mut self, keep: usize) {
-        let mut all: Vec<(Entry, u64)> = self.map.drain().collect();
-        if all.len() > keep {
-            all.select_nth_unstable_by(keep, |a, b| b.1.cmp(&a.1));
-            all.truncate(keep);
+        if self.map.len() <= keep {
+            return;
         }
-        self.map = all.into_iter().collect();
+        let mut counts: Vec<u64> = self.map.values().copied().collect();
+        let (_, threshold, _) = counts.select_nth_unstable_by(keep, |a, b| b.cmp(a));
+        let threshold = *threshold;
+        self.map.retain(|_, count| *count > threshold);
     }
 
     /// The `n` largest, largest first.
