@@ -70,40 +70,55 @@ impl Kind {
     }
 }
 
-/// One bounded count of subjects.
+/// One bounded count of subjects: (requests, denials) each. A denial is a
+/// request too, so pruning by requests never drops a subject with more
+/// denials than one it keeps.
 #[derive(Debug, Default, Clone)]
 struct Counts {
-    map: HashMap<Entry, u64>,
+    map: HashMap<Entry, (u64, u64)>,
 }
 
 impl Counts {
-    fn add(&mut self, subject: &Entry, n: u64) {
-        if let Some(count) = self.map.get_mut(subject) {
-            *count += n;
+    fn add(&mut self, subject: &Entry, denied: bool) {
+        let denials = u64::from(denied);
+        if let Some((requests, denied)) = self.map.get_mut(subject) {
+            *requests += 1;
+            *denied += denials;
             return;
         }
-        self.map.insert(subject.clone(), n);
+        self.map.insert(subject.clone(), (1, denials));
         if self.map.len() >= 2 * CAPACITY {
             self.prune(CAPACITY);
         }
     }
 
-    /// Keeps at most the `keep` largest: those above the `keep`-th
-    /// largest count (ties at it go, so a flood of subjects seen once
-    /// leaves none of them behind).
+    /// Keeps at most the `keep` largest by requests: those above the
+    /// `keep`-th largest count (ties at it go, so a flood of subjects seen
+    /// once leaves none of them behind).
     fn prune(&mut self, keep: usize) {
         if self.map.len() <= keep {
             return;
         }
-        let mut counts: Vec<u64> = self.map.values().copied().collect();
+        let mut counts: Vec<u64> = self.map.values().map(|c| c.0).collect();
         let (_, threshold, _) = counts.select_nth_unstable_by(keep, |a, b| b.cmp(a));
         let threshold = *threshold;
-        self.map.retain(|_, count| *count > threshold);
+        self.map.retain(|_, count| count.0 > threshold);
     }
 
-    /// The `n` largest, largest first.
-    fn top(&self, n: usize) -> Vec<(Entry, u64)> {
-        let mut all: Vec<(Entry, u64)> = self.map.iter().map(|(e, c)| (e.clone(), *c)).collect();
+    /// The `n` largest of `kind` (none at 0), largest first.
+    fn top(&self, kind: Kind, n: usize) -> Vec<(Entry, u64)> {
+        let mut all: Vec<(Entry, u64)> = self
+            .map
+            .iter()
+            .map(|(e, (requests, denied))| {
+                let count = match kind {
+                    Kind::Requests => *requests,
+                    Kind::Denied => *denied,
+                };
+                (e.clone(), count)
+            })
+            .filter(|(_, count)| *count > 0)
+            .collect();
         all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         all.truncate(n);
         all
@@ -114,15 +129,26 @@ impl Counts {
 #[derive(Debug, Default)]
 struct Slot {
     index: u64,
-    requests: Counts,
-    denied: Counts,
+    counts: Counts,
 }
 
-/// Every instance's heavy hitters.
+impl Slot {
+    fn at(&mut self, index: u64) -> &mut Counts {
+        if self.index != index {
+            *self = Slot {
+                index,
+                counts: Counts::default(),
+            };
+        }
+        &mut self.counts
+    }
+}
+
+/// Every instance's heavy hitters: the minute's and the hour's, behind one
+/// lock (one lock per request).
 #[derive(Debug, Default)]
 pub struct TopOffenders {
-    minute: Mutex<Slot>,
-    hour: Mutex<Slot>,
+    slots: Mutex<(Slot, Slot)>,
 }
 
 /// Unix seconds now.
@@ -133,13 +159,6 @@ pub fn now_secs() -> u64 {
 }
 
 impl TopOffenders {
-    fn slot(&self, window: Window) -> &Mutex<Slot> {
-        match window {
-            Window::Minute => &self.minute,
-            Window::Hour => &self.hour,
-        }
-    }
-
     /// Counts one request of `subjects`, denied or not, at `now` (Unix
     /// seconds).
     pub fn record<'a>(
@@ -148,37 +167,31 @@ impl TopOffenders {
         denied: bool,
         now: u64,
     ) {
-        for window in Window::ALL {
-            let mut slot = self.slot(window).lock().unwrap_or_else(|e| e.into_inner());
-            let index = window.index(now);
-            if slot.index != index {
-                *slot = Slot {
-                    index,
-                    ..Slot::default()
-                };
-            }
-            for subject in subjects.clone() {
-                slot.requests.add(subject, 1);
-                if denied {
-                    slot.denied.add(subject, 1);
-                }
-            }
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let (minute, hour) = &mut *slots;
+        let minute = minute.at(Window::Minute.index(now));
+        for subject in subjects.clone() {
+            minute.add(subject, denied);
+        }
+        let hour = hour.at(Window::Hour.index(now));
+        for subject in subjects {
+            hour.add(subject, denied);
         }
     }
 
     /// This instance's largest counts of `window` as it stands at `now`:
     /// the window's index and the [`PUBLISHED`] largest subjects of `kind`.
     pub fn snapshot(&self, window: Window, kind: Kind, now: u64) -> (u64, Vec<(Entry, u64)>) {
-        let slot = self.slot(window).lock().unwrap_or_else(|e| e.into_inner());
+        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = match window {
+            Window::Minute => &slots.0,
+            Window::Hour => &slots.1,
+        };
         let index = window.index(now);
         if slot.index != index {
             return (index, Vec::new());
         }
-        let counts = match kind {
-            Kind::Requests => &slot.requests,
-            Kind::Denied => &slot.denied,
-        };
-        (index, counts.top(PUBLISHED))
+        (index, slot.counts.top(kind, PUBLISHED))
     }
 }
 
@@ -187,10 +200,10 @@ pub fn merge(parts: impl IntoIterator<Item = Vec<(Entry, u64)>>, n: usize) -> Ve
     let mut sum = Counts::default();
     for part in parts {
         for (subject, count) in part {
-            *sum.map.entry(subject).or_default() += count;
+            sum.map.entry(subject).or_default().0 += count;
         }
     }
-    sum.top(n)
+    sum.top(Kind::Requests, n)
 }
 
 #[cfg(test)]
@@ -217,7 +230,7 @@ mod tests {
         let (_, denied) = top.snapshot(Window::Hour, Kind::Denied, now);
         assert_eq!(denied, vec![(heavy, 2000)]);
         // Bounded: never more than twice the capacity.
-        assert!(top.minute.lock().unwrap().requests.map.len() < 2 * CAPACITY);
+        assert!(top.slots.lock().unwrap().0.counts.map.len() < 2 * CAPACITY);
     }
 
     #[test]
