@@ -799,6 +799,13 @@ async fn json_endpoint_and_healthcheck() {
     }
     let r = app.client.get(app.url("/json")).send().await.unwrap();
     assert_eq!(r.status(), 405);
+    // envoyproxy/ratelimit's /rlconfig dump.
+    let dump = app.get("/rlconfig").await.text().await.unwrap();
+    assert_eq!(
+        dump,
+        "dummy.one_per_day: unit=DAY requests_per_unit=1, shadow_mode: false, quota_mode: false\n\
+         dummy.two: unit=DAY requests_per_unit=2, shadow_mode: false, quota_mode: false\n"
+    );
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //! (a `RateLimitRequest` in proto3 JSON; 200 with the response when OK, 429
 //! when over the limit, 400 for a malformed request or a service error, as
 //! envoyproxy/ratelimit answers) and `/healthcheck` (200 `OK`, or 500 while
-//! the configuration is missing or Redis does not answer).
+//! the configuration is missing or Redis does not answer), and `/rlconfig`
+//! (its debug port's dump of the limits in force).
 
 use actix_web::{web, HttpResponse};
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
@@ -43,6 +44,22 @@ pub async fn json(rls: web::Data<Rls>, body: web::Bytes) -> HttpResponse {
 
 fn bad_request(message: &str) -> HttpResponse {
     HttpResponse::BadRequest().json(serde_json::json!({ "error": message }))
+}
+
+/// `GET /rlconfig`: envoyproxy/ratelimit's dump of the limits in force,
+/// one line each (`<stats key>: unit=<UNIT> requests_per_unit=<n>,
+/// shadow_mode: <bool>, quota_mode: <bool>`), sorted.
+pub async fn rlconfig(rls: web::Data<Rls>) -> HttpResponse {
+    let rules = rls.state().limiter.rules();
+    let mut lines = rules.erl().dump.clone();
+    lines.sort();
+    let mut body = lines.join("\n");
+    if !body.is_empty() {
+        body.push('\n');
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(body)
 }
 
 /// `/healthcheck`, any method.

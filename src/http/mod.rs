@@ -68,6 +68,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
             .default_service(not_allowed("POST")),
     )
     .service(web::resource("/healthcheck").route(web::route().to(envoy::json::healthcheck)))
+    .service(get_only("/rlconfig", envoy::json::rlconfig))
     .service(get_only("/rate-limit/status", routes::rate_limit_status))
     .service(get_only("/health", routes::health))
     .service(get_only("/livez", routes::livez))
