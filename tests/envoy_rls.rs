@@ -64,6 +64,24 @@ async fn client(app: &TestApp) -> RateLimitServiceClient<Channel> {
         .expect("connect to the gRPC port")
 }
 
+/// A Redis, a configuration directory holding `files`, the service over
+/// both with `extra` settings, and a gRPC client of it.
+async fn rig(
+    files: &[(&str, &str)],
+    extra: &[(&str, &str)],
+) -> (
+    RedisServer,
+    ConfigDir,
+    TestApp,
+    RateLimitServiceClient<Channel>,
+) {
+    let redis = RedisServer::start().await;
+    let config = ConfigDir::new(files);
+    let app = spawn_rls(&redis, &config, extra).await;
+    let c = client(&app).await;
+    (redis, config, app, c)
+}
+
 fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
     RateLimitDescriptor {
         entries: entries
@@ -148,10 +166,7 @@ const BASIC: &str = include_str!("fixtures/erl/basic.yaml");
 
 #[tokio::test]
 async fn empty_domain_or_descriptors_are_invalid_and_statuses_follow_the_request() {
-    let redis = RedisServer::start().await;
-    let config = ConfigDir::new(&[("basic.yaml", BASIC)]);
-    let app = spawn_rls(&redis, &config, &[]).await;
-    let mut c = client(&app).await;
+    let (_redis, _config, _app, mut c) = rig(&[("basic.yaml", BASIC)], &[]).await;
     let err = c
         .should_rate_limit(request("", vec![descriptor(&[("key2", "x")])]))
         .await
@@ -226,10 +241,7 @@ async fn empty_domain_or_descriptors_are_invalid_and_statuses_follow_the_request
 
 #[tokio::test]
 async fn basic_config_answers_as_envoys_ratelimit() {
-    let redis = RedisServer::start().await;
-    let config = ConfigDir::new(&[("basic.yaml", BASIC)]);
-    let app = spawn_rls(&redis, &config, &[]).await;
-    let mut c = client(&app).await;
+    let (_redis, _config, app, mut c) = rig(&[("basic.yaml", BASIC)], &[]).await;
     let d = "test-domain";
     for entries in [
         &[("key1", "something")][..],
@@ -287,10 +299,7 @@ async fn basic_config_answers_as_envoys_ratelimit() {
 
 #[tokio::test]
 async fn fixed_windows_count_to_the_limit_and_report_the_window_end() {
-    let redis = RedisServer::start().await;
-    let config = ConfigDir::new(&[("basic.yaml", BASIC)]);
-    let app = spawn_rls(&redis, &config, &[]).await;
-    let mut c = client(&app).await;
+    let (_redis, _config, _app, c) = rig(&[("basic.yaml", BASIC)], &[]).await;
     within_one_window(60, |attempt| {
         let mut c = c.clone();
         async move {
@@ -317,7 +326,6 @@ async fn fixed_windows_count_to_the_limit_and_report_the_window_end() {
         }
     })
     .await;
-    let _ = &mut c;
 }
 
 fn uuid() -> String {
@@ -345,10 +353,7 @@ descriptors:
 
 #[tokio::test]
 async fn wildcards_and_share_threshold() {
-    let redis = RedisServer::start().await;
-    let config = ConfigDir::new(&[("wild.yaml", WILDCARDS)]);
-    let app = spawn_rls(&redis, &config, &[]).await;
-    let mut c = client(&app).await;
+    let (_redis, _config, _app, c) = rig(&[("wild.yaml", WILDCARDS)], &[]).await;
     within_one_window(86_400, |_| {
         let mut c = c.clone();
         async move {
@@ -397,13 +402,11 @@ async fn wildcards_and_share_threshold() {
         }
     })
     .await;
-    let _ = &mut c;
 }
 
 #[tokio::test]
 async fn replaces_unlimited_and_zero_limits() {
-    let redis = RedisServer::start().await;
-    let config = ConfigDir::new(&[(
+    let (redis, _config, _app, c) = rig(&[(
         "replaces.yaml",
         r#"
 domain: domain
@@ -420,9 +423,7 @@ descriptors:
   - { key: remote_address, rate_limit: { unit: day, requests_per_unit: 10 } }
   - { key: remote_address, value: 50.0.0.5, rate_limit: { unit: day, requests_per_unit: 0 } }
 "#,
-    )]);
-    let app = spawn_rls(&redis, &config, &[]).await;
-    let mut c = client(&app).await;
+    )], &[]).await;
     within_one_window(86_400, |_| {
         let mut c = c.clone();
         let redis = &redis;
@@ -468,7 +469,6 @@ descriptors:
         }
     })
     .await;
-    let _ = &mut c;
 }
 
 /// How many EVALSHA calls the Redis server has run.
@@ -489,13 +489,10 @@ async fn evalsha_calls(redis: &RedisServer) -> u64 {
 
 #[tokio::test]
 async fn hits_addend_peeks_costs_overrides_and_refunds() {
-    let redis = RedisServer::start().await;
-    let config = ConfigDir::new(&[(
+    let (_redis, _config, _app, c) = rig(&[(
         "hits.yaml",
         "domain: hits\ndescriptors:\n  - { key: user, rate_limit: { unit: day, requests_per_unit: 10 } }\n  - { key: plan, rate_limit: { unit: day, requests_per_unit: 1000 } }\n",
-    )]);
-    let app = spawn_rls(&redis, &config, &[]).await;
-    let mut c = client(&app).await;
+    )], &[]).await;
     within_one_window(86_400, |_| {
         let mut c = c.clone();
         async move {
@@ -573,7 +570,6 @@ async fn hits_addend_peeks_costs_overrides_and_refunds() {
         }
     })
     .await;
-    let _ = &mut c;
 }
 
 #[tokio::test]
@@ -662,10 +658,7 @@ async fn shadow_modes_and_response_headers() {
 
 #[tokio::test]
 async fn a_cached_denial_spares_redis() {
-    let redis = RedisServer::start().await;
-    let config = ConfigDir::new(&[("c.yaml", "domain: c\ndescriptors:\n  - { key: k, rate_limit: { unit: day, requests_per_unit: 1 } }\n")]);
-    let app = spawn_rls(&redis, &config, &[]).await;
-    let mut c = client(&app).await;
+    let (redis, _config, _app, c) = rig(&[("c.yaml", "domain: c\ndescriptors:\n  - { key: k, rate_limit: { unit: day, requests_per_unit: 1 } }\n")], &[]).await;
     within_one_window(86_400, |_| {
         let mut c = c.clone();
         let redis = &redis;
@@ -681,15 +674,11 @@ async fn a_cached_denial_spares_redis() {
         }
     })
     .await;
-    let _ = &mut c;
 }
 
 #[tokio::test]
 async fn config_reloads_keep_the_old_rules_on_error() {
-    let redis = RedisServer::start().await;
-    let config = ConfigDir::new(&[("a.yaml", "domain: a\ndescriptors:\n  - { key: k, rate_limit: { unit: day, requests_per_unit: 5 } }\n")]);
-    let app = spawn_rls(&redis, &config, &[]).await;
-    let mut c = client(&app).await;
+    let (_redis, config, app, mut c) = rig(&[("a.yaml", "domain: a\ndescriptors:\n  - { key: k, rate_limit: { unit: day, requests_per_unit: 5 } }\n")], &[]).await;
     let key = uuid();
     assert_eq!(
         limit_of(&one(&mut c, "a", &[("k", &key)]).await).unwrap().0,
@@ -810,10 +799,7 @@ async fn json_endpoint_and_healthcheck() {
 
 #[tokio::test]
 async fn redis_down_answers_unavailable_quickly_and_health_says_not_serving() {
-    let mut redis = RedisServer::start().await;
-    let config = ConfigDir::new(&[("d.yaml", "domain: d\ndescriptors:\n  - { key: k, rate_limit: { unit: day, requests_per_unit: 5 } }\n")]);
-    let app = spawn_rls(&redis, &config, &[("REDIS_TIMEOUT_MS", "50")]).await;
-    let mut c = client(&app).await;
+    let (mut redis, _config, app, mut c) = rig(&[("d.yaml", "domain: d\ndescriptors:\n  - { key: k, rate_limit: { unit: day, requests_per_unit: 5 } }\n")], &[("REDIS_TIMEOUT_MS", "50")]).await;
     let channel = Channel::from_shared(format!("http://127.0.0.1:{}", app.grpc_port))
         .unwrap()
         .connect()
@@ -941,10 +927,7 @@ async fn grpc_uds_serves_on_a_unix_socket() {
 #[tokio::test]
 async fn admin_status_reset_and_overrides_work_for_descriptors() {
     const TOKEN: &str = "descriptor-admin-token-0123";
-    let redis = RedisServer::start().await;
-    let config = ConfigDir::new(&[("a.yaml", "domain: edge\ndescriptors:\n  - { key: api_key, rate_limit: { name: per_key, unit: day, requests_per_unit: 3, algorithm: gcra } }\n")]);
-    let app = spawn_rls(&redis, &config, &[("ADMIN_TOKEN", TOKEN)]).await;
-    let mut c = client(&app).await;
+    let (_redis, _config, app, mut c) = rig(&[("a.yaml", "domain: edge\ndescriptors:\n  - { key: api_key, rate_limit: { name: per_key, unit: day, requests_per_unit: 3, algorithm: gcra } }\n")], &[("ADMIN_TOKEN", TOKEN)]).await;
     let key = format!("k/{}", uuid()); // a '/' in the value: percent-encoded
     let query = format!("descriptor=api_key={}", key.replace('/', "%252F"));
     let admin = |method: reqwest::Method, path: &str| {
@@ -1155,8 +1138,7 @@ async fn symlink_swaps_reload_in_both_watch_modes() {
 
 #[tokio::test]
 async fn quota_mode_is_over_only_when_every_quota_descriptor_is() {
-    let redis = RedisServer::start().await;
-    let config = ConfigDir::new(&[(
+    let (_redis, _config, _app, mut c) = rig(&[(
         "q.yaml",
         r#"
 domain: q
@@ -1166,9 +1148,7 @@ descriptors:
   - { key: user, rate_limit: { unit: day, requests_per_unit: 100, algorithm: gcra } }
   - { key: banned, rate_limit: { unit: day, requests_per_unit: 0 } }
 "#,
-    )]);
-    let app = spawn_rls(&redis, &config, &[]).await;
-    let mut c = client(&app).await;
+    )], &[]).await;
     let user = uuid();
     let both = || {
         request(
@@ -1207,22 +1187,14 @@ descriptors:
 
 #[tokio::test]
 async fn ratelimit_key_format_shares_counters_with_envoys_ratelimit() {
-    let redis = RedisServer::start().await;
-    let config = ConfigDir::new(&[(
+    let (redis, _config, _app, c) = rig(&[(
         "k.yaml",
         "domain: basic\ndescriptors:\n  - { key: key1, rate_limit: { unit: day, requests_per_unit: 10 } }\n  - { key: key2, rate_limit: { unit: day, requests_per_unit: 10, algorithm: gcra } }\n",
-    )]);
-    let app = spawn_rls(
-        &redis,
-        &config,
-        &[
+    )], &[
             ("ENVOY_KEY_FORMAT", "ratelimit"),
             ("CACHE_KEY_PREFIX", "prefix:"),
-        ],
-    )
-    .await;
-    let mut c = client(&app).await;
-    let mut conn = redis.connection().await.unwrap();
+        ],).await;
+    let conn = redis.connection().await.unwrap();
     within_one_window(86_400, |_| {
         let (mut c, mut conn) = (c.clone(), conn.clone());
         async move {
@@ -1276,5 +1248,4 @@ async fn ratelimit_key_format_shares_counters_with_envoys_ratelimit() {
         }
     })
     .await;
-    let _ = (&mut c, &mut conn);
 }
