@@ -217,6 +217,17 @@ impl Unit {
         .find(|u| *u as i32 == code)
     }
 
+    /// The unit numbered `code` in `envoy.type.v3.RateLimitUnit`, the enum
+    /// of a descriptor's `limit`: the response's numbers, without WEEK.
+    pub fn from_override_code(code: i32) -> Option<Unit> {
+        Unit::try_from_code(code).filter(|u| *u != Unit::Week)
+    }
+
+    /// This unit's number in `envoy.type.v3.RateLimitUnit`, if it has one.
+    pub fn override_code(self) -> Option<i32> {
+        (self != Unit::Week).then_some(self as i32)
+    }
+
     /// A unit name, in any case (`minute`, `MINUTE`).
     pub fn parse(name: &str) -> Option<Unit> {
         [

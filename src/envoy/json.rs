@@ -173,8 +173,8 @@ impl JsonRequest {
                         // UNKNOWN, which the service refuses.
                         unit: match l.unit {
                             Some(serde_json::Value::String(name)) => Unit::parse(&name)
-                                .filter(|u| *u != Unit::Week)
-                                .map_or(0, override_code),
+                                .and_then(Unit::override_code)
+                                .unwrap_or(0),
                             Some(serde_json::Value::Number(n)) => {
                                 n.as_i64().and_then(|n| i32::try_from(n).ok()).unwrap_or(0)
                             }
@@ -186,19 +186,6 @@ impl JsonRequest {
                 })
                 .collect(),
         }
-    }
-}
-
-/// A unit's number in `envoy.type.v3.RateLimitUnit` (which has no WEEK).
-fn override_code(unit: Unit) -> i32 {
-    match unit {
-        Unit::Second => 1,
-        Unit::Minute => 2,
-        Unit::Hour => 3,
-        Unit::Day => 4,
-        Unit::Month => 5,
-        Unit::Year => 6,
-        Unit::Week => 0,
     }
 }
 
@@ -233,7 +220,7 @@ struct JsonLimit {
     name: String,
     #[serde(skip_serializing_if = "is_zero")]
     requests_per_unit: u32,
-    unit: &'static str,
+    unit: String,
 }
 
 #[derive(Serialize)]
@@ -266,15 +253,8 @@ impl From<&RateLimitResponse> for JsonResponse {
                     current_limit: s.current_limit.as_ref().map(|l| JsonLimit {
                         name: l.name.clone(),
                         requests_per_unit: l.requests_per_unit,
-                        unit: Unit::try_from_code(l.unit).map_or("UNKNOWN", |u| match u {
-                            Unit::Second => "SECOND",
-                            Unit::Minute => "MINUTE",
-                            Unit::Hour => "HOUR",
-                            Unit::Day => "DAY",
-                            Unit::Week => "WEEK",
-                            Unit::Month => "MONTH",
-                            Unit::Year => "YEAR",
-                        }),
+                        unit: Unit::try_from_code(l.unit)
+                            .map_or("UNKNOWN".into(), |u| u.as_str().to_ascii_uppercase()),
                     }),
                     limit_remaining: s.limit_remaining,
                     duration_until_reset: s

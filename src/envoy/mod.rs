@@ -151,7 +151,12 @@ impl Rls {
                     ..Default::default()
                 },
                 Mark::Banned { label, shadow } => {
-                    self.count(label, d, 0, !shadow, *shadow, 0);
+                    let verdict = if *shadow {
+                        Counted::ShadowOver
+                    } else {
+                        Counted::Over
+                    };
+                    self.count(&check.domain, label, d, verdict);
                     DescriptorStatus {
                         code: if *shadow { Code::Ok } else { Code::OverLimit } as i32,
                         current_limit: Some(current_limit(label)),
@@ -166,7 +171,7 @@ impl Rls {
                     (
                         Decision::Allowed(outcome) | Decision::Denied(outcome),
                         Some((allowed, q)),
-                    ) => self.limited_status(outcome, q, allowed, d),
+                    ) => self.limited_status(&check.domain, outcome, q, allowed, d),
                     (Decision::Local { verdict, .. }, _) => DescriptorStatus {
                         code: if verdict.allowed {
                             Code::Ok
@@ -226,6 +231,7 @@ impl Rls {
     /// reported for it (its tightest, or the one denying longest).
     fn limited_status(
         &self,
+        domain: &str,
         outcome: &Outcome,
         index: usize,
         allowed: bool,
@@ -234,14 +240,15 @@ impl Rls {
         let (policy, quota) = &outcome.quotas[index];
         let label = label_of(policy);
         let over = !quota.allowed;
-        self.count(
-            &label,
-            d,
-            quota.remaining,
-            over && !policy.shadow(),
-            over && policy.shadow(),
-            quota.limit,
-        );
+        let verdict = match (over, policy.shadow()) {
+            (false, _) => Counted::Within {
+                remaining: quota.remaining,
+                limit: quota.limit,
+            },
+            (true, false) => Counted::Over,
+            (true, true) => Counted::ShadowOver,
+        };
+        self.count(domain, &label, d, verdict);
         DescriptorStatus {
             code: if allowed { Code::Ok } else { Code::OverLimit } as i32,
             current_limit: Some(current_limit(&label)),
@@ -252,15 +259,7 @@ impl Rls {
     }
 
     /// envoyproxy/ratelimit's per-rule counts (in hits) for one descriptor.
-    fn count(
-        &self,
-        label: &Label,
-        d: &Descriptor,
-        remaining: u32,
-        over: bool,
-        shadow: bool,
-        limit: u32,
-    ) {
+    fn count(&self, domain: &str, label: &Label, d: &Descriptor, verdict: Counted) {
         let Ok(hits) = u64::try_from(d.hits) else {
             return; // a refund counts nothing
         };
@@ -280,16 +279,18 @@ impl Rls {
                 Cow::Borrowed(label.key2.as_str()),
             )
         };
-        let domain = label.stats_key.split('.').next().unwrap_or("");
         let labels = metrics.labels(domain, &key1, &key2, label.detailed);
         metrics.total_hits.with_label_values(&labels).inc_by(hits);
-        if over || shadow {
-            metrics.over_limit.with_label_values(&labels).inc_by(hits);
-            if shadow {
-                metrics.shadow_mode.with_label_values(&labels).inc_by(hits);
+        let (remaining, limit) = match verdict {
+            Counted::Within { remaining, limit } => (remaining, limit),
+            over => {
+                metrics.over_limit.with_label_values(&labels).inc_by(hits);
+                if over == Counted::ShadowOver {
+                    metrics.shadow_mode.with_label_values(&labels).inc_by(hits);
+                }
+                return;
             }
-            return;
-        }
+        };
         metrics.within_limit.with_label_values(&labels).inc_by(hits);
         // After this hit `limit - remaining` are used; past the near-limit
         // share of the limit, the hits beyond it are near_limit ones.
@@ -352,6 +353,17 @@ impl Rls {
     }
 }
 
+/// How a descriptor's hits count in envoyproxy/ratelimit's metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Within its limit, with what is left of it.
+    Within { remaining: u32, limit: u32 },
+    /// Over an enforced limit.
+    Over,
+    /// Over a shadow-mode limit (allowed).
+    ShadowOver,
+}
+
 /// The check request of a `RateLimitRequest`, or why it is malformed.
 pub fn check_request(request: &RateLimitRequest) -> Result<CheckRequest, RlsError> {
     let invalid = |m: &str| Err(RlsError::InvalidArgument(m.to_owned()));
@@ -407,18 +419,11 @@ fn descriptor(d: &RateLimitDescriptor, default_hits: u64) -> Result<Descriptor, 
     let limit = match &d.limit {
         None => None,
         Some(limit) => {
-            // envoy.type.v3.RateLimitUnit: 1..=6, SECOND to YEAR (no WEEK).
-            let unit = match limit.unit {
-                1 => Unit::Second,
-                2 => Unit::Minute,
-                3 => Unit::Hour,
-                4 => Unit::Day,
-                5 => Unit::Month,
-                6 => Unit::Year,
-                _ => return invalid(
+            let Some(unit) = Unit::from_override_code(limit.unit) else {
+                return invalid(
                     "a descriptor's limit needs a unit: SECOND, MINUTE, HOUR, DAY, MONTH or YEAR"
                         .into(),
-                ),
+                );
             };
             Some(LimitOverride {
                 requests_per_unit: limit.requests_per_unit,

@@ -219,12 +219,6 @@ pub fn read(settings: &RuntimeSettings) -> Result<(Texts, Option<String>), Rules
     Ok((read_texts(files)?, warning))
 }
 
-/// Reads and validates every file; all or nothing.
-pub fn load(settings: &RuntimeSettings) -> Result<(Config, Option<String>), RulesError> {
-    let (texts, warning) = read(settings)?;
-    Ok((compile(&texts, settings)?, warning))
-}
-
 /// Validates and compiles files given as (key, YAML text) with the
 /// settings' merge and key format.
 pub fn compile(
@@ -863,6 +857,6 @@ descriptors:
     }
 
     fn load_ok(s: &RuntimeSettings) -> bool {
-        super::load(s).is_ok()
+        read(s).and_then(|(texts, _)| compile(&texts, s)).is_ok()
     }
 }
