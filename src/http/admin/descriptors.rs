@@ -14,7 +14,7 @@ use crate::http::errors::{ApiError, ErrorBody};
 use crate::http::routes::PolicyStatus;
 use crate::limiter::overrides::{self, OverrideSpec};
 use crate::limiter::request::parse_path;
-use crate::limiter::{CheckRequest, Descriptor, Entry, OverrideState};
+use crate::limiter::{CheckRequest, Descriptor, Entry};
 
 /// The `{domain}` of a descriptor path.
 #[derive(Deserialize, IntoParams)]
@@ -184,24 +184,10 @@ pub async fn put_descriptor_override(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, subject) = named(&state, &path.domain, &query)?;
-    let spec = body.into_inner();
-    state
-        .limiter
-        .set_override(&subject, &spec)
-        .await
-        .map_err(super::admin_error)?;
-    audit(
-        "set_override",
-        &subject,
-        &serde_json::to_string(&spec).unwrap_or_default(),
-    );
-    Ok(HttpResponse::Ok().json(OverrideEntry::new(
-        subject,
-        OverrideState {
-            spec,
-            problem: None,
-        },
-    )))
+    let (response, detail) =
+        super::store_override(&state, subject.clone(), body.into_inner()).await?;
+    audit("set_override", &subject, &detail);
+    Ok(response)
 }
 
 /// Removes one descriptor's override on every instance.
@@ -225,14 +211,7 @@ pub async fn delete_descriptor_override(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (_, subject) = named(&state, &path.domain, &query)?;
-    let existed = state
-        .limiter
-        .delete_override(&subject)
-        .await
-        .map_err(ApiError::Unavailable)?;
-    if !existed {
-        return Err(ApiError::NotFound);
-    }
+    let response = super::remove_override(&state, &subject).await?;
     audit("delete_override", &subject, "");
-    Ok(HttpResponse::NoContent().finish())
+    Ok(response)
 }

@@ -117,12 +117,47 @@ pub(super) async fn standing(
     })
 }
 
-/// The answer to a change the limiter refused.
-pub(super) fn admin_error(err: AdminError) -> ApiError {
-    match err {
-        AdminError::Invalid(problem) => ApiError::BadRequest(problem),
-        AdminError::Store(err) => ApiError::Unavailable(err),
+/// Sets `spec` as `subject`'s override on every instance; the stored
+/// entry, answered, and the spec as the audit line shows it.
+pub(super) async fn store_override(
+    state: &AppState,
+    subject: Entry,
+    spec: OverrideSpec,
+) -> Result<(HttpResponse, String), ApiError> {
+    state
+        .limiter
+        .set_override(&subject, &spec)
+        .await
+        .map_err(|err| match err {
+            AdminError::Invalid(problem) => ApiError::BadRequest(problem),
+            AdminError::Store(err) => ApiError::Unavailable(err),
+        })?;
+    let detail = serde_json::to_string(&spec).unwrap_or_default();
+    let entry = OverrideEntry::new(
+        subject,
+        OverrideState {
+            spec,
+            problem: None,
+        },
+    );
+    Ok((HttpResponse::Ok().json(entry), detail))
+}
+
+/// Removes `subject`'s override on every instance: 204, or 404 when it
+/// had none.
+pub(super) async fn remove_override(
+    state: &AppState,
+    subject: &Entry,
+) -> Result<HttpResponse, ApiError> {
+    let existed = state
+        .limiter
+        .delete_override(subject)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    if !existed {
+        return Err(ApiError::NotFound);
     }
+    Ok(HttpResponse::NoContent().finish())
 }
 
 fn audit(action: &str, identity: &Identity, detail: &str) {
@@ -223,24 +258,9 @@ pub async fn put_override(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let identity = identity(&path.strategy, &path.id)?;
-    let spec = body.into_inner();
-    state
-        .limiter
-        .set_override(&subject(&identity), &spec)
-        .await
-        .map_err(admin_error)?;
-    audit(
-        "set_override",
-        &identity,
-        &serde_json::to_string(&spec).unwrap_or_default(),
-    );
-    Ok(HttpResponse::Ok().json(OverrideEntry::new(
-        subject(&identity),
-        OverrideState {
-            spec,
-            problem: None,
-        },
-    )))
+    let (response, detail) = store_override(&state, subject(&identity), body.into_inner()).await?;
+    audit("set_override", &identity, &detail);
+    Ok(response)
 }
 
 /// The override of one identity.
@@ -289,16 +309,9 @@ pub async fn delete_override(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let identity = identity(&path.strategy, &path.id)?;
-    let existed = state
-        .limiter
-        .delete_override(&subject(&identity))
-        .await
-        .map_err(ApiError::Unavailable)?;
-    if !existed {
-        return Err(ApiError::NotFound);
-    }
+    let response = remove_override(&state, &subject(&identity)).await?;
     audit("delete_override", &identity, "");
-    Ok(HttpResponse::NoContent().finish())
+    Ok(response)
 }
 
 /// Every unexpired override, each saying whether it is in force.
