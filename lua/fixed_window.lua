@@ -49,6 +49,21 @@ function M.check(key, limit, window, cost, now)
     end
   end
 
+  local verdict, count = M.decide(used, limit, cost, reset)
+  if count then
+    verdict.commit = function(px)
+      redis.call('SET', key, string.format('%d %d', window_start, count), 'PX', px)
+    end
+  end
+  return verdict
+end
+
+-- The decision of a fixed window that has `used` units of `limit`, ending
+-- in `reset` ms, for a request taking `cost`: the verdict without its
+-- commit step, and the count that step must store (nil when denied). How
+-- it is stored is the caller's: this module's "start count" strings,
+-- ratelimit_fixed_window.lua's plain integers.
+function M.decide(used, limit, cost, reset)
   if cost < 0 then
     -- A refund: give back up to what this window used, never below zero.
     local left = math.max(0, used + cost)
@@ -58,10 +73,7 @@ function M.check(key, limit, window, cost, now)
       reset = reset,
       retry_after = 0,
       ttl = reset,
-      commit = function(px)
-        redis.call('SET', key, string.format('%d %d', window_start, left), 'PX', px)
-      end,
-    }
+    }, left
   end
 
   if used + cost <= limit then
@@ -71,10 +83,7 @@ function M.check(key, limit, window, cost, now)
       reset = reset,
       retry_after = 0,
       ttl = reset, -- the counter dies with its window
-      commit = function(px)
-        redis.call('SET', key, string.format('%d %d', window_start, used + cost), 'PX', px)
-      end,
-    }
+    }, used + cost
   end
   -- max(): a limit lowered by a new configuration can be below what this
   -- window already used.

@@ -9,7 +9,8 @@ together during a migration. Unlike envoyproxy/ratelimit (INCRBY then
 EXPIRE, pipelined), the count and its expiry are written in one script, so
 a key never lives without a TTL, and a denied request adds nothing.
 
-M.check(key, limit, window, cost, now) -> verdict: as fixed_window.lua.
+M.check(key, limit, window, cost, now) -> verdict: as fixed_window.lua,
+whose decision it shares (M.decide).
 ]]
 
 local M = {}
@@ -28,21 +29,14 @@ function M.check(key, limit, window, cost, now)
   -- The key holds one window: it expires with it (envoyproxy/ratelimit
   -- sets the unit, plus jitter).
   local ttl_seconds = math.max(1, math.ceil(window / 1000))
-  local function write(count)
-    return function()
+  -- The decision is fixed_window.lua's (loaded before this module).
+  local verdict, count = ALGORITHMS['fixed_window'].decide(used, limit, cost, reset)
+  if count then
+    verdict.commit = function()
       redis.call('SET', key, string.format('%d', count), 'EX', ttl_seconds)
     end
   end
-  if cost < 0 then
-    local left = math.max(0, used + cost)
-    return { allowed = true, remaining = math.max(0, limit - left), reset = reset, retry_after = 0,
-             ttl = reset, commit = write(left) }
-  end
-  if used + cost <= limit then
-    return { allowed = true, remaining = limit - used - cost, reset = reset, retry_after = 0,
-             ttl = reset, commit = write(used + cost) }
-  end
-  return { allowed = false, remaining = math.max(0, limit - used), reset = reset, retry_after = reset, ttl = reset }
+  return verdict
 end
 
 return M
