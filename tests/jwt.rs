@@ -57,6 +57,32 @@ fn key_pair(dir: &TempDir, algorithm: &[&str]) -> (PathBuf, PathBuf) {
     (private, public)
 }
 
+/// An openssl key pair (`algorithm`), the service verifying tokens with
+/// its public key (JWT_PUBLIC_KEY_FILE, claim `sub`), and the private key
+/// to sign them with.
+async fn public_key_app(
+    redis: &RedisServer,
+    dir: &TempDir,
+    algorithm: &[&str],
+    encoding_key: fn(&[u8]) -> jsonwebtoken::errors::Result<EncodingKey>,
+) -> (TestApp, EncodingKey) {
+    let (private, public) = key_pair(dir, algorithm);
+    let app = spawn_app(
+        redis,
+        &[
+            ("JWT_CLAIM", "sub"),
+            ("JWT_PUBLIC_KEY_FILE", public.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let key = encoding_key(&std::fs::read(&private).unwrap()).unwrap();
+    (app, key)
+}
+
+fn sign(algorithm: Algorithm, key: &EncodingKey, claims: Value) -> String {
+    encode(&Header::new(algorithm), &claims, key).unwrap()
+}
+
 async fn status(app: &TestApp, token: &str) -> (u16, Value) {
     let r = app
         .client
@@ -154,24 +180,20 @@ async fn hs256_tokens_identify_by_claim_and_bad_ones_get_401() {
 #[tokio::test]
 async fn es256_public_keys_and_jwks_files_verify_tokens() {
     let dir = TempDir::new("jwt-keys");
-    let (private, public) = key_pair(&dir, &["EC", "-pkeyopt", "ec_paramgen_curve:P-256"]);
     let redis = RedisServer::start().await;
-    let app = spawn_app(
+    let (app, key) = public_key_app(
         &redis,
-        &[
-            ("JWT_CLAIM", "sub"),
-            ("JWT_PUBLIC_KEY_FILE", public.to_str().unwrap()),
-        ],
+        &dir,
+        &["EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        EncodingKey::from_ec_pem,
     )
     .await;
-    let key = EncodingKey::from_ec_pem(&std::fs::read(&private).unwrap()).unwrap();
     let subject = unique_key("es256");
-    let token = encode(
-        &Header::new(Algorithm::ES256),
-        &json!({"sub": subject, "exp": now() + 600}),
+    let token = sign(
+        Algorithm::ES256,
         &key,
-    )
-    .unwrap();
+        json!({"sub": subject, "exp": now() + 600}),
+    );
     let (code, body) = status(&app, &token).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["identifier"], subject.as_str());
@@ -244,32 +266,27 @@ fn base64_url(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn rs256_public_keys_verify_tokens() {
     let dir = TempDir::new("jwt-rsa");
-    let (private, public) = key_pair(&dir, &["RSA", "-pkeyopt", "rsa_keygen_bits:2048"]);
     let redis = RedisServer::start().await;
-    let app = spawn_app(
+    let (app, key) = public_key_app(
         &redis,
-        &[
-            ("JWT_CLAIM", "sub"),
-            ("JWT_PUBLIC_KEY_FILE", public.to_str().unwrap()),
-        ],
+        &dir,
+        &["RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        EncodingKey::from_rsa_pem,
     )
     .await;
-    let key = EncodingKey::from_rsa_pem(&std::fs::read(&private).unwrap()).unwrap();
     let subject = unique_key("rs256");
-    let token = encode(
-        &Header::new(Algorithm::RS256),
-        &json!({"sub": subject, "exp": now() + 600}),
+    let token = sign(
+        Algorithm::RS256,
         &key,
-    )
-    .unwrap();
+        json!({"sub": subject, "exp": now() + 600}),
+    );
     let (code, body) = status(&app, &token).await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["identifier"], subject.as_str());
-    let expired = encode(
-        &Header::new(Algorithm::RS256),
-        &json!({"sub": subject, "exp": now() - 10}),
+    let expired = sign(
+        Algorithm::RS256,
         &key,
-    )
-    .unwrap();
+        json!({"sub": subject, "exp": now() - 10}),
+    );
     assert_eq!(status(&app, &expired).await.0, 401);
 }
