@@ -162,6 +162,24 @@ pub fn read_erl(settings: &RuntimeSettings) -> Result<(ErlFiles, Option<String>)
     erl::read(settings).map_err(|err| err.to_string())
 }
 
+/// Says that `config` was loaded (at start-up or on reload): its warning,
+/// the metrics, the log line.
+pub fn erl_loaded(
+    metrics: &crate::telemetry::EnvoyMetrics,
+    config: &erl::Config,
+    warning: Option<String>,
+) {
+    if let Some(warning) = warning {
+        log::warn!("Envoy configuration: {warning}");
+    }
+    metrics.config_load_success.inc();
+    metrics.config_loaded.set(1);
+    log::info!(
+        "Envoy configuration: loaded {} domains",
+        config.domains.len()
+    );
+}
+
 /// Applies the Envoy configuration directory if its files changed since
 /// `last` and all of them are valid; otherwise the configuration in force
 /// stays, and the error names the file and the problem.
@@ -195,15 +213,9 @@ pub fn reload_erl_if_changed(
     *last = Some(files);
     match result {
         Ok(config) => {
-            if let Some(warning) = warning {
-                log::warn!("Envoy configuration: {warning}");
-            }
-            let domains = config.domains.len();
+            erl_loaded(metrics, &config, warning);
             let rules = Rules::clone(&state.limiter.rules()).with_erl(std::sync::Arc::new(config));
             state.limiter.replace_rules(rules);
-            metrics.config_load_success.inc();
-            metrics.config_loaded.set(1);
-            log::info!("Envoy configuration: loaded {domains} domains");
             Reloaded::Applied
         }
         Err(err) => refused(err.to_string()),

@@ -70,11 +70,7 @@ impl Application {
                 });
                 match loaded {
                     Ok((files, warning, config)) => {
-                        if let Some(warning) = warning {
-                            log::warn!("Envoy configuration: {warning}");
-                        }
-                        metrics.envoy.config_load_success.inc();
-                        metrics.envoy.config_loaded.set(1);
+                        crate::reload::erl_loaded(&metrics.envoy, &config, warning);
                         erl_files = Some(files);
                         rules.with_erl(Arc::new(config))
                     }
