@@ -1,39 +1,54 @@
 --[[
-check.lua: the one script run per request (with EVALSHA). It checks every
-policy that applies to one identity, all-or-nothing: if any enforced policy
-denies, none is charged. A shadow policy is checked and charged like the
-others but never blocks: its denial is reported, not enforced, and only
-that policy goes uncharged.
+check.lua: the one script the service runs for its decisions (EVALSHA). One
+call decides one check or several coalesced ones (the checks that were
+waiting on one connection), in order, each as if it ran in a call of its
+own: a check's writes are made before the next check reads, so two checks
+of one identity in one call see each other exactly as two calls would.
 
-The service loads it with the four algorithm modules placed before it
-(fixed_window.lua, sliding_window.lua, token_bucket.lua, gcra.lua), each
-bound as ALGORITHMS[<name>] (see src/redis/scripts.rs), so the SHA covers
-all of them.
+A check covers every policy that applies to one request, all-or-nothing:
+if any enforced policy denies, none is charged. A shadow policy is checked
+and charged like the others but never blocks: its denial is reported, not
+enforced, and only that policy goes uncharged.
 
-KEYS[i]   the counter of policy i: rate:{<strategy>:<id>}:... All keys of one
-          call carry the same hash tag {<strategy>:<id>}, so the call stays in
-          one Redis Cluster slot.
-ARGV[1]   now: ms since the Unix epoch, or empty to use the Redis server's
-          clock (TIME). Only tests pass it; reading the clock inside Redis
-          makes instances with skewed clocks agree.
-ARGV[2 + 5(i-1) ..]  five per policy i:
-          algorithm  fixed_window | sliding_window | token_bucket | gcra
+The service loads it with the algorithm modules placed before it
+(fixed_window.lua, sliding_window.lua, token_bucket.lua, gcra.lua,
+ratelimit_fixed_window.lua), reached as ALGORITHMS[<name>] and built on
+first use within a call (see src/redis/scripts.rs), so the SHA covers all
+of them and a call builds only the modules it uses.
+
+KEYS      the counters of every check, in order: check j's n_j keys follow
+          check j-1's. The keys of one call share one Redis Cluster slot
+          (a check's keys carry one hash tag, rate:{<subject>}:...; the
+          service coalesces only checks of one slot on a Cluster).
+ARGV, per check, in order:
+          now        ms since the Unix epoch, or empty to use the Redis
+                     server's clock (TIME, read once per call). Only tests
+                     pass it; reading the clock inside Redis makes instances
+                     with skewed clocks agree.
+          n          the number of policies of this check
+          then five per policy i:
+          algorithm  fixed_window | sliding_window | token_bucket | gcra |
+                     ratelimit_fixed_window
           limit      integer >= 1
           window     ms, integer >= 1
-          cost       integer: > 0 charges, 0 reads only (a status), < 0 refunds
-                     (gives units back, never below an empty counter; a
-                     refund is always allowed and always written)
+          cost       integer: > 0 charges, 0 reads only (a status), < 0
+                     refunds (gives units back, never below an empty counter;
+                     a refund is always allowed and always written)
           shadow     1: report this policy's denial, never enforce it; 0: enforce
 
-Reply, an array of integers:
-  1  allowed   1 if every enforced policy allowed (and the policies that
-               allowed were charged), else 0 (and nothing was charged)
-  2  now       the clock the decision used (ms since the epoch)
+Reply, an array of integers, per check, in order:
+  allowed   1 if every enforced policy allowed (and the policies that
+            allowed were charged), else 0 (and nothing was charged)
+  now       the clock the decision used (ms since the epoch)
   then five per policy i, the common reply shape of every algorithm:
      allowed, limit, remaining, reset (ms until full again),
      retry_after (ms until this policy would allow; 0 if it does)
-  When the request is denied, `remaining` of the policies that would have
+  When a check is denied, `remaining` of the policies that would have
   allowed it is their level before the (uncharged) request.
+
+Cost in Redis: one MGET for every key of the call, one SET per charged
+counter, one TIME per call; the script body itself runs once per call, so
+coalesced checks share it.
 ]]
 
 -- Expiry only collects garbage: every stored value carries its own time
@@ -43,50 +58,122 @@ Reply, an array of integers:
 -- real time moves on; it costs one second of memory per idle identity.
 local TTL_SLACK = 1000
 
-local now = tonumber(ARGV[1])
-if not now then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Every counter's value, read at once: false for a missing key or one of
+-- another type (MGET reads those as nil), which the modules treat as empty
+-- and the next SET replaces. A write updates it, so a later check of the
+-- same key in this call reads what an own call would. In slices: unpack()
+-- is bounded by Lua's stack.
+local stored = {}
+local nkeys = #KEYS
+local first = 1
+while first <= nkeys do
+  local last = math.min(nkeys, first + 999)
+  local values = redis.call('MGET', unpack(KEYS, first, last))
+  for k = first, last do
+    if stored[KEYS[k]] == nil then
+      stored[KEYS[k]] = values[k - first + 1]
+    end
+  end
+  first = last + 1
 end
 
-local verdicts = {}
-local all_allowed = true
-for i = 1, #KEYS do
-  local base = 2 + 5 * (i - 1)
-  local algorithm = ALGORITHMS[ARGV[base]]
-  if not algorithm then
-    return redis.error_reply('unknown algorithm ' .. tostring(ARGV[base]))
+local server_now
+local reply, r = {}, 0
+local a, k = 1, 0 -- the next ARGV, the keys used so far
+local nargs = #ARGV
+-- Per policy of a check of several: what its module said (made on first
+-- use: most calls have none).
+local allowed_, limit_, remaining_, reset_, retry_, ttl_, value_, px_, cost_
+while a <= nargs do
+  local now = tonumber(ARGV[a])
+  if not now then
+    if not server_now then
+      local t = redis.call('TIME')
+      server_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    end
+    now = server_now
   end
-  local limit, window, cost = tonumber(ARGV[base + 1]), tonumber(ARGV[base + 2]), tonumber(ARGV[base + 3])
-  local verdict = algorithm.check(KEYS[i], limit, window, cost, now)
-  verdict.limit = limit
-  verdict.cost = cost
-  verdicts[i] = verdict
-  if ARGV[base + 4] ~= '1' then
-    all_allowed = all_allowed and verdict.allowed
-  end
-end
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
 
-local reply = { all_allowed and 1 or 0, now }
-for i, v in ipairs(verdicts) do
-  local remaining = v.remaining
-  if v.cost < 0 or (all_allowed and v.allowed and v.cost > 0) then
-    v.commit(v.ttl + TTL_SLACK)
+  if n == 1 then
+    -- The common check, one policy: the same decision without the
+    -- bookkeeping all-or-nothing needs (nothing else to wait for).
+    local key = KEYS[k + 1]
+    local algorithm = ALGORITHMS[ARGV[a]]
+    if not algorithm then
+      return redis.error_reply('unknown algorithm ' .. tostring(ARGV[a]))
+    end
+    local limit, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
+    local allowed, remaining, reset, retry, ttl, value, px =
+      algorithm.check(stored[key], limit, tonumber(ARGV[a + 2]), cost, now)
+    if cost < 0 or (allowed and cost > 0) then
+      redis.call('SET', key, value, 'PX', px or (ttl + TTL_SLACK))
+      stored[key] = value
+    elseif redis.call('PTTL', key) == -1 then
+      -- Found without a TTL: see below.
+      redis.call('PEXPIRE', key, ttl + TTL_SLACK)
+    end
+    reply[r + 1] = (allowed or ARGV[a + 4] == '1') and 1 or 0
+    reply[r + 2] = now
+    reply[r + 3] = allowed and 1 or 0
+    reply[r + 4] = limit
+    reply[r + 5] = remaining
+    reply[r + 6] = reset
+    reply[r + 7] = retry
+    r = r + 7
+    a = a + 5
+    k = k + 1
   else
-    if v.allowed and not all_allowed and v.cost > 0 then
-      remaining = remaining + v.cost -- nothing was taken
+    -- Several policies, all-or-nothing.
+    if not allowed_ then
+      allowed_, limit_, remaining_, reset_, retry_, ttl_, value_, px_, cost_ =
+        {}, {}, {}, {}, {}, {}, {}, {}, {}
     end
-    -- A counter found without a TTL (a PERSIST, a write by another tool)
-    -- gets one, so it cannot pin this identity forever.
-    if redis.call('PTTL', KEYS[i]) == -1 then
-      redis.call('PEXPIRE', KEYS[i], v.ttl + TTL_SLACK)
+    local all_allowed = true
+    for i = 1, n do
+      local algorithm = ALGORITHMS[ARGV[a]]
+      if not algorithm then
+        return redis.error_reply('unknown algorithm ' .. tostring(ARGV[a]))
+      end
+      local limit, window, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+      local allowed
+      allowed, remaining_[i], reset_[i], retry_[i], ttl_[i], value_[i], px_[i] =
+        algorithm.check(stored[KEYS[k + i]], limit, window, cost, now)
+      allowed_[i], limit_[i], cost_[i] = allowed, limit, cost
+      if ARGV[a + 4] ~= '1' then
+        all_allowed = all_allowed and allowed
+      end
+      a = a + 5
     end
+
+    reply[r + 1] = all_allowed and 1 or 0
+    reply[r + 2] = now
+    r = r + 2
+    for i = 1, n do
+      local key, cost, remaining = KEYS[k + i], cost_[i], remaining_[i]
+      if cost < 0 or (all_allowed and allowed_[i] and cost > 0) then
+        local value = value_[i]
+        redis.call('SET', key, value, 'PX', px_[i] or (ttl_[i] + TTL_SLACK))
+        stored[key] = value
+      else
+        if allowed_[i] and not all_allowed and cost > 0 then
+          remaining = remaining + cost -- nothing was taken
+        end
+        -- A counter found without a TTL (a PERSIST, a write by another tool)
+        -- gets one, so it cannot pin this identity forever.
+        if redis.call('PTTL', key) == -1 then
+          redis.call('PEXPIRE', key, ttl_[i] + TTL_SLACK)
+        end
+      end
+      reply[r + 1] = allowed_[i] and 1 or 0
+      reply[r + 2] = limit_[i]
+      reply[r + 3] = remaining
+      reply[r + 4] = reset_[i]
+      reply[r + 5] = retry_[i]
+      r = r + 5
+    end
+    k = k + n
   end
-  local n = #reply
-  reply[n + 1] = v.allowed and 1 or 0
-  reply[n + 2] = v.limit
-  reply[n + 3] = remaining
-  reply[n + 4] = v.reset
-  reply[n + 5] = v.retry_after
 end
 return reply

@@ -6,42 +6,45 @@ hh:mm:59.999), so every instance and every retry agrees on which window a
 request falls in. Known weakness: `limit` at the end of one window and
 `limit` at the start of the next are 2 x limit within a few milliseconds.
 
-Storage: KEY is a string "<window start ms> <units used>", read with one GET
-and written with one SET ... PX (a hash would take a third call for the
-expiry; every call inside a script costs about 2 us of Redis time here).
+Storage: KEY is a string "<window start ms> <units used>", read with the
+MGET of every key of a call and written with one SET ... PX (a hash would
+take another call for the expiry; every call inside a script costs about
+1.5 us of Redis time here).
 Keeping the window start in the value, instead of in the key name, means the
 script never builds a key the caller did not declare (Redis Cluster forbids
 that) and recognises a stale counter even before its TTL fires.
 
-M.check(key, limit, window, cost, now) -> verdict
-  key     the counter's key (declared in KEYS by the caller)
+M.check(stored, limit, window, cost, now)
+    -> allowed, remaining, reset, retry_after, ttl, value [, px]
+  stored  the key's value (a string), or false when it has none (missing,
+          or a key of another type: it reads as empty and the next SET
+          replaces it)
   limit   units per window, integer >= 1
   window  window length in ms, integer >= 1
-  cost    units this request takes, integer >= 0 (0: read only)
+  cost    units this request takes, integer (0: read only, < 0: a refund)
   now     ms since the Unix epoch
-verdict, the per-policy part of the common reply, plus a commit step:
+Plain values, no table and no closure per call (Redis runs the script body,
+and so every allocation in it, on each call). The per-policy part of the
+common reply, plus what check.lua writes:
   allowed      true if `cost` fits now
   remaining    units left after this request if allowed, else left now
   reset        ms until the window ends and the full limit is back
   retry_after  ms until the same request would fit; 0 if allowed
   ttl          ms for which the stored value still matters
-  commit(px)   writes the charge, expiring in px ms; check.lua calls it only
-               when every policy of the request allows (all-or-nothing), with
-               px = ttl + a second of slack
+  value        the string to store if the request is charged, nil when it
+               is denied; check.lua writes it only when every policy of the
+               request allows (all-or-nothing), with SET ... PX px
+  px           the expiry to write; nil means ttl + a second of slack
 ]]
 
 local M = {}
 
-function M.check(key, limit, window, cost, now)
+function M.check(stored, limit, window, cost, now)
   local window_start = now - (now % window)
   local reset = window_start + window - now
 
-  -- pcall: a key of another type under our prefix (left by something else)
-  -- must not turn every request of this identity into a script error; it
-  -- reads as empty, and the next SET replaces it.
   local used = 0
-  local stored = redis.pcall('GET', key)
-  if type(stored) == 'string' then
+  if stored then
     local w, c = string.match(stored, '^(%d+) (%d+)$')
     -- A count beyond 2^53 was not written by this script: stale.
     if tonumber(w) == window_start and tonumber(c) < 2^53 then
@@ -49,45 +52,29 @@ function M.check(key, limit, window, cost, now)
     end
   end
 
-  local verdict, count = M.decide(used, limit, cost, reset)
-  if count then
-    verdict.commit = function(px)
-      redis.call('SET', key, string.format('%d %d', window_start, count), 'PX', px)
-    end
-  end
-  return verdict
+  local allowed, remaining, retry_after, count = M.decide(used, limit, cost, reset)
+  -- The counter dies with its window.
+  return allowed, remaining, reset, retry_after, reset,
+    count and string.format('%d %d', window_start, count)
 end
 
 -- The decision of a fixed window that has `used` units of `limit`, ending
--- in `reset` ms, for a request taking `cost`: the verdict without its
--- commit step, and the count that step must store (nil when denied). How
--- it is stored is the caller's: this module's "start count" strings,
+-- in `reset` ms, for a request taking `cost`: allowed, remaining,
+-- retry_after, and the count to store (nil when denied). How it is stored
+-- is the caller's: this module's "start count" strings,
 -- ratelimit_fixed_window.lua's plain integers.
 function M.decide(used, limit, cost, reset)
   if cost < 0 then
     -- A refund: give back up to what this window used, never below zero.
     local left = math.max(0, used + cost)
-    return {
-      allowed = true,
-      remaining = math.max(0, limit - left),
-      reset = reset,
-      retry_after = 0,
-      ttl = reset,
-    }, left
+    return true, math.max(0, limit - left), 0, left
   end
-
   if used + cost <= limit then
-    return {
-      allowed = true,
-      remaining = limit - used - cost,
-      reset = reset,
-      retry_after = 0,
-      ttl = reset, -- the counter dies with its window
-    }, used + cost
+    return true, limit - used - cost, 0, used + cost
   end
   -- max(): a limit lowered by a new configuration can be below what this
   -- window already used.
-  return { allowed = false, remaining = math.max(0, limit - used), reset = reset, retry_after = reset, ttl = reset }
+  return false, math.max(0, limit - used), reset, nil
 end
 
 return M

@@ -4,7 +4,8 @@ module of check.lua.
 
 One stored value per key: the theoretical arrival time (TAT), the moment the
 meter would be empty, as an integer in microseconds since the Unix epoch
-(a plain string key, readable with GET; one GET, one SET ... PX). The emission interval is
+(a plain string key, readable with GET; read with the call's MGET, written
+with one SET ... PX). The emission interval is
 T = ceil(window x 1000 / limit) us, rounded up so the rate never exceeds
 limit per window; the burst is `limit`: a request fits when
 
@@ -12,7 +13,7 @@ limit per window; the burst is `limit`: a request fits when
 
 and then TAT becomes max(TAT, now) + cost x T.
 
-M.check(key, limit, window, cost, now) -> verdict, as in fixed_window.lua:
+M.check(stored, limit, window, cost, now) -> as in fixed_window.lua:
   remaining    whole requests that would still fit now
   reset        ms until the meter is empty (TAT reached), rounded up
   retry_after  ms until the same request fits, rounded up: a client that
@@ -25,18 +26,16 @@ local function ceil_div(a, b)
   return math.floor((a + b - 1) / b)
 end
 
-function M.check(key, limit, window, cost, now)
+function M.check(stored, limit, window, cost, now)
   local interval = ceil_div(window * 1000, limit)
   local capacity = limit * interval
   local now_us = now * 1000
 
-  -- pcall: a key of another type reads as empty; the next SET replaces it.
   -- A TAT this script could not have written (not a whole number, or more
   -- than one full burst ahead of now) is stale, like a missing key: it must
   -- not turn into an absurd retry_after.
-  local stored = redis.pcall('GET', key)
   local tat = now_us
-  if type(stored) == 'string' and string.match(stored, '^%d+$') then
+  if stored and string.match(stored, '^%d+$') then
     local t = tonumber(stored)
     if t > now_us and t <= now_us + capacity then tat = t end
   end
@@ -47,26 +46,15 @@ function M.check(key, limit, window, cost, now)
     new_tat = math.max(now_us, new_tat)
   end
   if new_tat - now_us <= capacity then
-    local ahead = new_tat - now_us
-    return {
-      allowed = true,
-      remaining = math.floor((capacity - ahead) / interval),
-      reset = ceil_div(ahead, 1000),
-      retry_after = 0,
-      ttl = ceil_div(ahead, 1000), -- an empty meter is a missing key
-      commit = function(px)
-        -- %d: an integer, never 1.79e+15.
-        redis.call('SET', key, string.format('%d', new_tat), 'PX', px)
-      end,
-    }
+    local ahead = ceil_div(new_tat - now_us, 1000)
+    -- ttl = reset: an empty meter is a missing key. %d: an integer, never
+    -- 1.79e+15.
+    return true, math.floor((capacity - (new_tat - now_us)) / interval), ahead, 0, ahead,
+      string.format('%d', new_tat)
   end
-  return {
-    allowed = false,
-    remaining = math.floor((capacity - (tat - now_us)) / interval),
-    reset = ceil_div(tat - now_us, 1000),
-    retry_after = ceil_div(new_tat - now_us - capacity, 1000),
-    ttl = ceil_div(tat - now_us, 1000),
-  }
+  local behind = ceil_div(tat - now_us, 1000)
+  return false, math.floor((capacity - (tat - now_us)) / interval), behind,
+    ceil_div(new_tat - now_us - capacity, 1000), behind, nil
 end
 
 return M

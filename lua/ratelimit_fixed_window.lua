@@ -9,18 +9,17 @@ together during a migration. Unlike envoyproxy/ratelimit (INCRBY then
 EXPIRE, pipelined), the count and its expiry are written in one script, so
 a key never lives without a TTL, and a denied request adds nothing.
 
-M.check(key, limit, window, cost, now) -> verdict: as fixed_window.lua,
-whose decision it shares (M.decide).
+M.check(stored, limit, window, cost, now) -> as fixed_window.lua, whose
+decision it shares (M.decide).
 ]]
 
 local M = {}
 
-function M.check(key, limit, window, cost, now)
+function M.check(stored, limit, window, cost, now)
   local window_start = now - (now % window)
   local reset = window_start + window - now
   local used = 0
-  local stored = redis.pcall('GET', key)
-  if type(stored) == 'string' then
+  if stored then
     local n = tonumber(stored)
     if n and n >= 0 and n < 2^53 and n == math.floor(n) then
       used = n
@@ -28,15 +27,10 @@ function M.check(key, limit, window, cost, now)
   end
   -- The key holds one window: it expires with it (envoyproxy/ratelimit
   -- sets the unit, plus jitter).
-  local ttl_seconds = math.max(1, math.ceil(window / 1000))
-  -- The decision is fixed_window.lua's (loaded before this module).
-  local verdict, count = ALGORITHMS['fixed_window'].decide(used, limit, cost, reset)
-  if count then
-    verdict.commit = function()
-      redis.call('SET', key, string.format('%d', count), 'EX', ttl_seconds)
-    end
-  end
-  return verdict
+  local px = math.max(1, math.ceil(window / 1000)) * 1000
+  -- The decision is fixed_window.lua's.
+  local allowed, remaining, retry_after, count = ALGORITHMS['fixed_window'].decide(used, limit, cost, reset)
+  return allowed, remaining, reset, retry_after, reset, count and string.format('%d', count), px
 end
 
 return M

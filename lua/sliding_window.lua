@@ -18,10 +18,10 @@ ms of the edge (the fixed window would let another `limit` through at once).
 tests/algorithms.rs measures it.
 
 Storage: KEY is a string "<current window start ms> <its count> <previous
-window's count>" (one GET, one SET ... PX). One key, so both counters always
+window's count>" (read with the call's MGET, written with one SET ... PX). One key, so both counters always
 share the identity's hash tag.
 
-M.check(key, limit, window, cost, now) -> verdict, as in fixed_window.lua:
+M.check(stored, limit, window, cost, now) -> as in fixed_window.lua:
   reset        ms until the estimate is 0 again (the full limit is back)
   retry_after  the exact ms until the same request fits, from the formula
                above (the weighted part shrinks every millisecond)
@@ -37,14 +37,21 @@ local function decay_until(count, span, window, room)
   return math.max(0, span - math.floor(((room + 1) * window - 1) / count))
 end
 
-function M.check(key, limit, window, cost, now)
+-- ms until the estimate reaches 0 for these counts, `rest` ms before the
+-- current window ends.
+local function until_empty(cur, prev, rest, window)
+  if cur > 0 then
+    return rest + decay_until(cur, window, window, 0)
+  end
+  return decay_until(prev, rest, window, 0)
+end
+
+function M.check(stored, limit, window, cost, now)
   local current_start = now - (now % window)
   local rest = current_start + window - now -- ms left in the current window
 
-  -- pcall: a key of another type reads as empty; the next SET replaces it.
-  local stored = redis.pcall('GET', key)
   local current, previous = 0, 0
-  if type(stored) == 'string' then
+  if stored then
     local w, c, p = string.match(stored, '^(%d+) (%d+) (%d+)$')
     w = tonumber(w)
     -- Counts beyond 2^53 were not written by this script: stale.
@@ -68,39 +75,16 @@ function M.check(key, limit, window, cost, now)
     else
       reset = decay_until(previous, rest, window, 0)
     end
-    return {
-      allowed = true,
-      remaining = math.max(0, limit - math.floor(previous * rest / window) - left),
-      reset = reset,
-      retry_after = 0,
-      ttl = rest + window,
-      commit = function(px)
-        redis.call('SET', key, string.format('%d %d %d', current_start, left, previous), 'PX', px)
-      end,
-    }
+    return true, math.max(0, limit - math.floor(previous * rest / window) - left), reset, 0,
+      rest + window, string.format('%d %d %d', current_start, left, previous)
   end
 
   local estimate = math.floor(previous * rest / window) + current
 
-  -- ms until the estimate reaches 0 for these counts.
-  local function until_empty(cur, prev)
-    if cur > 0 then
-      return rest + decay_until(cur, window, window, 0)
-    end
-    return decay_until(prev, rest, window, 0)
-  end
-
   if estimate + cost <= limit then
-    return {
-      allowed = true,
-      remaining = limit - estimate - cost,
-      reset = until_empty(current + cost, previous),
-      retry_after = 0,
-      ttl = rest + window, -- the current count weighs on the next window too
-      commit = function(px)
-        redis.call('SET', key, string.format('%d %d %d', current_start, current + cost, previous), 'PX', px)
-      end,
-    }
+    -- ttl: the current count weighs on the next window too.
+    return true, limit - estimate - cost, until_empty(current + cost, previous, rest, window), 0,
+      rest + window, string.format('%d %d %d', current_start, current + cost, previous)
   end
 
   local retry_after
@@ -113,13 +97,8 @@ function M.check(key, limit, window, cost, now)
     -- has decayed enough.
     retry_after = rest + decay_until(current, window, window, limit - cost)
   end
-  return {
-    allowed = false,
-    remaining = math.max(0, limit - estimate),
-    reset = until_empty(current, previous),
-    retry_after = retry_after,
-    ttl = rest + window,
-  }
+  return false, math.max(0, limit - estimate), until_empty(current, previous, rest, window),
+    retry_after, rest + window, nil
 end
 
 return M

@@ -11,11 +11,11 @@ so the refill is exactly `limit` units per ms and the capacity is
 limit x window units (which must stay below 2^53, checked at config load).
 
 Storage: KEY is a string "<level in 1/window tokens> <when it was measured,
-ms>" (one GET, one SET ... PX). A missing key is a full bucket; the TTL is
+ms>" (read with the call's MGET, written with one SET ... PX). A missing key is a full bucket; the TTL is
 the time until the bucket is full again, after which the key would say
 nothing new.
 
-M.check(key, limit, window, cost, now) -> verdict, as in fixed_window.lua:
+M.check(stored, limit, window, cost, now) -> as in fixed_window.lua:
   remaining    whole tokens left
   reset        ms until the bucket is full
   retry_after  ms until `cost` tokens are there
@@ -27,13 +27,11 @@ local function ceil_div(a, b)
   return math.floor((a + b - 1) / b)
 end
 
-function M.check(key, limit, window, cost, now)
+function M.check(stored, limit, window, cost, now)
   local capacity = limit * window
   local level = capacity
 
-  -- pcall: a key of another type reads as empty; the next SET replaces it.
-  local stored = redis.pcall('GET', key)
-  if type(stored) == 'string' then
+  if stored then
     local l, t = string.match(stored, '^(%d+) (%d+)$')
     l, t = tonumber(l), tonumber(t)
     -- A measurement more than a window in the future was not written by
@@ -54,39 +52,16 @@ function M.check(key, limit, window, cost, now)
     -- A refund: tokens back, never above a full bucket.
     local after = math.min(capacity, level - need)
     local reset = ceil_div(capacity - after, limit)
-    return {
-      allowed = true,
-      remaining = math.floor(after / window),
-      reset = reset,
-      retry_after = 0,
-      ttl = reset,
-      commit = function(px)
-        redis.call('SET', key, string.format('%d %d', after, now), 'PX', px)
-      end,
-    }
+    return true, math.floor(after / window), reset, 0, reset, string.format('%d %d', after, now)
   end
   if level >= need then
     local after = level - need
     local reset = ceil_div(capacity - after, limit)
-    return {
-      allowed = true,
-      remaining = math.floor(after / window),
-      reset = reset,
-      retry_after = 0,
-      ttl = reset, -- a full bucket is a missing key
-      commit = function(px)
-        redis.call('SET', key, string.format('%d %d', after, now), 'PX', px)
-      end,
-    }
+    -- ttl = reset: a full bucket is a missing key.
+    return true, math.floor(after / window), reset, 0, reset, string.format('%d %d', after, now)
   end
   local reset = ceil_div(capacity - level, limit)
-  return {
-    allowed = false,
-    remaining = math.floor(level / window),
-    reset = reset,
-    retry_after = ceil_div(need - level, limit),
-    ttl = reset,
-  }
+  return false, math.floor(level / window), reset, ceil_div(need - level, limit), reset, nil
 end
 
 return M

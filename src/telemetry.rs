@@ -18,6 +18,8 @@ pub struct Metrics {
     /// strategy, policy: allowed with less than 20 % of the limit left.
     pub near_limit: IntCounterVec,
     pub redis_latency: Histogram,
+    /// Checks decided per check-script call (coalescing, REDIS_BATCH_MAX).
+    pub redis_checks_per_call: Histogram,
     /// kind: timeout | connection | script | other | circuit_open
     pub redis_errors: IntCounterVec,
     pub breaker_open: IntGauge,
@@ -141,6 +143,18 @@ impl Metrics {
         registry
             .register(Box::new(redis_latency.clone()))
             .expect("unique metric");
+        let redis_checks_per_call = Histogram::with_opts(
+            HistogramOpts::new(
+                "ratelimit_redis_checks_per_call",
+                "Checks decided by one call of the check script: the checks waiting on one \
+                 connection are coalesced (REDIS_BATCH_MAX).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )
+        .expect("valid histogram");
+        registry
+            .register(Box::new(redis_checks_per_call.clone()))
+            .expect("unique metric");
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
             registry
@@ -243,6 +257,7 @@ impl Metrics {
             decisions,
             near_limit,
             redis_latency,
+            redis_checks_per_call,
             redis_errors,
             rules_reloads,
             http_requests,

@@ -49,8 +49,23 @@ fn model(algorithm: Algorithm, limit: u64, window: u64) -> Box<dyn Model> {
 
 /// Random (limit, window, start offset, [(time step, cost)]) sequences; each
 /// request is sent to the model and to the script, which must agree on
-/// allowed, remaining, reset and retry_after, field by field.
+/// allowed, remaining, reset and retry_after, field by field. Requests go
+/// one by one, then the same sequences all at once (`coalesced`): the store
+/// then decides the requests waiting on its connection in shared script
+/// calls, and each must still get exactly the answer it gets alone, in
+/// order.
 fn agrees_with_model(algorithm: Algorithm) {
+    let one_by_one = run_against_model(algorithm, false);
+    let (requests, calls) = run_against_model(algorithm, true);
+    assert!(
+        calls * 2 < requests,
+        "{algorithm}: {requests} requests sent at once took {calls} script calls: not coalesced"
+    );
+    assert_eq!(one_by_one.0, one_by_one.1, "one by one: a call per request");
+}
+
+/// Runs the property test; returns (requests sent, EVALSHA calls made).
+fn run_against_model(algorithm: Algorithm, coalesced: bool) -> (u64, u64) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let redis = runtime.block_on(RedisServer::start());
     let store = runtime.block_on(store(&redis));
@@ -68,21 +83,41 @@ fn agrees_with_model(algorithm: Algorithm) {
         ..Config::default()
     });
     let case = std::sync::atomic::AtomicU32::new(0);
+    let requests = std::sync::atomic::AtomicU64::new(0);
+    let calls_before = runtime.block_on(redis.evalsha_calls());
     runner
         .run(&cases, |(limit, window, offset, steps)| {
             let n = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let key = format!("rate:{{user:prop-{n}}}:{}", algorithm.as_str());
+            let key = format!("rate:{{user:prop-{n}-{coalesced}}}:{}", algorithm.as_str());
             let mut model = model(algorithm, limit.into(), window);
             let mut now = T0 + offset;
-            for (i, (dt, cost)) in steps.into_iter().enumerate() {
-                now += dt;
-                let cost = cost.min(limit);
+            let requests_of_case: Vec<(u64, u32)> = steps
+                .into_iter()
+                .map(|(dt, cost)| {
+                    now += dt;
+                    (now, cost.min(limit))
+                })
+                .collect();
+            requests.fetch_add(
+                requests_of_case.len() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            let check = |&(now, cost): &(u64, u32)| {
+                one(&store, policy(&key, algorithm, limit, window, cost), now)
+            };
+            let replies: Vec<StoreReply> = if coalesced {
+                // Queued in this order by the first poll, decided in it.
+                runtime.block_on(futures::future::join_all(
+                    requests_of_case.iter().map(check),
+                ))
+            } else {
+                requests_of_case
+                    .iter()
+                    .map(|r| runtime.block_on(check(r)))
+                    .collect()
+            };
+            for (i, (&(now, cost), reply)) in requests_of_case.iter().zip(replies).enumerate() {
                 let expected = model.request(now, cost.into());
-                let reply = runtime.block_on(one(
-                    &store,
-                    policy(&key, algorithm, limit, window, cost),
-                    now,
-                ));
                 let q = reply.quotas[0];
                 let got = models::Reply {
                     allowed: reply.allowed,
@@ -104,6 +139,8 @@ fn agrees_with_model(algorithm: Algorithm) {
             Ok(())
         })
         .unwrap();
+    let calls = runtime.block_on(redis.evalsha_calls()) - calls_before;
+    (requests.into_inner(), calls)
 }
 
 #[test]

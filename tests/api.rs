@@ -137,29 +137,13 @@ async fn a_flood_from_a_denied_client_costs_no_redis_call() {
     let redis = RedisServer::start().await;
     let app = spawn_app(&redis, &[("RATE_LIMIT_USER_LIMIT", "2")]).await;
     let key = unique_key("flood");
-    let mut conn = redis.connection().await.unwrap();
-    let evalsha_calls = |conn: &mut redis::aio::MultiplexedConnection| {
-        let mut conn = conn.clone();
-        async move {
-            let stats: String = redis::cmd("INFO")
-                .arg("commandstats")
-                .query_async(&mut conn)
-                .await
-                .unwrap();
-            stats
-                .lines()
-                .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
-                .and_then(|v| v.split(',').next())
-                .map_or(0, |n| n.parse::<u64>().unwrap())
-        }
-    };
     for _ in 0..2 {
         assert_eq!(app.post_resource(Some(&key)).await.status(), 200);
     }
     let first = app.post_resource(Some(&key)).await;
     assert_eq!(first.status(), 429);
     let retry = header_u64(&first, "Retry-After");
-    let before = evalsha_calls(&mut conn).await;
+    let before = redis.evalsha_calls().await;
     for _ in 0..50 {
         let r = app.post_resource(Some(&key)).await;
         assert_eq!(r.status(), 429);
@@ -169,7 +153,7 @@ async fn a_flood_from_a_denied_client_costs_no_redis_call() {
         assert_eq!(body["identifier"], key.as_str());
     }
     assert_eq!(
-        evalsha_calls(&mut conn).await,
+        redis.evalsha_calls().await,
         before,
         "denials answered from the deny cache"
     );
@@ -178,7 +162,7 @@ async fn a_flood_from_a_denied_client_costs_no_redis_call() {
         app.post_resource(Some(&unique_key("fine"))).await.status(),
         200
     );
-    assert_eq!(evalsha_calls(&mut conn).await, before + 1);
+    assert_eq!(redis.evalsha_calls().await, before + 1);
 }
 
 #[tokio::test]

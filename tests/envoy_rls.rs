@@ -450,41 +450,25 @@ descriptors:
             assert_eq!(s.limit_remaining, 3, "the replaced counter was not charged");
 
             // unlimited: never reaches Redis.
-            let calls = evalsha_calls(redis).await;
+            let calls = redis.evalsha_calls().await;
             for _ in 0..5 {
                 let s = one(&mut c, "domain", &[("free", &user)]).await;
                 assert_eq!((code(&s), s.limit_remaining), (Code::Ok, u32::MAX));
             }
             assert_eq!(
-                evalsha_calls(redis).await,
+                redis.evalsha_calls().await,
                 calls,
                 "no script call for unlimited"
             );
             // requests_per_unit 0: over from the first hit, also without Redis.
             let s = one(&mut c, "domain", &[("remote_address", "50.0.0.5")]).await;
             assert_eq!((code(&s), limit_of(&s).unwrap().0), (Code::OverLimit, 0));
-            assert_eq!(evalsha_calls(redis).await, calls);
+            assert_eq!(redis.evalsha_calls().await, calls);
             let s = one(&mut c, "domain", &[("remote_address", "50.0.0.6")]).await;
             assert_eq!((code(&s), s.limit_remaining), (Code::Ok, 9));
         }
     })
     .await;
-}
-
-/// How many EVALSHA calls the Redis server has run.
-async fn evalsha_calls(redis: &RedisServer) -> u64 {
-    let mut conn = redis.connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find(|l| l.starts_with("cmdstat_evalsha:"))
-        .and_then(|l| l.split("calls=").nth(1))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test]
@@ -666,11 +650,11 @@ async fn a_cached_denial_spares_redis() {
             let k = uuid();
             one(&mut c, "c", &[("k", &k)]).await;
             assert_eq!(code(&one(&mut c, "c", &[("k", &k)]).await), Code::OverLimit);
-            let calls = evalsha_calls(redis).await;
+            let calls = redis.evalsha_calls().await;
             for _ in 0..10 {
                 assert_eq!(code(&one(&mut c, "c", &[("k", &k)]).await), Code::OverLimit);
             }
-            assert_eq!(evalsha_calls(redis).await, calls);
+            assert_eq!(redis.evalsha_calls().await, calls);
         }
     })
     .await;

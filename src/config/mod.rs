@@ -188,6 +188,9 @@ impl Settings {
             timeout: env.parse_with("REDIS_TIMEOUT_MS", Duration::from_millis(100), |v| {
                 bounded_integer(v, 1, 60_000).map(Duration::from_millis)
             })?,
+            batch_max: env.parse_with("REDIS_BATCH_MAX", topology::DEFAULT_BATCH_MAX, |v| {
+                bounded_integer(v, 1, 1024).map(|n| n as usize)
+            })?,
             breaker_failures: env.parse_with("REDIS_BREAKER_FAILURES", 3, |v| {
                 bounded_integer(v, 1, 1_000_000).map(|n| n as u32)
             })?,
@@ -534,6 +537,7 @@ mod tests {
             ("RATE_LIMIT_IP_WINDOW", "0"),
             ("REDIS_TIMEOUT_MS", "0"),
             ("REDIS_POOL_SIZE", "lots"),
+            ("REDIS_BATCH_MAX", "0"),
             ("REDIS_PORT", "0"),
             ("REDIS_URL", "http://example"),
             ("RATE_LIMIT_FAILURE_MODE", "maybe"),

@@ -44,11 +44,20 @@ pub struct RedisSettings {
     pub pool_size: u32,
     /// The bound on every Redis call, connection checkout included.
     pub timeout: Duration,
+    /// The most checks one call of the check script decides: the checks
+    /// waiting on a thread's connection are coalesced. 1 turns coalescing
+    /// off (one call per check).
+    pub batch_max: usize,
     /// Consecutive failures that open the circuit breaker.
     pub breaker_failures: u32,
     /// How long an open breaker answers at once before probing Redis again.
     pub breaker_cooldown: Duration,
 }
+
+/// REDIS_BATCH_MAX's default: a thread rarely has more checks waiting at
+/// once, and the script of 64 checks holds Redis for well under a
+/// millisecond.
+pub const DEFAULT_BATCH_MAX: usize = 64;
 
 impl RedisSettings {
     /// One server at `url`, the defaults otherwise (tests and tools).
@@ -57,6 +66,7 @@ impl RedisSettings {
             topology: RedisTopology::Single { url: url.into() },
             pool_size: 1,
             timeout,
+            batch_max: DEFAULT_BATCH_MAX,
             breaker_failures: 3,
             breaker_cooldown: Duration::from_millis(500),
         }

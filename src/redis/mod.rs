@@ -2,6 +2,7 @@
 //! the key layout, and the mapping of Redis errors onto [`StoreError`].
 //! It knows nothing about HTTP.
 
+mod batch;
 pub mod keys;
 mod pool;
 mod reply;
@@ -16,12 +17,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redis::RedisError;
+use tokio::sync::oneshot;
 use tokio::time::timeout_at;
 
 use crate::config::{RedisSettings, RedisTopology};
 
 use crate::limiter::{Counter, StoreError, StoreReply};
 use crate::telemetry::Metrics;
+use batch::{Job, Queue};
 pub use keys::{counter_key, OVERRIDES_KEY, RESET_KEYS};
 use pool::{AnyConnection, Connection, LogErrors, Manager};
 use reply::{map_error, parse_reply};
@@ -62,6 +65,8 @@ static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
 thread_local! {
     /// This thread's pool of each store, by store id.
     static THREAD_POOLS: RefCell<HashMap<u64, bb8::Pool<Manager>>> = RefCell::new(HashMap::new());
+    /// This thread's checks waiting for a call, by store id.
+    static THREAD_QUEUES: RefCell<HashMap<u64, Arc<Queue>>> = RefCell::new(HashMap::new());
 }
 
 /// Connecting may take longer than a command: it is not on a request's path
@@ -81,7 +86,9 @@ pub enum RedisSetupError {
 /// Counters in Redis (one server, Sentinel or Cluster), reached through
 /// pools of multiplexed connections, one pool per thread that calls it.
 /// Every call is bounded by the configured timeout (the limiter's circuit
-/// breaker stands in front of the checks).
+/// breaker stands in front of the checks). The checks waiting on a thread's
+/// connection are coalesced into one script call (`batch`). Cloning shares
+/// the store.
 ///
 /// Why a pool per thread: actix-web runs each worker on its own
 /// single-threaded runtime, and a multiplexed connection runs its socket in a
@@ -89,7 +96,18 @@ pub enum RedisSetupError {
 /// crossed to another thread and back; perf showed a quarter of the CPU in
 /// that other runtime and 16 % in context switches. A pool per worker keeps
 /// each command, its socket and its reply on one thread.
-pub struct RedisStore {
+#[derive(Clone)]
+pub struct RedisStore(Arc<StoreShared>);
+
+impl std::ops::Deref for RedisStore {
+    type Target = StoreShared;
+    fn deref(&self) -> &StoreShared {
+        &self.0
+    }
+}
+
+/// What the clones of a [`RedisStore`] share.
+pub struct StoreShared {
     /// Tells this store's pools apart in the per-thread table (tests run
     /// several stores in one process).
     id: u64,
@@ -143,7 +161,7 @@ impl RedisStore {
                 generation.clone(),
             );
         }
-        let store = RedisStore {
+        let store = RedisStore(Arc::new(StoreShared {
             id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             settings: settings.clone(),
             generation,
@@ -152,7 +170,7 @@ impl RedisStore {
             cluster: matches!(settings.topology, RedisTopology::Cluster { .. }),
             metrics,
             reachable: AtomicBool::new(true),
-        };
+        }));
         if let Err(err) = store.load_scripts().await {
             log::warn!(
                 "redis: cannot load the Lua scripts at start-up ({err}); \
@@ -178,38 +196,145 @@ impl RedisStore {
         self.topology
     }
 
-    /// Runs check.lua over `policies` (keys of one hash tag). `now_ms`
+    /// Runs check.lua over `policies` (keys of one slot), coalesced with
+    /// the other checks waiting on this thread's connection. `now_ms`
     /// replaces Redis TIME; only tests pass it.
     pub async fn run_check(
         &self,
         policies: &[ScriptPolicy],
         now_ms: Option<u64>,
     ) -> Result<StoreReply, StoreError> {
-        let keys: Vec<String> = policies.iter().map(|p| p.key.clone()).collect();
-        let mut args = Vec::with_capacity(1 + 5 * policies.len());
-        args.push(now_ms.map(|n| n.to_string()).unwrap_or_default());
-        for p in policies {
-            args.push(p.algorithm.to_owned());
-            args.push(p.limit.to_string());
-            args.push(p.window_ms.to_string());
-            args.push(p.cost.to_string());
-            args.push(if p.shadow { "1" } else { "0" }.to_owned());
+        self.check_policies(policies.to_vec(), now_ms).await
+    }
+
+    async fn check_policies(
+        &self,
+        policies: Vec<ScriptPolicy>,
+        now_ms: Option<u64>,
+    ) -> Result<StoreReply, StoreError> {
+        if self.settings.batch_max <= 1 {
+            let mut replies = self.call_script(&[(&policies, now_ms)]).await?;
+            return Ok(replies.remove(0));
         }
+        // The wait is bounded like a call of its own: a check that waited
+        // out its time is dropped from the queue, uncharged, if its call
+        // has not gone yet.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let queue = self.queue();
+        let (reply, answer) = oneshot::channel();
+        let start = queue.push(Job {
+            policies,
+            now_ms,
+            reply,
+        });
+        if start {
+            tokio::spawn(self.clone().flush(queue));
+        }
+        match timeout_at(deadline, answer).await {
+            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(StoreError::Other(
+                "the Redis call of this check was abandoned".into(),
+            )),
+        }
+    }
+
+    /// This thread's queue of checks.
+    fn queue(&self) -> Arc<Queue> {
+        THREAD_QUEUES.with(|queues| queues.borrow_mut().entry(self.id).or_default().clone())
+    }
+
+    /// Sends what waits in `queue` until nothing does (see `batch`).
+    async fn flush(self, queue: Arc<Queue>) {
+        /// Frees the queue for a new flusher if this one is dropped before
+        /// it finishes (a runtime shutting down).
+        struct Abandon<'a>(&'a Queue, bool);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                if !self.1 {
+                    self.0.abandon();
+                }
+            }
+        }
+        let mut guard = Abandon(&queue, false);
+        while let Some(calls) = queue.take(self.settings.batch_max, self.cluster) {
+            futures_util::future::join_all(calls.into_iter().map(|jobs| self.answer(jobs))).await;
+        }
+        guard.1 = true;
+    }
+
+    /// One call for `jobs`, and each its reply.
+    async fn answer(&self, jobs: Vec<Job>) {
+        let checks: Vec<(&[ScriptPolicy], Option<u64>)> =
+            jobs.iter().map(|j| (&j.policies[..], j.now_ms)).collect();
+        match self.call_script(&checks).await {
+            Ok(replies) => {
+                for (job, reply) in jobs.into_iter().zip(replies) {
+                    let _ = job.reply.send(Ok(reply));
+                }
+            }
+            Err(err) => {
+                for job in jobs {
+                    let _ = job.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    /// One EVALSHA of check.lua deciding `checks` in order (their keys all
+    /// in one slot), and each check's reply.
+    async fn call_script(
+        &self,
+        checks: &[(&[ScriptPolicy], Option<u64>)],
+    ) -> Result<Vec<StoreReply>, StoreError> {
+        let nkeys: usize = checks.iter().map(|(p, _)| p.len()).sum();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&scripts::CHECK.sha).arg(nkeys);
+        for p in checks.iter().flat_map(|(p, _)| p.iter()) {
+            cmd.arg(&p.key);
+        }
+        for (policies, now_ms) in checks {
+            match now_ms {
+                Some(now) => cmd.arg(now),
+                None => cmd.arg(""),
+            };
+            cmd.arg(policies.len());
+            for p in policies.iter() {
+                cmd.arg(p.algorithm)
+                    .arg(p.limit)
+                    .arg(p.window_ms)
+                    .arg(p.cost)
+                    .arg(if p.shadow { "1" } else { "0" });
+            }
+        }
+        self.metrics
+            .redis_checks_per_call
+            .observe(checks.len() as f64);
         let deadline = Instant::now() + self.timeout;
         let metrics = &self.metrics;
+        let cmd = &cmd;
         let reply = self
             .call(deadline, |mut conn| async move {
-                scripts::evalsha(
-                    &mut conn,
-                    &scripts::CHECK,
-                    &keys,
-                    &args,
-                    &metrics.script_reloads,
-                )
-                .await
+                scripts::evalsha(&mut conn, &scripts::CHECK, cmd, &metrics.script_reloads).await
             })
             .await?;
-        parse_reply(&reply, policies.len())
+        let expected: usize = checks.iter().map(|(p, _)| 2 + 5 * p.len()).sum();
+        if reply.len() != expected {
+            return Err(StoreError::Script(format!(
+                "check.lua returned {} values for {} checks of {nkeys} policies, expected {expected}",
+                reply.len(),
+                checks.len()
+            )));
+        }
+        let mut rest = &reply[..];
+        checks
+            .iter()
+            .map(|(policies, _)| {
+                let (this, next) = rest.split_at(2 + 5 * policies.len());
+                rest = next;
+                parse_reply(this, policies.len())
+            })
+            .collect()
     }
 
     /// Checks out a connection and runs `op` on it, all before `deadline`,

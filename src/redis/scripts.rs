@@ -1,9 +1,12 @@
 //! The Lua script, compiled into the binary from the files in `lua/`.
 //!
-//! One script runs per request: `lua/check.lua`, with the four algorithm
-//! modules placed before it, each bound as `ALGORITHMS[<name>]`. Assembling
-//! them into one script keeps one file per algorithm while letting a request
-//! check policies of different algorithms in one atomic EVALSHA.
+//! One script decides every check: `lua/check.lua`, with the algorithm
+//! modules placed before it, each reached as `ALGORITHMS[<name>]`.
+//! Assembling them into one script keeps one file per algorithm while
+//! letting a request check policies of different algorithms in one atomic
+//! EVALSHA. Redis runs a script's whole body on every call, so each module
+//! sits in a loader function that runs only when a call first uses it: a
+//! call of fixed windows builds no token bucket.
 //!
 //! It is loaded with SCRIPT LOAD at start-up and run with EVALSHA by its
 //! SHA1. Redis forgets scripts on restart, on failover to a replica that never
@@ -46,18 +49,26 @@ pub fn module_source(algorithm: Algorithm) -> &'static str {
 pub const RATELIMIT_FIXED_WINDOW: &str = "ratelimit_fixed_window";
 
 pub static CHECK: LazyLock<LuaScript> = LazyLock::new(|| {
-    let mut source = String::from("local ALGORITHMS = {}\n");
-    for algorithm in Algorithm::ALL {
-        source.push_str(&format!(
-            "ALGORITHMS['{}'] = (function()\n{}\nend)()\n",
-            algorithm.as_str(),
-            module_source(algorithm)
-        ));
+    let mut source = String::from(
+        "local LOADERS = {}\n\
+         local ALGORITHMS = setmetatable({}, { __index = function(built, name)\n\
+         \x20 local load = LOADERS[name]\n\
+         \x20 if not load then return nil end\n\
+         \x20 local module = load()\n\
+         \x20 rawset(built, name, module)\n\
+         \x20 return module\n\
+         end })\n",
+    );
+    let modules = Algorithm::ALL
+        .into_iter()
+        .map(|a| (a.as_str(), module_source(a)))
+        .chain([(
+            RATELIMIT_FIXED_WINDOW,
+            include_str!("../../lua/ratelimit_fixed_window.lua"),
+        )]);
+    for (name, module) in modules {
+        source.push_str(&format!("LOADERS['{name}'] = function()\n{module}\nend\n"));
     }
-    source.push_str(&format!(
-        "ALGORITHMS['{RATELIMIT_FIXED_WINDOW}'] = (function()\n{}\nend)()\n",
-        include_str!("../../lua/ratelimit_fixed_window.lua")
-    ));
     source.push_str(include_str!("../../lua/check.lua"));
     LuaScript::new("check", source)
 });
@@ -76,16 +87,14 @@ pub(crate) async fn load<C: ConnectionLike + Send>(
     Ok(())
 }
 
-/// EVALSHA, reloading the script and retrying once on NOSCRIPT.
+/// `cmd`, an EVALSHA of `script`, reloading the script and retrying once on
+/// NOSCRIPT.
 pub(crate) async fn evalsha<C: ConnectionLike + Send>(
     conn: &mut C,
     script: &LuaScript,
-    keys: &[String],
-    args: &[String],
+    cmd: &redis::Cmd,
     reloads: &prometheus::IntCounter,
 ) -> RedisResult<Vec<i64>> {
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(&script.sha).arg(keys.len()).arg(keys).arg(args);
     match cmd.query_async(conn).await {
         Err(err) if err.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
             log::info!(

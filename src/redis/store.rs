@@ -28,7 +28,7 @@ impl Store for RedisStore {
         let first = policies.first().map(slot_of);
         let split = self.cluster && policies.iter().any(|p| Some(slot_of(p)) != first);
         if !split {
-            return self.run_check(&policies, None).await;
+            return self.check_policies(policies, None).await;
         }
         let mut slots: Vec<String> = Vec::new();
         for policy in &policies {
@@ -50,7 +50,7 @@ impl Store for RedisStore {
                 // Already denied: read the rest without charging it.
                 group.iter_mut().for_each(|p| p.cost = 0);
             }
-            let reply = self.run_check(&group, None).await?;
+            let reply = self.check_policies(group, None).await?;
             allowed &= reply.allowed;
             for (i, quota) in indices.into_iter().zip(reply.quotas) {
                 quotas[i] = Some(quota);

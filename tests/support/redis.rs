@@ -86,6 +86,20 @@ impl RedisServer {
             .await
     }
 
+    /// How many EVALSHA calls the server has run (INFO commandstats).
+    pub async fn evalsha_calls(&self) -> u64 {
+        let mut conn = self.connection().await.unwrap();
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        info.lines()
+            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("redis-server is running").id()
     }

@@ -1,0 +1,188 @@
+//! Coalescing: the checks that wait on one thread's connection go to Redis
+//! as one call of the check script.
+//!
+//! Redis runs scripts on one thread, so what limits a deployment is Redis
+//! CPU per decision. A script call has a fixed cost (parsing the command,
+//! setting up the call, running the script body, reading the clock) that
+//! dwarfs the decision itself (BENCHMARKS.md): deciding the checks that
+//! arrived while the previous call was on its way in one call shares that
+//! cost among them.
+//!
+//! How: each thread has a queue per store. A check joins its thread's queue
+//! and waits for its reply; the first check that finds no flusher running
+//! starts one, a task that takes everything waiting, sends it as one call
+//! (on a Cluster: one call per slot, all in flight at once), answers each
+//! check, and goes again until the queue is empty. Under no load a check is
+//! alone in its call; under load, the checks that arrived during one round
+//! trip share the next.
+//!
+//! Exactness: check.lua decides a call's checks in order, each one's writes
+//! made before the next reads, exactly as separate calls in that order
+//! would; all of them in one atomic script.
+
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
+
+use super::keys::hash_tag;
+use super::ScriptPolicy;
+use crate::limiter::{StoreError, StoreReply};
+
+pub(super) type Reply = Result<StoreReply, StoreError>;
+
+/// One check waiting for its call.
+pub(super) struct Job {
+    pub policies: Vec<ScriptPolicy>,
+    pub now_ms: Option<u64>,
+    pub reply: oneshot::Sender<Reply>,
+}
+
+impl Job {
+    /// The Redis Cluster slot of the job's keys (its first key's: a check's
+    /// keys share one).
+    fn slot(&self) -> u16 {
+        self.policies.first().map_or(0, |p| slot(&p.key))
+    }
+}
+
+/// A key's Redis Cluster slot: CRC16 (XMODEM) of its hash tag, or of the
+/// whole key when it has none, modulo 16384 (the Cluster specification).
+pub(super) fn slot(key: &str) -> u16 {
+    let hashed = match hash_tag(key) {
+        Some(tag) if !tag.is_empty() => tag,
+        _ => key,
+    };
+    crc16::State::<crc16::XMODEM>::calculate(hashed.as_bytes()) % 16384
+}
+
+/// A thread's checks waiting for a call, and whether a flusher is on them.
+#[derive(Default)]
+pub(super) struct Queue(Mutex<State>);
+
+#[derive(Default)]
+struct State {
+    waiting: Vec<Job>,
+    flushing: bool,
+}
+
+impl Queue {
+    /// Adds a check. True when no flusher is running: the caller starts one.
+    pub fn push(&self, job: Job) -> bool {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.waiting.push(job);
+        !std::mem::replace(&mut state.flushing, true)
+    }
+
+    /// Everything waiting, grouped into calls: at most `max` checks each,
+    /// and, on a Cluster, one slot each; checks keep their order within a
+    /// call. None when nothing waits: the flusher then stops (and the next
+    /// check starts another). Checks whose caller stopped waiting (a
+    /// timeout, a closed connection) are dropped here, uncharged.
+    pub fn take(&self, max: usize, cluster: bool) -> Option<Vec<Vec<Job>>> {
+        let jobs = {
+            let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            if state.waiting.is_empty() {
+                state.flushing = false;
+                return None;
+            }
+            std::mem::take(&mut state.waiting)
+        };
+        let mut calls: Vec<(u16, Vec<Job>)> = Vec::new();
+        for job in jobs {
+            if job.reply.is_closed() {
+                continue;
+            }
+            let slot = if cluster { job.slot() } else { 0 };
+            match calls
+                .iter_mut()
+                .rev()
+                .find(|(s, call)| *s == slot && call.len() < max)
+            {
+                Some((_, call)) => call.push(job),
+                None => calls.push((slot, vec![job])),
+            }
+        }
+        Some(calls.into_iter().map(|(_, call)| call).collect())
+    }
+
+    /// A flusher that ends without `take` saying so (its task was dropped):
+    /// the next check starts a new one.
+    pub fn abandon(&self) {
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        state.flushing = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(key: &str) -> (Job, oneshot::Receiver<Reply>) {
+        let (tx, rx) = oneshot::channel();
+        let policy = ScriptPolicy {
+            key: key.to_owned(),
+            algorithm: "fixed_window",
+            limit: 1,
+            window_ms: 1000,
+            cost: 1,
+            shadow: false,
+        };
+        (
+            Job {
+                policies: vec![policy],
+                now_ms: None,
+                reply: tx,
+            },
+            rx,
+        )
+    }
+
+    #[test]
+    fn slots_follow_the_cluster_specification() {
+        // Values from the Redis Cluster specification and CLUSTER KEYSLOT.
+        assert_eq!(slot("123456789"), 12739);
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("{user1000}.following"), slot("user1000"));
+        assert_eq!(slot("foo{}{bar}"), slot("foo{}{bar}")); // empty tag: whole key
+    }
+
+    #[test]
+    fn the_first_check_starts_a_flusher_and_the_rest_join_it() {
+        let queue = Queue::default();
+        let mut receivers = Vec::new();
+        for (i, key) in ["a", "b", "c"].iter().enumerate() {
+            let (job, rx) = job(key);
+            assert_eq!(queue.push(job), i == 0, "only the first starts one");
+            receivers.push(rx);
+        }
+        let calls = queue.take(2, false).expect("three wait");
+        let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [2, 1], "at most max per call, in order");
+        assert_eq!(calls[0][0].policies[0].key, "a");
+        assert!(
+            queue.take(2, false).is_none(),
+            "nothing left: the flusher stops"
+        );
+        let (next, _rx) = job("d");
+        assert!(queue.push(next), "so the next check starts another");
+    }
+
+    #[test]
+    fn on_a_cluster_each_call_holds_one_slot_and_gone_callers_are_dropped() {
+        let queue = Queue::default();
+        let (a1, _r1) = job("rate:{a}:x");
+        let (b, _r2) = job("rate:{b}:x");
+        let (a2, _r3) = job("rate:{a}:y");
+        let (gone, r4) = job("rate:{a}:z");
+        drop(r4);
+        for j in [a1, b, a2, gone] {
+            queue.push(j);
+        }
+        let calls = queue.take(64, true).expect("waiting");
+        let keys: Vec<Vec<&str>> = calls
+            .iter()
+            .map(|c| c.iter().map(|j| j.policies[0].key.as_str()).collect())
+            .collect();
+        assert_eq!(keys, [vec!["rate:{a}:x", "rate:{a}:y"], vec!["rate:{b}:x"]]);
+    }
+}
