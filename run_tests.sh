@@ -15,10 +15,12 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # The programs the tests run, and the Debian packages that bring them
 # (nginx and Caddy: the gateway tests put real ones in front of a backend;
-# openssl: the JWT tests make an EC key pair).
+# openssl: the JWT tests make an EC key pair; Chromium and its WebDriver:
+# tests/dashboard.rs drives the dashboard in a real headless browser).
 scripts/install_packages.sh \
   redis-server=redis-server redis-cli=redis-tools redis-sentinel=redis-sentinel \
-  nginx=nginx-light caddy=caddy openssl=openssl python3=python3 py:ensurepip=python3-venv
+  nginx=nginx-light caddy=caddy openssl=openssl python3=python3 py:ensurepip=python3-venv \
+  chromium=chromium chromedriver=chromium-driver
 # The Debian package may start a system-wide redis-server on 6379. The tests
 # never use it (each starts its own on a free port), so it is left alone.
 

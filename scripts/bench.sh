@@ -4,6 +4,8 @@
 #   livez         GET /livez: the ceiling of this binary on this machine
 #   allowed-1     POST /api/resource, one key, always allowed
 #   allowed-10k   POST /api/resource, 10,000 keys, always allowed
+#   allowed-1call the same on an instance with REDIS_BATCH_MAX=1: one script
+#                 call per check, no coalescing (the "before" of it)
 #   denied        POST /api/resource, 1,000 keys all over their limit
 #   denied-body   the same with a 1 KB JSON body (the connection must stay
 #                 open although the body is never used)
@@ -16,9 +18,14 @@
 #   via-envoy     POST through a real Envoy (deploy/envoy/envoy.yaml, from
 #                 .venv-envoy) asking the gRPC service, to the nginx backend
 # at 64 and at 1,000 connections, then 10,000 connections for errors only.
-# Prints req/s, p50, p99 and errors per case (the median round), and each
-# case's throughput as a ratio of /livez at the same connection count.
-# Then the same allowed traffic through Sentinel and Cluster topologies,
+# Every POST carries a JSON body (scripts/wrk/random_keys.lua). Prints per
+# case (the median round): req/s, p50, p99, errors, the CPU time per request
+# of the service and of Redis (user + system time of each process, read from
+# /proc around the run, divided by the requests served), and as ratios to
+# /livez at the same connection count: throughput and service CPU.
+# Then a fleet: FLEET instances (default 3, one worker each) with a wrk each,
+# all at once against the one Redis, for decisions per second per Redis
+# core. Then the same allowed traffic through Sentinel and Cluster topologies,
 # interleaved with the single server, as a ratio to it (TOPOLOGIES=0 skips
 # that part, TOPOLOGIES=only runs nothing else).
 #   scripts/bench.sh                      # ROUNDS=3 DURATION=10s
@@ -64,14 +71,20 @@ redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
   --logfile "$work/redis.log" &
 pids+=($!)
+redis_pid=$!
 
+declare -A pid_of
 start_instance() { # name port extra-env...
   local name=$1 port=$2; shift 2
   env HOST=127.0.0.1 PORT="$port" GRPC_PORT=0 REDIS_URL="redis://127.0.0.1:$redis_port/0" LOG_LEVEL=warn "$@" \
     ./target/release/rate-limiter >"$work/$name.log" 2>&1 &
   pids+=($!)
+  pid_of[$name]=$!
   wait_http "http://127.0.0.1:$port/livez"
 }
+# CPU time (user + system) of a process so far, in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+hz=$(getconf CLK_TCK)
 allow_port=$(free_port)
 deny_port=$(free_port)
 grpc_port=$(free_port)
@@ -118,27 +131,51 @@ pids+=($!)
 for _ in $(seq 1 100); do [[ $(curl -fsS "http://127.0.0.1:$envoy_admin/ready" 2>/dev/null) == LIVE ]] && break; sleep 0.1; done
 
 start_instance deny "$deny_port" RATE_LIMIT_USER_LIMIT=1 RATE_LIMIT_USER_WINDOW=1d
+one_call_port=$(free_port)
+start_instance one-call "$one_call_port" RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60 \
+  REDIS_BATCH_MAX=1
 
 # Put the 1,000 "denied" keys over their limit: each used once (and more).
 KEYS=1000 KEY_PREFIX=abuser ORDER=sequential wrk -t1 -c1 -d2s -s scripts/wrk/random_keys.lua \
   "http://127.0.0.1:$deny_port/api/resource" >/dev/null
 
-# run CASE CONNECTIONS -> "rps p50 p99 errors"
+# run CASE CONNECTIONS -> "rps p50 p99 errors service-us/req redis-us/req"
 run() {
-  local case=$1 conns=$2 url env=()
+  local case=$1 conns=$2 url="" env=() service=allow
   case $case in
     livez)       url="http://127.0.0.1:$allow_port/livez" ;;
     allowed-1)   url="http://127.0.0.1:$allow_port/api/resource"; env=(KEYS=1) ;;
     allowed-10k) url="http://127.0.0.1:$allow_port/api/resource"; env=(KEYS=10000) ;;
-    denied)      url="http://127.0.0.1:$deny_port/api/resource"; env=(KEYS=1000 KEY_PREFIX=abuser) ;;
+    allowed-1call) url="http://127.0.0.1:$one_call_port/api/resource"; env=(KEYS=10000); service=one-call ;;
+    denied)      url="http://127.0.0.1:$deny_port/api/resource"; env=(KEYS=1000 KEY_PREFIX=abuser); service=deny ;;
     forward-auth) url="http://127.0.0.1:$allow_port/v1/forward-auth"; env=(KEYS=10000 FORWARD=1) ;;
     via-nginx)   url="http://127.0.0.1:$nginx_port/v1/orders"; env=(KEYS=10000) ;;
     via-envoy)   url="http://127.0.0.1:$envoy_port/v1/orders"; env=(KEYS=10000) ;;
-    grpc)        ./target/release/examples/rls_bench "127.0.0.1:$grpc_port" "$conns" "$duration" 10000 bench
-                 return ;;
-    denied-body) url="http://127.0.0.1:$deny_port/api/resource"
+    grpc)        ;;
+    denied-body) url="http://127.0.0.1:$deny_port/api/resource"; service=deny
                  env=(KEYS=1000 KEY_PREFIX=abuser "BODY={\"data\": \"$(head -c 1000 /dev/zero | tr '\0' x)\"}") ;;
   esac
+  local s0 r0 s1 r1 started ended line
+  s0=$(cpu_ticks "${pid_of[$service]}"); r0=$(cpu_ticks "$redis_pid"); started=$(date +%s.%N)
+  line=$(measure "$case" "$conns" "$url" "${env[@]}")
+  s1=$(cpu_ticks "${pid_of[$service]}"); r1=$(cpu_ticks "$redis_pid"); ended=$(date +%s.%N)
+  # Requests served: the rate times the time the load ran (the wall time of
+  # the load client, which includes its start and stop, is a little more:
+  # the CPU per request is a little high, alike for every case).
+  read -r rps _ <<<"$line"
+  awk -v l="$line" -v r="$rps" -v s="$((s1 - s0))" -v d="$((r1 - r0))" -v hz="$hz" \
+    -v t="$(awk -v a="$started" -v b="$ended" 'BEGIN {print b - a}')" \
+    'BEGIN {n = r * t; printf "%s %.1f %.1f\n", l, (n > 0 ? s / hz * 1e6 / n : 0), (n > 0 ? d / hz * 1e6 / n : 0)}'
+}
+
+# measure CASE CONNECTIONS URL env... -> "rps p50 p99 errors"
+measure() {
+  local case=$1 conns=$2 url=$3; shift 3
+  local env=("$@")
+  if [[ $case == grpc ]]; then
+    ./target/release/examples/rls_bench "127.0.0.1:$grpc_port" "$conns" "$duration" 10000 bench
+    return
+  fi
   local script=()
   [[ $case != livez ]] && script=(-s scripts/wrk/random_keys.lua)
   local out
@@ -165,7 +202,7 @@ median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} E
 
 if [[ ${TOPOLOGIES:-1} != only ]]; then
 declare -A results
-cases=(livez allowed-1 allowed-10k denied denied-body forward-auth via-nginx grpc via-envoy)
+cases=(livez allowed-1 allowed-10k allowed-1call denied denied-body forward-auth via-nginx grpc via-envoy)
 # CASES="livez allowed-10k grpc" runs only those (and skips the 10,000
 # connections part).
 [[ -n ${CASES:-} ]] && read -ra cases <<<"$CASES"
@@ -182,13 +219,15 @@ done
 
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t$threads, $duration per run, median of $rounds rounds"
-printf '%-12s %6s %10s %9s %9s %7s %9s\n' case conns req/s p50 p99 errors "x livez"
+echo "CPU columns: us of CPU per request of the serving instance (svc) and of Redis; the x-livez columns: throughput and svc CPU as ratios to /livez"
+printf '%-13s %5s %8s %9s %9s %6s %7s %7s %7s %7s\n' case conns req/s p50 p99 errors "svc us" "redis us" "x livez" "cpu x"
 for conns in 64 1000; do
-  base=$(median "${results[livez,$conns]}" | awk '{print $1}')
+  read -r base _ _ _ base_cpu _ <<<"$(median "${results[livez,$conns]}")"
   for case in "${cases[@]}"; do
-    read -r rps p50 p99 errors <<<"$(median "${results[$case,$conns]}")"
-    ratio=$(awk -v a="$rps" -v b="$base" 'BEGIN {printf "%.2f", (b > 0 ? a / b : 0)}')
-    printf '%-12s %6s %10.0f %9s %9s %7s %9s\n' "$case" "$conns" "$rps" "$p50" "$p99" "$errors" "$ratio"
+    read -r rps p50 p99 errors svc redis <<<"$(median "${results[$case,$conns]}")"
+    awk -v c="$case" -v n="$conns" -v r="$rps" -v a="$p50" -v b="$p99" -v e="$errors" -v s="$svc" -v d="$redis" \
+      -v base="$base" -v bc="$base_cpu" 'BEGIN {printf "%-13s %5s %8.0f %9s %9s %6s %7.1f %7.1f %7.2f %7.2f\n",
+        c, n, r, a, b, e, s, d, (base > 0 ? r / base : 0), (bc > 0 ? s / bc : 0)}'
   done
 done
 
@@ -196,9 +235,50 @@ done
 echo
 echo "10,000 connections (errors only):"
 for case in livez allowed-10k; do
-  read -r rps p50 p99 errors <<<"$(run "$case" 10000)"
+  read -r rps p50 p99 errors _ <<<"$(run "$case" 10000)"
   printf '%-12s %6s %10.0f req/s, p99 %s, errors %s\n' "$case" 10000 "$rps" "$p99" "$errors"
 done
+fi
+
+# --- A fleet against one Redis --------------------------------------------------
+fleet=${FLEET:-3}
+if [[ $fleet -gt 0 && ${TOPOLOGIES:-1} != only ]]; then
+  echo
+  echo "Fleet: $fleet instances (WORKERS=1), a wrk -t1 -c64 each, allowed traffic over 10,000 keys each, all at once:"
+  fleet_ports=()
+  for i in $(seq 1 "$fleet"); do
+    p=$(free_port)
+    start_instance "fleet-$i" "$p" WORKERS=1 RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60
+    fleet_ports+=("$p")
+  done
+  for batch in 64 1; do
+    # The same fleet with coalescing off, for the comparison: as many
+    # instances again, started with REDIS_BATCH_MAX=1 (the first ones idle).
+    if [[ $batch == 1 ]]; then
+      for i in $(seq 1 "$fleet"); do
+        p=$(free_port)
+        start_instance "fleet-1call-$i" "$p" WORKERS=1 RATE_LIMIT_USER_LIMIT=100000000 \
+          RATE_LIMIT_USER_WINDOW=60 REDIS_BATCH_MAX=1
+        fleet_ports[$((i - 1))]=$p
+      done
+    fi
+    r0=$(cpu_ticks "$redis_pid"); started=$(date +%s.%N)
+    outs=()
+    for i in $(seq 1 "$fleet"); do
+      KEYS=10000 KEY_PREFIX="fleet-$i" wrk -t1 -c64 -d"$duration" -s scripts/wrk/random_keys.lua \
+        "http://127.0.0.1:${fleet_ports[$((i - 1))]}/api/resource" >"$work/fleet-$i.out" 2>&1 &
+      outs+=($!)
+    done
+    wait "${outs[@]}"
+    r1=$(cpu_ticks "$redis_pid"); ended=$(date +%s.%N)
+    total=$(cat "$work"/fleet-*.out | awk '/Requests\/sec/ {s += $2} END {print s + 0}')
+    errors=$(cat "$work"/fleet-*.out | awk '/Non-2xx/ {e += $5} /Socket errors/ {gsub(",",""); e += $4+$6+$8+$10} END {print e + 0}')
+    awk -v b="$batch" -v r="$total" -v d="$((r1 - r0))" -v hz="$hz" -v e="$errors" \
+      -v t="$(awk -v a="$started" -v b="$ended" 'BEGIN {print b - a}')" \
+      'BEGIN {busy = d / hz / t; us = (r > 0 ? d / hz * 1e6 / (r * t) : 0);
+              printf "  REDIS_BATCH_MAX=%-3s %8.0f decisions/s, errors %s, Redis busy %.2f of a core, %.1f us per decision: %.0f decisions/s per Redis core\n",
+              b, r, e, busy, us, (us > 0 ? 1e6 / us : 0)}'
+  done
 fi
 
 [[ ${TOPOLOGIES:-1} == 0 ]] && exit 0

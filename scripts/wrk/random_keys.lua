@@ -3,9 +3,10 @@
 --   KEYS=10000 wrk -s scripts/wrk/random_keys.lua http://127.0.0.1:8000/api/resource
 -- KEY_PREFIX names the key family (default "bench"); ORDER=sequential walks
 -- the keys in order (every key is used once per KEYS requests per thread),
--- ORDER=random (default) draws them at random. BODY, when set, is sent as a
--- JSON request body (a denied client that sends bodies must not cost a new
--- connection per request).
+-- ORDER=random (default) draws them at random. Every POST carries a JSON
+-- body, as clients send them: a small order by default, BODY when set (a
+-- denied client that sends bodies must not cost a new connection per
+-- request).
 local keys = tonumber(os.getenv("KEYS") or "10000")
 local prefix = os.getenv("KEY_PREFIX") or "bench"
 local sequential = os.getenv("ORDER") == "sequential"
@@ -42,8 +43,6 @@ request = function()
     headers["X-Forwarded-Uri"] = "/v1/orders/" .. n
     return wrk.format("GET", nil, headers)
   end
-  if body then
-    headers["Content-Type"] = "application/json"
-  end
-  return wrk.format("POST", nil, headers, body)
+  headers["Content-Type"] = "application/json"
+  return wrk.format("POST", nil, headers, body or ('{"item": "sku-' .. n .. '", "quantity": 1}'))
 end

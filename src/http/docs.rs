@@ -13,7 +13,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::errors::ErrorBody;
 use super::ratelimit::RateLimitExceeded;
-use super::{admin, forward_auth, routes};
+use super::{admin, dashboard, forward_auth, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -32,6 +32,7 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         routes::health,
         routes::livez,
         routes::metrics,
+        dashboard::stats,
         admin::get_identity,
         admin::reset_identity,
         admin::put_override,
@@ -55,6 +56,10 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         routes::Health,
         routes::RedisHealth,
         routes::Liveness,
+        dashboard::DashboardStats,
+        dashboard::DashboardRedis,
+        dashboard::DashboardRules,
+        dashboard::DecisionCount,
         admin::IdentityReport,
         admin::ResetReport,
         admin::OverrideEntry,

@@ -5,6 +5,7 @@ pub mod access;
 pub mod admin;
 pub mod body;
 pub mod caller;
+pub mod dashboard;
 pub mod docs;
 pub mod errors;
 pub mod forward_auth;
@@ -73,6 +74,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
     .service(get_only("/health", routes::health))
     .service(get_only("/livez", routes::livez))
     .service(get_only("/metrics", routes::metrics))
+    .service(get_only("/dashboard", dashboard::page))
+    .service(get_only("/dashboard/app.js", dashboard::script))
+    .service(get_only("/dashboard/app.css", dashboard::style))
+    .service(get_only("/dashboard/stats", dashboard::stats))
     .configure(|cfg| docs::configure(cfg, admin))
     .default_service(web::to(routes::not_found));
 }

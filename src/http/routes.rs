@@ -11,7 +11,7 @@ use super::caller::{host_of, identify};
 use super::errors::{ApiError, ErrorBody};
 use super::ratelimit::RateLimitExceeded;
 use super::AppState;
-use crate::limiter::{rules, Outcome, Route, Standing};
+use crate::limiter::{rules, Outcome, Route, Standing, StoreError};
 use crate::policy::FailureMode;
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -219,6 +219,29 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(metrics.render())
 }
 
+/// Pings Redis: the outcome, and Redis's part of `/health` (also the
+/// dashboard's).
+pub async fn redis_health(state: &AppState) -> (Result<(), StoreError>, RedisHealth) {
+    let topology = state.limiter.store().topology();
+    let ping = state.limiter.ping().await;
+    let breaker = if state.limiter.breaker_open() {
+        "open"
+    } else {
+        "closed"
+    };
+    let health = RedisHealth {
+        status: if ping.is_ok() { "up" } else { "down" },
+        latency_ms: ping
+            .as_ref()
+            .ok()
+            .map(|latency| (latency.as_secs_f64() * 1e6).round() / 1e3),
+        error: ping.as_ref().err().map(ToString::to_string),
+        topology,
+        breaker,
+    };
+    (ping.map(drop), health)
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct RedisHealth {
     /// `up` or `down`.
@@ -272,27 +295,10 @@ pub struct Health {
     )
 )]
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let store = state.limiter.store();
-    let ping = state.limiter.ping().await;
-    let breaker = if state.limiter.breaker_open() {
-        "open"
-    } else {
-        "closed"
-    };
+    let (ping, redis) = redis_health(&state).await;
     let mode = state.limiter.failure_mode();
-    let (mut response, status, reason, redis) = match ping {
-        Ok(latency) => (
-            HttpResponse::Ok(),
-            "healthy",
-            None,
-            RedisHealth {
-                status: "up",
-                latency_ms: Some((latency.as_secs_f64() * 1e6).round() / 1e3),
-                error: None,
-                topology: store.topology(),
-                breaker,
-            },
-        ),
+    let (mut response, status, reason) = match ping {
+        Ok(()) => (HttpResponse::Ok(), "healthy", None),
         Err(err) => (
             HttpResponse::ServiceUnavailable(),
             if mode == FailureMode::Closed {
@@ -311,13 +317,6 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
                     err.kind()
                 ),
             }),
-            RedisHealth {
-                status: "down",
-                latency_ms: None,
-                error: Some(err.to_string()),
-                topology: store.topology(),
-                breaker,
-            },
         ),
     };
     response.json(Health {

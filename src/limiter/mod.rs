@@ -21,6 +21,7 @@ pub mod store;
 pub mod top;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -52,6 +53,10 @@ pub struct Limiter<S> {
     top: top::TopOffenders,
     /// This instance's name among those publishing heavy hitters.
     instance: String,
+    /// The rules' version: 1 as started, one more per replacement.
+    rules_version: AtomicU64,
+    /// When the rules were last replaced (ms since the epoch; 0: never).
+    rules_since_ms: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -77,6 +82,8 @@ impl<S: Store> Limiter<S> {
             reported_bad: Default::default(),
             top: top::TopOffenders::default(),
             instance: uuid::Uuid::new_v4().simple().to_string(),
+            rules_version: AtomicU64::new(1),
+            rules_since_ms: AtomicU64::new(0),
             metrics,
         }
     }
@@ -167,6 +174,21 @@ impl<S: Store> Limiter<S> {
         self.dynamic.store(Arc::new(dynamic));
         // A cached denial may not hold under the new limits.
         self.denied.clear();
+        self.rules_version.fetch_add(1, Ordering::Relaxed);
+        let now_ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.rules_since_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// The rules' version (1 as started, one more per replacement) and when
+    /// they were last replaced (ms since the epoch; None: as started).
+    pub fn rules_version(&self) -> (u64, Option<u64>) {
+        let since = self.rules_since_ms.load(Ordering::Relaxed);
+        (
+            self.rules_version.load(Ordering::Relaxed),
+            (since > 0).then_some(since),
+        )
     }
 
     /// Requests denied until their retry_after, answered without Redis.

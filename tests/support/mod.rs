@@ -8,6 +8,7 @@
 pub mod models;
 mod redis;
 mod topologies;
+pub mod webdriver;
 
 pub use self::redis::RedisServer;
 #[allow(unused_imports)] // each test binary uses some of them

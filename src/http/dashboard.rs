@@ -1,0 +1,215 @@
+//! `GET /dashboard`: one page, served by the binary with every asset
+//! embedded (no CDN: it works offline), that shows what the service is
+//! doing right now and, with the admin token typed in, who is being
+//! limited and what to do about one of them (through the admin API).
+//!
+//! The page polls `GET /dashboard/stats` every second: aggregate counters
+//! only, like `/metrics` (decisions by strategy, policy and decision; Redis;
+//! the rules), never an identity. Identities (the top offenders, a looked-up
+//! client) come from the admin API, behind its token, which the page keeps
+//! in the tab and sends only in the Authorization header.
+
+use std::time::SystemTime;
+
+use actix_web::http::header;
+use actix_web::{web, HttpResponse};
+use prometheus::core::Collector;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use super::routes::{redis_health, RedisHealth};
+use super::AppState;
+
+const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
+const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
+const APP_CSS: &str = include_str!("../../assets/dashboard/app.css");
+
+/// Everything the page loads comes from this service, and nothing runs but
+/// its own script: the browser refuses the rest.
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+                   img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header((header::CONTENT_SECURITY_POLICY, CSP))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .insert_header((header::REFERRER_POLICY, "no-referrer"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .body(body)
+}
+
+/// The page.
+pub async fn page() -> HttpResponse {
+    asset("text/html; charset=utf-8", INDEX_HTML)
+}
+
+pub async fn script() -> HttpResponse {
+    asset("text/javascript; charset=utf-8", APP_JS)
+}
+
+pub async fn style() -> HttpResponse {
+    asset("text/css; charset=utf-8", APP_CSS)
+}
+
+/// One counter of decisions.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionCount {
+    /// The HTTP rules' strategy (`user`, `ip`), or `envoy:<domain>`.
+    #[schema(example = "user")]
+    pub strategy: String,
+    /// The policy's name, or an Envoy limit's stats key.
+    #[schema(example = "user")]
+    pub policy: String,
+    /// `allowed`, `denied`, `shadow_denied`, `degraded`, `local_allowed`,
+    /// `local_denied`, `blocked` or `unlimited`.
+    #[schema(example = "allowed")]
+    pub decision: String,
+    /// Since the instance started.
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DashboardRedis {
+    #[serde(flatten)]
+    pub health: RedisHealth,
+    /// `open`, `closed` or `local`: what limited requests get while Redis
+    /// cannot answer.
+    #[schema(example = "open")]
+    pub failure_mode: &'static str,
+    /// Calls of the check script so far, and the checks they decided
+    /// (coalesced: several per call under load).
+    pub script_calls: u64,
+    pub checks: u64,
+    /// Failed Redis calls so far.
+    pub errors: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DashboardRules {
+    /// 1 as started, one more per reload that was applied.
+    pub version: u64,
+    /// When the rules in force were loaded (ms since the epoch); null: at
+    /// start-up.
+    pub since_ms: Option<u64>,
+    /// Policies of the HTTP rules.
+    pub policies: usize,
+    pub reloads_ok: u64,
+    pub reloads_refused: u64,
+    /// The Envoy domains configured, sorted.
+    pub envoy_domains: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DashboardStats {
+    /// The server's clock (ms since the epoch), for rates between polls.
+    pub time_ms: u64,
+    pub version: &'static str,
+    pub environment: String,
+    /// Whether the admin API is on (ADMIN_TOKEN is set).
+    pub admin: bool,
+    pub decisions: Vec<DecisionCount>,
+    pub redis: DashboardRedis,
+    pub rules: DashboardRules,
+}
+
+/// What the dashboard shows, as counters since start-up (the page turns
+/// them into rates): decisions, Redis, the rules. No identity.
+#[utoipa::path(
+    get,
+    path = "/dashboard/stats",
+    tag = "health",
+    responses((status = 200, description = "The dashboard's numbers", body = DashboardStats))
+)]
+pub async fn stats(state: web::Data<AppState>) -> HttpResponse {
+    let metrics = state.limiter.metrics();
+    let (_, health) = redis_health(&state).await;
+    let mut decisions = Vec::new();
+    collect(&metrics.decisions, &mut decisions, |labels, count| {
+        Some(DecisionCount {
+            strategy: labels("strategy")?,
+            policy: labels("policy")?,
+            decision: labels("decision")?,
+            count,
+        })
+    });
+    for (vec, decision) in [
+        (&metrics.envoy.within_limit, "allowed"),
+        (&metrics.envoy.over_limit, "denied"),
+    ] {
+        collect(vec, &mut decisions, |labels, count| {
+            let key2 = labels("key2").filter(|k| !k.is_empty());
+            Some(DecisionCount {
+                strategy: format!("envoy:{}", labels("domain")?),
+                policy: match key2 {
+                    Some(key2) => format!("{}.{key2}", labels("key1")?),
+                    None => labels("key1")?,
+                },
+                decision: decision.to_owned(),
+                count,
+            })
+        });
+    }
+    let errors = metrics
+        .redis_errors
+        .collect()
+        .iter()
+        .flat_map(|family| family.get_metric())
+        .map(|m| m.get_counter().value() as u64)
+        .sum();
+    let rules = state.limiter.rules();
+    let (version, since_ms) = state.limiter.rules_version();
+    let mut envoy_domains: Vec<String> = rules.erl().domains.keys().cloned().collect();
+    envoy_domains.sort();
+    HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(DashboardStats {
+            time_ms: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            version: env!("CARGO_PKG_VERSION"),
+            environment: state.environment.clone(),
+            admin: state.admin_token.is_some(),
+            decisions,
+            redis: DashboardRedis {
+                health,
+                failure_mode: state.limiter.failure_mode().as_str(),
+                script_calls: metrics.redis_checks_per_call.get_sample_count(),
+                checks: metrics.redis_checks_per_call.get_sample_sum() as u64,
+                errors,
+            },
+            rules: DashboardRules {
+                version,
+                since_ms,
+                policies: rules.policies().count(),
+                reloads_ok: metrics.rules_reloads.with_label_values(&["success"]).get(),
+                reloads_refused: metrics.rules_reloads.with_label_values(&["failure"]).get(),
+                envoy_domains,
+            },
+        })
+}
+
+/// Each series of `vec` with a count above 0, as `make` turns its labels
+/// (looked up by name) and count into a row.
+fn collect<T>(
+    vec: &prometheus::IntCounterVec,
+    rows: &mut Vec<T>,
+    make: impl Fn(&dyn Fn(&str) -> Option<String>, u64) -> Option<T>,
+) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let count = metric.get_counter().value() as u64;
+            if count == 0 {
+                continue;
+            }
+            let labels = |name: &str| {
+                metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_owned())
+            };
+            rows.extend(make(&labels, count));
+        }
+    }
+}
