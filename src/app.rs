@@ -21,4 +21,6 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// How long a client may take to send a request body.
     pub body_timeout: std::time::Duration,
+    /// OpenTelemetry traces, when configured (OTEL_*).
+    pub tracing: Option<std::sync::Arc<crate::traces::Tracing>>,
 }

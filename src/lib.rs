@@ -58,3 +58,4 @@ pub mod redis;
 pub mod reload;
 pub mod startup;
 pub mod telemetry;
+pub mod traces;

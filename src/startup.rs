@@ -35,6 +35,8 @@ pub enum StartupError {
         "cannot listen on {address} (settings GRPC_HOST and GRPC_PORT, or GRPC_UDS): {source}"
     )]
     GrpcBind { address: String, source: io::Error },
+    #[error(transparent)]
+    Tracing(#[from] crate::traces::TracingError),
     #[error("invalid Envoy configuration (settings RUNTIME_ROOT and RUNTIME_*; FORCE_START_WITHOUT_INITIAL_CONFIG=true starts without it): {0}")]
     EnvoyConfig(String),
 }
@@ -45,6 +47,8 @@ pub struct Application {
     server: Server,
     /// Stops the gRPC server when the HTTP server stops.
     grpc_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    /// Flushed at shutdown.
+    tracing: Option<Arc<crate::traces::Tracing>>,
 }
 
 impl Application {
@@ -107,6 +111,21 @@ impl Application {
         if let Some(jwt) = &settings.jwt {
             identifier = identifier.with_jwt(JwtVerifier::new(jwt.clone())?);
         }
+        let tracing = match &settings.traces {
+            Some(traces) => {
+                log::info!(
+                    "traces: OTLP {} to {}, service {}",
+                    match traces.protocol {
+                        crate::config::OtlpProtocol::Grpc => "grpc",
+                        crate::config::OtlpProtocol::HttpProtobuf => "http/protobuf",
+                    },
+                    traces.endpoint,
+                    traces.service_name
+                );
+                Some(Arc::new(crate::traces::Tracing::start(traces)?))
+            }
+            None => None,
+        };
         let state = web::Data::new(AppState {
             limiter,
             identifier,
@@ -114,6 +133,7 @@ impl Application {
             log_format: settings.log_format,
             admin_token: settings.admin_token.clone(),
             body_timeout: settings.body_timeout,
+            tracing,
         });
         let admin = settings.admin_token.is_some();
 
@@ -124,6 +144,7 @@ impl Application {
         };
         let listener = TcpListener::bind(&address).map_err(bind_error)?;
         let reload_state = state.clone();
+        let tracing = state.tracing.clone();
         let rls = crate::envoy::Rls::new(state.clone(), settings.envoy.clone());
         let rls_data = web::Data::new(rls.clone());
         let port = listener.local_addr().map_err(bind_error)?.port();
@@ -167,6 +188,7 @@ impl Application {
             grpc_port,
             server,
             grpc_stop: Some(grpc_stop),
+            tracing,
         })
     }
 
@@ -191,6 +213,10 @@ impl Application {
         let result = self.server.await;
         if let Some(stop) = self.grpc_stop.take() {
             let _ = stop.send(());
+        }
+        if let Some(tracing) = self.tracing.take() {
+            // The spans still buffered go out (the SDK's export blocks).
+            let _ = tokio::task::spawn_blocking(move || tracing.shutdown()).await;
         }
         result
     }

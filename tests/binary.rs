@@ -3,43 +3,10 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::binary::{binary, log_lines, serve, signal, wait_for_port};
 use support::{RedisServer, TempDir};
-
-/// The binary, run in an empty directory (so no developer's `.env` is read)
-/// with a clean environment plus `vars`.
-fn binary(dir: &TempDir, vars: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rate-limiter"));
-    cmd.current_dir(dir.path())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(vars.iter().copied())
-        .stdin(Stdio::null());
-    cmd
-}
-
-/// The binary serving on a free loopback port with one worker, against
-/// `redis`, with `extra` settings; its log on stderr, piped.
-fn serve(dir: &TempDir, redis: &RedisServer, extra: &[(&str, &str)]) -> std::process::Child {
-    let url = redis.url();
-    let mut vars = vec![
-        ("HOST", "127.0.0.1"),
-        ("PORT", "0"),
-        ("GRPC_PORT", "0"),
-        ("WORKERS", "1"),
-        ("REDIS_URL", url.as_str()),
-        // Generous: the test machine is shared (see support::settings).
-        ("REDIS_TIMEOUT_MS", "1000"),
-    ];
-    vars.extend_from_slice(extra);
-    binary(dir, &vars)
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start the binary")
-}
 
 #[test]
 fn each_bad_setting_stops_the_start_with_one_line_naming_it() {
@@ -192,39 +159,6 @@ async fn sighup_reloads_the_rules_file() {
 
     signal(&child, "-TERM");
     assert!(child.wait().unwrap().success());
-}
-
-fn signal(child: &std::process::Child, sig: &str) {
-    assert!(Command::new("kill")
-        .args([sig, &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success());
-}
-
-/// The child's stderr, line by line, from a reader thread.
-fn log_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    rx
-}
-
-/// The port from the start-up line ("listening on 127.0.0.1:PORT").
-fn wait_for_port(lines: &std::sync::mpsc::Receiver<String>) -> u16 {
-    loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("a start-up line");
-        if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            return digits.parse().unwrap();
-        }
-    }
 }
 
 #[tokio::test]

@@ -16,6 +16,7 @@ use ipnet::IpNet;
 
 mod env;
 mod topology;
+mod traces;
 
 use crate::identity::jwt::{JwtKeySource, JwtSettings};
 use crate::identity::ForwardedHeader;
@@ -26,6 +27,7 @@ use env::{
 };
 use topology::redis_topology;
 pub use topology::{RedisSettings, RedisTopology};
+pub use traces::{OtlpProtocol, ParentlessSampler, TraceSampler, TraceSettings};
 
 /// A configuration error: which setting, what it held, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,6 +102,8 @@ pub struct Settings {
     pub api_key_header: String,
     /// JWT identities (JWT_CLAIM and a key source), when configured.
     pub jwt: Option<JwtSettings>,
+    /// OpenTelemetry traces over OTLP; None: off.
+    pub traces: Option<TraceSettings>,
     /// The Envoy rate limit service (gRPC) and its configuration.
     pub envoy: EnvoySettings,
 }
@@ -266,6 +270,7 @@ impl Settings {
                 }
             })?,
             jwt: jwt_settings(&env)?,
+            traces: traces::trace_settings(&env)?,
             envoy: envoy_settings(&env)?,
             body_timeout: env.parse_with(
                 "REQUEST_BODY_TIMEOUT_MS",

@@ -29,14 +29,80 @@ impl RateLimitService for Rls {
         &self,
         request: Request<RateLimitRequest>,
     ) -> Result<Response<RateLimitResponse>, Status> {
-        Rls::should_rate_limit(self, request.get_ref(), METHOD)
-            .await
-            .map(Response::new)
-            .map_err(|err| match err {
+        let answer = |result: Result<RateLimitResponse, RlsError>| {
+            result.map(Response::new).map_err(|err| match err {
                 RlsError::InvalidArgument(m) => Status::invalid_argument(m),
                 RlsError::Unavailable(m) => Status::unavailable(m),
             })
+        };
+        let Some(tracing) = self.state().tracing.clone() else {
+            return answer(Rls::should_rate_limit(self, request.get_ref(), METHOD).await);
+        };
+        let parent = tracing.parent(&crate::traces::MetadataExtractor(request.metadata()));
+        let start = std::time::SystemTime::now();
+        let (result, store_time) =
+            crate::traces::timing_store(Rls::should_rate_limit(self, request.get_ref(), METHOD))
+                .await;
+        let result = answer(result);
+        let request = request.get_ref();
+        let known = (self.state().limiter.rules().erl().domains).contains_key(&request.domain);
+        let domain = known.then_some(request.domain.as_str());
+        trace_call(
+            &tracing, &parent, start, request, domain, &result, store_time,
+        );
+        result
     }
+}
+
+/// The span of one ShouldRateLimit call: the domain (configuration, not a
+/// client value), the overall code and the gRPC status; never a
+/// descriptor's value.
+fn trace_call(
+    tracing: &crate::traces::Tracing,
+    parent: &opentelemetry::Context,
+    start: std::time::SystemTime,
+    request: &RateLimitRequest,
+    domain: Option<&str>,
+    result: &Result<Response<RateLimitResponse>, Status>,
+    store_time: Option<crate::traces::StoreTime>,
+) {
+    use opentelemetry::KeyValue;
+    let service = "envoy.service.ratelimit.v3.RateLimitService";
+    let mut attributes = vec![
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("rpc.service", service),
+        KeyValue::new("rpc.method", METHOD),
+        KeyValue::new(
+            "rpc.grpc.status_code",
+            result.as_ref().map_or_else(|s| s.code() as i64, |_| 0),
+        ),
+        KeyValue::new("ratelimit.descriptors", request.descriptors.len() as i64),
+    ];
+    // The domain when the configuration has it (an unknown one is whatever
+    // the client sent, and stays out).
+    if let Some(domain) = domain {
+        attributes.push(KeyValue::new("ratelimit.domain", domain.to_owned()));
+    }
+    if let Ok(response) = result {
+        let code = match response.get_ref().overall_code {
+            1 => "OK",
+            2 => "OVER_LIMIT",
+            _ => "UNKNOWN",
+        };
+        attributes.push(KeyValue::new("ratelimit.overall_code", code));
+    }
+    let failed = matches!(result, Err(s) if s.code() != tonic::Code::InvalidArgument);
+    tracing.request_span(
+        parent,
+        crate::traces::RequestSpan {
+            name: format!("{service}/{METHOD}"),
+            kind: opentelemetry::trace::SpanKind::Server,
+            start,
+            attributes,
+            store: store_time,
+            failed,
+        },
+    );
 }
 
 /// Where the gRPC server listens.

@@ -15,7 +15,7 @@ use actix_web::{Error, HttpMessage, HttpRequest};
 use serde::Serialize;
 
 use super::app_state;
-use super::ratelimit::LimitInfo;
+use super::ratelimit::{LimitInfo, PolicyNames};
 use crate::config::LogFormat;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -110,7 +110,18 @@ pub async fn access(
     let id = forwarded.unwrap_or_else(new_request_id);
     req.extensions_mut().insert(RequestId(id.clone()));
 
-    let mut response = next.call(req).await?;
+    let traced = state.tracing.as_ref().map(|tracing| {
+        (
+            tracing.parent(&crate::traces::HeaderExtractor(req.headers())),
+            std::time::SystemTime::now(),
+        )
+    });
+    let (response, store_time) = if traced.is_some() {
+        crate::traces::timing_store(next.call(req)).await
+    } else {
+        (next.call(req).await, None)
+    };
+    let mut response = response?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(X_REQUEST_ID, value);
     }
@@ -125,6 +136,17 @@ pub async fn access(
         .http_requests
         .with_label_values(&[&route, method_label(request.method()), &status.to_string()])
         .inc();
+    if let (Some(tracing), Some((parent, start))) = (&state.tracing, traced) {
+        trace_request(
+            tracing,
+            (parent, start),
+            request,
+            &route,
+            status,
+            &id,
+            store_time,
+        );
+    }
 
     if log::log_enabled!(target: ACCESS_TARGET, log::Level::Info) {
         let info = request.extensions().get::<LimitInfo>().copied();
@@ -164,6 +186,59 @@ pub async fn access(
         }
     }
     Ok(response)
+}
+
+/// The span of one HTTP request (see `traces`): the route and status, the
+/// limiter's strategy, decision and policies, the request id; never a key,
+/// a token, the client's address or a raw admin path.
+#[allow(clippy::too_many_arguments)]
+fn trace_request(
+    tracing: &crate::traces::Tracing,
+    (parent, start): (opentelemetry::Context, std::time::SystemTime),
+    request: &HttpRequest,
+    route: &str,
+    status: u16,
+    id: &str,
+    store_time: Option<crate::traces::StoreTime>,
+) {
+    use opentelemetry::{KeyValue, Value};
+    let method = method_label(request.method());
+    let mut attributes = vec![
+        KeyValue::new("http.request.method", method),
+        KeyValue::new("http.route", route.to_owned()),
+        KeyValue::new("url.path", logged_path(route, request.path()).to_owned()),
+        KeyValue::new("url.scheme", "http"),
+        KeyValue::new("http.response.status_code", i64::from(status)),
+        KeyValue::new("ratelimit.request_id", id.to_owned()),
+    ];
+    let extensions = request.extensions();
+    if let Some(info) = extensions.get::<LimitInfo>() {
+        attributes.push(KeyValue::new("ratelimit.strategy", info.strategy));
+        attributes.push(KeyValue::new("ratelimit.decision", info.decision));
+    }
+    if let Some(PolicyNames(names)) = extensions.get::<PolicyNames>() {
+        attributes.push(KeyValue::new(
+            "ratelimit.policies",
+            Value::Array(
+                names
+                    .iter()
+                    .map(|n| opentelemetry::StringValue::from(n.clone()))
+                    .collect::<Vec<_>>()
+                    .into(),
+            ),
+        ));
+    }
+    tracing.request_span(
+        &parent,
+        crate::traces::RequestSpan {
+            name: format!("{method} {route}"),
+            kind: opentelemetry::trace::SpanKind::Server,
+            start,
+            attributes,
+            store: store_time,
+            failed: status >= 500,
+        },
+    );
 }
 
 #[cfg(test)]

@@ -122,9 +122,14 @@ pub struct LimitInfo {
     pub decision: &'static str,
 }
 
+/// The names of the policies a decision involved, for a traced request's
+/// span (kept in the request's extensions only when tracing is on).
+#[derive(Debug, Clone, Default)]
+pub struct PolicyNames(pub Vec<String>);
+
 /// Counts one decision under every policy it involved (labels: strategy,
 /// policy name from the configuration, decision; never a client value), and
-/// notes it in the request for the access log.
+/// notes it in the request for the access log (and the trace).
 fn record<'a>(
     req: &HttpRequest,
     metrics: &Metrics,
@@ -132,6 +137,10 @@ fn record<'a>(
     policies: impl IntoIterator<Item = &'a Policy>,
     decision: &'static str,
 ) {
+    let traced = req
+        .app_data::<actix_web::web::Data<super::AppState>>()
+        .is_some_and(|state| state.tracing.is_some());
+    let mut names = Vec::new();
     let mut any = false;
     for policy in policies {
         any = true;
@@ -139,6 +148,12 @@ fn record<'a>(
             .decisions
             .with_label_values(&[strategy, policy.name(), decision])
             .inc();
+        if traced {
+            names.push(policy.name().to_owned());
+        }
+    }
+    if traced {
+        req.extensions_mut().insert(PolicyNames(names));
     }
     if !any {
         metrics

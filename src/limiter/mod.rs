@@ -124,7 +124,15 @@ impl<S: Store> Limiter<S> {
                 .inc();
             return Err(StoreError::CircuitOpen);
         }
-        let result = self.store.check(counters).await;
+        // A traced request notes the time it waits for the store.
+        let result = if crate::traces::store_timed() {
+            let (wall, started) = (SystemTime::now(), std::time::Instant::now());
+            let result = self.store.check(counters).await;
+            crate::traces::note_store_call(wall, started.elapsed());
+            result
+        } else {
+            self.store.check(counters).await
+        };
         match &result {
             Ok(_) => permit.success(),
             Err(StoreError::Timeout(_) | StoreError::Connection(_)) => permit.failure(),

@@ -5,6 +5,7 @@
 //! test leaves nothing behind.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod binary;
 pub mod models;
 mod redis;
 mod topologies;

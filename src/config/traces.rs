@@ -1,0 +1,246 @@
+//! OpenTelemetry tracing, configured by the standard OTEL_* variables (the
+//! OpenTelemetry specification's "SDK environment variables"): on when an
+//! OTLP endpoint is set (or `OTEL_TRACES_EXPORTER=otlp`), off otherwise and
+//! with `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
+
+use super::env::{parse_bool, Env};
+use super::ConfigError;
+
+/// How spans travel to the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (the collector's port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318), the specification's
+    /// default.
+    HttpProtobuf,
+}
+
+/// Which traces are kept (OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TraceSampler {
+    AlwaysOn,
+    AlwaysOff,
+    /// This share of trace ids, 0 to 1.
+    TraceIdRatio(f64),
+    /// The caller's decision (a sampled `traceparent`) when there is one,
+    /// else the inner sampler's.
+    ParentBased(ParentlessSampler),
+}
+
+/// A parent-based sampler's choice for requests without a parent.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParentlessSampler {
+    AlwaysOn,
+    AlwaysOff,
+    TraceIdRatio(f64),
+}
+
+// The ratios are checked to lie in 0..=1 (never NaN).
+impl Eq for TraceSampler {}
+impl Eq for ParentlessSampler {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSettings {
+    pub protocol: OtlpProtocol,
+    /// The URL spans are sent to: the collector itself for gRPC, the full
+    /// `/v1/traces` URL for HTTP.
+    pub endpoint: String,
+    /// OTEL_SERVICE_NAME (default `rate-limiter`).
+    pub service_name: String,
+    pub sampler: TraceSampler,
+}
+
+/// The trace settings, or None when tracing is off.
+pub(super) fn trace_settings(env: &Env<'_>) -> Result<Option<TraceSettings>, ConfigError> {
+    let disabled = env.parse_with("OTEL_SDK_DISABLED", false, parse_bool)?;
+    let exporter = env.parse_with("OTEL_TRACES_EXPORTER", None, |v| match v {
+        "otlp" => Ok(Some(true)),
+        "none" => Ok(Some(false)),
+        _ => Err("expected otlp or none (the only exporters of this service)".into()),
+    })?;
+    let protocol_of = |name: &'static str| {
+        env.parse_with(name, None, |v| match v {
+            "grpc" => Ok(Some(OtlpProtocol::Grpc)),
+            "http/protobuf" => Ok(Some(OtlpProtocol::HttpProtobuf)),
+            "http/json" => Err("http/json is not supported: use grpc or http/protobuf".into()),
+            _ => Err("expected grpc or http/protobuf".into()),
+        })
+    };
+    let protocol = protocol_of("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")?
+        .or(protocol_of("OTEL_EXPORTER_OTLP_PROTOCOL")?)
+        .unwrap_or(OtlpProtocol::HttpProtobuf);
+    let url = |name: &'static str| {
+        env.parse_with(name, None, |v| {
+            if v.starts_with("http://") || v.starts_with("https://") {
+                Ok(Some(v.trim_end_matches('/').to_owned()))
+            } else {
+                Err("expected an http:// or https:// URL".into())
+            }
+        })
+    };
+    let traces_endpoint = url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")?;
+    let base_endpoint = url("OTEL_EXPORTER_OTLP_ENDPOINT")?;
+    let service_name = env
+        .get("OTEL_SERVICE_NAME")
+        .unwrap_or_else(|| "rate-limiter".to_owned());
+    let ratio = env.parse_with("OTEL_TRACES_SAMPLER_ARG", 1.0, |v| {
+        v.parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| "expected a number from 0 to 1".to_owned())
+    })?;
+    let sampler = env.parse_with(
+        "OTEL_TRACES_SAMPLER",
+        TraceSampler::ParentBased(ParentlessSampler::AlwaysOn),
+        |v| {
+            Ok(match v {
+                "always_on" => TraceSampler::AlwaysOn,
+                "always_off" => TraceSampler::AlwaysOff,
+                "traceidratio" => TraceSampler::TraceIdRatio(ratio),
+                "parentbased_always_on" => TraceSampler::ParentBased(ParentlessSampler::AlwaysOn),
+                "parentbased_always_off" => TraceSampler::ParentBased(ParentlessSampler::AlwaysOff),
+                "parentbased_traceidratio" => {
+                    TraceSampler::ParentBased(ParentlessSampler::TraceIdRatio(ratio))
+                }
+                _ => {
+                    return Err("expected always_on, always_off, traceidratio, \
+                                parentbased_always_on, parentbased_always_off or \
+                                parentbased_traceidratio"
+                        .into())
+                }
+            })
+        },
+    )?;
+    let wanted = exporter.unwrap_or(traces_endpoint.is_some() || base_endpoint.is_some());
+    if disabled || !wanted {
+        return Ok(None);
+    }
+    // The specification's rules: a signal's own endpoint is used as it is;
+    // the base endpoint gets the signal's path over HTTP.
+    let endpoint = match (protocol, traces_endpoint, base_endpoint) {
+        (_, Some(url), _) => url,
+        (OtlpProtocol::Grpc, None, Some(base)) => base,
+        (OtlpProtocol::HttpProtobuf, None, Some(base)) => format!("{base}/v1/traces"),
+        (OtlpProtocol::Grpc, None, None) => "http://localhost:4317".to_owned(),
+        (OtlpProtocol::HttpProtobuf, None, None) => "http://localhost:4318/v1/traces".to_owned(),
+    };
+    Ok(Some(TraceSettings {
+        protocol,
+        endpoint,
+        service_name,
+        sampler,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn traces(vars: &[(&str, &str)]) -> Result<Option<TraceSettings>, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let lookup = |name: &str| map.get(name).cloned();
+        trace_settings(&Env(&lookup))
+    }
+
+    #[test]
+    fn off_unless_an_endpoint_or_the_exporter_is_set() {
+        assert_eq!(traces(&[]).unwrap(), None);
+        assert_eq!(traces(&[("OTEL_SERVICE_NAME", "x")]).unwrap(), None);
+        let on = traces(&[("OTEL_TRACES_EXPORTER", "otlp")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(on.endpoint, "http://localhost:4318/v1/traces");
+        for off in [
+            [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_SDK_DISABLED", "true"),
+            ],
+            [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_TRACES_EXPORTER", "none"),
+            ],
+        ] {
+            assert_eq!(traces(&off).unwrap(), None, "{off:?}");
+        }
+    }
+
+    #[test]
+    fn endpoints_follow_the_specification() {
+        let http = traces(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (http.protocol, http.endpoint.as_str()),
+            (
+                OtlpProtocol::HttpProtobuf,
+                "http://collector:4318/v1/traces"
+            )
+        );
+        let grpc = traces(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (grpc.protocol, grpc.endpoint.as_str()),
+            (OtlpProtocol::Grpc, "http://collector:4317")
+        );
+        let own = traces(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://a:4318"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://b:9999/custom"),
+            ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (own.protocol, own.endpoint.as_str()),
+            (OtlpProtocol::HttpProtobuf, "http://b:9999/custom")
+        );
+        assert_eq!(own.service_name, "rate-limiter");
+        assert_eq!(
+            own.sampler,
+            TraceSampler::ParentBased(ParentlessSampler::AlwaysOn)
+        );
+    }
+
+    #[test]
+    fn samplers_and_bad_values() {
+        let with = |sampler: &str, arg: &str| {
+            traces(&[
+                ("OTEL_TRACES_EXPORTER", "otlp"),
+                ("OTEL_TRACES_SAMPLER", sampler),
+                ("OTEL_TRACES_SAMPLER_ARG", arg),
+            ])
+        };
+        assert_eq!(
+            with("parentbased_traceidratio", "0.25")
+                .unwrap()
+                .unwrap()
+                .sampler,
+            TraceSampler::ParentBased(ParentlessSampler::TraceIdRatio(0.25))
+        );
+        assert_eq!(
+            with("always_off", "").unwrap().unwrap().sampler,
+            TraceSampler::AlwaysOff
+        );
+        for (name, value) in [
+            ("OTEL_TRACES_SAMPLER", "sometimes"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "carrier-pigeon"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317"),
+            ("OTEL_TRACES_EXPORTER", "zipkin"),
+            ("OTEL_SDK_DISABLED", "perhaps"),
+        ] {
+            let err = traces(&[(name, value)]).unwrap_err().to_string();
+            assert!(err.contains(name), "{name}={value}: {err}");
+        }
+    }
+}
