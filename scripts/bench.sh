@@ -293,7 +293,7 @@ start_redis() { # name port extra-args...
     --logfile "$work/$name/redis.log" "$@" &
   pids+=($!)
   for _ in $(seq 1 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && return 0; sleep 0.1; done
-  echo "redis $name did not start" >&2; exit 1
+  echo "redis $name did not start:" >&2; tail -3 "$work/$name/redis.log" >&2; exit 1
 }
 master=$(free_port); replica=$(free_port)
 start_redis master "$master"
@@ -312,7 +312,9 @@ for i in 1 2 3; do
 done
 nodes=()
 for i in 1 2 3; do
+  # A Cluster node's bus listens 10,000 ports higher: at most 55535.
   port=$(free_port)
+  while ((port > 55535)); do port=$(free_port); done
   start_redis "node$i" "$port" --cluster-enabled yes --cluster-node-timeout 5000
   nodes+=("127.0.0.1:$port")
 done

@@ -133,33 +133,28 @@ impl Browser {
         found[ELEMENT].as_str().expect("an element").to_owned()
     }
 
+    /// `action` (click, clear, value) on the element `id`.
+    async fn on_element(&self, id: &str, action: &str, body: Value) {
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{id}/{action}"),
+            Some(body),
+        )
+        .await;
+    }
+
     /// Clicks the element `css` selects.
     pub async fn click(&self, css: &str) {
         let id = self.element(css).await;
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{id}/click"),
-            Some(json!({})),
-        )
-        .await;
+        self.on_element(&id, "click", json!({})).await;
     }
 
     /// Clears the input `css` selects and types `text` into it, as a user
     /// does (key events).
     pub async fn type_into(&self, css: &str, text: &str) {
         let id = self.element(css).await;
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{id}/clear"),
-            Some(json!({})),
-        )
-        .await;
-        self.command(
-            reqwest::Method::POST,
-            &format!("/element/{id}/value"),
-            Some(json!({ "text": text })),
-        )
-        .await;
+        self.on_element(&id, "clear", json!({})).await;
+        self.on_element(&id, "value", json!({ "text": text })).await;
     }
 
     /// The text content of the element `css` selects ("" when none).
