@@ -223,6 +223,38 @@ fn dockerfile_is_multi_stage_non_root_with_a_livez_healthcheck() {
             );
         }
     }
+    // Every file the binary embeds (include_str!, include_bytes! outside
+    // the unit tests) lies in a folder the build stage copies.
+    let copied: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+        .flat_map(|l| {
+            let parts: Vec<&str> = l.split_whitespace().collect();
+            parts[1..parts.len() - 1]
+                .iter()
+                .map(|s| s.trim_end_matches('/').to_owned())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (file, embedded) in embedded_files(&root().join("src")) {
+        let relative = embedded
+            .strip_prefix(std::fs::canonicalize(root()).unwrap())
+            .unwrap()
+            .to_owned();
+        let top = relative
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
+        assert!(
+            copied.iter().any(|c| c == top),
+            "{} embeds {}, which the Dockerfile does not copy",
+            file.display(),
+            relative.display()
+        );
+    }
     let binary = text
         .lines()
         .find_map(|l| l.strip_prefix("ENTRYPOINT "))
@@ -374,4 +406,36 @@ fn traefik_forward_auth_configuration_is_well_formed() {
             .unwrap()
             .starts_with("http://")
     );
+}
+
+/// The files embedded by the sources under `dir` (before any
+/// `#[cfg(test)]`): (source file, embedded file), paths made absolute.
+fn embedded_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::path::PathBuf)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(embedded_files(&path));
+            continue;
+        }
+        if path.extension().is_none_or(|e| e != "rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for piece in code.split("include_").skip(1) {
+            let Some(rest) = piece
+                .strip_prefix("str!(\"")
+                .or_else(|| piece.strip_prefix("bytes!(\""))
+            else {
+                continue;
+            };
+            let relative = &rest[..rest.find('"').unwrap()];
+            let target = path.parent().unwrap().join(relative);
+            let target = std::fs::canonicalize(&target)
+                .unwrap_or_else(|e| panic!("{} embeds {relative}: {e}", path.display()));
+            found.push((path.clone(), target));
+        }
+    }
+    found
 }

@@ -20,9 +20,9 @@ use utoipa::ToSchema;
 use super::routes::{redis_health, RedisHealth};
 use super::AppState;
 
-const INDEX_HTML: &str = include_str!("../../assets/dashboard/index.html");
-const APP_JS: &str = include_str!("../../assets/dashboard/app.js");
-const APP_CSS: &str = include_str!("../../assets/dashboard/app.css");
+const INDEX_HTML: &str = include_str!("../../static/dashboard/index.html");
+const APP_JS: &str = include_str!("../../static/dashboard/app.js");
+const APP_CSS: &str = include_str!("../../static/dashboard/app.css");
 
 /// Everything the page loads comes from this service, and nothing runs but
 /// its own script: the browser refuses the rest.
