@@ -221,6 +221,41 @@ async fn the_dashboard_shows_the_service_live_and_its_admin_actions_work() {
     browser.close().await;
 }
 
+/// Without ADMIN_TOKEN the page still shows the service, and says that the
+/// admin API is off instead of offering its actions.
+#[tokio::test]
+async fn without_an_admin_token_the_page_says_the_admin_api_is_off() {
+    let redis = RedisServer::start().await;
+    let app = spawn_app(&redis, &[]).await;
+    let browser = Browser::start(1024, 800).await;
+    browser.goto(&app.url("/dashboard")).await;
+    browser
+        .wait_text("#health", "Redis is up", |t| t == "healthy")
+        .await;
+    browser
+        .wait_text("#admin-message", "the admin API is off", |t| {
+            t.contains("ADMIN_TOKEN")
+        })
+        .await;
+    let disabled: Value = browser
+        .execute(
+            "return [...document.querySelectorAll('#admin button, #admin input')].every(e => e.disabled);",
+            json!([]),
+        )
+        .await;
+    assert_eq!(disabled, true, "no admin action is offered");
+    assert!(browser
+        .text("#top-note")
+        .await
+        .contains("ADMIN_TOKEN unset"));
+    let console = browser.console().await;
+    assert!(
+        console.iter().all(|(level, _)| level != "SEVERE"),
+        "console: {console:?}"
+    );
+    browser.close().await;
+}
+
 /// The stats behind the page carry counts, never an identity, and say when
 /// the admin API is off.
 #[tokio::test]
