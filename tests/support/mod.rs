@@ -72,6 +72,15 @@ impl TempDir {
         TempDir(dir)
     }
 
+    /// A directory with a short path (`/tmp/rlt-<12 hex>`): for programs
+    /// that put Unix sockets in it (a socket path holds at most 107 bytes).
+    pub fn short() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = std::env::temp_dir().join(format!("rlt-{}", &id[..12]));
+        std::fs::create_dir_all(&dir).expect("create a temp dir");
+        TempDir(dir)
+    }
+
     pub fn path(&self) -> &Path {
         &self.0
     }

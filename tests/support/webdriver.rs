@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
-use super::free_port;
+use super::{free_port, TempDir};
 
 /// The W3C name of an element reference in a reply.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
@@ -17,6 +17,9 @@ pub struct Browser {
     driver: Child,
     http: reqwest::Client,
     session: String,
+    /// chromedriver's and Chromium's temporary files (the profile
+    /// included): removed with the browser, after chromedriver stops.
+    _temp: TempDir,
 }
 
 impl Browser {
@@ -24,10 +27,13 @@ impl Browser {
     /// `height` that keeps the console log.
     pub async fn start(width: u32, height: u32) -> Browser {
         let port = free_port();
+        // Chromium puts its profile and a socket in TMPDIR.
+        let temp = TempDir::short();
         let driver = Command::new(
             std::env::var("CHROMEDRIVER").unwrap_or_else(|_| "chromedriver".to_owned()),
         )
         .arg(format!("--port={port}"))
+        .env("TMPDIR", temp.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -85,6 +91,7 @@ impl Browser {
             driver,
             http,
             session: format!("{base}/session/{session}"),
+            _temp: temp,
         }
     }
 
