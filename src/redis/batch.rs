@@ -30,6 +30,11 @@ use crate::limiter::{StoreError, StoreReply};
 
 pub(super) type Reply = Result<StoreReply, StoreError>;
 
+/// The most keys one call takes (unless one check alone has more): a
+/// script holds Redis while it runs, so a call of many checks with many
+/// policies each must not grow without bound.
+const MAX_KEYS_PER_CALL: usize = 4096;
+
 /// One check waiting for its call.
 pub(super) struct Job {
     pub policies: Vec<ScriptPolicy>,
@@ -73,9 +78,9 @@ impl Queue {
         !std::mem::replace(&mut state.flushing, true)
     }
 
-    /// Everything waiting, grouped into calls: at most `max` checks each,
-    /// and, on a Cluster, one slot each; checks keep their order within a
-    /// call. None when nothing waits: the flusher then stops (and the next
+    /// Everything waiting, grouped into calls: at most `max` checks and
+    /// [`MAX_KEYS_PER_CALL`] keys each, and, on a Cluster, one slot each;
+    /// checks keep their order within a call. None when nothing waits: the flusher then stops (and the next
     /// check starts another). Checks whose caller stopped waiting (a
     /// timeout, a closed connection) are dropped here, uncharged.
     pub fn take(&self, max: usize, cluster: bool) -> Option<Vec<Vec<Job>>> {
@@ -87,22 +92,25 @@ impl Queue {
             }
             std::mem::take(&mut state.waiting)
         };
-        let mut calls: Vec<(u16, Vec<Job>)> = Vec::new();
+        // (slot, keys, checks) of each call.
+        let mut calls: Vec<(u16, usize, Vec<Job>)> = Vec::new();
         for job in jobs {
             if job.reply.is_closed() {
                 continue;
             }
             let slot = if cluster { job.slot() } else { 0 };
-            match calls
-                .iter_mut()
-                .rev()
-                .find(|(s, call)| *s == slot && call.len() < max)
-            {
-                Some((_, call)) => call.push(job),
-                None => calls.push((slot, vec![job])),
+            let keys = job.policies.len();
+            match calls.iter_mut().rev().find(|(s, k, call)| {
+                *s == slot && call.len() < max && k + keys <= MAX_KEYS_PER_CALL
+            }) {
+                Some((_, k, call)) => {
+                    *k += keys;
+                    call.push(job);
+                }
+                None => calls.push((slot, keys, vec![job])),
             }
         }
-        Some(calls.into_iter().map(|(_, call)| call).collect())
+        Some(calls.into_iter().map(|(_, _, call)| call).collect())
     }
 
     /// A flusher that ends without `take` saying so (its task was dropped):
@@ -118,6 +126,11 @@ mod tests {
     use super::*;
 
     fn job(key: &str) -> (Job, oneshot::Receiver<Reply>) {
+        job_of(key, 1)
+    }
+
+    /// A check of `policies` counters of one subject.
+    fn job_of(key: &str, policies: usize) -> (Job, oneshot::Receiver<Reply>) {
         let (tx, rx) = oneshot::channel();
         let policy = ScriptPolicy {
             key: key.to_owned(),
@@ -129,12 +142,31 @@ mod tests {
         };
         (
             Job {
-                policies: vec![policy],
+                policies: vec![policy; policies],
                 now_ms: None,
                 reply: tx,
             },
             rx,
         )
+    }
+
+    #[test]
+    fn a_call_holds_a_bounded_number_of_keys() {
+        let queue = Queue::default();
+        let mut receivers = Vec::new();
+        for (key, policies) in [("a", 3000), ("b", 1000), ("c", 200), ("d", 5000)] {
+            let (job, rx) = job_of(key, policies);
+            queue.push(job);
+            receivers.push(rx);
+        }
+        let calls = queue.take(64, false).unwrap();
+        let keys: Vec<usize> = calls
+            .iter()
+            .map(|c| c.iter().map(|j| j.policies.len()).sum())
+            .collect();
+        // a + b fill the first call; c goes with them no more; d, larger
+        // than the bound alone, has a call of its own.
+        assert_eq!(keys, [4000, 200, 5000]);
     }
 
     #[test]
