@@ -1,7 +1,12 @@
 //! A real headless Chromium, driven over the W3C WebDriver protocol through
 //! Debian's chromedriver (started on a free loopback port, stopped with the
 //! [`Browser`]). The protocol is JSON over HTTP, spoken here with reqwest.
+//!
+//! chromedriver runs in a process group of its own, with the Chromium it
+//! starts: stopping the browser kills the whole group, so a failed test
+//! leaves no Chromium running.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,8 +18,23 @@ use super::{free_port, TempDir};
 /// The W3C name of an element reference in a reply.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// chromedriver and everything it started: killed together when dropped.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.0.id());
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &group])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Browser {
-    driver: Child,
+    driver: Driver,
     http: reqwest::Client,
     session: String,
     /// chromedriver's and Chromium's temporary files (the profile
@@ -34,9 +54,11 @@ impl Browser {
         )
         .arg(format!("--port={port}"))
         .env("TMPDIR", temp.path())
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
+        .map(Driver)
         .expect("chromedriver (Debian package chromium-driver; ./run_tests.sh installs it)");
         let http = reqwest::Client::new();
         let base = format!("http://127.0.0.1:{port}");
@@ -233,19 +255,9 @@ impl Browser {
             .expect("a PNG")
     }
 
-    /// Ends the session (Chromium quits) and stops chromedriver.
-    pub async fn close(mut self) {
+    /// Ends the session (Chromium quits); chromedriver stops with the
+    /// browser.
+    pub async fn close(self) {
         self.command(reqwest::Method::DELETE, "", None).await;
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        // A test that failed before close(): chromedriver goes, and its
-        // Chromium with it (the driver's children see their pipe close).
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
     }
 }
