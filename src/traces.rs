@@ -79,16 +79,32 @@ impl Tracing {
     }
 
     /// Ends one request's span under `parent`, from its start to now, with
-    /// the time the store took as a child span.
-    pub fn request_span(&self, parent: &Context, request: RequestSpan) {
+    /// `attributes` and the time the store took as a child span. A span the
+    /// sampler drops costs no more than the decision: its attributes are
+    /// never built.
+    pub fn request_span(
+        &self,
+        parent: &Context,
+        request: RequestSpan,
+        attributes: impl FnOnce() -> Vec<KeyValue>,
+    ) {
         let RequestSpan {
             name,
             kind,
             start,
-            mut attributes,
             store,
             failed,
         } = request;
+        let mut span = self
+            .tracer
+            .span_builder(name)
+            .with_kind(kind)
+            .with_start_time(start)
+            .start_with_context(&self.tracer, parent);
+        if !span.is_recording() {
+            return;
+        }
+        let mut attributes = attributes();
         if let Some(store) = store {
             attributes.push(KeyValue::new(
                 "ratelimit.redis.duration_ms",
@@ -99,13 +115,7 @@ impl Tracing {
                 i64::from(store.calls),
             ));
         }
-        let span = self
-            .tracer
-            .span_builder(name)
-            .with_kind(kind)
-            .with_start_time(start)
-            .with_attributes(attributes)
-            .start_with_context(&self.tracer, parent);
+        span.set_attributes(attributes);
         let context = parent.with_span(span);
         if let Some(store) = store {
             let mut redis = self
@@ -155,7 +165,6 @@ pub struct RequestSpan {
     pub name: String,
     pub kind: SpanKind,
     pub start: SystemTime,
-    pub attributes: Vec<KeyValue>,
     pub store: Option<StoreTime>,
     /// A server error: the span's status says so.
     pub failed: bool,

@@ -392,3 +392,50 @@ fn a_bad_trace_setting_is_a_start_up_error() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL"), "{stderr}");
 }
+
+/// `OTEL_TRACES_SAMPLER` is obeyed: with `parentbased_always_off` a request
+/// without a sampled parent makes no span, one with it does.
+#[tokio::test]
+async fn the_sampler_setting_decides_which_requests_make_spans() {
+    let (endpoint, received) = http_receiver().await;
+    let redis = RedisServer::start().await;
+    let dir = TempDir::new("traces-sampler");
+    let mut child = serve(
+        &dir,
+        &redis,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_off"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("LOG_LEVEL", "info"),
+        ],
+    );
+    let lines = log_lines(&mut child);
+    let base = format!("http://127.0.0.1:{}", wait_for_port(&lines));
+    let client = reqwest::Client::new();
+    for _ in 0..3 {
+        client.get(format!("{base}/livez")).send().await.unwrap();
+    }
+    // Ended after the unsampled ones: exported in the same batch or later.
+    client
+        .get(format!("{base}/health"))
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while !spans(&received)
+        .iter()
+        .any(|(_, s)| s.name == "GET /health")
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no span for the sampled request"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let names: Vec<String> = spans(&received).into_iter().map(|(_, s)| s.name).collect();
+    assert!(!names.iter().any(|n| n == "GET /livez"), "{names:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

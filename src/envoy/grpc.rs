@@ -68,29 +68,32 @@ fn trace_call(
 ) {
     use opentelemetry::KeyValue;
     let service = "envoy.service.ratelimit.v3.RateLimitService";
-    let mut attributes = vec![
-        KeyValue::new("rpc.system", "grpc"),
-        KeyValue::new("rpc.service", service),
-        KeyValue::new("rpc.method", METHOD),
-        KeyValue::new(
-            "rpc.grpc.status_code",
-            result.as_ref().map_or_else(|s| s.code() as i64, |_| 0),
-        ),
-        KeyValue::new("ratelimit.descriptors", request.descriptors.len() as i64),
-    ];
-    // The domain when the configuration has it (an unknown one is whatever
-    // the client sent, and stays out).
-    if let Some(domain) = domain {
-        attributes.push(KeyValue::new("ratelimit.domain", domain.to_owned()));
-    }
-    if let Ok(response) = result {
-        let code = match response.get_ref().overall_code {
-            1 => "OK",
-            2 => "OVER_LIMIT",
-            _ => "UNKNOWN",
-        };
-        attributes.push(KeyValue::new("ratelimit.overall_code", code));
-    }
+    let attributes = || {
+        let mut attributes = vec![
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", service),
+            KeyValue::new("rpc.method", METHOD),
+            KeyValue::new(
+                "rpc.grpc.status_code",
+                result.as_ref().map_or_else(|s| s.code() as i64, |_| 0),
+            ),
+            KeyValue::new("ratelimit.descriptors", request.descriptors.len() as i64),
+        ];
+        // The domain when the configuration has it (an unknown one is
+        // whatever the client sent, and stays out).
+        if let Some(domain) = domain {
+            attributes.push(KeyValue::new("ratelimit.domain", domain.to_owned()));
+        }
+        if let Ok(response) = result {
+            let code = match response.get_ref().overall_code {
+                1 => "OK",
+                2 => "OVER_LIMIT",
+                _ => "UNKNOWN",
+            };
+            attributes.push(KeyValue::new("ratelimit.overall_code", code));
+        }
+        attributes
+    };
     let failed = matches!(result, Err(s) if s.code() != tonic::Code::InvalidArgument);
     tracing.request_span(
         parent,
@@ -98,10 +101,10 @@ fn trace_call(
             name: format!("{service}/{METHOD}"),
             kind: opentelemetry::trace::SpanKind::Server,
             start,
-            attributes,
             store: store_time,
             failed,
         },
+        attributes,
     );
 }
 

@@ -203,41 +203,44 @@ fn trace_request(
 ) {
     use opentelemetry::{KeyValue, Value};
     let method = method_label(request.method());
-    let mut attributes = vec![
-        KeyValue::new("http.request.method", method),
-        KeyValue::new("http.route", route.to_owned()),
-        KeyValue::new("url.path", logged_path(route, request.path()).to_owned()),
-        KeyValue::new("url.scheme", "http"),
-        KeyValue::new("http.response.status_code", i64::from(status)),
-        KeyValue::new("ratelimit.request_id", id.to_owned()),
-    ];
-    let extensions = request.extensions();
-    if let Some(info) = extensions.get::<LimitInfo>() {
-        attributes.push(KeyValue::new("ratelimit.strategy", info.strategy));
-        attributes.push(KeyValue::new("ratelimit.decision", info.decision));
-    }
-    if let Some(PolicyNames(names)) = extensions.get::<PolicyNames>() {
-        attributes.push(KeyValue::new(
-            "ratelimit.policies",
-            Value::Array(
-                names
-                    .iter()
-                    .map(|n| opentelemetry::StringValue::from(n.clone()))
-                    .collect::<Vec<_>>()
-                    .into(),
-            ),
-        ));
-    }
+    let attributes = || {
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", method),
+            KeyValue::new("http.route", route.to_owned()),
+            KeyValue::new("url.path", logged_path(route, request.path()).to_owned()),
+            KeyValue::new("url.scheme", "http"),
+            KeyValue::new("http.response.status_code", i64::from(status)),
+            KeyValue::new("ratelimit.request_id", id.to_owned()),
+        ];
+        let extensions = request.extensions();
+        if let Some(info) = extensions.get::<LimitInfo>() {
+            attributes.push(KeyValue::new("ratelimit.strategy", info.strategy));
+            attributes.push(KeyValue::new("ratelimit.decision", info.decision));
+        }
+        if let Some(PolicyNames(names)) = extensions.get::<PolicyNames>() {
+            attributes.push(KeyValue::new(
+                "ratelimit.policies",
+                Value::Array(
+                    names
+                        .iter()
+                        .map(|n| opentelemetry::StringValue::from(n.clone()))
+                        .collect::<Vec<_>>()
+                        .into(),
+                ),
+            ));
+        }
+        attributes
+    };
     tracing.request_span(
         &parent,
         crate::traces::RequestSpan {
             name: format!("{method} {route}"),
             kind: opentelemetry::trace::SpanKind::Server,
             start,
-            attributes,
             store: store_time,
             failed: status >= 500,
         },
+        attributes,
     );
 }
 
