@@ -18,6 +18,17 @@ use super::{free_port, TempDir};
 /// The W3C name of an element reference in a reply.
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// chromedriver's JSON reply to `request`.
+async fn reply(request: reqwest::RequestBuilder) -> Value {
+    request
+        .send()
+        .await
+        .expect("chromedriver answers")
+        .json()
+        .await
+        .expect("a JSON reply")
+}
+
 /// chromedriver and everything it started: killed together when dropped.
 struct Driver(Child);
 
@@ -90,21 +101,14 @@ impl Browser {
         } else if std::path::Path::new("/usr/bin/chromium").exists() {
             options["binary"] = json!("/usr/bin/chromium");
         }
-        let created: Value = http
-            .post(format!("{base}/session"))
-            .json(&json!({
-                "capabilities": { "alwaysMatch": {
-                    "browserName": "chrome",
-                    "goog:chromeOptions": options,
-                    "goog:loggingPrefs": { "browser": "ALL" },
-                }}
-            }))
-            .send()
-            .await
-            .expect("chromedriver answers")
-            .json()
-            .await
-            .expect("a JSON reply");
+        let created = reply(http.post(format!("{base}/session")).json(&json!({
+            "capabilities": { "alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": options,
+                "goog:loggingPrefs": { "browser": "ALL" },
+            }}
+        })))
+        .await;
         let session = created["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no browser session: {created}"))
@@ -123,13 +127,7 @@ impl Browser {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let reply: Value = request
-            .send()
-            .await
-            .expect("chromedriver answers")
-            .json()
-            .await
-            .expect("a JSON reply");
+        let reply = reply(request).await;
         if reply["value"]["error"].is_string() {
             panic!("WebDriver {path}: {}", reply["value"]);
         }
