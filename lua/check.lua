@@ -77,6 +77,18 @@ while first <= nkeys do
   first = last + 1
 end
 
+-- Writes a charged counter (and remembers it for the rest of the call), or
+-- gives one found without a TTL (a PERSIST, a write by another tool) one,
+-- so it cannot pin its identity forever.
+local function settle(key, charged, value, ttl, px)
+  if charged then
+    redis.call('SET', key, value, 'PX', px or (ttl + TTL_SLACK))
+    stored[key] = value
+  elseif redis.call('PTTL', key) == -1 then
+    redis.call('PEXPIRE', key, ttl + TTL_SLACK)
+  end
+end
+
 local server_now
 local reply, r = {}, 0
 local a, k = 1, 0 -- the next ARGV, the keys used so far
@@ -107,13 +119,7 @@ while a <= nargs do
     local limit, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
     local allowed, remaining, reset, retry, ttl, value, px =
       algorithm.check(stored[key], limit, tonumber(ARGV[a + 2]), cost, now)
-    if cost < 0 or (allowed and cost > 0) then
-      redis.call('SET', key, value, 'PX', px or (ttl + TTL_SLACK))
-      stored[key] = value
-    elseif redis.call('PTTL', key) == -1 then
-      -- Found without a TTL: see below.
-      redis.call('PEXPIRE', key, ttl + TTL_SLACK)
-    end
+    settle(key, cost < 0 or (allowed and cost > 0), value, ttl, px)
     reply[r + 1] = (allowed or ARGV[a + 4] == '1') and 1 or 0
     reply[r + 2] = now
     reply[r + 3] = allowed and 1 or 0
@@ -151,20 +157,11 @@ while a <= nargs do
     reply[r + 2] = now
     r = r + 2
     for i = 1, n do
-      local key, cost, remaining = KEYS[k + i], cost_[i], remaining_[i]
-      if cost < 0 or (all_allowed and allowed_[i] and cost > 0) then
-        local value = value_[i]
-        redis.call('SET', key, value, 'PX', px_[i] or (ttl_[i] + TTL_SLACK))
-        stored[key] = value
-      else
-        if allowed_[i] and not all_allowed and cost > 0 then
-          remaining = remaining + cost -- nothing was taken
-        end
-        -- A counter found without a TTL (a PERSIST, a write by another tool)
-        -- gets one, so it cannot pin this identity forever.
-        if redis.call('PTTL', key) == -1 then
-          redis.call('PEXPIRE', key, ttl_[i] + TTL_SLACK)
-        end
+      local cost, remaining = cost_[i], remaining_[i]
+      settle(KEYS[k + i], cost < 0 or (all_allowed and allowed_[i] and cost > 0),
+        value_[i], ttl_[i], px_[i])
+      if allowed_[i] and not all_allowed and cost > 0 then
+        remaining = remaining + cost -- nothing was taken
       end
       reply[r + 1] = allowed_[i] and 1 or 0
       reply[r + 2] = limit_[i]

@@ -69,13 +69,8 @@ function M.check(stored, limit, window, cost, now)
     -- A refund: give back up to this window's count, never below zero (the
     -- previous window is history).
     local left = math.max(0, current + cost)
-    local reset
-    if left > 0 then
-      reset = rest + decay_until(left, window, window, 0)
-    else
-      reset = decay_until(previous, rest, window, 0)
-    end
-    return true, math.max(0, limit - math.floor(previous * rest / window) - left), reset, 0,
+    return true, math.max(0, limit - math.floor(previous * rest / window) - left),
+      until_empty(left, previous, rest, window), 0,
       rest + window, string.format('%d %d %d', current_start, left, previous)
   end
 
