@@ -115,10 +115,7 @@ impl Application {
             Some(traces) => {
                 log::info!(
                     "traces: OTLP {} to {}, service {}",
-                    match traces.protocol {
-                        crate::config::OtlpProtocol::Grpc => "grpc",
-                        crate::config::OtlpProtocol::HttpProtobuf => "http/protobuf",
-                    },
+                    traces.protocol.as_str(),
                     traces.endpoint,
                     traces.service_name
                 );

@@ -193,8 +193,9 @@ pub async fn timing_store<F: Future>(request: F) -> (F::Output, Option<StoreTime
         .await
 }
 
-/// Whether the current task notes its store calls (a traced request).
-pub fn store_timed() -> bool {
+/// Whether the current task is a traced request (it notes its store
+/// calls): only then is anything gathered for a span.
+pub fn traced() -> bool {
     STORE_TIME.try_with(|_| ()).is_ok()
 }
 

@@ -9,8 +9,6 @@
 //! client) come from the admin API, behind its token, which the page keeps
 //! in the tab and sends only in the Authorization header.
 
-use std::time::SystemTime;
-
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 use prometheus::core::Collector;
@@ -150,13 +148,8 @@ pub async fn stats(state: web::Data<AppState>) -> HttpResponse {
             })
         });
     }
-    let errors = metrics
-        .redis_errors
-        .collect()
-        .iter()
-        .flat_map(|family| family.get_metric())
-        .map(|m| m.get_counter().value() as u64)
-        .sum();
+    let mut errors: Vec<u64> = Vec::new();
+    collect(&metrics.redis_errors, &mut errors, |_, count| Some(count));
     let rules = state.limiter.rules();
     let (version, since_ms) = state.limiter.rules_version();
     let mut envoy_domains: Vec<String> = rules.erl().domains.keys().cloned().collect();
@@ -164,9 +157,7 @@ pub async fn stats(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .json(DashboardStats {
-            time_ms: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
+            time_ms: crate::limiter::top::now_ms(),
             version: env!("CARGO_PKG_VERSION"),
             environment: state.environment.clone(),
             admin: state.admin_token.is_some(),
@@ -176,7 +167,7 @@ pub async fn stats(state: web::Data<AppState>) -> HttpResponse {
                 failure_mode: state.limiter.failure_mode().as_str(),
                 script_calls: metrics.redis_checks_per_call.get_sample_count(),
                 checks: metrics.redis_checks_per_call.get_sample_sum() as u64,
-                errors,
+                errors: errors.iter().sum(),
             },
             rules: DashboardRules {
                 version,

@@ -137,9 +137,7 @@ fn record<'a>(
     policies: impl IntoIterator<Item = &'a Policy>,
     decision: &'static str,
 ) {
-    let traced = req
-        .app_data::<actix_web::web::Data<super::AppState>>()
-        .is_some_and(|state| state.tracing.is_some());
+    let traced = crate::traces::traced();
     let mut names = Vec::new();
     let mut any = false;
     for policy in policies {

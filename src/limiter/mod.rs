@@ -125,7 +125,7 @@ impl<S: Store> Limiter<S> {
             return Err(StoreError::CircuitOpen);
         }
         // A traced request notes the time it waits for the store.
-        let result = if crate::traces::store_timed() {
+        let result = if crate::traces::traced() {
             let (wall, started) = (SystemTime::now(), std::time::Instant::now());
             let result = self.store.check(counters).await;
             crate::traces::note_store_call(wall, started.elapsed());
@@ -183,10 +183,7 @@ impl<S: Store> Limiter<S> {
         // A cached denial may not hold under the new limits.
         self.denied.clear();
         self.rules_version.fetch_add(1, Ordering::Relaxed);
-        let now_ms = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.rules_since_ms.store(now_ms, Ordering::Relaxed);
+        self.rules_since_ms.store(top::now_ms(), Ordering::Relaxed);
     }
 
     /// The rules' version (1 as started, one more per replacement) and when

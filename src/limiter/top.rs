@@ -153,9 +153,14 @@ pub struct TopOffenders {
 
 /// Unix seconds now.
 pub fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl TopOffenders {

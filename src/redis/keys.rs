@@ -70,9 +70,7 @@ fn ratelimit_key(prefix: &str, subject: &Entry, policy: &Policy) -> Option<Strin
     let domain = path_subject_domain(&subject.0)?;
     let entries = parse_path(&subject.1)?;
     let window = policy.window().as_secs().max(1);
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::limiter::top::now_secs();
     let mut key = format!("{prefix}{domain}");
     for (k, v) in &entries {
         key.push('_');

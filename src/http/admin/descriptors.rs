@@ -85,11 +85,11 @@ fn named(
 }
 
 fn audit(action: &str, subject: &Entry, detail: &str) {
-    log::info!(
-        target: "audit",
-        "actor=admin action={action} descriptor={} at={} {detail}",
-        overrides::redacted(subject).escape_debug(),
-        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+    let descriptor = overrides::redacted(subject);
+    super::audit(
+        action,
+        format_args!("descriptor={}", descriptor.escape_debug()),
+        detail,
     );
 }
 

@@ -160,11 +160,12 @@ pub(super) async fn remove_override(
     Ok(HttpResponse::NoContent().finish())
 }
 
-fn audit(action: &str, identity: &Identity, detail: &str) {
+/// One audit line: who (the one admin), `action`, on what (`target`,
+/// e.g. `identity=user:abcd…`, never a whole key), when, and `detail`.
+pub(super) fn audit(action: &str, target: std::fmt::Arguments<'_>, detail: &str) {
     log::info!(
         target: "audit",
-        "actor={ACTOR} action={action} identity={} at={} {detail}",
-        identity.redacted(),
+        "actor={ACTOR} action={action} {target} at={} {detail}",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
     );
 }
@@ -230,7 +231,11 @@ pub async fn reset_identity(
         )
         .await
         .map_err(ApiError::Unavailable)?;
-    audit("reset_counters", &identity, &format!("deleted={deleted}"));
+    audit(
+        "reset_counters",
+        format_args!("identity={}", identity.redacted()),
+        &format!("deleted={deleted}"),
+    );
     Ok(HttpResponse::Ok().json(ResetReport { deleted }))
 }
 
@@ -259,7 +264,11 @@ pub async fn put_override(
 ) -> Result<HttpResponse, ApiError> {
     let identity = identity(&path.strategy, &path.id)?;
     let (response, detail) = store_override(&state, subject(&identity), body.into_inner()).await?;
-    audit("set_override", &identity, &detail);
+    audit(
+        "set_override",
+        format_args!("identity={}", identity.redacted()),
+        &detail,
+    );
     Ok(response)
 }
 
@@ -310,7 +319,11 @@ pub async fn delete_override(
 ) -> Result<HttpResponse, ApiError> {
     let identity = identity(&path.strategy, &path.id)?;
     let response = remove_override(&state, &subject(&identity)).await?;
-    audit("delete_override", &identity, "");
+    audit(
+        "delete_override",
+        format_args!("identity={}", identity.redacted()),
+        "",
+    );
     Ok(response)
 }
 
