@@ -914,51 +914,43 @@ async fn admin_status_reset_and_overrides_work_for_descriptors() {
     let (_redis, _config, app, mut c) = rig(&[("a.yaml", "domain: edge\ndescriptors:\n  - { key: api_key, rate_limit: { name: per_key, unit: day, requests_per_unit: 3, algorithm: gcra } }\n")], &[("ADMIN_TOKEN", TOKEN)]).await;
     let key = format!("k/{}", uuid()); // a '/' in the value: percent-encoded
     let query = format!("descriptor=api_key={}", key.replace('/', "%252F"));
-    let admin = |method: reqwest::Method, path: &str| {
-        app.client.request(method, app.url(path)).bearer_auth(TOKEN)
+    // One admin call: its status and JSON body (null when none).
+    let call = |method: reqwest::Method, path: String, body: Option<serde_json::Value>| {
+        let mut request = app.admin(TOKEN, method, &path);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            let json = response.json().await.unwrap_or(serde_json::Value::Null);
+            (status, json)
+        }
     };
+    let standing = || format!("/admin/descriptors/edge?{query}");
+    let override_path = || format!("/admin/descriptors/edge/override?{query}");
     let d = || request("edge", vec![descriptor(&[("api_key", &key)])]);
     assert_eq!(ask(&mut c, d()).await.statuses[0].limit_remaining, 2);
     assert_eq!(ask(&mut c, d()).await.statuses[0].limit_remaining, 1);
 
     // Where it stands, without counting.
-    let r = admin(
-        reqwest::Method::GET,
-        &format!("/admin/descriptors/edge?{query}"),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
-    let report: serde_json::Value = r.json().await.unwrap();
+    let (status, report) = call(reqwest::Method::GET, standing(), None).await;
+    assert_eq!(status, 200);
     assert_eq!(report["status"], "limited");
     assert_eq!(report["policies"][0]["remaining"], 1, "{report}");
 
     // Over the limit (and cached), then reset: allowed again at once.
     ask(&mut c, d()).await;
     assert_eq!(ask(&mut c, d()).await.overall_code, Code::OverLimit as i32);
-    let r = admin(
-        reqwest::Method::DELETE,
-        &format!("/admin/descriptors/edge?{query}"),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
-    let report: serde_json::Value = r.json().await.unwrap();
+    let (status, report) = call(reqwest::Method::DELETE, standing(), None).await;
+    assert_eq!(status, 200);
     assert_eq!(report["deleted"], 1);
     assert_eq!(ask(&mut c, d()).await.statuses[0].limit_remaining, 2);
 
     // An override: 10 a day for this descriptor only.
-    let r = admin(
-        reqwest::Method::PUT,
-        &format!("/admin/descriptors/edge/override?{query}"),
-    )
-    .json(&serde_json::json!({"limit": 10, "window": "1d"}))
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let put = |body: serde_json::Value| call(reqwest::Method::PUT, override_path(), Some(body));
+    let (status, body) = put(serde_json::json!({"limit": 10, "window": "1d"})).await;
+    assert_eq!(status, 200, "{body}");
     let s = &ask(&mut c, d()).await.statuses[0];
     assert_eq!(limit_of(s), Some((10, DAY, "per_key".into())));
     let other = one(&mut c, "edge", &[("api_key", &format!("other{key}"))]).await;
@@ -968,79 +960,31 @@ async fn admin_status_reset_and_overrides_work_for_descriptors() {
         "other descriptors keep the rule"
     );
     // Blocked, then unlimited.
-    let put = |body: serde_json::Value| {
-        admin(
-            reqwest::Method::PUT,
-            &format!("/admin/descriptors/edge/override?{query}"),
-        )
-        .json(&body)
-        .send()
-    };
-    assert_eq!(
-        put(serde_json::json!({"blocked": true}))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(put(serde_json::json!({"blocked": true})).await.0, 200);
     let r = ask(&mut c, d()).await;
     assert_eq!(
         (r.overall_code, r.statuses.len()),
         (Code::OverLimit as i32, 1)
     );
-    assert_eq!(
-        put(serde_json::json!({"unlimited": true}))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(put(serde_json::json!({"unlimited": true})).await.0, 200);
     assert_eq!(ask(&mut c, d()).await.statuses[0].limit_remaining, u32::MAX);
     // A limit override must give a window, and name no policy.
-    assert_eq!(
-        put(serde_json::json!({"limit": 5})).await.unwrap().status(),
-        400
-    );
-    let listed: serde_json::Value = admin(reqwest::Method::GET, "/admin/overrides")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(put(serde_json::json!({"limit": 5})).await.0, 400);
+    let (_, listed) = call(reqwest::Method::GET, "/admin/overrides".into(), None).await;
     assert_eq!(listed[0]["strategy"], "@edge", "{listed}");
-    let r = admin(
-        reqwest::Method::DELETE,
-        &format!("/admin/descriptors/edge/override?{query}"),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 204);
+    let (status, _) = call(reqwest::Method::DELETE, override_path(), None).await;
+    assert_eq!(status, 204);
     assert_eq!(limit_of(&ask(&mut c, d()).await.statuses[0]).unwrap().0, 3);
 
     // Malformed or unknown.
-    let r = admin(
-        reqwest::Method::GET,
-        "/admin/descriptors/edge?descriptor=novalue",
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 400);
-    let r = admin(
-        reqwest::Method::GET,
-        "/admin/descriptors/nowhere?descriptor=a=b",
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 404);
-    let r = admin(reqwest::Method::GET, "/admin/descriptors/edge")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 400);
+    for (path, expected) in [
+        ("/admin/descriptors/edge?descriptor=novalue", 400),
+        ("/admin/descriptors/nowhere?descriptor=a=b", 404),
+        ("/admin/descriptors/edge", 400),
+    ] {
+        let (status, _) = call(reqwest::Method::GET, path.into(), None).await;
+        assert_eq!(status, expected, "{path}");
+    }
 }
 
 /// Points `link` at `target` atomically (a new link renamed over the old),

@@ -39,7 +39,7 @@ fn unix_now() -> u64 {
 }
 
 fn admin(app: &TestApp, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-    app.client.request(method, app.url(path)).bearer_auth(TOKEN)
+    app.admin(TOKEN, method, path)
 }
 
 /// A limiter over `redis` with a breaker that opens after one failure and
