@@ -21,6 +21,10 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// How long a client may take to send a request body.
     pub body_timeout: std::time::Duration,
+    /// Peers that may read the operator's pages without the admin token.
+    pub operator_networks: Vec<ipnet::IpNet>,
+    /// Who may call `POST /json`.
+    pub json_api: crate::config::JsonApi,
     /// OpenTelemetry traces, when configured (OTEL_*).
     pub tracing: Option<std::sync::Arc<crate::traces::Tracing>>,
 }

@@ -129,6 +129,8 @@ impl Application {
             environment: settings.environment.clone(),
             log_format: settings.log_format,
             admin_token: settings.admin_token.clone(),
+            operator_networks: settings.operator_networks.clone(),
+            json_api: settings.envoy.json_api,
             body_timeout: settings.body_timeout,
             tracing,
         });

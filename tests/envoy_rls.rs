@@ -281,7 +281,9 @@ async fn basic_config_answers_as_envoys_ratelimit() {
         r#"ratelimit_service_rate_limit_total_hits{domain="test-domain",key1="key2",key2=""} 1"#,
         r#"ratelimit_service_rate_limit_within_limit{domain="test-domain",key1="key4",key2=""} 1"#,
         r#"ratelimit_service_rate_limit_total_hits{domain="test-domain",key1="key7_unspecified_value",key2=""} 1"#,
-        r#"ratelimit_service_rate_limit_domain_not_found{domain="foo_domain"}"#,
+        // An unknown domain's name is the caller's: one label for all of
+        // them (issue 19, item 10), never the name itself.
+        r#"ratelimit_service_rate_limit_domain_not_found{domain="unknown"}"#,
         r#"ratelimit_service_total_requests{grpc_method="ShouldRateLimit"}"#,
         "ratelimit_service_config_load_success 1",
     ] {
@@ -708,7 +710,8 @@ async fn config_reloads_keep_the_old_rules_on_error() {
 async fn json_endpoint_and_healthcheck() {
     let redis = RedisServer::start().await;
     let config = ConfigDir::new(&[("j.yaml", "domain: dummy\ndescriptors:\n  - { key: one_per_day, rate_limit: { unit: day, requests_per_unit: 1 } }\n  - { key: two, rate_limit: { unit: day, requests_per_unit: 2 } }\n")]);
-    let app = spawn_rls(&redis, &config, &[]).await;
+    // /json answers trusted proxies (JSON_API=trusted, the default).
+    let app = spawn_rls(&redis, &config, &[("TRUSTED_PROXIES", "127.0.0.1")]).await;
     let r = app
         .client
         .get(app.url("/healthcheck"))

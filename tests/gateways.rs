@@ -160,6 +160,78 @@ async fn a_gateway_limits_each_key_and_answers_429(port: u16, copies_headers: bo
     assert_eq!(anonymous, [200, 200, 429]);
 }
 
+/// One raw HTTP/1.1 request (the path sent byte for byte, as no URL parser
+/// would leave it), and the response's status.
+async fn raw_status(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n"
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {text:?}"))
+}
+
+/// Regression (issue 19, items 2 and 3): with its `POST /v1/orders/*` quota
+/// spent, a client got through by sending its own forwarding headers (the
+/// limiter preferred the client's X-Forwarded-Uri to nginx's X-Original-URI)
+/// or another spelling of the path. Through the shipped file, nothing
+/// reaches the backend: the route is the one the gateway saw, in its normal
+/// form.
+async fn a_client_cannot_choose_the_route_the_limiter_sees(port: u16) {
+    let key = unique_key("spoofer");
+    let key_header = [("X-API-Key", key.as_str())];
+    for _ in 0..2 {
+        assert_eq!(
+            raw_status(port, "POST", "/v1/orders/1", &key_header).await,
+            200
+        );
+    }
+    assert_eq!(
+        raw_status(port, "POST", "/v1/orders/1", &key_header).await,
+        429
+    );
+    let forged: &[(&str, &str)] = &[
+        ("X-API-Key", &key),
+        ("X-Forwarded-Uri", "/elsewhere"),
+        ("X-Forwarded-Method", "GET"),
+        ("X-Original-URI", "/elsewhere"),
+        ("X-Original-Method", "GET"),
+        ("X-Forwarded-Host", "other.example"),
+        ("Forwarded", "for=198.51.100.7;host=other.example"),
+    ];
+    assert_eq!(
+        raw_status(port, "POST", "/v1/orders/1", forged).await,
+        429,
+        "forged headers"
+    );
+    for spelling in [
+        "/v1/%6Frders/1",
+        "/v1/%6frders/1",
+        "//v1/orders/1",
+        "/v1//orders/1",
+        "/v1/./orders/1",
+        "/v1/x/../orders/1",
+        "/v1/%2e/orders/1",
+        "/v1/orders/%31",
+    ] {
+        let status = raw_status(port, "POST", spelling, &key_header).await;
+        assert_eq!(status, 429, "{spelling} reached the backend or was mangled");
+    }
+}
+
 /// Starts the limiter and a backend, then `gateway` in front of them on a
 /// free port, and checks it.
 async fn check_gateway(
@@ -176,6 +248,7 @@ async fn check_gateway(
     let _gateway = gateway(&dir, port, app.port, backend_port);
     wait_for(port).await;
     a_gateway_limits_each_key_and_answers_429(port, copies_headers).await;
+    a_client_cannot_choose_the_route_the_limiter_sees(port).await;
     backend.stop(false).await;
 }
 

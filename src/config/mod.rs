@@ -89,6 +89,9 @@ pub struct Settings {
     /// Enables `/admin` when set.
     pub admin_token: Option<String>,
     pub failure_mode: FailureMode,
+    /// Peers that may read the operator's pages (`/metrics`, `/rlconfig`,
+    /// `/dashboard/stats`) without the admin token.
+    pub operator_networks: Vec<IpNet>,
     /// Peers whose forwarding header is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// The one forwarding header those proxies write.
@@ -172,6 +175,24 @@ pub struct EnvoySettings {
     /// FORCE_START_WITHOUT_INITIAL_CONFIG: start even when the first load
     /// of the YAML configuration fails.
     pub force_start: bool,
+    /// RLS_HTTP_DOMAIN: serve the HTTP API's own `http` domain over gRPC
+    /// and `/json` (default false: its counters are the public API's, and
+    /// a caller of the decision plane could charge, refund or name anyone's).
+    pub http_domain: bool,
+    /// JSON_API: who may call `POST /json` on PORT.
+    pub json_api: JsonApi,
+}
+
+/// Who may call envoyproxy/ratelimit's `POST /json` on the public port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonApi {
+    /// Not served (404).
+    Off,
+    /// Served to peers in TRUSTED_PROXIES only (the default): the port may
+    /// face the internet, and a decision API answers trusted callers.
+    Trusted,
+    /// Served to anyone, as envoyproxy/ratelimit does on its private port.
+    Open,
 }
 
 impl Settings {
@@ -251,6 +272,17 @@ impl Settings {
             failure_mode: env
                 .parse_with("RATE_LIMIT_FAILURE_MODE", FailureMode::Open, |v| v.parse())?,
             trusted_proxies: env.parse_with("TRUSTED_PROXIES", Vec::new(), parse_networks)?,
+            operator_networks: env.parse_with(
+                "OPERATOR_NETWORKS",
+                vec![
+                    "127.0.0.0/8".parse().expect("a network"),
+                    "::1/128".parse().expect("a network"),
+                ],
+                |v| match v {
+                    "none" => Ok(Vec::new()),
+                    _ => parse_networks(v),
+                },
+            )?,
             forwarded_header: env.parse_with(
                 "FORWARDED_HEADER",
                 ForwardedHeader::default(),
@@ -362,6 +394,15 @@ fn envoy_settings(env: &Env<'_>) -> Result<EnvoySettings, ConfigError> {
                 .ok_or_else(|| "expected a number from 0 to 1".to_owned())
         })?,
         force_start: env.parse_with("FORCE_START_WITHOUT_INITIAL_CONFIG", false, parse_bool)?,
+        http_domain: env.parse_with("RLS_HTTP_DOMAIN", false, parse_bool)?,
+        json_api: env.parse_with("JSON_API", JsonApi::Trusted, |v| {
+            match v.to_ascii_lowercase().as_str() {
+                "off" => Ok(JsonApi::Off),
+                "trusted" => Ok(JsonApi::Trusted),
+                "open" => Ok(JsonApi::Open),
+                _ => Err("expected off, trusted or open".into()),
+            }
+        })?,
     })
 }
 
@@ -564,6 +605,8 @@ mod tests {
             ("API_KEY_HEADER", "X API Key"),
             ("JWT_CLAIM", "sub"),
             ("JWT_PUBLIC_KEY_FILE", "/no/such/key.pem"),
+            ("JSON_API", "public"),
+            ("RLS_HTTP_DOMAIN", "maybe"),
         ];
         for (name, value) in cases {
             let err = settings(&[(name, value)]).unwrap_err();

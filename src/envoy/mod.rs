@@ -29,12 +29,23 @@ use crate::limiter::{
 };
 use crate::policy::{Label, Policy, Quota, Unit};
 
-/// Descriptors in one request, entries in one descriptor, bytes in one key
-/// or value: beyond these a request is refused (INVALID_ARGUMENT) rather
-/// than turned into huge keys.
+/// Descriptors in one request, entries in one descriptor, bytes in a
+/// domain, an entry's key and an entry's value: beyond these a request is
+/// refused (INVALID_ARGUMENT) rather than turned into huge Redis keys, metric
+/// labels or top-offender names. Why these sizes: a domain and a key are
+/// names from the configuration (envoyproxy/ratelimit's own are a few dozen
+/// bytes); a value is what Envoy read from the request (an address, a
+/// header, a path, a claim), and 1 KiB holds any of those a rule matches
+/// on. A Redis key holds the domain and the descriptor's entries, so one
+/// key stays within a few KiB, not the 8 KiB per entry these were.
 pub const MAX_DESCRIPTORS: usize = 256;
 pub const MAX_ENTRIES: usize = 64;
-pub const MAX_ENTRY_BYTES: usize = 8 * 1024;
+pub const MAX_NAME_BYTES: usize = 128;
+pub const MAX_VALUE_BYTES: usize = 1024;
+
+/// The `domain` label of `domain_not_found` for every domain the rules do
+/// not have: a caller's made-up names never become label values.
+pub const UNKNOWN_DOMAIN_LABEL: &str = "unknown";
 
 /// `limit_remaining` of an unlimited descriptor.
 const UNLIMITED_REMAINING: u32 = u32::MAX;
@@ -70,6 +81,17 @@ impl Rls {
         &self.state
     }
 
+    pub fn settings(&self) -> &EnvoySettings {
+        &self.settings
+    }
+
+    /// Whether this service answers for `domain` over RLS: a domain of the
+    /// rules, and the HTTP API's own only where RLS_HTTP_DOMAIN allows it.
+    pub fn serves(&self, domain: &str) -> bool {
+        (self.settings.http_domain || domain != crate::limiter::rules::http::DOMAIN)
+            && self.state.limiter.rules().has_domain(domain)
+    }
+
     /// Answers one `ShouldRateLimit` call; `method` labels its metrics.
     pub async fn should_rate_limit(
         &self,
@@ -97,14 +119,28 @@ impl Rls {
     async fn answer(&self, request: &RateLimitRequest) -> Result<RateLimitResponse, RlsError> {
         let check = check_request(request)?;
         let limiter = &self.state.limiter;
-        if !limiter.rules().has_domain(&check.domain) {
-            let metrics = &limiter.metrics().envoy;
-            // Request-valued: capped like detailed_metric's labels.
-            let [_, domain, _] = metrics.labels("", &check.domain, "", true);
-            metrics
+        if !self.serves(&check.domain) {
+            // Nothing is counted, looked up or remembered for a domain the
+            // rules do not have (as envoyproxy/ratelimit answers it: OK,
+            // no limit), nor for the HTTP API's own unless RLS_HTTP_DOMAIN.
+            // The name a caller chose is no metric label: one label for
+            // all of them.
+            let label = if check.domain == crate::limiter::rules::http::DOMAIN {
+                crate::limiter::rules::http::DOMAIN
+            } else {
+                UNKNOWN_DOMAIN_LABEL
+            };
+            limiter
+                .metrics()
+                .envoy
                 .domain_not_found
-                .with_label_values(&[&domain])
+                .with_label_values(&[label])
                 .inc_by(check.descriptors.len() as u64);
+            return Ok(RateLimitResponse {
+                overall_code: Code::Ok as i32,
+                statuses: vec![ok_status(); check.descriptors.len()],
+                ..Default::default()
+            });
         }
         let checked = limiter
             .check_marked(&check, true)
@@ -378,10 +414,8 @@ pub fn check_request(request: &RateLimitRequest) -> Result<CheckRequest, RlsErro
             "at most {MAX_DESCRIPTORS} descriptors per request"
         ));
     }
-    if request.domain.len() > MAX_ENTRY_BYTES {
-        return invalid(&format!(
-            "the domain is longer than {MAX_ENTRY_BYTES} bytes"
-        ));
+    if request.domain.len() > MAX_NAME_BYTES {
+        return invalid(&format!("the domain is longer than {MAX_NAME_BYTES} bytes"));
     }
     let default_hits = u64::from(request.hits_addend.max(1));
     let descriptors = request
@@ -405,9 +439,9 @@ fn descriptor(d: &RateLimitDescriptor, default_hits: u64) -> Result<Descriptor, 
         if e.key.is_empty() {
             return invalid("a descriptor entry has an empty key".into());
         }
-        if e.key.len() > MAX_ENTRY_BYTES || e.value.len() > MAX_ENTRY_BYTES {
+        if e.key.len() > MAX_NAME_BYTES || e.value.len() > MAX_VALUE_BYTES {
             return invalid(format!(
-                "a descriptor entry's key or value is longer than {MAX_ENTRY_BYTES} bytes"
+                "a descriptor entry's key is longer than {MAX_NAME_BYTES} bytes or its value longer than {MAX_VALUE_BYTES}"
             ));
         }
         entries.push((Cow::Owned(e.key.clone()), e.value.clone()));

@@ -45,15 +45,16 @@ pub fn bearer(value: &[u8]) -> Option<&[u8]> {
         .then(|| token.trim_ascii())
 }
 
-/// The host of a `Host` (or `X-Forwarded-Host`) value, without its port.
-pub fn host_of(value: Option<&HeaderValue>) -> Option<&str> {
+/// The host of a `Host` (or `X-Forwarded-Host`) value, without its port,
+/// in its normal form (lower case, no trailing dot).
+pub fn host_of(value: Option<&HeaderValue>) -> Option<String> {
     let host = value?.to_str().ok()?.trim();
     let host = match host.strip_prefix('[') {
         // [IPv6]:port
         Some(rest) => rest.split(']').next()?,
         None => host.rsplit_once(':').map_or(host, |(h, _)| h),
     };
-    Some(host).filter(|h| !h.is_empty())
+    Some(crate::limiter::rules::http::normalize_host(host)).filter(|h| !h.is_empty())
 }
 
 fn values<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Vec<&'a [u8]> {

@@ -52,9 +52,14 @@ pub enum ApiError {
     BodyTimeout(std::time::Duration),
     #[error("request body too large")]
     PayloadTooLarge { limit: usize },
-    /// Forward-auth asked by a peer that is not a trusted proxy.
+    /// A decision API (forward-auth, `/json`) asked by a peer that is not a
+    /// trusted proxy; the detail says which setting lets it in.
     #[error("untrusted peer")]
-    UntrustedPeer,
+    UntrustedPeer(&'static str),
+    /// An operator's page asked by a peer outside OPERATOR_NETWORKS without
+    /// the admin token.
+    #[error("operator only")]
+    OperatorOnly,
 }
 
 impl ApiError {
@@ -87,9 +92,10 @@ impl ApiError {
                     timeout.as_millis()
                 )),
             ),
-            ApiError::UntrustedPeer => (
-                "Forbidden",
-                Some("forward-auth answers trusted proxies only (TRUSTED_PROXIES)".to_owned()),
+            ApiError::UntrustedPeer(detail) => ("Forbidden", Some((*detail).to_owned())),
+            ApiError::OperatorOnly => (
+                "Unauthorized",
+                Some("for the operator: send Authorization: Bearer <ADMIN_TOKEN>, or ask from OPERATOR_NETWORKS".to_owned()),
             ),
             ApiError::PayloadTooLarge { limit } => (
                 "Payload too large",
@@ -110,9 +116,9 @@ impl ResponseError for ApiError {
             ApiError::Identity(_) | ApiError::InvalidJson(_) | ApiError::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::OperatorOnly => StatusCode::UNAUTHORIZED,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Blocked | ApiError::UntrustedPeer => StatusCode::FORBIDDEN,
+            ApiError::Blocked | ApiError::UntrustedPeer(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound | ApiError::NoSuchIdentity(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,

@@ -19,18 +19,37 @@ use super::ratelimit::{verdict, RateLimitExceeded, Verdict};
 use super::AppState;
 use crate::limiter::Route;
 
-/// The original method: Traefik's and Caddy's name, then nginx's.
-const METHOD_HEADERS: [HeaderName; 2] = [
-    HeaderName::from_static("x-forwarded-method"),
-    HeaderName::from_static("x-original-method"),
-];
-/// The host the original request was sent to.
+/// The host the original request was sent to (every gateway kind).
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-/// The original URI (path and query).
-const URI_HEADERS: [HeaderName; 2] = [
-    HeaderName::from_static("x-forwarded-uri"),
-    HeaderName::from_static("x-original-uri"),
-];
+
+/// The headers that describe the original request: one family per gateway
+/// kind, never both. A gateway overwrites its own family; the other one it
+/// may pass on from the client untouched, so reading it (or preferring it)
+/// would let the client choose the route the limiter sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Gateway {
+    /// Traefik and Caddy (the default): `X-Forwarded-Method`, `X-Forwarded-Uri`.
+    Forwarded,
+    /// nginx `auth_request`: `X-Original-Method`, `X-Original-URI`.
+    Nginx,
+}
+
+impl Gateway {
+    /// The method and URI headers of this family.
+    fn headers(self) -> (HeaderName, HeaderName) {
+        match self {
+            Gateway::Forwarded => (
+                HeaderName::from_static("x-forwarded-method"),
+                HeaderName::from_static("x-forwarded-uri"),
+            ),
+            Gateway::Nginx => (
+                HeaderName::from_static("x-original-method"),
+                HeaderName::from_static("x-original-uri"),
+            ),
+        }
+    }
+}
 
 /// The methods forward-auth answers (a gateway asks with any of them).
 pub const METHODS: [actix_web::http::Method; 8] = [
@@ -53,32 +72,34 @@ pub struct ForwardAllowed {
     pub allowed: bool,
 }
 
-/// The first of `names` present, as text.
-fn first<'a>(headers: &'a HeaderMap, names: &[HeaderName]) -> Option<&'a str> {
-    names
-        .iter()
-        .find_map(|name| headers.get(name))
-        .and_then(|v| v.to_str().ok())
-}
-
-/// The original request's method and path, from the gateway's headers.
-fn original(headers: &HeaderMap) -> Result<(String, String), ApiError> {
-    let method = first(headers, &METHOD_HEADERS).unwrap_or("GET").trim();
+/// The original request's method and path, from the gateway's headers of
+/// its family.
+fn original(headers: &HeaderMap, gateway: Gateway) -> Result<(String, String), ApiError> {
+    let (method_header, uri_header) = gateway.headers();
+    let text = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let method = text(&method_header).unwrap_or("GET").trim();
     if method.is_empty() || method.len() > 16 || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err(ApiError::BadRequest(format!(
-            "X-Forwarded-Method {method:?} is not an HTTP method"
+            "{method_header} {method:?} is not an HTTP method"
         )));
     }
-    let uri = first(headers, &URI_HEADERS).ok_or_else(|| {
-        ApiError::BadRequest("send the original URI in X-Forwarded-Uri (or X-Original-URI)".into())
+    let uri = text(&uri_header).ok_or_else(|| {
+        ApiError::BadRequest(match gateway {
+            Gateway::Forwarded => "send the original URI in X-Forwarded-Uri (nginx: X-Original-URI with ?gateway=nginx)".into(),
+            Gateway::Nginx => "send the original URI in X-Original-URI".into(),
+        })
     })?;
     let path = uri.split(['?', '#']).next().unwrap_or_default();
     if !path.starts_with('/') || path.len() > 2048 {
         return Err(ApiError::BadRequest(format!(
-            "X-Forwarded-Uri {uri:?}: expected a path starting with '/', at most 2048 bytes"
+            "{uri_header} {uri:?}: expected a path starting with '/', at most 2048 bytes"
         )));
     }
-    Ok((method.to_ascii_uppercase(), path.to_owned()))
+    // Rules match the normal form: every spelling the backend serves as
+    // one route is that route.
+    let path = crate::limiter::rules::http::normalize_path(path)
+        .map_err(|problem| ApiError::BadRequest(format!("{uri_header} {uri:?}: {problem}")))?;
+    Ok((method.to_ascii_uppercase(), path))
 }
 
 /// Query parameters of forward-auth.
@@ -90,6 +111,11 @@ pub struct ForwardQuery {
     /// 500; its snippet in `deploy/nginx/` turns 403 back into 429).
     #[param(minimum = 401, maximum = 429)]
     deny_status: Option<u16>,
+    /// Which headers describe the original request: `forwarded` (the
+    /// default: Traefik, Caddy) or `nginx` (`X-Original-Method`,
+    /// `X-Original-URI`). Only that family is read.
+    #[param(inline)]
+    gateway: Option<Gateway>,
 }
 
 /// Should the gateway forward this request?
@@ -121,21 +147,26 @@ pub struct ForwardQuery {
 )]
 pub async fn forward_auth(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     if !state.identifier.trusts(req.peer_addr()) {
-        return ApiError::UntrustedPeer.error_response();
+        return ApiError::UntrustedPeer(
+            "forward-auth answers trusted proxies only (TRUSTED_PROXIES)",
+        )
+        .error_response();
     }
-    let deny_status = match web::Query::<ForwardQuery>::from_query(req.query_string()) {
-        Ok(query) => match query.deny_status {
-            None | Some(429) => StatusCode::TOO_MANY_REQUESTS,
-            Some(401) => StatusCode::UNAUTHORIZED,
-            Some(403) => StatusCode::FORBIDDEN,
-            Some(other) => {
-                return ApiError::BadRequest(format!("deny_status {other}: use 429, 401 or 403"))
-                    .error_response()
-            }
-        },
+    let query = match web::Query::<ForwardQuery>::from_query(req.query_string()) {
+        Ok(query) => query.into_inner(),
         Err(err) => return ApiError::BadRequest(format!("query: {err}")).error_response(),
     };
-    let (method, path) = match original(req.headers()) {
+    let deny_status = match query.deny_status {
+        None | Some(429) => StatusCode::TOO_MANY_REQUESTS,
+        Some(401) => StatusCode::UNAUTHORIZED,
+        Some(403) => StatusCode::FORBIDDEN,
+        Some(other) => {
+            return ApiError::BadRequest(format!("deny_status {other}: use 429, 401 or 403"))
+                .error_response()
+        }
+    };
+    let gateway = query.gateway.unwrap_or(Gateway::Forwarded);
+    let (method, path) = match original(req.headers(), gateway) {
         Ok(original) => original,
         Err(err) => return err.error_response(),
     };
@@ -143,10 +174,11 @@ pub async fn forward_auth(req: HttpRequest, state: web::Data<AppState>) -> HttpR
         Ok(caller) => caller,
         Err(err) => return ApiError::from(err).error_response(),
     };
+    let host = host_of(req.headers().get(X_FORWARDED_HOST));
     let route = Route {
         method: &method,
         path: &path,
-        host: host_of(req.headers().get(X_FORWARDED_HOST)),
+        host: host.as_deref(),
     };
     match verdict(&req, &state, &caller, &route).await {
         Verdict::Answer(mut response) => {
@@ -185,17 +217,45 @@ mod tests {
             ("x-forwarded-uri", "/v1/orders/7?x=1"),
         ]);
         assert_eq!(
-            original(&traefik).unwrap(),
+            original(&traefik, Gateway::Forwarded).unwrap(),
             ("POST".into(), "/v1/orders/7".into())
         );
         let nginx = headers(&[("x-original-uri", "/a#frag")]);
-        assert_eq!(original(&nginx).unwrap(), ("GET".into(), "/a".into()));
-        assert!(original(&headers(&[])).is_err());
-        assert!(original(&headers(&[("x-forwarded-uri", "relative")])).is_err());
-        assert!(original(&headers(&[
-            ("x-forwarded-method", "P O S T"),
-            ("x-forwarded-uri", "/")
-        ]))
+        assert_eq!(
+            original(&nginx, Gateway::Nginx).unwrap(),
+            ("GET".into(), "/a".into())
+        );
+        assert!(original(&headers(&[]), Gateway::Forwarded).is_err());
+        assert!(original(
+            &headers(&[("x-forwarded-uri", "relative")]),
+            Gateway::Forwarded
+        )
         .is_err());
+        assert!(original(
+            &headers(&[("x-forwarded-method", "P O S T"), ("x-forwarded-uri", "/")]),
+            Gateway::Forwarded
+        )
+        .is_err());
+    }
+
+    /// Regression (issue 19, item 2): a client behind nginx sent its own
+    /// X-Forwarded-Uri, which the limiter preferred to nginx's
+    /// X-Original-URI, and so chose the route it was counted on. Each
+    /// family is read alone.
+    #[test]
+    fn one_family_is_read_never_the_other() {
+        let spoofed = headers(&[
+            ("x-original-method", "POST"),
+            ("x-original-uri", "/v1/orders/1"),
+            ("x-forwarded-method", "GET"),
+            ("x-forwarded-uri", "/elsewhere"),
+        ]);
+        assert_eq!(
+            original(&spoofed, Gateway::Nginx).unwrap(),
+            ("POST".into(), "/v1/orders/1".into())
+        );
+        // Only nginx's headers, read as Traefik's: refused, not guessed.
+        let nginx = headers(&[("x-original-uri", "/v1/orders/1")]);
+        assert!(original(&nginx, Gateway::Forwarded).is_err());
     }
 }

@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod docs;
 pub mod errors;
 pub mod forward_auth;
+pub mod planes;
 pub mod ratelimit;
 pub mod routes;
 
@@ -65,19 +66,20 @@ pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
             .wrap(from_fn(|req, next| {
                 body::buffer(req, next, envoy::json::MAX_BODY_BYTES)
             }))
+            .wrap(from_fn(planes::json_api))
             .route(web::post().to(envoy::json::json))
             .default_service(not_allowed("POST")),
     )
     .service(web::resource("/healthcheck").route(web::route().to(envoy::json::healthcheck)))
-    .service(get_only("/rlconfig", envoy::json::rlconfig))
+    .service(get_only("/rlconfig", envoy::json::rlconfig).wrap(from_fn(planes::operator_only)))
     .service(get_only("/rate-limit/status", routes::rate_limit_status))
     .service(get_only("/health", routes::health))
     .service(get_only("/livez", routes::livez))
-    .service(get_only("/metrics", routes::metrics))
+    .service(get_only("/metrics", routes::metrics).wrap(from_fn(planes::operator_only)))
     .service(get_only("/dashboard", dashboard::page))
     .service(get_only("/dashboard/app.js", dashboard::script))
     .service(get_only("/dashboard/app.css", dashboard::style))
-    .service(get_only("/dashboard/stats", dashboard::stats))
+    .service(get_only("/dashboard/stats", dashboard::stats).wrap(from_fn(planes::operator_only)))
     .configure(|cfg| docs::configure(cfg, admin))
     .default_service(web::to(routes::not_found));
 }

@@ -186,10 +186,11 @@ pub async fn rate_limit(
         Err(err) => return Ok(req.into_response(ApiError::from(err).error_response())),
     };
     let (method, path) = route_of(req.request());
+    let host = host_of(req.headers().get(header::HOST));
     let route = Route {
         method: &method,
         path: &path,
-        host: host_of(req.headers().get(header::HOST)),
+        host: host.as_deref(),
     };
     match verdict(req.request(), &state, &caller, &route).await {
         Verdict::Answer(response) => Ok(req.into_response(response)),

@@ -144,10 +144,11 @@ pub async fn rate_limit_status(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = identify(&req, &state.identifier)?;
+    let host = host_of(req.headers().get(actix_web::http::header::HOST));
     let route = Route {
         method: "POST",
         path: "/api/resource",
-        host: host_of(req.headers().get(actix_web::http::header::HOST)),
+        host: host.as_deref(),
     };
     let request = rules::http::request(&caller, &route, state.limiter.shapes());
     let standing = state

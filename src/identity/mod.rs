@@ -352,7 +352,7 @@ impl Identifier {
 
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`, as a dual-stack listener
 /// reports IPv4 peers) are the IPv4 address: one client, one identity.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6
             .to_ipv4_mapped()

@@ -175,3 +175,131 @@ pub fn request(caller: &Caller, route: &Route<'_>, shapes: Shapes) -> CheckReque
         descriptors,
     }
 }
+
+/// The normal form of a request path, which route rules are matched
+/// against (RFC 3986, section 6.2.2): percent-encoded unreserved characters
+/// decoded (`%61` is `a`, `%2E` is `.`), other escapes in upper case, dot
+/// segments removed (`/a/./b/../c` is `/a/c`), and runs of `/` merged into
+/// one (`//a` is `/a`). So every spelling a backend serves as one route is
+/// one route here.
+///
+/// Refused, because no normal form says what a backend makes of them: a
+/// malformed escape (`%zz`, a lone `%`), an encoded `/`, `\` or NUL
+/// (`%2F`, `%5C`, `%00`; some backends decode them, some do not), a raw
+/// `\` (a separator to some servers), a control character, and a path that
+/// does not start with `/`.
+pub fn normalize_path(raw: &str) -> Result<String, String> {
+    if !raw.starts_with('/') {
+        return Err("the path must start with '/'".into());
+    }
+    let bytes = raw.as_bytes();
+    let mut decoded = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hex = |b: u8| (b as char).to_digit(16);
+            let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(format!("a malformed percent-escape at byte {i}"));
+            };
+            let c = (hi * 16 + lo) as u8;
+            if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                decoded.push(c as char);
+            } else if matches!(c, b'/' | b'\\' | 0) {
+                return Err(format!(
+                    "an encoded '/', '\\' or NUL (%{c:02X}) has no one meaning to every backend"
+                ));
+            } else {
+                decoded.push_str(&format!("%{c:02X}"));
+            }
+            i += 3;
+            continue;
+        }
+        if b == b'\\' || b.is_ascii_control() {
+            return Err(format!("a '\\' or control character at byte {i}"));
+        }
+        // Any other byte (UTF-8 included) as it is: `raw` is a str, and
+        // only ASCII bytes were handled above.
+        let len = raw[i..].chars().next().map_or(1, char::len_utf8);
+        decoded.push_str(&raw[i..i + len]);
+        i += len;
+    }
+    // Segments, with empty ones (from `//`) and `.` dropped and `..`
+    // taking the one before it (never above the root).
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/').skip(1) {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut path = String::with_capacity(decoded.len());
+    for segment in &segments {
+        path.push('/');
+        path.push_str(segment);
+    }
+    // A trailing `/`, `/.` or `/..` leaves a directory: keep its `/`.
+    let ends_in_directory =
+        decoded.ends_with('/') || decoded.ends_with("/.") || decoded.ends_with("/..");
+    if path.is_empty() || ends_in_directory {
+        path.push('/');
+    }
+    Ok(path)
+}
+
+/// The normal form of a host: lower case, without the trailing dot of a
+/// fully qualified name (`API.example.com.` is `api.example.com`).
+pub fn normalize_host(host: &str) -> String {
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod normal_form {
+    use super::normalize_path;
+
+    /// Regression (issue 19, item 3): seven spellings of one route reached
+    /// the backend as that route but dodged its rule.
+    #[test]
+    fn every_spelling_of_a_route_is_one_route() {
+        for spelling in [
+            "/v1/orders/7",
+            "/v1/%6Frders/7",
+            "/v1/%6frders/7",
+            "//v1/orders/7",
+            "/v1//orders/7",
+            "/v1/./orders/7",
+            "/v1/x/../orders/7",
+            "/v1/%2E/orders/7",
+            "/v1/%2e%2e/v1/orders/7",
+            "/../v1/orders/7",
+        ] {
+            assert_eq!(
+                normalize_path(spelling).unwrap(),
+                "/v1/orders/7",
+                "{spelling}"
+            );
+        }
+        assert_eq!(normalize_path("/").unwrap(), "/");
+        assert_eq!(normalize_path("/a/").unwrap(), "/a/");
+        assert_eq!(normalize_path("/a/b/..").unwrap(), "/a/");
+        assert_eq!(normalize_path("/a%20b").unwrap(), "/a%20b");
+        assert_eq!(normalize_path("/a%3ab").unwrap(), "/a%3Ab");
+        assert_eq!(normalize_path("/café").unwrap(), "/café");
+    }
+
+    #[test]
+    fn what_has_no_normal_form_is_refused() {
+        for bad in [
+            "relative", "/a%zz", "/a%", "/a%4", "/a%2Fb", "/a%2fb", "/a%5Cb", "/a%00", "/a\\b",
+            "/a\tb",
+        ] {
+            assert!(normalize_path(bad).is_err(), "{bad}");
+        }
+    }
+}

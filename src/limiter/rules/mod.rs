@@ -312,7 +312,10 @@ impl Rules {
             };
             let rule = walk.and_then(|w| w.rule());
             let own;
-            let limits: &[Limit] = match (descriptor.limit, walk) {
+            // A caller's own limit replaces a rule's; where no rule asks for
+            // a limit it is ignored, so that callers cannot make up counters
+            // (keys of their choosing, alive as long as the unit they name).
+            let limits: &[Limit] = match (descriptor.limit.filter(|_| rule.is_some()), walk) {
                 (Some(limit), _) => match override_limit(
                     domain,
                     descriptor,
