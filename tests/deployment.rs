@@ -364,7 +364,8 @@ fn traefik_forward_auth_configuration_is_well_formed() {
     let auth = &http["middlewares"]["rate-limit"]["forwardAuth"];
     let address = auth["address"].as_str().expect("forwardAuth.address");
     assert!(address.starts_with("http://") && address.ends_with("/v1/forward-auth"));
-    assert_eq!(auth["trustForwardHeader"], serde_yaml::Value::Bool(true));
+    // Traefik writes the forwarding headers itself (issue 19, item 2).
+    assert_eq!(auth["trustForwardHeader"], serde_yaml::Value::Bool(false));
     let copied: Vec<&str> = auth["authResponseHeaders"]
         .as_sequence()
         .expect("authResponseHeaders")

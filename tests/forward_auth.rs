@@ -92,10 +92,10 @@ async fn forward_auth_refuses_untrusted_peers_and_vague_requests() {
     assert_eq!(r.status(), 400, "no original URI");
     let body: Value = r.json().await.unwrap();
     assert!(body["detail"].as_str().unwrap().contains("X-Forwarded-Uri"));
-    // nginx's header names, any method.
+    // nginx's header names (with ?gateway=nginx, and only then), any method.
     let r = trusted
         .client
-        .post(trusted.url("/v1/forward-auth"))
+        .post(trusted.url("/v1/forward-auth?gateway=nginx"))
         .header("X-Original-URI", "/anything")
         .header("X-API-Key", unique_key("nginx"))
         .send()

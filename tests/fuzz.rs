@@ -68,7 +68,7 @@ proptest! {
         let ident = identifier(header);
         if let Ok(caller) = ident.caller(&parts) {
             match caller.identity.strategy {
-                IdStrategy::User => {
+                IdStrategy::User | IdStrategy::Jwt => {
                     let key = &caller.identity.id;
                     prop_assert!(!key.is_empty() && key.len() <= 256);
                     prop_assert!(!key.chars().any(char::is_control));

@@ -118,7 +118,7 @@ async fn hs256_tokens_identify_by_claim_and_bad_ones_get_401() {
     };
     let (code, body) = status(&app, &hs256(claims(json!({})), SECRET, None)).await;
     assert_eq!(code, 200);
-    assert_eq!(body["strategy"], "user");
+    assert_eq!(body["strategy"], "jwt");
     assert_eq!(body["identifier"], tenant.as_str());
     // Counted under the claim: a POST with the token uses its quota.
     let r = app
@@ -289,4 +289,79 @@ async fn rs256_public_keys_verify_tokens() {
         json!({"sub": subject, "exp": now() - 10}),
     );
     assert_eq!(status(&app, &expired).await.0, 401);
+}
+
+/// Regression (issue 19, item 4): a JWT subject and an API key with the
+/// same value were one identity: three token-less requests with
+/// `X-API-Key: tenant-acme` locked out the JWT tenant `tenant-acme`, and an
+/// allow-listing given to the tenant let anyone sending that value as an
+/// API key through. Verified identities have a namespace of their own.
+#[tokio::test]
+async fn a_jwt_subject_and_an_api_key_of_the_same_value_are_two_callers() {
+    let redis = RedisServer::start().await;
+    let token_admin = "an-admin-token-of-32-characters!";
+    let app = spawn_app(
+        &redis,
+        &[
+            ("JWT_CLAIM", "tenant"),
+            ("JWT_SECRET", SECRET),
+            ("RATE_LIMIT_USER_LIMIT", "3"),
+            ("ADMIN_TOKEN", token_admin),
+        ],
+    )
+    .await;
+    let tenant = unique_key("tenant-acme");
+    let token = hs256(json!({"tenant": tenant, "exp": now() + 600}), SECRET, None);
+    let with_key = || app.post_resource(Some(&tenant));
+    let with_token = || {
+        app.client
+            .post(app.url("/api/resource"))
+            .bearer_auth(&token)
+            .send()
+    };
+    let mut keyed = Vec::new();
+    for _ in 0..4 {
+        keyed.push(with_key().await.status().as_u16());
+    }
+    assert_eq!(keyed, [200, 200, 200, 429]);
+    assert_eq!(
+        with_token().await.unwrap().status(),
+        200,
+        "the tenant is not locked out"
+    );
+
+    // An allow-listing of the JWT tenant is not the API key's.
+    let r = app
+        .admin(
+            token_admin,
+            reqwest::Method::PUT,
+            &format!("/admin/overrides/jwt/{tenant}"),
+        )
+        .json(&json!({"unlimited": true}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    eventually("the override is in force", || async {
+        let mut ok = true;
+        for _ in 0..5 {
+            ok &= with_token().await.unwrap().status() == 200;
+        }
+        ok
+    })
+    .await;
+    assert_eq!(with_key().await.status(), 429, "the API key stays limited");
+    // The admin API names them apart.
+    let r = app
+        .admin(
+            token_admin,
+            reqwest::Method::GET,
+            &format!("/admin/identities/jwt/{tenant}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["strategy"], "jwt");
+    assert_eq!(body["status"], "unlimited");
 }

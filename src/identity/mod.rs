@@ -16,7 +16,12 @@ use ipnet::IpNet;
 /// How a caller was identified; also the first part of its Redis keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Strategy {
+    /// An API key.
     User,
+    /// A verified JWT claim (JWT_CLAIM): a namespace of its own, so a token
+    /// whose claim is `tenant-acme` and an API key `tenant-acme` are two
+    /// callers with two counters, overrides and admin entries.
+    Jwt,
     Ip,
 }
 
@@ -24,8 +29,15 @@ impl Strategy {
     pub fn as_str(self) -> &'static str {
         match self {
             Strategy::User => "user",
+            Strategy::Jwt => "jwt",
             Strategy::Ip => "ip",
         }
+    }
+
+    /// An identified caller (an API key or a verified token), not an
+    /// address.
+    pub fn is_identified(self) -> bool {
+        self != Strategy::Ip
     }
 }
 
@@ -36,8 +48,11 @@ impl std::str::FromStr for Strategy {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "user" => Ok(Strategy::User),
+            "jwt" => Ok(Strategy::Jwt),
             "ip" => Ok(Strategy::Ip),
-            other => Err(format!("expected \"user\" or \"ip\", not {other:?}")),
+            other => Err(format!(
+                "expected \"user\", \"jwt\" or \"ip\", not {other:?}"
+            )),
         }
     }
 }
@@ -64,6 +79,14 @@ impl Identity {
         }
     }
 
+    /// A verified token's claim.
+    pub fn jwt(claim: impl Into<String>) -> Self {
+        Identity {
+            strategy: Strategy::Jwt,
+            id: claim.into(),
+        }
+    }
+
     pub fn ip(ip: IpAddr) -> Self {
         Identity {
             strategy: Strategy::Ip,
@@ -76,11 +99,14 @@ impl Identity {
     /// has no control characters, or an IP address (in canonical form).
     pub fn parse(strategy: Strategy, id: &str) -> Result<Self, IdentityParseError> {
         match strategy {
-            Strategy::User if id.is_empty() => Err(IdentityParseError::EmptyKey),
-            Strategy::User if id.chars().any(char::is_control) => {
+            Strategy::User | Strategy::Jwt if id.is_empty() => Err(IdentityParseError::EmptyKey),
+            Strategy::User | Strategy::Jwt if id.chars().any(char::is_control) => {
                 Err(IdentityParseError::ControlCharacters)
             }
-            Strategy::User => Ok(Identity::user(id)),
+            Strategy::User | Strategy::Jwt => Ok(Identity {
+                strategy,
+                id: id.to_owned(),
+            }),
             Strategy::Ip => id
                 .parse::<IpAddr>()
                 .map(Identity::ip)
@@ -93,7 +119,7 @@ impl Identity {
     pub fn redacted(&self) -> String {
         match self.strategy {
             Strategy::Ip => format!("ip:{}", self.id),
-            Strategy::User => {
+            Strategy::User | Strategy::Jwt => {
                 // Escaped: a control character must not split a log line.
                 let head: String = self
                     .id
@@ -108,7 +134,7 @@ impl Identity {
                         escaped
                     })
                     .collect();
-                format!("user:{head}…({} bytes)", self.id.len())
+                format!("{}:{head}…({} bytes)", self.strategy, self.id.len())
             }
         }
     }
@@ -261,7 +287,7 @@ impl Identifier {
         let identity = self.identify(parts)?;
         let client_ip = match identity.strategy {
             Strategy::Ip => Some(identity.clone()),
-            Strategy::User => self.client_ip(parts).map(Identity::ip),
+            Strategy::User | Strategy::Jwt => self.client_ip(parts).map(Identity::ip),
         };
         Ok(Caller {
             identity,
@@ -273,7 +299,7 @@ impl Identifier {
         if let (Some(verifier), Some(token)) = (&self.jwt, parts.bearer) {
             let token = std::str::from_utf8(token)
                 .map_err(|_| jwt::TokenError::Invalid("not UTF-8".into()))?;
-            return Ok(Identity::user(verifier.identity(token.trim())?));
+            return Ok(Identity::jwt(verifier.identity(token.trim())?));
         }
         if let Some(raw) = parts.api_key {
             if let Some(key) = self.api_key(raw)? {

@@ -15,10 +15,21 @@
 //! now stale denial back: every clear bumps a generation, and an insert made
 //! with an older generation is dropped.
 //!
-//! Bounded: at most [`CAPACITY`] entries; when full, expired entries are
-//! dropped, and if none are, new denials are simply not cached.
+//! Bounded in bytes: at most [`BUDGET_BYTES`] for the entries (each counted
+//! with what it holds: the answer and its index keys); when full, expired
+//! entries are dropped, and if that is not enough, new denials are simply
+//! not cached. An entry keeps only what a cached answer needs: the denial
+//! (the policies are shared with the rules), when it ends, and the hashes
+//! of its subjects. The request itself is not kept: it is known by a
+//! 128-bit keyed hash (two SipHash keys drawn at start), which a client
+//! can neither predict nor collide on purpose.
+//!
+//! Indexed: each subject (a descriptor's last entry, and for an Envoy domain
+//! its path subject) leads to the entries that hold it, so forgetting one
+//! subject (a refund, a reset) touches only its own entries, not the whole
+//! cache.
 
-use super::request::{is_path_subject, path_subject};
+use super::request::path_subject;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,46 +39,116 @@ use std::time::{Duration, Instant};
 use super::request::{CheckRequest, Entry};
 use super::Outcome;
 
-/// Entries across all shards.
-pub const CAPACITY: usize = 100_000;
+/// Bytes of entries across all shards.
+pub const BUDGET_BYTES: usize = 16 * 1024 * 1024;
 const SHARDS: usize = 16;
 
+/// A request, by its 128-bit keyed hash.
+type Key = (u64, u64);
+
 struct Cached {
-    request: CheckRequest,
     until: Instant,
     /// The denial as Redis reported it, at `cached_at`.
     outcome: Outcome,
     cached_at: Instant,
+    /// What this entry counts against the budget.
+    bytes: usize,
+}
+
+#[derive(Default)]
+struct Shard {
+    entries: HashMap<Key, Cached>,
+    bytes: usize,
+}
+
+impl Shard {
+    fn remove(&mut self, key: &Key) {
+        if let Some(entry) = self.entries.remove(key) {
+            self.bytes -= entry.bytes;
+        }
+    }
 }
 
 pub struct DenyCache {
     /// Sharded so that workers rarely wait on each other; std Mutex: never
-    /// held across an await.
-    shards: Vec<Mutex<HashMap<u64, Cached>>>,
-    hasher: std::collections::hash_map::RandomState,
+    /// held across an await. Lock order: `index`, then a shard.
+    shards: Vec<Mutex<Shard>>,
+    /// Subject hash -> the keys of the entries that hold it. May name keys
+    /// already gone (expired); rebuilt from the shards when it outgrows
+    /// them.
+    index: Mutex<HashMap<u64, Vec<Key>>>,
+    hashers: (
+        std::collections::hash_map::RandomState,
+        std::collections::hash_map::RandomState,
+    ),
+    budget: usize,
     /// Bumped by every clear and forget.
     generation: AtomicU64,
 }
 
 impl Default for DenyCache {
     fn default() -> Self {
-        DenyCache {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            hasher: Default::default(),
-            generation: AtomicU64::new(0),
-        }
+        Self::with_budget(BUDGET_BYTES)
     }
 }
 
+/// What an entry of `outcome` and `subjects` index keys costs, in bytes.
+fn entry_bytes(outcome: &Outcome, subjects: usize) -> usize {
+    std::mem::size_of::<(Key, Cached)>()
+        + outcome.quotas.capacity() * std::mem::size_of::<(std::sync::Arc<()>, super::Quota)>()
+        + outcome.descriptors.capacity() * std::mem::size_of::<usize>()
+        + subjects * (std::mem::size_of::<Key>() + std::mem::size_of::<u64>())
+}
+
 impl DenyCache {
-    fn hash(&self, request: &CheckRequest) -> u64 {
-        self.hasher.hash_one(request)
+    /// A cache of at most `budget` bytes of entries.
+    pub fn with_budget(budget: usize) -> Self {
+        DenyCache {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            index: Mutex::new(HashMap::new()),
+            hashers: Default::default(),
+            budget,
+            generation: AtomicU64::new(0),
+        }
     }
 
-    fn shard(&self, hash: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Cached>> {
-        self.shards[(hash as usize) % SHARDS]
+    fn key(&self, request: &CheckRequest) -> Key {
+        (
+            self.hashers.0.hash_one(request),
+            self.hashers.1.hash_one(request),
+        )
+    }
+
+    fn subject_hash(&self, subject: &Entry) -> u64 {
+        self.hashers.0.hash_one(subject)
+    }
+
+    /// The subjects whose reset or refund frees `request`'s denial.
+    fn subjects(&self, request: &CheckRequest) -> Vec<u64> {
+        let mut out = Vec::with_capacity(request.descriptors.len() * 2);
+        for d in &request.descriptors {
+            out.extend(d.subject().map(|s| self.subject_hash(s)));
+            if request.domain != super::rules::http::DOMAIN {
+                out.push(self.subject_hash(&path_subject(
+                    &request.domain,
+                    d.entries.iter().map(|e| &*e.0),
+                    d.entries.iter().map(|e| e.1.as_str()),
+                )));
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, Shard> {
+        self.shards[(key.0 as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<Key>>> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The cached denial, brought forward to now (reset and retry_after
@@ -77,14 +158,11 @@ impl DenyCache {
     }
 
     fn get_at(&self, request: &CheckRequest, now: Instant) -> Option<Outcome> {
-        let hash = self.hash(request);
-        let mut shard = self.shard(hash);
-        let entry = shard.get(&hash)?;
-        if entry.request != *request {
-            return None;
-        }
+        let key = self.key(request);
+        let mut shard = self.shard(key);
+        let entry = shard.entries.get(&key)?;
         if now >= entry.until {
-            shard.remove(&hash);
+            shard.remove(&key);
             return None;
         }
         let elapsed = now - entry.cached_at;
@@ -130,66 +208,107 @@ impl DenyCache {
         if retry_after.is_zero() {
             return;
         }
-        let hash = self.hash(request);
-        let mut shard = self.shard(hash);
-        // Checked under the shard lock, which clear and forget take after
-        // bumping the generation: an insert either sees the new generation
-        // or lands before the clear removes it.
+        let key = self.key(request);
+        let subjects = self.subjects(request);
+        let bytes = entry_bytes(outcome, subjects.len());
+        let per_shard = self.budget / SHARDS;
+        if bytes > per_shard {
+            return;
+        }
+        // The index first, then the shard (the lock order): a forget either
+        // comes before (and the generation tells) or after (and finds the
+        // entry through the index).
+        let mut index = self.index();
+        let mut shard = self.shard(key);
         if self.generation() != generation {
             return;
         }
-        if shard.len() >= CAPACITY / SHARDS && !shard.contains_key(&hash) {
-            shard.retain(|_, e| e.until > now);
-            if shard.len() >= CAPACITY / SHARDS {
+        shard.remove(&key);
+        if shard.bytes + bytes > per_shard {
+            let before = shard.bytes;
+            shard.entries.retain(|_, e| e.until > now);
+            shard.bytes = shard.entries.values().map(|e| e.bytes).sum();
+            debug_assert!(shard.bytes <= before);
+            if shard.bytes + bytes > per_shard {
                 return;
             }
         }
-        shard.insert(
-            hash,
+        shard.bytes += bytes;
+        shard.entries.insert(
+            key,
             Cached {
-                request: request.clone(),
                 until: now + retry_after,
                 outcome: outcome.clone(),
                 cached_at: now,
+                bytes,
             },
         );
+        drop(shard);
+        for subject in subjects {
+            index.entry(subject).or_default().push(key);
+        }
+        // Keys of expired or replaced entries stay in the index until it
+        // outgrows the cache; then it is rebuilt from what is left.
+        let indexed: usize = index.values().map(Vec::len).sum();
+        if indexed > 2 * self.budget / entry_bytes(outcome, 1).max(1) {
+            self.rebuild(&mut index);
+        }
+    }
+
+    /// Drops the index keys of entries no longer cached.
+    fn rebuild(&self, index: &mut HashMap<u64, Vec<Key>>) {
+        let live: std::collections::HashSet<Key> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                let shard = s.lock().unwrap_or_else(|e| e.into_inner());
+                shard.entries.keys().copied().collect::<Vec<_>>()
+            })
+            .collect();
+        index.retain(|_, keys| {
+            keys.retain(|k| live.contains(k));
+            !keys.is_empty()
+        });
     }
 
     /// Forgets everything (new rules).
     pub fn clear(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
+        let mut index = self.index();
         for shard in &self.shards {
-            shard.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            shard.entries.clear();
+            shard.bytes = 0;
         }
+        index.clear();
     }
 
     /// Forgets every request with a descriptor of `subject` (its counters
-    /// were reset, or its override changed).
+    /// were reset, or its override changed, or it was refunded): only the
+    /// entries the index names.
     pub fn forget(&self, subject: &Entry) {
         self.generation.fetch_add(1, Ordering::AcqRel);
-        for shard in &self.shards {
-            shard
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .retain(|_, e| {
-                    let domain = &e.request.domain;
-                    !e.request.descriptors.iter().any(|d| {
-                        d.subject() == Some(subject)
-                            || (is_path_subject(&subject.0)
-                                && path_subject(
-                                    domain,
-                                    d.entries.iter().map(|e| &*e.0),
-                                    d.entries.iter().map(|e| e.1.as_str()),
-                                ) == *subject)
-                    })
-                });
+        let mut index = self.index();
+        for key in index
+            .remove(&self.subject_hash(subject))
+            .unwrap_or_default()
+        {
+            self.shard(key).remove(&key);
         }
     }
 
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).entries.len())
+            .sum()
+    }
+
+    /// Bytes of entries now.
+    pub fn bytes(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).bytes)
             .sum()
     }
 
@@ -312,12 +431,65 @@ mod tests {
         assert!(cache.is_empty());
     }
 
+    /// Regression (issue 19, item 5): bounded by count (100,000 whole
+    /// requests), 400 denied requests of 626 KB took 300-500 MB. Bounded
+    /// by bytes, whatever the requests weigh, and the requests are not kept.
     #[test]
-    fn stays_bounded() {
+    fn stays_within_its_byte_budget() {
+        let budget = 16 * 1024;
+        let cache = DenyCache::with_budget(budget);
+        let huge = "v".repeat(100 * 1024);
+        for i in 0..400 {
+            insert(&cache, &req(&format!("{huge}{i}"), "/x"), &denied(60_000));
+            assert!(cache.bytes() <= budget, "{} bytes", cache.bytes());
+        }
+        assert!(cache.len() > 10, "it still caches: {}", cache.len());
+        let indexed: usize = cache.index().values().map(Vec::len).sum();
+        assert!(indexed <= 2 * cache.len() + 2 * budget / 64, "{indexed}");
+    }
+
+    /// Regression (issue 19, item 6): each refund scanned the whole cache
+    /// on the worker thread. A forget touches only its subject's entries:
+    /// forgetting one of many leaves the others, and costs no scan (the
+    /// index names the one entry).
+    #[test]
+    fn forget_goes_through_the_index() {
         let cache = DenyCache::default();
-        for i in 0..(CAPACITY + 5_000) {
+        for i in 0..5_000 {
             insert(&cache, &req(&format!("k{i}"), "/x"), &denied(60_000));
         }
-        assert!(cache.len() <= CAPACITY);
+        assert_eq!(
+            cache
+                .index()
+                .get(&cache.subject_hash(&user("k7")))
+                .map(Vec::len),
+            Some(1)
+        );
+        cache.forget(&user("k7"));
+        assert!(cache.get(&req("k7", "/x")).is_none());
+        assert!(cache.get(&req("k8", "/x")).is_some());
+        assert_eq!(cache.len(), 4_999);
+        assert!(cache
+            .index()
+            .get(&cache.subject_hash(&user("k7")))
+            .is_none());
+    }
+
+    /// Envoy domains: forgetting a path subject frees the denials of its
+    /// descriptors.
+    #[test]
+    fn forget_a_path_subject() {
+        let cache = DenyCache::default();
+        let request = CheckRequest {
+            domain: "d".into(),
+            descriptors: vec![Descriptor::new(vec![
+                ("k".into(), "v".into()),
+                ("s".into(), "w".into()),
+            ])],
+        };
+        insert(&cache, &request, &denied(60_000));
+        let subject = path_subject("d", ["k", "s"].into_iter(), ["v", "w"].into_iter());
+        cache.forget(&subject);
+        assert!(cache.get(&request).is_none());
     }
 }

@@ -126,7 +126,11 @@ pub fn subject_of(key: &str) -> Option<Entry> {
 /// A subject as it may appear in a log line (API keys redacted).
 pub fn redacted(subject: &Entry) -> String {
     match subject.0.parse::<Strategy>() {
-        Ok(Strategy::User) => Identity::user(subject.1.clone()).redacted(),
+        Ok(strategy @ (Strategy::User | Strategy::Jwt)) => Identity {
+            strategy,
+            id: subject.1.clone(),
+        }
+        .redacted(),
         _ => format!("{}:{}", subject.0, subject.1),
     }
 }

@@ -28,6 +28,7 @@ pub struct IdentityPath {
 #[serde(rename_all = "lowercase")]
 pub enum StrategyName {
     User,
+    Jwt,
     Ip,
 }
 

@@ -80,9 +80,16 @@ pub(super) fn subject_keys(scoped: &ScopedPolicy) -> Vec<&'static str> {
     if scoped.policy.per_client_ip() {
         vec![CLIENT_IP]
     } else {
+        // A `user` policy is every identified caller's: API keys and
+        // verified tokens, each counted in its own namespace.
         match scoped.strategy {
+            Some(Strategy::User) => vec![Strategy::User.as_str(), Strategy::Jwt.as_str()],
             Some(s) => vec![s.as_str()],
-            None => vec![Strategy::User.as_str(), Strategy::Ip.as_str()],
+            None => vec![
+                Strategy::User.as_str(),
+                Strategy::Jwt.as_str(),
+                Strategy::Ip.as_str(),
+            ],
         }
     }
 }
@@ -133,7 +140,7 @@ pub fn subjects(identity: &Identity) -> Vec<Entry> {
     let own = entry(identity.strategy.as_str(), &identity.id);
     match identity.strategy {
         Strategy::Ip => vec![own, entry(CLIENT_IP, &identity.id)],
-        Strategy::User => vec![own],
+        Strategy::User | Strategy::Jwt => vec![own],
     }
 }
 
