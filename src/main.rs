@@ -42,11 +42,35 @@ fn config_check(args: &[String]) -> ExitCode {
     }
 }
 
+const USAGE: &str = "\
+usage: rate-limiter                 run the service (settings from the environment and .env;
+                                    see .env.example and the README's Settings)
+       rate-limiter config check DIR [--merge-domain-configs]
+                                    validate a directory of envoyproxy/ratelimit YAML files
+       rate-limiter --help | -h     this text
+       rate-limiter --version | -V  the version";
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() >= 2 && args[0] == "config" && args[1] == "check" {
-        return config_check(&args[2..]);
+    match args.first().map(String::as_str) {
+        None => {}
+        Some("config") if args.get(1).map(String::as_str) == Some("check") => {
+            return config_check(&args[2..]);
+        }
+        Some("--help" | "-h" | "help") => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Some("--version" | "-V" | "version") => {
+            println!("rate-limiter {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        // A typo must not start the whole service on 0.0.0.0.
+        Some(other) => {
+            eprintln!("rate-limiter: unknown argument {other:?}\n{USAGE}");
+            return ExitCode::from(2);
+        }
     }
     // A missing .env is normal; a malformed one is a configuration error.
     if let Err(err) = dotenvy::dotenv() {

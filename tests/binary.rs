@@ -35,6 +35,44 @@ fn each_bad_setting_stops_the_start_with_one_line_naming_it() {
     }
 }
 
+/// Regression (issue 19, items 18 and 22): `--help`, `-h`, `--version`
+/// and typos started the whole service on 0.0.0.0; start-up errors echoed
+/// secrets.
+#[test]
+fn arguments_are_usage_version_or_refused_and_errors_hide_secrets() {
+    let dir = TempDir::new("args");
+    for arg in ["--help", "-h"] {
+        let out = binary(&dir, &[]).arg(arg).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{arg}");
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("usage: rate-limiter"));
+    }
+    for arg in ["--version", "-V"] {
+        let out = binary(&dir, &[]).arg(arg).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{arg}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            format!("rate-limiter {}", env!("CARGO_PKG_VERSION"))
+        );
+    }
+    for arg in ["--hepl", "serve", "-p"] {
+        let out = binary(&dir, &[]).arg(arg).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{arg}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("unknown argument"));
+    }
+    for (name, value) in [
+        ("ADMIN_TOKEN", "hunter2-short"),
+        ("REDIS_URL", "mysql://app:hunter2@db/0"),
+    ] {
+        let out = binary(&dir, &[(name, value)]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(name) && !stderr.contains("hunter2"),
+            "{stderr}"
+        );
+    }
+}
+
 #[test]
 fn settings_are_read_from_a_dotenv_file() {
     let dir = TempDir::new("dotenv");

@@ -59,7 +59,7 @@ fn each_invalid_file_is_refused_naming_the_file_the_place_and_the_key() {
         ),
         (
             "bad_strategy.toml",
-            "policy \"per-minute\": key 'strategy': expected \"user\" or \"ip\"",
+            "policy \"per-minute\": key 'strategy': expected \"user\", \"jwt\" or \"ip\"",
         ),
         (
             "bad_route.toml",

@@ -269,9 +269,14 @@ async fn erl_app(redis: &RedisServer, dir: &TempDir) -> TestApp {
     .await
 }
 
-async fn dbsize(redis: &RedisServer) -> u64 {
+/// The Redis keys whose name holds `part`.
+async fn keys_with(redis: &RedisServer, part: &str) -> Vec<String> {
     let mut conn = redis.connection().await.unwrap();
-    redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap()
+    redis::cmd("KEYS")
+        .arg(format!("*{part}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap()
 }
 
 /// Item 7: an anonymous per-descriptor `limit` made counters of the
@@ -293,7 +298,6 @@ async fn client_limits_apply_only_where_a_rule_asks_and_entries_are_bounded() {
         }),
         ..descriptor(entries)
     };
-    let before = dbsize(&redis).await;
     for i in 0..20 {
         let invented = format!("invented-{i}");
         let r = ask(&mut c, request("d", vec![year(&[(&invented, "x")])])).await;
@@ -301,8 +305,8 @@ async fn client_limits_apply_only_where_a_rule_asks_and_entries_are_bounded() {
         assert!(r.statuses[0].current_limit.is_none(), "no limit applied");
     }
     assert_eq!(
-        dbsize(&redis).await,
-        before,
+        keys_with(&redis, "invented").await,
+        Vec::<String>::new(),
         "no key made for invented descriptors"
     );
     // Where a rule matches, the caller's limit replaces the rule's.
@@ -311,6 +315,7 @@ async fn client_limits_apply_only_where_a_rule_asks_and_entries_are_bounded() {
     assert_eq!(first.overall_code, Code::Ok as i32);
     let second = ask(&mut c, request("d", vec![year(&[("k", &v)])])).await;
     assert_eq!(second.overall_code, Code::OverLimit as i32);
+    assert_eq!(keys_with(&redis, &v).await.len(), 1, "the rule's counter");
 
     // Entry bounds: a 2 KiB value, a 200-byte key, a 200-byte domain.
     let long = "x".repeat(2048);

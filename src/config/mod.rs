@@ -38,11 +38,38 @@ pub struct ConfigError {
     pub problem: String,
 }
 
+/// Settings whose values are secrets: an error shows their length only.
+const SECRET_SETTINGS: [&str; 6] = [
+    "ADMIN_TOKEN",
+    "JWT_SECRET",
+    "REDIS_PASSWORD",
+    "REDIS_AUTH",
+    "REDIS_SENTINEL_PASSWORD",
+    "REDIS_SENTINEL_AUTH",
+];
+
+/// `value` of `setting` as an error line may show it: a secret as its
+/// length, a URL without the password in it.
+pub fn redact(setting: &str, value: &str) -> String {
+    if SECRET_SETTINGS.contains(&setting) {
+        return format!("<redacted, {} bytes>", value.len());
+    }
+    // scheme://user:password@host...: the password goes.
+    if let Some((scheme, rest)) = value.split_once("://") {
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            let user = rest[..at].split(':').next().unwrap_or_default();
+            return format!("{scheme}://{user}:<redacted>@{}", &rest[at + 1..]);
+        }
+    }
+    value.to_owned()
+}
+
 impl ConfigError {
     fn new(setting: &'static str, value: &str, problem: impl Into<String>) -> Self {
         Self {
             setting,
-            value: value.to_owned(),
+            value: redact(setting, value),
             problem: problem.into(),
         }
     }
@@ -611,7 +638,7 @@ mod tests {
         for (name, value) in cases {
             let err = settings(&[(name, value)]).unwrap_err();
             assert_eq!(err.setting, *name, "{err}");
-            assert_eq!(err.value, *value);
+            assert_eq!(err.value, redact(name, value));
             let line = err.to_string();
             assert!(
                 line.starts_with(&format!("invalid setting {name}=")),
@@ -619,6 +646,21 @@ mod tests {
             );
             assert!(!line.contains('\n'));
         }
+    }
+
+    /// Regression (issue 19, item 22): a too-short admin token and a Redis
+    /// URL with its password were echoed in the start-up error.
+    #[test]
+    fn start_up_errors_redact_secrets() {
+        let err = settings(&[("ADMIN_TOKEN", "hunter2")]).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(err.to_string().contains("7 bytes"), "{err}");
+        let err = settings(&[("REDIS_URL", "mysql://app:hunter2@db:3306/x")]).unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        assert!(
+            err.to_string().contains("mysql://app:<redacted>@db:3306/x"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -108,6 +108,18 @@ fn trace_call(
     );
 }
 
+/// Streams one connection may have open at once.
+pub const MAX_STREAMS: u32 = 128;
+/// The longest a call may take, its request body included.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Largest request message (tonic's default is 4 MiB; a request of the most
+/// descriptors and entries the service takes is far below 1 MiB of names).
+pub const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Largest header block of a call.
+pub const MAX_HEADER_BYTES: u32 = 16 * 1024;
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Where the gRPC server listens.
 pub enum Listener {
     Tcp(std::net::TcpListener),
@@ -124,9 +136,21 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(rls.clone(), reporter));
+    // Bounds on what one peer can hold (issue 19, item 8: 6,400-8,800
+    // unfinished streams on one connection held ~100 MB). Envoy opens
+    // another connection when one has MAX_STREAMS in flight.
     let router = tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS)
+        // A call unfinished after this (a body that never comes) ends with
+        // DEADLINE_EXCEEDED: Envoy's own timeout is far shorter.
+        .timeout(CALL_TIMEOUT)
+        .http2_max_header_list_size(MAX_HEADER_BYTES)
+        // Pings find a peer that vanished without closing its connection.
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
         .add_service(health)
-        .add_service(RateLimitServiceServer::new(rls));
+        .add_service(RateLimitServiceServer::new(rls).max_decoding_message_size(MAX_MESSAGE_BYTES));
     let result = match listener {
         Listener::Tcp(listener) => {
             listener.set_nonblocking(true)?;
@@ -148,9 +172,15 @@ pub async fn serve(
 
 /// Whether the service can answer: a configuration in force and Redis
 /// answering.
+///
+/// In the `local` failure mode the service still decides while Redis is
+/// gone (approximately, in process), so it stays SERVING: an Envoy that
+/// health-checks it keeps asking, and the local limits are used.
 pub(super) async fn healthy(rls: &Rls) -> bool {
     let limiter = &rls.state().limiter;
-    limiter.metrics().envoy.config_loaded.get() == 1 && limiter.ping().await.is_ok()
+    limiter.metrics().envoy.config_loaded.get() == 1
+        && (limiter.failure_mode() == crate::policy::FailureMode::Local
+            || limiter.ping().await.is_ok())
 }
 
 async fn report_health(rls: Rls, reporter: HealthReporter) {

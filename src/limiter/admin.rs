@@ -4,6 +4,7 @@
 //! that applies both on every instance.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -146,6 +147,12 @@ impl<S: Store> Limiter<S> {
     /// Publishes this instance's heavy hitters for every instance to read
     /// (every second, and before each read).
     pub async fn publish_top(&self) -> Result<(), StoreError> {
+        // Nothing new since the last publication: the store holds it
+        // (within its TTL of two windows; a new window starts empty).
+        let recorded = self.top.recorded();
+        if self.top_published.load(Ordering::Relaxed) == recorded {
+            return Ok(());
+        }
         let now = top::now_secs();
         for window in top::Window::ALL {
             for kind in [top::Kind::Requests, top::Kind::Denied] {
@@ -171,6 +178,7 @@ impl<S: Store> Limiter<S> {
                     .await?;
             }
         }
+        self.top_published.store(recorded, Ordering::Relaxed);
         Ok(())
     }
 

@@ -51,6 +51,8 @@ pub struct Limiter<S> {
     reported_bad: Mutex<HashSet<Vec<u8>>>,
     /// Who is being limited (see [`top`]).
     top: top::TopOffenders,
+    /// [`top::TopOffenders::recorded`] as last published.
+    top_published: AtomicU64,
     /// This instance's name among those publishing heavy hitters.
     instance: String,
     /// The rules' version: 1 as started, one more per replacement.
@@ -81,6 +83,7 @@ impl<S: Store> Limiter<S> {
             resets_seen: Default::default(),
             reported_bad: Default::default(),
             top: top::TopOffenders::default(),
+            top_published: AtomicU64::new(0),
             instance: uuid::Uuid::new_v4().simple().to_string(),
             rules_version: AtomicU64::new(1),
             rules_since_ms: AtomicU64::new(0),

@@ -23,6 +23,34 @@ pub const CAPACITY: usize = 2000;
 /// is made of every instance's largest).
 pub const PUBLISHED: usize = 200;
 
+/// Longest subject value kept, in bytes: a longer one is cut there (at a
+/// character boundary) and marked with `…`, so a flood of huge made-up
+/// values costs no more than short ones, here and in what is published.
+pub const MAX_SUBJECT_BYTES: usize = 256;
+
+/// `subject`, or its value cut to [`MAX_SUBJECT_BYTES`].
+fn bounded(subject: &Entry) -> std::borrow::Cow<'_, Entry> {
+    let (key, value) = subject;
+    if key.len() + value.len() <= MAX_SUBJECT_BYTES {
+        return std::borrow::Cow::Borrowed(subject);
+    }
+    let room = MAX_SUBJECT_BYTES.saturating_sub(key.len().min(MAX_SUBJECT_BYTES / 2));
+    let mut end = room.min(value.len());
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    let key = if key.len() > MAX_SUBJECT_BYTES / 2 {
+        let mut k = MAX_SUBJECT_BYTES / 2;
+        while !key.is_char_boundary(k) {
+            k -= 1;
+        }
+        std::borrow::Cow::Owned(format!("{}…", &key[..k]))
+    } else {
+        key.clone()
+    };
+    std::borrow::Cow::Owned((key, format!("{}…", &value[..end])))
+}
+
 /// A window of the counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Window {
@@ -80,6 +108,7 @@ struct Counts {
 
 impl Counts {
     fn add(&mut self, subject: &Entry, denied: bool) {
+        let subject = &*bounded(subject);
         let denials = u64::from(denied);
         if let Some((requests, denied)) = self.map.get_mut(subject) {
             *requests += 1;
@@ -149,6 +178,9 @@ impl Slot {
 #[derive(Debug, Default)]
 pub struct TopOffenders {
     slots: Mutex<(Slot, Slot)>,
+    /// Requests recorded so far: what is published is rewritten only when
+    /// this moved (an idle instance writes nothing).
+    recorded: std::sync::atomic::AtomicU64,
 }
 
 /// Unix seconds now.
@@ -172,6 +204,8 @@ impl TopOffenders {
         denied: bool,
         now: u64,
     ) {
+        self.recorded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let (minute, hour) = &mut *slots;
         let minute = minute.at(Window::Minute.index(now));
@@ -182,6 +216,11 @@ impl TopOffenders {
         for subject in subjects {
             hour.add(subject, denied);
         }
+    }
+
+    /// Requests recorded so far (see [`TopOffenders::record`]).
+    pub fn recorded(&self) -> u64 {
+        self.recorded.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// This instance's largest counts of `window` as it stands at `now`:
@@ -236,6 +275,27 @@ mod tests {
         assert_eq!(denied, vec![(heavy, 2000)]);
         // Bounded: never more than twice the capacity.
         assert!(top.slots.lock().unwrap().0.counts.map.len() < 2 * CAPACITY);
+    }
+
+    /// Regression (issue 19, item 9): 24 KB subjects were kept and
+    /// published whole. A value is cut to MAX_SUBJECT_BYTES.
+    #[test]
+    fn huge_subjects_are_cut() {
+        let top = TopOffenders::default();
+        let huge = subject(&"é".repeat(12_000));
+        top.record(std::iter::once(&huge), true, 5);
+        top.record(std::iter::once(&huge), true, 5);
+        let (_, denied) = top.snapshot(Window::Minute, Kind::Denied, 5);
+        assert_eq!(denied.len(), 1);
+        let ((key, value), count) = &denied[0];
+        assert_eq!((key.as_ref(), *count), ("user", 2));
+        assert!(
+            value.len() <= MAX_SUBJECT_BYTES + '…'.len_utf8(),
+            "{}",
+            value.len()
+        );
+        assert!(value.ends_with('…'));
+        assert_eq!(top.recorded(), 2);
     }
 
     #[test]
