@@ -27,6 +27,14 @@ use super::Policy;
 /// Checks between two sweeps of identities that are back to a full quota.
 const SWEEP_EVERY: u64 = 10_000;
 
+/// Keyed limiters kept at once. A policy is told apart by its limit and
+/// window, and a caller's own limit (Envoy's descriptor `limit`) makes one
+/// of its choosing: without a bound, made-up limits grew the process by
+/// 148 MB during an outage (issue 19, item 11). Past it, limiters with no
+/// identity left are dropped; if every one is in use, a check of a new one
+/// is refused (it cannot be counted, and the mode must not fail open).
+pub const MAX_LIMITERS: usize = 1024;
+
 type Key = Entry;
 /// A policy as the local limiter tells them apart: name, limit, window.
 type PolicyId = (String, u32, Duration);
@@ -38,6 +46,9 @@ pub struct LocalLimiter {
     /// held only to look up or insert, never across an await.
     limiters: Mutex<Limiters>,
     checks: AtomicU64,
+    /// Whether `limiters` may hold anything: read on every answered check,
+    /// so the common case (no outage) takes no lock.
+    used: std::sync::atomic::AtomicBool,
     clock: DefaultClock,
 }
 
@@ -50,14 +61,25 @@ pub struct LocalVerdict {
 }
 
 impl LocalLimiter {
-    fn limiter(&self, policy: &Policy) -> Arc<DefaultKeyedRateLimiter<Key>> {
+    fn limiter(&self, policy: &Policy) -> Option<Arc<DefaultKeyedRateLimiter<Key>>> {
+        let id = (
+            policy.name().to_owned(),
+            policy.limit().get(),
+            policy.window(),
+        );
         let mut limiters = self.limiters.lock().unwrap_or_else(|e| e.into_inner());
-        limiters
-            .entry((
-                policy.name().to_owned(),
-                policy.limit().get(),
-                policy.window(),
-            ))
+        self.used.store(true, Ordering::Relaxed);
+        if limiters.len() >= MAX_LIMITERS && !limiters.contains_key(&id) {
+            limiters.retain(|_, l| {
+                l.retain_recent();
+                !l.is_empty()
+            });
+            if limiters.len() >= MAX_LIMITERS {
+                return None;
+            }
+        }
+        let limiter = limiters
+            .entry(id)
             .or_insert_with(|| {
                 let period = (policy.window() / policy.limit().get()).max(Duration::from_nanos(1));
                 let quota = Quota::with_period(period)
@@ -65,7 +87,28 @@ impl LocalLimiter {
                     .allow_burst(policy.limit());
                 Arc::new(RateLimiter::keyed(quota))
             })
-            .clone()
+            .clone();
+        Some(limiter)
+    }
+
+    /// Forgets everything: Redis answers again, and the exact counters
+    /// take over (what was counted here is no longer consulted).
+    pub fn clear(&self) {
+        if self.used.swap(false, Ordering::Relaxed) {
+            *self.limiters.lock().unwrap_or_else(|e| e.into_inner()) = HashMap::new();
+        }
+    }
+
+    /// Keyed limiters held now.
+    pub fn len(&self) -> usize {
+        self.limiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Checks `counters` (each its subject under its policy, taking its
@@ -82,7 +125,13 @@ impl LocalLimiter {
             let Some(cost) = u32::try_from(counter.cost).ok().and_then(NonZeroU32::new) else {
                 continue;
             };
-            match self.limiter(policy).check_key_n(counter.subject, cost) {
+            let Some(limiter) = self.limiter(policy) else {
+                return LocalVerdict {
+                    allowed: false,
+                    retry_after: policy.window(),
+                };
+            };
+            match limiter.check_key_n(counter.subject, cost) {
                 Ok(Ok(_)) => {}
                 Ok(Err(not_until)) => {
                     return LocalVerdict {
@@ -154,5 +203,31 @@ mod tests {
         assert!(denied.retry_after > Duration::from_secs(15));
         assert!(denied.retry_after <= Duration::from_secs(20));
         assert!(local.check(&[counter(&b)]).allowed, "per subject");
+    }
+
+    /// Regression (issue 19, item 11): one limiter per made-up (name,
+    /// limit, window), never freed.
+    #[test]
+    fn limiters_are_bounded_and_cleared_when_redis_returns() {
+        let local = LocalLimiter::default();
+        let subject: Entry = ("user".into(), "a".into());
+        for limit in 1..=(MAX_LIMITERS as u32 + 50) {
+            let policy = Policy::new(
+                "made-up",
+                Algorithm::FixedWindow,
+                NonZeroU32::new(limit).unwrap(),
+                Duration::from_secs(3600),
+                1,
+            )
+            .unwrap();
+            local.check(&[Counter {
+                subject: &subject,
+                policy: &policy,
+                cost: 1,
+            }]);
+            assert!(local.len() <= MAX_LIMITERS);
+        }
+        local.clear();
+        assert!(local.is_empty());
     }
 }

@@ -368,6 +368,8 @@ impl<S: Store> Limiter<S> {
         let counters = Self::counters(request, &items, true);
         match self.guarded(&counters).await {
             Ok(reply) => {
+                // Redis answers: the outage's local counts are done with.
+                self.local.clear();
                 if refunds {
                     for subject in request
                         .descriptors
