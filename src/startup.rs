@@ -152,6 +152,7 @@ impl Application {
             App::new()
                 .app_data(state.clone())
                 .app_data(rls_data.clone())
+                .wrap(from_fn(http::docs::security_headers))
                 .wrap(from_fn(http::errors::json_errors))
                 .wrap(from_fn(http::access::access))
                 .configure(|cfg| http::configure(cfg, admin))

@@ -86,6 +86,17 @@ impl EnvoyMetrics {
         }
         [domain, key1, key2]
     }
+
+    /// Whether these labels are a `detailed_metric` rule's (request values)
+    /// or the `other` they overflow into.
+    pub fn is_detailed(&self, domain: &str, key1: &str, key2: &str) -> bool {
+        (key1 == "other" && key2 == "other")
+            || self
+                .detailed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&(domain.to_owned(), key1.to_owned(), key2.to_owned()))
+    }
 }
 
 impl Default for Metrics {

@@ -391,3 +391,38 @@ async fn traefik_forward_auth_as_its_documentation_describes_it() {
         assert_eq!(ask(uri).await.unwrap().status(), 400, "{uri}");
     }
 }
+
+/// Item 14: /docs/ and /redoc share the dashboard's origin (where the admin
+/// token lives in sessionStorage) and had no CSP and no `nosniff`.
+#[tokio::test]
+async fn the_documentation_pages_carry_a_csp_and_nosniff() {
+    let redis = RedisServer::start().await;
+    let app = spawn_app(&redis, &[]).await;
+    for path in ["/docs/", "/redoc", "/api-docs/openapi.json"] {
+        let r = app.get(path).await;
+        assert_eq!(r.status(), 200, "{path}");
+        let csp = r.headers()["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{path}: {csp}"
+        );
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+    }
+}
+
+/// Item 13: /dashboard/stats carried detailed_metric request values (the
+/// values of the request, as metric labels). The page shows their sum.
+#[tokio::test]
+async fn dashboard_stats_carry_no_request_values() {
+    let redis = RedisServer::start().await;
+    let dir = erl_dir(
+        "domain: d\ndescriptors:\n  - key: k\n    detailed_metric: true\n    rate_limit: { unit: day, requests_per_unit: 100 }\n",
+    );
+    let app = erl_app(&redis, &dir).await;
+    let mut c = client(&app).await;
+    let value = unique_key("private-value");
+    ask(&mut c, request("d", vec![descriptor(&[("k", &value)])])).await;
+    let stats = app.get("/dashboard/stats").await.text().await.unwrap();
+    assert!(!stats.contains(&value), "{stats}");
+    assert!(stats.contains("(detailed_metric)"), "{stats}");
+}

@@ -50,6 +50,9 @@ pub async fn style() -> HttpResponse {
     asset("text/css; charset=utf-8", APP_CSS)
 }
 
+/// The policy name the page shows for every `detailed_metric` series.
+const DETAILED: &str = "(detailed_metric)";
+
 /// One counter of decisions.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DecisionCount {
@@ -136,18 +139,39 @@ pub async fn stats(state: web::Data<AppState>) -> HttpResponse {
         (&metrics.envoy.over_limit, "denied"),
     ] {
         collect(vec, &mut decisions, |labels, count| {
-            let key2 = labels("key2").filter(|k| !k.is_empty());
+            let (domain, key1) = (labels("domain")?, labels("key1")?);
+            let key2 = labels("key2").unwrap_or_default();
+            // A detailed_metric rule's labels are request values: the page
+            // shows their sum, never the values (issue 19, item 13).
+            let detailed = metrics.envoy.is_detailed(&domain, &key1, &key2);
             Some(DecisionCount {
-                strategy: format!("envoy:{}", labels("domain")?),
-                policy: match key2 {
-                    Some(key2) => format!("{}.{key2}", labels("key1")?),
-                    None => labels("key1")?,
+                strategy: format!("envoy:{domain}"),
+                policy: if detailed {
+                    DETAILED.to_owned()
+                } else if key2.is_empty() {
+                    key1
+                } else {
+                    format!("{key1}.{key2}")
                 },
                 decision: decision.to_owned(),
                 count,
             })
         });
     }
+    // The detailed series, one row per domain and decision.
+    let mut merged: Vec<DecisionCount> = Vec::with_capacity(decisions.len());
+    for d in decisions {
+        match merged.iter_mut().find(|m| {
+            m.policy == DETAILED
+                && d.policy == DETAILED
+                && m.strategy == d.strategy
+                && m.decision == d.decision
+        }) {
+            Some(m) => m.count += d.count,
+            None => merged.push(d),
+        }
+    }
+    let decisions = merged;
     let mut errors: Vec<u64> = Vec::new();
     collect(&metrics.redis_errors, &mut errors, |_, count| Some(count));
     let rules = state.limiter.rules();

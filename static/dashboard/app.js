@@ -50,7 +50,14 @@
   async function poll() {
     let stats;
     try {
-      const response = await fetch('/dashboard/stats', { cache: 'no-store' });
+      // The stats are the operator's: from outside OPERATOR_NETWORKS they
+      // need the admin token.
+      const headers = token ? { Authorization: `Bearer ${token}` } : {};
+      const response = await fetch('/dashboard/stats', { cache: 'no-store', headers });
+      if (response.status === 401) {
+        pill($('health'), 'type the admin token to see the stats', 'bad');
+        return;
+      }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
       stats = await response.json();
     } catch (err) {
