@@ -72,10 +72,24 @@ impl Tracing {
         })
     }
 
-    /// The caller's trace context, from its `traceparent` (and
-    /// `tracestate`) headers; an empty context without them.
+    /// The caller's trace context, from its `traceparent` header; an empty
+    /// context without it. Its `tracestate` is dropped: it is the caller's
+    /// free text (vendors' entries), and copied into every exported span it
+    /// would carry whatever a client put there to the operator's collector.
     pub fn parent(&self, headers: &dyn Extractor) -> Context {
-        self.propagator.extract(headers)
+        use opentelemetry::trace::{SpanContext, TraceContextExt, TraceState};
+        let context = self.propagator.extract(headers);
+        let span = context.span().span_context().clone();
+        if !span.is_valid() || *span.trace_state() == TraceState::default() {
+            return context;
+        }
+        Context::new().with_remote_span_context(SpanContext::new(
+            span.trace_id(),
+            span.span_id(),
+            span.trace_flags(),
+            true,
+            TraceState::default(),
+        ))
     }
 
     /// Ends one request's span under `parent`, from its start to now, with

@@ -439,3 +439,58 @@ async fn the_sampler_setting_decides_which_requests_make_spans() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Regression (issue 19, item 15): spans of unmatched routes carried the
+/// raw path, and the client's `tracestate` was copied into exported spans.
+/// The parent's trace and span ids are kept; its state and the unmatched
+/// path are not.
+#[tokio::test]
+async fn spans_carry_neither_an_unmatched_path_nor_the_clients_tracestate() {
+    let (endpoint, received) = http_receiver().await;
+    let redis = RedisServer::start().await;
+    let dir = TempDir::new("traces-private");
+    let mut child = serve(
+        &dir,
+        &redis,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("LOG_LEVEL", "info"),
+        ],
+    );
+    let lines = log_lines(&mut child);
+    let base = format!("http://127.0.0.1:{}", wait_for_port(&lines));
+    let client = reqwest::Client::new();
+    let r = client
+        .get(format!("{base}/secret-path-of-the-client"))
+        .header("traceparent", format!("00-{TRACE_ID}-{PARENT_SPAN}-01"))
+        .header("tracestate", "vendor=secret-state-of-the-client")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let started = Instant::now();
+    let span = loop {
+        if let Some((_, span)) = spans(&received)
+            .into_iter()
+            .find(|(_, s)| hex(&s.trace_id) == TRACE_ID)
+        {
+            break span;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "no span");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(hex(&span.parent_span_id), PARENT_SPAN);
+    assert_eq!(
+        span.trace_state, "",
+        "the client's tracestate is not exported"
+    );
+    let everything = format!("{span:?}");
+    assert!(!everything.contains("secret"), "{everything}");
+    assert_eq!(
+        attribute(&span.attributes, "http.route").as_deref(),
+        Some("unmatched")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}

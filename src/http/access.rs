@@ -207,11 +207,19 @@ fn trace_request(
         let mut attributes = vec![
             KeyValue::new("http.request.method", method),
             KeyValue::new("http.route", route.to_owned()),
-            KeyValue::new("url.path", logged_path(route, request.path()).to_owned()),
             KeyValue::new("url.scheme", "http"),
             KeyValue::new("http.response.status_code", i64::from(status)),
             KeyValue::new("ratelimit.request_id", id.to_owned()),
         ];
+        // The path of a matched route (its pattern where it has
+        // parameters); a path that matched nothing is the client's own
+        // text, and a span does not carry it.
+        if route != "unmatched" {
+            attributes.push(KeyValue::new(
+                "url.path",
+                logged_path(route, request.path()).to_owned(),
+            ));
+        }
         let extensions = request.extensions();
         if let Some(info) = extensions.get::<LimitInfo>() {
             attributes.push(KeyValue::new("ratelimit.strategy", info.strategy));
