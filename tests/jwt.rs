@@ -365,3 +365,24 @@ async fn a_jwt_subject_and_an_api_key_of_the_same_value_are_two_callers() {
     assert_eq!(body["strategy"], "jwt");
     assert_eq!(body["status"], "unlimited");
 }
+
+/// Regression (issue 19, item 16): a numeric claim 42 and a string "42"
+/// were one identity, and claims with bidi or zero-width characters were
+/// accepted. Only a plain string identifies a caller; anything else is 401.
+#[tokio::test]
+async fn only_plain_string_claims_identify_a_caller() {
+    let redis = RedisServer::start().await;
+    let app = spawn_app(&redis, &[("JWT_CLAIM", "sub"), ("JWT_SECRET", SECRET)]).await;
+    let token = |sub: Value| hs256(json!({"sub": sub, "exp": now() + 600}), SECRET, None);
+    let (code, body) = status(&app, &token(json!("42"))).await;
+    assert_eq!((code, body["strategy"].as_str()), (200, Some("jwt")));
+    for sub in [
+        json!(42),
+        json!("ac\u{202E}me"),
+        json!("ac\u{200B}me"),
+        json!(["a"]),
+    ] {
+        let (code, _) = status(&app, &token(sub.clone())).await;
+        assert_eq!(code, 401, "{sub}");
+    }
+}

@@ -179,10 +179,13 @@ impl JwtVerifier {
                 .filter(|(_, a)| *a == header.alg)
                 .cloned()
                 .collect(),
+            // The key decides the algorithm, not the token: its `alg` when
+            // it has one, else the family of its type.
             Keys::Set(set) => header
                 .kid
                 .as_deref()
                 .and_then(|kid| set.find(kid))
+                .filter(|jwk| jwk_allows(jwk, header.alg))
                 .and_then(|jwk| DecodingKey::from_jwk(jwk).ok())
                 .map(|key| vec![(key, header.alg)])
                 .unwrap_or_default(),
@@ -197,15 +200,104 @@ impl JwtVerifier {
         for (key, algorithm) in candidates {
             match decode::<serde_json::Value>(token, &key, &self.validation(algorithm)) {
                 Ok(data) => {
+                    // A string only: a number 42 and a string "42" would be
+                    // one identity (RFC 7519 makes `sub` a string). And
+                    // text that reads as something else is refused.
                     return match data.claims.get(&self.settings.claim) {
-                        Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-                        Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
+                        Some(serde_json::Value::String(s)) if usable_claim(s) => Ok(s.clone()),
                         _ => Err(TokenError::MissingClaim(self.settings.claim.clone())),
-                    }
+                    };
                 }
                 Err(err) => last = err.to_string(),
             }
         }
         Err(TokenError::Invalid(last))
+    }
+}
+
+/// Longest claim value taken as an identity, in bytes.
+pub const MAX_CLAIM_BYTES: usize = 256;
+
+/// Whether a claim's text can be an identity: not empty, at most
+/// [`MAX_CLAIM_BYTES`], and without control, bidirectional-override or
+/// zero-width characters (which make two identities look alike in a log
+/// line, the admin API or the dashboard, or one look like another).
+fn usable_claim(claim: &str) -> bool {
+    !claim.is_empty()
+        && claim.len() <= MAX_CLAIM_BYTES
+        && !claim.chars().any(|c| {
+            c.is_control()
+                || matches!(c,
+                    '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+                    | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+        })
+}
+
+/// Whether a JWKS key may verify a token signed with `alg`: the key's own
+/// `alg` when it names one; else an algorithm of the key's type (RSA: RS*
+/// and PS*; EC: ES*; a symmetric key: HS*; OKP: EdDSA).
+fn jwk_allows(jwk: &jsonwebtoken::jwk::Jwk, alg: Algorithm) -> bool {
+    use jsonwebtoken::jwk::AlgorithmParameters as Params;
+    if let Some(own) = jwk.common.key_algorithm {
+        return own.to_string().parse::<Algorithm>() == Ok(alg);
+    }
+    match &jwk.algorithm {
+        Params::RSA(_) => matches!(
+            alg,
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+        ),
+        Params::EllipticCurve(_) => matches!(alg, Algorithm::ES256 | Algorithm::ES384),
+        Params::OctetKey(_) => {
+            matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
+        }
+        Params::OctetKeyPair(_) => alg == Algorithm::EdDSA,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (issue 19, item 16): claims with bidi or zero-width
+    /// characters were accepted.
+    #[test]
+    fn claims_that_read_as_something_else_are_refused() {
+        assert!(usable_claim("tenant-acme"));
+        assert!(usable_claim("Ünïcode-ok"));
+        for bad in [
+            "",
+            "tenant\u{202E}emca",
+            "ten\u{200B}ant",
+            "a\u{2066}b",
+            "\u{FEFF}x",
+            "a\nb",
+        ] {
+            assert!(!usable_claim(bad), "{bad:?}");
+        }
+        assert!(!usable_claim(&"x".repeat(MAX_CLAIM_BYTES + 1)));
+    }
+
+    /// Regression (issue 19, item 16): with JWKS, the token's header chose
+    /// the algorithm; a JWK's `alg` was ignored.
+    #[test]
+    fn a_jwks_key_decides_its_algorithm() {
+        let set: JwkSet = serde_json::from_str(
+            r#"{"keys":[
+                {"kty":"oct","kid":"h","alg":"HS512","k":"c2VjcmV0"},
+                {"kty":"oct","kid":"any","k":"c2VjcmV0"}
+            ]}"#,
+        )
+        .unwrap();
+        let h = set.find("h").unwrap();
+        assert!(jwk_allows(h, Algorithm::HS512));
+        assert!(!jwk_allows(h, Algorithm::HS256));
+        let any = set.find("any").unwrap();
+        assert!(jwk_allows(any, Algorithm::HS256));
+        assert!(!jwk_allows(any, Algorithm::RS256));
     }
 }
