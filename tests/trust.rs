@@ -426,3 +426,78 @@ async fn dashboard_stats_carry_no_request_values() {
     assert!(!stats.contains(&value), "{stats}");
     assert!(stats.contains("(detailed_metric)"), "{stats}");
 }
+
+/// Calls of `command` Redis has served so far (INFO commandstats).
+async fn command_calls(redis: &RedisServer, command: &str) -> u64 {
+    let mut conn = redis.connection().await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Item 17: the admin override hash had no bound on count or size, and
+/// every instance reread it whole every second. It holds at most 10,000
+/// overrides (a new one past that is refused; replacing one is not), and
+/// an instance rereads it only when its version moves.
+#[tokio::test]
+async fn the_override_hash_is_bounded_and_reread_only_when_it_changes() {
+    let redis = RedisServer::start().await;
+    let mut conn = redis.connection().await.unwrap();
+    let mut fill = redis::pipe();
+    for i in 0..rate_limiter::limiter::overrides::MAX_OVERRIDES {
+        fill.cmd("HSET")
+            .arg("rate:overrides")
+            .arg(format!("user:filler-{i}"))
+            .arg(r#"{"unlimited":true}"#)
+            .ignore();
+    }
+    let _: () = fill.query_async(&mut conn).await.unwrap();
+    let app = spawn_app(&redis, &[("ADMIN_TOKEN", TOKEN)]).await;
+    let put = |id: String| {
+        app.admin(
+            TOKEN,
+            reqwest::Method::PUT,
+            &format!("/admin/overrides/user/{id}"),
+        )
+        .json(&serde_json::json!({"unlimited": true}))
+        .send()
+    };
+    let r = put(unique_key("one-too-many")).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("10000 overrides"));
+    assert_eq!(
+        put("filler-7".into()).await.unwrap().status(),
+        200,
+        "a replacement"
+    );
+    let r = app
+        .admin(
+            TOKEN,
+            reqwest::Method::DELETE,
+            "/admin/overrides/user/filler-8",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    assert_eq!(put(unique_key("now-fits")).await.unwrap().status(), 200);
+    let long = "k".repeat(3000);
+    assert_eq!(put(long).await.unwrap().status(), 400, "a 3 KB identity");
+
+    // Idle: the version is read every second, the hash no more.
+    let before = command_calls(&redis, "hgetall").await;
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let reads = command_calls(&redis, "hgetall").await - before;
+    assert!(reads <= 1, "{reads} whole rereads in 3.5 s of nothing");
+    assert!(
+        command_calls(&redis, "hget").await >= 3,
+        "the version is read"
+    );
+}

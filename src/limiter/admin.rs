@@ -241,9 +241,23 @@ impl<S: Store> Limiter<S> {
             return Err(AdminError::Invalid("until is in the past".into()));
         }
         let json = serde_json::to_string(spec).map_err(|e| AdminError::Invalid(e.to_string()))?;
-        self.store
-            .save_override(&overrides::storage_key(subject), &json)
-            .await?;
+        let key = overrides::storage_key(subject);
+        if key.len() > overrides::MAX_KEY_BYTES {
+            return Err(AdminError::Invalid(format!(
+                "the identity is longer than {} bytes",
+                overrides::MAX_KEY_BYTES
+            )));
+        }
+        if !self
+            .store
+            .save_override(&key, &json, overrides::MAX_OVERRIDES)
+            .await?
+        {
+            return Err(AdminError::Invalid(format!(
+                "{} overrides are stored, the most there may be: delete one first",
+                overrides::MAX_OVERRIDES
+            )));
+        }
         self.refresh_overrides().await?;
         Ok(())
     }
@@ -266,7 +280,25 @@ impl<S: Store> Limiter<S> {
     /// interval. Expired overrides are deleted from the store.
     pub async fn refresh_overrides(&self) -> Result<(), StoreError> {
         self.refresh_resets().await?;
+        // The whole set only when it changed (or for a while it has not
+        // been read): one field a second otherwise, however many there are.
+        let version = self.store.overrides_version().await?;
+        {
+            let seen = self
+                .overrides_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some((seen, at)) = *seen {
+                if seen == version && at.elapsed() < overrides::FULL_REFRESH_INTERVAL {
+                    return Ok(());
+                }
+            }
+        }
         let stored = self.store.load_overrides().await?;
+        *self
+            .overrides_seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((version, std::time::Instant::now()));
         let rules = self.rules.load();
         let now = SystemTime::now();
         let mut fresh = OverrideMap::with_capacity(stored.len());

@@ -45,6 +45,8 @@ pub struct Limiter<S> {
     breaker: breaker::Breaker,
     denied: deny_cache::DenyCache,
     dynamic: ArcSwap<admin::OverrideMap>,
+    /// The overrides' version when they were last read whole, and when.
+    overrides_seen: Mutex<Option<(Option<u64>, std::time::Instant)>>,
     /// The last reset sequence seen (None until the first refresh).
     resets_seen: Mutex<Option<u64>>,
     /// Storage keys of bad override entries already reported.
@@ -81,6 +83,7 @@ impl<S: Store> Limiter<S> {
             denied: deny_cache::DenyCache::default(),
             dynamic: ArcSwap::from_pointee(HashMap::new()),
             resets_seen: Default::default(),
+            overrides_seen: Default::default(),
             reported_bad: Default::default(),
             top: top::TopOffenders::default(),
             top_published: AtomicU64::new(0),

@@ -15,6 +15,19 @@ use crate::policy::parse_window;
 /// How stale an instance's copy of the overrides may be.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Overrides the store holds at most: a new one past it is refused. Every
+/// instance holds them all in memory and rereads them when they change.
+pub const MAX_OVERRIDES: usize = 10_000;
+
+/// Longest storage key of an override (an identity, or an Envoy
+/// descriptor's path), in bytes.
+pub const MAX_KEY_BYTES: usize = 2048;
+
+/// However unchanged the version, the whole set is reread this often (an
+/// instance of an older version may have written without bumping it, and
+/// expired overrides are removed on a full read).
+pub const FULL_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+
 /// The latest `until` accepted: 9999-12-31T23:59:59Z.
 pub const MAX_UNTIL: u64 = 253_402_300_799;
 

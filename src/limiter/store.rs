@@ -83,11 +83,18 @@ pub trait Store: Send + Sync + 'static {
     /// cannot hide the others.
     fn load_overrides(&self) -> impl Future<Output = Result<Vec<RawOverride>, StoreError>> + Send;
 
+    /// Stores an override, unless the store holds `max` others already
+    /// (then `false`).
     fn save_override(
         &self,
         key: &str,
         json: &str,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+        max: usize,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// A number that changes with every change to the overrides (`None`:
+    /// never changed).
+    fn overrides_version(&self) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 
     /// Whether there was one to delete.
     fn delete_override(&self, key: &str) -> impl Future<Output = Result<bool, StoreError>> + Send;

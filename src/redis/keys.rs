@@ -93,6 +93,9 @@ pub fn top_key(slot: &str) -> String {
 /// instance: field `<strategy>:<id>`, value the override as JSON. It never
 /// expires; an override's own `until` ends it.
 pub const OVERRIDES_KEY: &str = "rate:overrides";
+/// The field of [`OVERRIDES_KEY`] that counts its changes (no identity's
+/// storage key starts with `~`).
+pub const OVERRIDES_VERSION_FIELD: &str = "~version";
 
 /// The log of admin resets (see `lua/publish_reset.lua`): one hash tag, one
 /// Cluster slot.

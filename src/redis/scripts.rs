@@ -115,5 +115,5 @@ pub static PUBLISH_RESET: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../../lua/publish_reset.lua")));
 pub static RESETS_SINCE: LazyLock<redis::Script> =
     LazyLock::new(|| redis::Script::new(include_str!("../../lua/resets_since.lua")));
-pub static DELETE_IF: LazyLock<redis::Script> =
-    LazyLock::new(|| redis::Script::new(include_str!("../../lua/delete_if.lua")));
+pub static OVERRIDES: LazyLock<redis::Script> =
+    LazyLock::new(|| redis::Script::new(include_str!("../../lua/overrides.lua")));

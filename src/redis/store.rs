@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use super::keys::{
-    counter_key, hash_tag, top_key, OVERRIDES_KEY, RESET_KEYS, RESET_LOG_ENTRIES, RESET_LOG_TTL_MS,
+    counter_key, hash_tag, top_key, OVERRIDES_KEY, OVERRIDES_VERSION_FIELD, RESET_KEYS,
+    RESET_LOG_ENTRIES, RESET_LOG_TTL_MS,
 };
 use super::{script_policy, scripts, RedisStore, ScriptPolicy};
 use crate::limiter::{Counter, RawOverride, ResetLog, Store, StoreError, StoreReply};
@@ -102,27 +103,32 @@ impl Store for RedisStore {
         let deadline = Instant::now() + self.timeout;
         // Raw bytes: a field or value that is not UTF-8 is the limiter's to
         // skip, not a failed call.
+        let mut all = self
+            .call(deadline, |mut conn| async move {
+                redis::cmd("HGETALL")
+                    .arg(OVERRIDES_KEY)
+                    .query_async::<Vec<(Vec<u8>, Vec<u8>)>>(&mut conn)
+                    .await
+            })
+            .await?;
+        all.retain(|(field, _)| field != OVERRIDES_VERSION_FIELD.as_bytes());
+        Ok(all)
+    }
+
+    async fn overrides_version(&self) -> Result<Option<u64>, StoreError> {
+        let deadline = Instant::now() + self.timeout;
         self.call(deadline, |mut conn| async move {
-            redis::cmd("HGETALL")
+            redis::cmd("HGET")
                 .arg(OVERRIDES_KEY)
-                .query_async::<Vec<(Vec<u8>, Vec<u8>)>>(&mut conn)
+                .arg(OVERRIDES_VERSION_FIELD)
+                .query_async::<Option<u64>>(&mut conn)
                 .await
         })
         .await
     }
 
     async fn delete_override_if(&self, key: &[u8], json: &[u8]) -> Result<bool, StoreError> {
-        let deadline = Instant::now() + self.timeout;
-        self.call(deadline, |mut conn| async move {
-            scripts::DELETE_IF
-                .key(OVERRIDES_KEY)
-                .arg(key)
-                .arg(json)
-                .invoke_async::<u64>(&mut conn)
-                .await
-        })
-        .await
-        .map(|n| n > 0)
+        self.write_override("del_if", key, json, 0).await
     }
 
     async fn publish_reset(&self, key: &str) -> Result<(), StoreError> {
@@ -192,30 +198,13 @@ impl Store for RedisStore {
         })
     }
 
-    async fn save_override(&self, key: &str, json: &str) -> Result<(), StoreError> {
-        let deadline = Instant::now() + self.timeout;
-        self.call(deadline, |mut conn| async move {
-            redis::cmd("HSET")
-                .arg(OVERRIDES_KEY)
-                .arg(key)
-                .arg(json)
-                .query_async::<()>(&mut conn)
-                .await
-        })
-        .await
+    async fn save_override(&self, key: &str, json: &str, max: usize) -> Result<bool, StoreError> {
+        self.write_override("set", key.as_bytes(), json.as_bytes(), max)
+            .await
     }
 
     async fn delete_override(&self, key: &str) -> Result<bool, StoreError> {
-        let deadline = Instant::now() + self.timeout;
-        self.call(deadline, |mut conn| async move {
-            redis::cmd("HDEL")
-                .arg(OVERRIDES_KEY)
-                .arg(key)
-                .query_async::<u64>(&mut conn)
-                .await
-        })
-        .await
-        .map(|n| n > 0)
+        self.write_override("del", key.as_bytes(), b"", 0).await
     }
 
     /// PING on a Cluster (every node); ROLE elsewhere, because a demoted
@@ -255,5 +244,31 @@ impl Store for RedisStore {
             Ok(_) => Ok(started.elapsed()),
             Err(err) => Err(err),
         }
+    }
+}
+
+impl RedisStore {
+    /// One change to the overrides hash through `lua/overrides.lua` (which
+    /// bumps its version): whether it was made.
+    async fn write_override(
+        &self,
+        operation: &str,
+        key: &[u8],
+        value: &[u8],
+        max: usize,
+    ) -> Result<bool, StoreError> {
+        let deadline = Instant::now() + self.timeout;
+        self.call(deadline, |mut conn| async move {
+            scripts::OVERRIDES
+                .key(OVERRIDES_KEY)
+                .arg(operation)
+                .arg(key)
+                .arg(value)
+                .arg(max)
+                .invoke_async::<u64>(&mut conn)
+                .await
+        })
+        .await
+        .map(|n| n > 0)
     }
 }
