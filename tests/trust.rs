@@ -13,7 +13,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
-use support::{spawn_app, unique_key, RedisServer, TempDir, TestApp};
+use support::{spawn_app, spawn_app_with, unique_key, RedisServer, TempDir, TestApp};
 use tonic::transport::Channel;
 
 fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
@@ -500,4 +500,29 @@ async fn the_override_hash_is_bounded_and_reread_only_when_it_changes() {
         command_calls(&redis, "hget").await >= 3,
         "the version is read"
     );
+}
+
+/// Item 24: a wrong Redis password (or a missing ACL permission) was
+/// reported as "the store did not answer within 100ms". It is named an
+/// authentication error, in /health and in the metrics.
+#[tokio::test]
+async fn a_wrong_redis_password_is_reported_as_an_authentication_error() {
+    let redis = RedisServer::start_with(&["--requirepass".into(), "right-password".into()]).await;
+    let port = redis
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches("/0")
+        .to_owned();
+    let url = format!("redis://:wrong-password@127.0.0.1:{port}");
+    let app = spawn_app_with(support::settings(&url, &[("REDIS_TIMEOUT_MS", "300")])).await;
+    support::eventually("health names the authentication error", || async {
+        let r = app.get("/health").await;
+        let body = r.text().await.unwrap();
+        body.contains("credentials") && !body.contains("did not answer")
+    })
+    .await;
+    let r = app.post_resource(Some("k")).await;
+    assert_eq!(r.headers()["X-RateLimit-Degraded"], "redis-auth");
 }

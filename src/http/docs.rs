@@ -148,7 +148,7 @@ const SHADOW: HeaderDoc = (
 const DEGRADED: HeaderDoc = (
     "X-RateLimit-Degraded",
     Type::String,
-    "Present only when Redis could not answer and the request was let through uncounted (RATE_LIMIT_FAILURE_MODE=open): `redis-timeout`, `redis-unreachable` or `redis-error`. X-RateLimit-Remaining and X-RateLimit-Reset are then absent.",
+    "Present only when Redis could not answer and the request was let through uncounted (RATE_LIMIT_FAILURE_MODE=open): `redis-timeout`, `redis-unreachable`, `redis-auth`, `redis-circuit-open` or `redis-error`. X-RateLimit-Remaining and X-RateLimit-Reset are then absent.",
 );
 
 impl Modify for RateLimitHeaders {

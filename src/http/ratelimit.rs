@@ -355,10 +355,12 @@ fn mark_degraded(
         (StoreError::Timeout(_), false) => "redis-timeout",
         (StoreError::Connection(_), false) => "redis-unreachable",
         (StoreError::CircuitOpen, false) => "redis-circuit-open",
+        (StoreError::Auth(_), false) => "redis-auth",
         (_, false) => "redis-error",
         (StoreError::Timeout(_), true) => "redis-timeout; local",
         (StoreError::Connection(_), true) => "redis-unreachable; local",
         (StoreError::CircuitOpen, true) => "redis-circuit-open; local",
+        (StoreError::Auth(_), true) => "redis-auth; local",
         (_, true) => "redis-error; local",
     };
     headers.insert(X_RATELIMIT_DEGRADED, HeaderValue::from_static(reason));

@@ -33,6 +33,10 @@ pub enum StoreError {
     Timeout(Duration),
     #[error("cannot reach the store: {0}")]
     Connection(String),
+    /// The store refused the credentials (a wrong password, an ACL user
+    /// without the permission a command needs).
+    #[error("the store refused the credentials (REDIS_PASSWORD, REDIS_USERNAME or the URL's; an ACL user needs EVALSHA, SCRIPT, HGET, HGETALL, HSET, HDEL, DEL, GET, TIME): {0}")]
+    Auth(String),
     #[error("the store refused the script: {0}")]
     Script(String),
     #[error("store error: {0}")]
@@ -49,6 +53,7 @@ impl StoreError {
         match self {
             StoreError::Timeout(_) => "timeout",
             StoreError::Connection(_) => "connection",
+            StoreError::Auth(_) => "auth",
             StoreError::Script(_) => "script",
             StoreError::Other(_) => "other",
             StoreError::CircuitOpen => "circuit_open",

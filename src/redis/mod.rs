@@ -26,7 +26,7 @@ use crate::limiter::{Counter, StoreError, StoreReply};
 use crate::telemetry::Metrics;
 use batch::{Job, Queue};
 pub use keys::{counter_key, OVERRIDES_KEY, RESET_KEYS};
-use pool::{AnyConnection, Connection, LogErrors, Manager};
+use pool::{AnyConnection, Connection, Manager};
 use reply::{map_error, parse_reply};
 
 /// A counter as the script takes it.
@@ -122,6 +122,8 @@ pub struct StoreShared {
     /// Whether the last call succeeded; only used to log each loss and each
     /// recovery once.
     reachable: AtomicBool,
+    /// Every pool's error sink: remembers a refusal of the credentials.
+    connect_errors: pool::LogErrors,
 }
 
 impl RedisStore {
@@ -170,6 +172,7 @@ impl RedisStore {
             cluster: matches!(settings.topology, RedisTopology::Cluster { .. }),
             metrics,
             reachable: AtomicBool::new(true),
+            connect_errors: pool::LogErrors::default(),
         }));
         if let Err(err) = store.load_scripts().await {
             log::warn!(
@@ -231,7 +234,7 @@ impl RedisStore {
             tokio::spawn(self.clone().flush(queue));
         }
         match timeout_at(deadline, answer).await {
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Err(_) => Err(self.timed_out()),
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(StoreError::Other(
                 "the Redis call of this check was abandoned".into(),
@@ -367,12 +370,12 @@ impl RedisStore {
     {
         let deadline = tokio::time::Instant::from_std(deadline);
         match timeout_at(deadline, self.checkout()).await {
-            Err(_) => Err(StoreError::Timeout(self.timeout)),
+            Err(_) => Err(self.timed_out()),
             Ok(Err(err)) => Err(err),
             Ok(Ok(conn)) => match timeout_at(deadline, op(conn.conn.clone())).await {
                 Err(_) => {
                     conn.record_timeout();
-                    Err(StoreError::Timeout(self.timeout))
+                    Err(self.timed_out())
                 }
                 Ok(Err(err)) => {
                     conn.record_error(&err);
@@ -407,7 +410,7 @@ impl RedisStore {
                 // which would double the round trips per request.
                 .test_on_check_out(false)
                 .connection_timeout(self.settings.timeout)
-                .error_sink(Box::new(LogErrors))
+                .error_sink(Box::new(self.connect_errors.clone()))
                 .build_unchecked(manager);
             pools.borrow_mut().insert(self.id, pool.clone());
             Ok(pool)
@@ -421,7 +424,9 @@ impl RedisStore {
         let pool = self.pool()?;
         loop {
             let entry = pool.get().await.map_err(|err| match err {
-                bb8::RunError::TimedOut => StoreError::Timeout(self.timeout),
+                // No connection within the timeout: because the
+                // credentials were refused, if they were.
+                bb8::RunError::TimedOut => self.timed_out(),
                 bb8::RunError::User(err) => map_error(&err),
             })?;
             if !entry.is_broken() {
@@ -432,12 +437,27 @@ impl RedisStore {
         }
     }
 
+    /// What a call that ran out of time reports: an authentication error
+    /// when the pools' last connection attempt was refused its credentials
+    /// (the pool then waits out the timeout, retrying), else a timeout.
+    fn timed_out(&self) -> StoreError {
+        self.connect_errors
+            .auth_failure()
+            .map_or(StoreError::Timeout(self.timeout), StoreError::Auth)
+    }
+
     fn note_reachability<T>(&self, result: &Result<T, StoreError>) {
         let ok = !matches!(
             result,
-            Err(StoreError::Timeout(_) | StoreError::Connection(_) | StoreError::CircuitOpen)
+            Err(StoreError::Timeout(_)
+                | StoreError::Connection(_)
+                | StoreError::Auth(_)
+                | StoreError::CircuitOpen)
         );
         if self.reachable.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                self.connect_errors.clear();
+            }
             match result {
                 Err(err) if !ok => log::warn!("redis: unavailable: {err}"),
                 _ => log::info!("redis: reachable again"),

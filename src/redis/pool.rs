@@ -279,16 +279,36 @@ impl bb8::ManageConnection for Manager {
 
 /// bb8 reports connection failures here; they are logged at debug because the
 /// store logs the transitions that matter (Redis lost, Redis back) at warn and
-/// info, once each, instead of once per retry.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct LogErrors;
+/// info, once each, instead of once per retry. The last refusal of the
+/// credentials is kept, so that a pool that timed out waiting for a
+/// connection says why (an authentication error, not "no answer").
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LogErrors(pub(crate) Arc<std::sync::Mutex<Option<String>>>);
+
+impl LogErrors {
+    /// The last refusal of the credentials, if no connection was made
+    /// since.
+    pub(crate) fn auth_failure(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn clear(&self) {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_some() {
+            *last = None;
+        }
+    }
+}
 
 impl bb8::ErrorSink<RedisError> for LogErrors {
     fn sink(&self, err: RedisError) {
         log::debug!("redis pool: cannot connect: {err}");
+        if super::reply::is_auth_error(&err) {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
+        }
     }
 
     fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<RedisError>> {
-        Box::new(*self)
+        Box::new(self.clone())
     }
 }

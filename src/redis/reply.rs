@@ -34,8 +34,20 @@ pub(super) fn parse_reply(reply: &[i64], policies: usize) -> Result<StoreReply, 
     })
 }
 
+/// Whether `err` says the credentials were refused (a wrong password, no
+/// password where one is required, an ACL user without a permission).
+pub(super) fn is_auth_error(err: &RedisError) -> bool {
+    matches!(
+        err.kind(),
+        redis::ErrorKind::AuthenticationFailed
+            | redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+    ) || matches!(err.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+}
+
 pub(super) fn map_error(err: &RedisError) -> StoreError {
-    if err.is_timeout() {
+    if is_auth_error(err) {
+        StoreError::Auth(err.to_string())
+    } else if err.is_timeout() {
         StoreError::Timeout(Duration::ZERO)
     } else if err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal() {
         StoreError::Connection(err.to_string())

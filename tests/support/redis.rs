@@ -59,7 +59,8 @@ impl RedisServer {
             if let Ok(mut conn) = self.connection().await {
                 let pong: redis::RedisResult<String> =
                     redis::cmd("PING").query_async(&mut conn).await;
-                if pong.is_ok() {
+                // A server with a password answers NOAUTH: up all the same.
+                if pong.is_ok() || pong.is_err_and(|e| e.code() == Some("NOAUTH")) {
                     return;
                 }
             }
