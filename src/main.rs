@@ -113,6 +113,9 @@ async fn main() -> ExitCode {
         });
     }
     logger.init();
+    for warning in &settings.warnings {
+        log::warn!("{warning}");
+    }
 
     let host = settings.host.clone();
     let (grpc_host, grpc_uds) = (

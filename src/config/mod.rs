@@ -136,6 +136,9 @@ pub struct Settings {
     pub traces: Option<TraceSettings>,
     /// The Envoy rate limit service (gRPC) and its configuration.
     pub envoy: EnvoySettings,
+    /// Settings given but ignored because another one wins, each naming
+    /// both: logged at start-up.
+    pub warnings: Vec<String>,
 }
 
 /// Where envoyproxy/ratelimit's YAML configuration lives, read with its
@@ -336,8 +339,51 @@ impl Settings {
                 Duration::from_secs(5),
                 |v| bounded_integer(v, 1, 600_000).map(Duration::from_millis),
             )?,
+            warnings: ignored_settings(&env),
         })
     }
+}
+
+/// The settings given (other than their defaults) that another one
+/// overrides: the parts of a Redis URL under REDIS_URL, the built-in limits
+/// under RATE_LIMIT_CONFIG.
+fn ignored_settings(env: &Env<'_>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    let mut check = |winner: &str, defaults: &[(&str, &str)]| {
+        for (name, default) in defaults {
+            if let Some(value) = env.get(name).filter(|v| v != default) {
+                warnings.push(format!(
+                    "{name}={} is ignored: {winner} is set and wins",
+                    redact(name, &value)
+                ));
+            }
+        }
+    };
+    if env.get("REDIS_URL").is_some_and(|u| u.contains("://")) {
+        check(
+            "REDIS_URL",
+            &[
+                ("REDIS_HOST", "127.0.0.1"),
+                ("REDIS_PORT", "6379"),
+                ("REDIS_PASSWORD", ""),
+                ("REDIS_DB", "0"),
+            ],
+        );
+    }
+    if env.get("RATE_LIMIT_CONFIG").is_some() {
+        check(
+            "RATE_LIMIT_CONFIG",
+            &[
+                ("RATE_LIMIT_USER_LIMIT", "20"),
+                ("RATE_LIMIT_USER_WINDOW", "60"),
+                ("RATE_LIMIT_IP_LIMIT", "20"),
+                ("RATE_LIMIT_IP_WINDOW", "60"),
+                ("RATE_LIMIT_ALGORITHM", "fixed_window"),
+                ("RATE_LIMIT_IP_EVERY_REQUEST", "false"),
+            ],
+        );
+    }
+    warnings
 }
 
 fn envoy_settings(env: &Env<'_>) -> Result<EnvoySettings, ConfigError> {
@@ -685,9 +731,47 @@ mod tests {
         let s = settings(&[
             ("REDIS_URL", "redis://10.1.2.3:7000/1"),
             ("REDIS_HOST", "ignored"),
+            ("REDIS_PASSWORD", "hunter2"),
         ])
         .unwrap();
         assert_eq!(s.redis.topology, single("redis://10.1.2.3:7000/1"));
+        // Regression (issue 19, item 23): silently.
+        assert_eq!(s.warnings.len(), 2, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].starts_with("REDIS_HOST=\"ignored\"")
+                || s.warnings[0].starts_with("REDIS_HOST=ignored")
+        );
+        assert!(s.warnings.iter().all(|w| w.contains("REDIS_URL")));
+        assert!(!s.warnings.iter().any(|w| w.contains("hunter2")));
+    }
+
+    /// Regression (issue 19, item 23): REDIS_SENTINELS beat REDIS_URL
+    /// silently (the README said the URL wins); limit settings were ignored
+    /// under RATE_LIMIT_CONFIG without a word.
+    #[test]
+    fn settings_that_override_each_other_are_refused_or_named() {
+        for other in ["REDIS_SENTINELS", "REDIS_CLUSTER_NODES"] {
+            let err = settings(&[
+                ("REDIS_URL", "redis://10.1.2.3:7000/1"),
+                (other, "10.0.0.1:26379"),
+            ])
+            .unwrap_err();
+            assert_eq!(err.setting, "REDIS_URL");
+            assert!(err.problem.contains(other), "{err}");
+        }
+        let rules = std::env::temp_dir().join(format!("rules-{}.toml", std::process::id()));
+        std::fs::write(&rules, "").unwrap();
+        let s = settings(&[
+            ("RATE_LIMIT_CONFIG", rules.to_str().unwrap()),
+            ("RATE_LIMIT_USER_LIMIT", "500"),
+        ])
+        .unwrap();
+        let _ = std::fs::remove_file(&rules);
+        assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+        assert!(
+            s.warnings[0].contains("RATE_LIMIT_USER_LIMIT")
+                && s.warnings[0].contains("RATE_LIMIT_CONFIG")
+        );
     }
 
     #[test]

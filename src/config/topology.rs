@@ -82,6 +82,22 @@ pub(super) fn redis_topology(env: &Env<'_>) -> Result<RedisTopology, ConfigError
         parse_addresses(v).map(Some)
     })?;
     let password = env.get("REDIS_PASSWORD");
+    // A redis:// URL names one server; with Sentinels or a Cluster as well
+    // it is not clear which the operator meant.
+    if let Some(url) = env.get("REDIS_URL") {
+        for (name, set) in [
+            ("REDIS_SENTINELS", sentinels.is_some()),
+            ("REDIS_CLUSTER_NODES", cluster.is_some()),
+        ] {
+            if set {
+                return Err(ConfigError::new(
+                    "REDIS_URL",
+                    &url,
+                    format!("{name} is set too: set one of REDIS_URL and {name}"),
+                ));
+            }
+        }
+    }
     match (sentinels, cluster) {
         (Some(_), Some(_)) => Err(ConfigError::new(
             "REDIS_CLUSTER_NODES",

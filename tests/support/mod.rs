@@ -141,6 +141,10 @@ pub fn settings(redis_url: &str, overrides: &[(&str, &str)]) -> Settings {
     for (k, v) in overrides {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
+    // Sentinels or a Cluster instead of the one server.
+    if env.contains_key("REDIS_SENTINELS") || env.contains_key("REDIS_CLUSTER_NODES") {
+        env.remove("REDIS_URL");
+    }
     Settings::from_lookup(|name| env.get(name).cloned()).expect("valid test settings")
 }
 
