@@ -526,3 +526,52 @@ async fn a_wrong_redis_password_is_reported_as_an_authentication_error() {
     let r = app.post_resource(Some("k")).await;
     assert_eq!(r.headers()["X-RateLimit-Degraded"], "redis-auth");
 }
+
+/// Item 21: RATE_LIMIT_SHADOW shadowed only the HTTP policies, though the
+/// README says every policy. The Envoy domains' limits, their bans and a
+/// caller's own limit are reported and not enforced too.
+#[tokio::test]
+async fn rate_limit_shadow_shadows_the_envoy_domains_too() {
+    let redis = RedisServer::start().await;
+    let dir = erl_dir(
+        "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: day, requests_per_unit: 1 }\n  - key: banned\n    rate_limit: { unit: day, requests_per_unit: 0 }\n",
+    );
+    let root = dir.path().display().to_string();
+    let app = spawn_app(
+        &redis,
+        &[
+            ("RUNTIME_ROOT", root.as_str()),
+            ("RUNTIME_WATCH_ROOT", "false"),
+            ("RATE_LIMIT_SHADOW", "true"),
+        ],
+    )
+    .await;
+    let mut c = client(&app).await;
+    let v = unique_key("shadowed");
+    for _ in 0..3 {
+        let r = ask(&mut c, request("d", vec![descriptor(&[("k", &v)])])).await;
+        assert_eq!(r.overall_code, Code::Ok as i32, "{r:?}");
+    }
+    let r = ask(&mut c, request("d", vec![descriptor(&[("banned", &v)])])).await;
+    assert_eq!(r.overall_code, Code::Ok as i32, "a ban, shadowed: {r:?}");
+    let own = RateLimitDescriptor {
+        limit: Some(RateLimitOverride {
+            requests_per_unit: 1,
+            unit: 4, // DAY
+        }),
+        ..descriptor(&[("k", &unique_key("own"))])
+    };
+    for _ in 0..2 {
+        let r = ask(&mut c, request("d", vec![own.clone()])).await;
+        assert_eq!(
+            r.overall_code,
+            Code::Ok as i32,
+            "a caller's limit, shadowed"
+        );
+    }
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metrics.contains("ratelimit_service_rate_limit_shadow_mode{domain=\"d\""),
+        "over-limit hits counted as shadow_mode"
+    );
+}

@@ -136,6 +136,10 @@ pub struct Rules {
     /// reloads of the HTTP rules.
     erl: Arc<erl::Config>,
     shapes: Shapes,
+    /// RATE_LIMIT_SHADOW: every limit is reported, none enforced (the
+    /// policies are shadow ones; this covers what is made per request: bans
+    /// and callers' own limits).
+    shadow: bool,
 }
 
 /// A rules file that cannot be used, with the file, the place and the key.
@@ -215,6 +219,7 @@ impl Rules {
             overrides,
             domains: HashMap::from([(http::DOMAIN.to_owned(), tree)]),
             erl: Arc::default(),
+            shadow: false,
         }
     }
 
@@ -243,7 +248,14 @@ impl Rules {
         for scoped in &mut self.policies {
             scoped.policy = Arc::new(Policy::clone(&scoped.policy).with_shadow(true));
         }
-        Self::compile(self.policies, self.overrides).with_erl(self.erl)
+        // The Envoy domains' too: RATE_LIMIT_SHADOW is every policy's.
+        let mut erl = erl::Config::clone(&self.erl);
+        for tree in erl.domains.values_mut() {
+            tree.map_policies(&mut |policy| Some(Policy::clone(policy).with_shadow(true)));
+        }
+        let mut rules = Self::compile(self.policies, self.overrides).with_erl(Arc::new(erl));
+        rules.shadow = true;
+        rules
     }
 
     /// The policies of the HTTP domain, with their names, for display.
@@ -323,15 +335,22 @@ impl Rules {
                     rule,
                     self.erl.ratelimit_key_prefix.as_deref(),
                 ) {
+                    Ok(limit) if self.shadow => {
+                        own = [Limit {
+                            policy: Arc::new(Policy::clone(&limit.policy).with_shadow(true)),
+                            ..limit
+                        }];
+                        &own
+                    }
                     Ok(limit) => {
                         own = [limit];
                         &own
                     }
                     Err(label) => {
-                        banned = true;
+                        banned |= !self.shadow;
                         marks.push(Mark::Banned {
                             label: *label,
-                            shadow: false,
+                            shadow: self.shadow,
                         });
                         continue;
                     }
@@ -351,10 +370,11 @@ impl Rules {
                             continue;
                         }
                         if let Some(label) = &rule.ban {
-                            banned |= !rule.shadow;
+                            let shadow = rule.shadow || self.shadow;
+                            banned |= !shadow;
                             marks.push(Mark::Banned {
                                 label: label.clone(),
-                                shadow: rule.shadow,
+                                shadow,
                             });
                             continue;
                         }
