@@ -575,3 +575,82 @@ async fn rate_limit_shadow_shadows_the_envoy_domains_too() {
         "over-limit hits counted as shadow_mode"
     );
 }
+
+/// Item 19: the admin API's standing and reset looked only at `POST
+/// /api/resource` with no host, so the counters of route- and host-scoped
+/// policies (forward-auth's) were neither shown nor reset, though the
+/// README promises every counter.
+#[tokio::test]
+async fn admin_shows_and_resets_route_and_host_scoped_counters() {
+    let redis = RedisServer::start().await;
+    let rules = support::RulesFile::new(
+        r#"
+[[policy]]
+name = "orders"
+algorithm = "gcra"
+limit = 2
+window = "1h"
+route = "POST /v1/orders/*"
+
+[[policy]]
+name = "partner-host"
+algorithm = "gcra"
+limit = 5
+window = "1h"
+host = "partner.example"
+"#,
+    );
+    let app = support::spawn_app_with_rules(
+        &redis,
+        &rules,
+        &[("TRUSTED_PROXIES", "127.0.0.1"), ("ADMIN_TOKEN", TOKEN)],
+    )
+    .await;
+    let key = unique_key("scoped");
+    let ask = || {
+        app.client
+            .get(app.url("/v1/forward-auth"))
+            .header("X-Forwarded-Method", "POST")
+            .header("X-Forwarded-Uri", "/v1/orders/1")
+            .header("X-Forwarded-Host", "partner.example")
+            .header("X-API-Key", key.clone())
+            .send()
+    };
+    let seen: Vec<u16> = {
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            seen.push(ask().await.unwrap().status().as_u16());
+        }
+        seen
+    };
+    assert_eq!(seen, [200, 200, 429]);
+    let identity = format!("/admin/identities/user/{key}");
+    let shown: serde_json::Value = app
+        .admin(TOKEN, reqwest::Method::GET, &identity)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let remaining = |name: &str| {
+        shown["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .map(|p| p["remaining"].as_u64().unwrap())
+    };
+    assert_eq!(remaining("orders"), Some(0), "{shown}");
+    assert_eq!(remaining("partner-host"), Some(3), "{shown}");
+    let r: serde_json::Value = app
+        .admin(TOKEN, reqwest::Method::DELETE, &identity)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["deleted"], 2, "both scoped counters: {r}");
+    assert_eq!(ask().await.unwrap().status(), 200, "reset");
+}

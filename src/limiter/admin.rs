@@ -10,7 +10,7 @@ use std::time::SystemTime;
 
 use super::request::{CheckRequest, Entry};
 use super::store::{Counter, Store, StoreError};
-use super::{overrides, rules, top, Limiter, Policy, Rules};
+use super::{overrides, rules, top, Limiter, Rules};
 
 /// An admin override as last read from the store, with what it does under
 /// the rules in force (or why it no longer fits them).
@@ -41,60 +41,19 @@ pub enum AdminError {
 }
 
 impl<S: Store> Limiter<S> {
-    /// Deletes every counter of `request` whose subject is one of
-    /// `subjects` (under the rules' limits and, when an override of the
-    /// first subject changes a window and so the key, the override's too);
-    /// returns how many existed. Every instance forgets its cached denials
-    /// of the first subject within a second.
-    pub async fn reset(
-        &self,
-        request: &CheckRequest,
-        subjects: &[Entry],
-    ) -> Result<u64, StoreError> {
+    /// Deletes every counter an identity may have in the HTTP domain:
+    /// `subjects` (see [`rules::http::subjects`]) under every policy that
+    /// counts them, whatever route or host it is scoped to, as the rules
+    /// say and as each subject's override says (which may change a window
+    /// and so the key); returns how many existed. Every instance forgets
+    /// its cached denials of the first subject within a second.
+    pub async fn reset_identity(&self, subjects: &[Entry]) -> Result<u64, StoreError> {
         let Some(subject) = subjects.first() else {
             return Ok(0);
         };
-        if super::request::is_path_subject(&subject.0) {
-            return self.reset_descriptors(request, subject).await;
-        }
-        let rules = self.rules.load();
-        let mut counters: Vec<Counter<'_>> = Vec::new();
-        let mut changed: Vec<Arc<Policy>> = Vec::new();
-        let action = self
-            .dynamic
-            .load()
-            .get(subject)
-            .and_then(|d| d.action.clone().ok());
-        for descriptor in &request.descriptors {
-            let Some(own) = descriptor.subject() else {
-                continue;
-            };
-            if !subjects.contains(own) {
-                continue;
-            }
-            for limit in rules.matching(&request.domain, descriptor) {
-                counters.push(Counter {
-                    subject: own,
-                    policy: &limit.policy,
-                    cost: 0,
-                });
-                if let Some(action) = &action {
-                    let policy = action.apply(&limit.policy);
-                    if !Arc::ptr_eq(&policy, &limit.policy) {
-                        changed.push(policy);
-                    }
-                }
-            }
-        }
-        let overridden: Vec<Counter<'_>> = changed
-            .iter()
-            .map(|policy| Counter {
-                subject,
-                policy,
-                cost: 0,
-            })
-            .collect();
-        counters.extend(overridden);
+        let rules = self.rules.load_full();
+        let items = self.identity_items(&rules, subjects, true);
+        let counters = super::item_counters(&items);
         self.delete_counters(&counters, subject).await
     }
 
@@ -113,10 +72,10 @@ impl<S: Store> Limiter<S> {
         Ok(deleted)
     }
 
-    /// [`Limiter::reset`] for the descriptors of an Envoy domain, whose
+    /// Deletes the counters of the descriptors of an Envoy domain, whose
     /// counters are named by `subject`, their domain and whole path: under
     /// the rules' limits and under the override's.
-    async fn reset_descriptors(
+    pub async fn reset_descriptors(
         &self,
         request: &CheckRequest,
         subject: &Entry,

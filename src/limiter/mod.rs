@@ -416,6 +416,65 @@ impl<S: Store> Limiter<S> {
         }
     }
 
+    /// The override in force for `subject`: the admin API's, else the
+    /// rules file's.
+    fn override_action(&self, rules: &Rules, subject: &Entry) -> Option<rules::OverrideAction> {
+        self.dynamic_action(subject)
+            .map(|(action, _)| action)
+            .or_else(|| rules.file_override(subject).cloned())
+    }
+
+    /// Every counter of the HTTP domain that `subjects` (an identity's, see
+    /// [`rules::http::subjects`]) may have: each policy counted under one of
+    /// them, whatever route or host it is scoped to, with each subject's
+    /// override applied (and, with `unchanged`, also as the rules say).
+    fn identity_items(&self, rules: &Rules, subjects: &[Entry], unchanged: bool) -> Vec<Item> {
+        let mut items = Vec::new();
+        for subject in subjects {
+            let action = self.override_action(rules, subject);
+            let shared = Arc::new(subject.clone());
+            for policy in rules.http_policies_for(&subject.0) {
+                let item = |policy: Arc<Policy>| Item {
+                    descriptor: 0,
+                    policy,
+                    subject: Some(shared.clone()),
+                };
+                let applied = action.as_ref().map(|a| a.apply(policy));
+                match applied {
+                    Some(changed) if !Arc::ptr_eq(&changed, policy) => {
+                        if unchanged {
+                            items.push(item(policy.clone()));
+                        }
+                        items.push(item(changed));
+                    }
+                    _ => items.push(item(policy.clone())),
+                }
+            }
+        }
+        items
+    }
+
+    /// Where an identity stands under every policy that may count it,
+    /// without counting anything: blocked or allow-listed by an override,
+    /// or each counter as it is.
+    pub async fn identity_status(&self, subjects: &[Entry]) -> Result<Standing, StoreError> {
+        let rules = self.rules.load_full();
+        match subjects
+            .first()
+            .and_then(|s| self.override_action(&rules, s))
+        {
+            Some(rules::OverrideAction::Blocked) => return Ok(Standing::Blocked),
+            Some(rules::OverrideAction::Unlimited) => return Ok(Standing::Unlimited),
+            _ => {}
+        }
+        let items = self.identity_items(&rules, subjects, false);
+        if items.is_empty() {
+            return Ok(Standing::Unlimited);
+        }
+        let reply = self.guarded(&item_counters(&items)).await?;
+        Ok(Standing::Limited(outcome(items, reply.quotas, true)))
+    }
+
     /// Where `request` stands, without counting anything.
     pub async fn status(&self, request: &CheckRequest) -> Result<Standing, StoreError> {
         let items = match self.resolve(request) {
@@ -448,6 +507,20 @@ impl Checked {
             marks: Vec::new(),
         }
     }
+}
+
+/// The counters of `items` that name their subject, read without charging.
+fn item_counters(items: &[Item]) -> Vec<Counter<'_>> {
+    items
+        .iter()
+        .filter_map(|item| {
+            Some(Counter {
+                subject: item.subject.as_deref()?,
+                policy: &item.policy,
+                cost: 0,
+            })
+        })
+        .collect()
 }
 
 fn outcome(items: Vec<Item>, quotas: Vec<Quota>, allowed: bool) -> Outcome {

@@ -151,7 +151,7 @@ pub async fn reset_descriptor(
     let (request, subject) = named(&state, &path.domain, &query)?;
     let deleted = state
         .limiter
-        .reset(&request, std::slice::from_ref(&subject))
+        .reset_descriptors(&request, &subject)
         .await
         .map_err(ApiError::Unavailable)?;
     audit("reset_counters", &subject, &format!("deleted={deleted}"));

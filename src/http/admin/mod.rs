@@ -20,22 +20,15 @@ pub use types::{IdentityPath, IdentityReport, OverrideEntry, ResetReport, Strate
 use super::routes::policy_statuses;
 use super::{app_state, not_allowed, AppState};
 use crate::http::errors::{ApiError, ErrorBody};
-use crate::identity::{Caller, Identity, IdentityParseError, Strategy};
+use crate::identity::{Identity, IdentityParseError, Strategy};
 use crate::limiter::overrides::OverrideSpec;
-use crate::limiter::{rules, AdminError, CheckRequest, Entry, OverrideState, Route, Standing};
+use crate::limiter::{rules, AdminError, CheckRequest, Entry, OverrideState, Standing};
 
 /// Largest admin request body (an override is a few dozen bytes).
 const MAX_ADMIN_BODY_BYTES: usize = 16 * 1024;
 
 /// Who made a change, for the audit log. There is one token, so one admin.
 const ACTOR: &str = "admin";
-
-/// The route whose policies the admin API shows and resets.
-const LIMITED_ROUTE: Route<'static> = Route {
-    method: "POST",
-    path: "/api/resource",
-    host: None,
-};
 
 async fn require_token(
     req: ServiceRequest,
@@ -55,16 +48,6 @@ async fn require_token(
 /// The subject (descriptor entry) of an identity: `(strategy, id)`.
 fn subject(identity: &Identity) -> Entry {
     (identity.strategy.as_str().into(), identity.id.clone())
-}
-
-/// The request `identity` makes on the limited route, as the HTTP front end
-/// builds it: what the admin API shows and resets.
-fn limited_request(state: &AppState, identity: &Identity) -> CheckRequest {
-    rules::http::request(
-        &Caller::from_identity(identity.clone()),
-        &LIMITED_ROUTE,
-        state.limiter.shapes(),
-    )
 }
 
 /// The identity named by `{strategy}/{id}` in a path.
@@ -93,11 +76,16 @@ pub(super) async fn standing(
         .status(request)
         .await
         .map_err(ApiError::Unavailable)?;
-    Ok(match &standing {
+    Ok(described(&standing))
+}
+
+/// A standing as the admin API reports it: its status and every policy.
+fn described(standing: &Standing) -> (&'static str, Vec<crate::http::routes::PolicyStatus>) {
+    match standing {
         Standing::Limited(outcome) => ("limited", policy_statuses(outcome)),
         Standing::Unlimited => ("unlimited", Vec::new()),
         Standing::Blocked => ("blocked", Vec::new()),
-    })
+    }
 }
 
 /// Sets `spec` as `subject`'s override on every instance; the stored
@@ -174,7 +162,14 @@ pub async fn get_identity(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let identity = identity(&path.strategy, &path.id)?;
-    let (status, policies) = standing(&state, &limited_request(&state, &identity)).await?;
+    // Every policy that may count it, whatever route or host it is
+    // scoped to (forward-auth's routes too).
+    let standing = state
+        .limiter
+        .identity_status(&rules::http::subjects(&identity))
+        .await
+        .map_err(ApiError::Unavailable)?;
+    let (status, policies) = described(&standing);
     let override_state = state.limiter.override_for(&subject(&identity));
     Ok(HttpResponse::Ok().json(IdentityReport {
         strategy: identity.strategy.as_str(),
@@ -208,10 +203,7 @@ pub async fn reset_identity(
     let identity = identity(&path.strategy, &path.id)?;
     let deleted = state
         .limiter
-        .reset(
-            &limited_request(&state, &identity),
-            &rules::http::subjects(&identity),
-        )
+        .reset_identity(&rules::http::subjects(&identity))
         .await
         .map_err(ApiError::Unavailable)?;
     audit(

@@ -258,6 +258,16 @@ impl Rules {
         rules
     }
 
+    /// The HTTP domain's policies counted under a subject of `key` (`user`,
+    /// `jwt`, `ip`, `client_ip`), whatever route or host they are scoped
+    /// to: every counter an identity may have.
+    pub fn http_policies_for<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a Arc<Policy>> {
+        self.policies
+            .iter()
+            .filter(move |scoped| http::subject_keys(scoped).contains(&key))
+            .map(|scoped| &scoped.policy)
+    }
+
     /// The policies of the HTTP domain, with their names, for display.
     pub fn policies(&self) -> impl Iterator<Item = &Policy> {
         self.policies.iter().map(|p| p.policy.as_ref())
