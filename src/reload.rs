@@ -46,9 +46,11 @@ pub fn reload_if_changed(path: &Path, last: &mut Option<String>, state: &AppStat
     match result {
         Ok(rules) => {
             let count = rules.policies().count();
-            // The Envoy domains are not in this file: they stay.
-            let erl = state.limiter.rules().erl().clone();
-            state.limiter.replace_rules(rules.with_erl(erl));
+            // The Envoy domains are not in this file: they stay (read and
+            // written back as one change, see Limiter::update_rules).
+            state
+                .limiter
+                .update_rules(|current| rules.with_erl(current.erl().clone()));
             state
                 .limiter
                 .metrics()
@@ -86,16 +88,23 @@ pub fn spawn(path: PathBuf, state: web::Data<AppState>) {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = ticker.tick() => {
-                    reload_if_changed(&path, &mut last, &state);
-                }
+                _ = ticker.tick() => {}
                 Some(()) = recv(&mut hangup) => {
                     log::info!("rules: SIGHUP received, reloading {}", path.display());
                     // A SIGHUP rereads the file even when it looks unchanged.
                     last = None;
-                    reload_if_changed(&path, &mut last, &state);
                 }
             }
+            // Reading and parsing a file must not hold up the threads that
+            // answer requests (a slow disk, a network volume, a huge file):
+            // on a blocking thread, which gives back what `last` became.
+            let (file, shared, mut taken) = (path.clone(), state.clone(), last.clone());
+            last = tokio::task::spawn_blocking(move || {
+                reload_if_changed(&file, &mut taken, &shared);
+                taken
+            })
+            .await
+            .unwrap_or(last);
         }
     });
 }
@@ -142,14 +151,18 @@ pub fn spawn_jwks(state: web::Data<AppState>) {
     every(POLL_INTERVAL, move || {
         let state = state.clone();
         async move {
-            let Some(verifier) = state.identifier.jwt() else {
-                return;
-            };
-            match verifier.reload_jwks() {
-                Ok(true) => log::info!("jwt: reloaded the JWKS file (keys rotated)"),
-                Ok(false) => {}
-                Err(err) => log::error!("jwt: the keys in force stay: {err}"),
-            }
+            // Off the runtime: a file read (see spawn).
+            let _ = tokio::task::spawn_blocking(move || {
+                let Some(verifier) = state.identifier.jwt() else {
+                    return;
+                };
+                match verifier.reload_jwks() {
+                    Ok(true) => log::info!("jwt: reloaded the JWKS file (keys rotated)"),
+                    Ok(false) => {}
+                    Err(err) => log::error!("jwt: the keys in force stay: {err}"),
+                }
+            })
+            .await;
         }
     });
 }
@@ -214,8 +227,10 @@ pub fn reload_erl_if_changed(
     match result {
         Ok(config) => {
             erl_loaded(metrics, &config, warning);
-            let rules = Rules::clone(&state.limiter.rules()).with_erl(std::sync::Arc::new(config));
-            state.limiter.replace_rules(rules);
+            let config = std::sync::Arc::new(config);
+            state
+                .limiter
+                .update_rules(|current| Rules::clone(current).with_erl(config));
             Reloaded::Applied
         }
         Err(err) => refused(err.to_string()),
@@ -230,8 +245,12 @@ pub fn spawn_erl(settings: RuntimeSettings, state: web::Data<AppState>, last: Op
     every(POLL_INTERVAL, move || {
         let (settings, state, last) = (settings.clone(), state.clone(), last.clone());
         async move {
-            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
-            reload_erl_if_changed(&settings, &mut last, &state);
+            // Off the runtime: a directory read (see spawn).
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                reload_erl_if_changed(&settings, &mut last, &state);
+            })
+            .await;
         }
     });
 }

@@ -172,3 +172,45 @@ async fn the_strictest_failure_mode_of_a_requests_policies_applies() {
         "the per-IP policy's mode: closed"
     );
 }
+
+/// Regression (issue 19, item 20): the rules file's reloader and the Envoy
+/// configuration's each read the rules in force and wrote back their half,
+/// so two reloads close together lost one change until its file changed
+/// again. Through `update_rules` the two are one writer: however their
+/// changes interleave, the last of each is in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_reloaders_at_once_lose_no_change() {
+    use rate_limiter::limiter::rules::erl;
+    let redis = RedisServer::start().await;
+    let limiter = Arc::new(limiter(&redis).await);
+    const ROUNDS: u32 = 300;
+    let http = {
+        let limiter = limiter.clone();
+        std::thread::spawn(move || {
+            for i in 1..=ROUNDS {
+                let text = format!(
+                    "[[policy]]\nname = \"p\"\nalgorithm = \"gcra\"\nlimit = {i}\nwindow = \"1h\"\n"
+                );
+                let rules = Rules::parse("reload.toml", &text).unwrap();
+                limiter.update_rules(|current| rules.with_erl(current.erl().clone()));
+            }
+        })
+    };
+    let envoy = {
+        let limiter = limiter.clone();
+        std::thread::spawn(move || {
+            for i in 1..=ROUNDS {
+                let config = Arc::new(erl::Config {
+                    files: vec![format!("config.{i}.yaml")],
+                    ..Default::default()
+                });
+                limiter.update_rules(|current| Rules::clone(current).with_erl(config));
+            }
+        })
+    };
+    http.join().unwrap();
+    envoy.join().unwrap();
+    let rules = limiter.rules();
+    assert_eq!(rules.policies().next().unwrap().limit().get(), ROUNDS);
+    assert_eq!(rules.erl().files, [format!("config.{ROUNDS}.yaml")]);
+}

@@ -654,3 +654,73 @@ host = "partner.example"
     assert_eq!(r["deleted"], 2, "both scoped counters: {r}");
     assert_eq!(ask().await.unwrap().status(), 200, "reset");
 }
+
+/// Item 25: the rules, YAML and JWKS files were read every second on the
+/// async runtime that also serves gRPC, so a read that blocks (a slow or
+/// network volume; here a FIFO nobody writes to, swapped in for the rules
+/// file) held it up. The reads run on blocking threads: the service keeps
+/// answering meanwhile.
+#[tokio::test]
+async fn a_file_read_that_blocks_does_not_stop_the_service() {
+    use std::os::unix::fs::OpenOptionsExt;
+    let redis = RedisServer::start().await;
+    let rules = support::RulesFile::new(support::ORDER_RULES);
+    let app = support::spawn_app_with_rules(&redis, &rules, &[]).await;
+    let grpc_port = app.grpc_port;
+    let dir = TempDir::new("fifo");
+    let fifo = dir.path().join("rules.fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    // A second name for the FIFO, to release it once it is out of the way.
+    let release = dir.path().join("release.fifo");
+    std::fs::hard_link(&fifo, &release).unwrap();
+    std::fs::rename(&fifo, &rules.path).unwrap();
+    // This test's runtime runs the poller and the gRPC server; a client on
+    // a thread and runtime of its own asks once the next poll is waiting on
+    // the FIFO, then releases that read (a writer that closes at once: end
+    // of file; non-blocking, so with no reader the open fails instead of
+    // waiting), so that a runtime the read held up is free again and the
+    // test fails rather than hangs.
+    let (path, regular) = (rules.path.clone(), dir.path().join("rules.toml"));
+    std::fs::write(&regular, support::ORDER_RULES).unwrap();
+    let answered = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(2500));
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let answered = runtime.block_on(async move {
+            let ask = async {
+                let mut c =
+                    RateLimitServiceClient::connect(format!("http://127.0.0.1:{grpc_port}"))
+                        .await
+                        .ok()?;
+                c.should_rate_limit(request("none", vec![descriptor(&[("k", "v")])]))
+                    .await
+                    .ok()
+            };
+            tokio::time::timeout(std::time::Duration::from_secs(5), ask)
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+        });
+        // A regular file again, then the FIFO released, so no later poll
+        // waits on it either.
+        std::fs::rename(&regular, &path).unwrap();
+        const O_NONBLOCK: i32 = 0o4000;
+        let _ = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(&release);
+        answered
+    });
+    // A blocking wait for the other thread: nothing here holds the runtime.
+    let answered = tokio::task::spawn_blocking(move || answered.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        answered,
+        "gRPC did not answer while a poll's read was blocked"
+    );
+}

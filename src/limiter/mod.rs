@@ -38,6 +38,8 @@ pub use store::{Counter, RawOverride, ResetLog, Store, StoreError, StoreReply};
 pub struct Limiter<S> {
     store: S,
     rules: ArcSwap<Rules>,
+    /// Held by [`Limiter::update_rules`]: one change of the rules at a time.
+    rules_writer: Mutex<()>,
     /// Every policy in shadow mode (RATE_LIMIT_SHADOW), through reloads.
     shadow: bool,
     failure_mode: FailureMode,
@@ -76,6 +78,7 @@ impl<S: Store> Limiter<S> {
         Limiter {
             store,
             rules: ArcSwap::from_pointee(rules),
+            rules_writer: Mutex::new(()),
             shadow,
             failure_mode,
             local: local::LocalLimiter::default(),
@@ -167,6 +170,16 @@ impl<S: Store> Limiter<S> {
     /// request path.
     pub fn shapes(&self) -> rules::Shapes {
         self.rules.load().shapes()
+    }
+
+    /// Puts in force the rules `change` makes of those in force, as one
+    /// writer: two changes at once (the rules file's reloader and the Envoy
+    /// configuration's, each replacing its half) are made one after the
+    /// other, so neither undoes the other.
+    pub fn update_rules(&self, change: impl FnOnce(&Rules) -> Rules) {
+        let _writer = self.rules_writer.lock().unwrap_or_else(|e| e.into_inner());
+        let rules = change(&self.rules.load());
+        self.replace_rules(rules);
     }
 
     /// Puts new rules in force for the next request. Requests in flight
