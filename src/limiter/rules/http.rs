@@ -301,6 +301,13 @@ mod normal_form {
     }
 
     #[test]
+    fn hosts_in_normal_form() {
+        use super::normalize_host;
+        assert_eq!(normalize_host("API.Example.com."), "api.example.com");
+        assert_eq!(normalize_host("api.example.com"), "api.example.com");
+    }
+
+    #[test]
     fn what_has_no_normal_form_is_refused() {
         for bad in [
             "relative", "/a%zz", "/a%", "/a%4", "/a%2Fb", "/a%2fb", "/a%5Cb", "/a%00", "/a\\b",
