@@ -7,14 +7,12 @@ mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
-    Entry, RateLimitOverride,
-};
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use envoy_types::pb::google::protobuf::UInt64Value;
+use support::rls::{ask, client, descriptor, request};
 use support::{eventually, spawn_app, RedisServer, TempDir, TestApp};
 use tonic::transport::Channel;
 
@@ -58,12 +56,6 @@ async fn spawn_rls(redis: &RedisServer, config: &ConfigDir, extra: &[(&str, &str
     spawn_app(redis, &settings).await
 }
 
-async fn client(app: &TestApp) -> RateLimitServiceClient<Channel> {
-    RateLimitServiceClient::connect(format!("http://127.0.0.1:{}", app.grpc_port))
-        .await
-        .expect("connect to the gRPC port")
-}
-
 /// A Redis, a configuration directory holding `files`, the service over
 /// both with `extra` settings, and a gRPC client of it.
 async fn rig(
@@ -80,34 +72,6 @@ async fn rig(
     let app = spawn_rls(&redis, &config, extra).await;
     let c = client(&app).await;
     (redis, config, app, c)
-}
-
-fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        entries: entries
-            .iter()
-            .map(|(k, v)| Entry {
-                key: (*k).into(),
-                value: (*v).into(),
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: domain.into(),
-        descriptors,
-        hits_addend: 0,
-    }
-}
-
-async fn ask(c: &mut RateLimitServiceClient<Channel>, r: RateLimitRequest) -> RateLimitResponse {
-    c.should_rate_limit(r)
-        .await
-        .expect("an answer")
-        .into_inner()
 }
 
 async fn one(

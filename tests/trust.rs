@@ -5,50 +5,13 @@
 
 mod support;
 
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::{
-    Entry, RateLimitOverride,
-};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::rate_limit_descriptor::RateLimitOverride;
 use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
+use support::rls::{ask, client, descriptor, request};
 use support::{spawn_app, spawn_app_with, unique_key, RedisServer, TempDir, TestApp};
-use tonic::transport::Channel;
-
-fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        entries: entries
-            .iter()
-            .map(|(k, v)| Entry {
-                key: (*k).into(),
-                value: (*v).into(),
-            })
-            .collect(),
-        ..Default::default()
-    }
-}
-
-fn request(domain: &str, descriptors: Vec<RateLimitDescriptor>) -> RateLimitRequest {
-    RateLimitRequest {
-        domain: domain.into(),
-        descriptors,
-        hits_addend: 0,
-    }
-}
-
-async fn client(app: &TestApp) -> RateLimitServiceClient<Channel> {
-    RateLimitServiceClient::connect(format!("http://127.0.0.1:{}", app.grpc_port))
-        .await
-        .expect("connect to the gRPC port")
-}
-
-async fn ask(c: &mut RateLimitServiceClient<Channel>, r: RateLimitRequest) -> RateLimitResponse {
-    c.should_rate_limit(r)
-        .await
-        .expect("an answer")
-        .into_inner()
-}
 
 /// A descriptor that refunds `hits` (is_negative_hits).
 fn refund(entries: &[(&str, &str)], hits: u64) -> RateLimitDescriptor {
@@ -427,21 +390,6 @@ async fn dashboard_stats_carry_no_request_values() {
     assert!(stats.contains("(detailed_metric)"), "{stats}");
 }
 
-/// Calls of `command` Redis has served so far (INFO commandstats).
-async fn command_calls(redis: &RedisServer, command: &str) -> u64 {
-    let mut conn = redis.connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Item 17: the admin override hash had no bound on count or size, and
 /// every instance reread it whole every second. It holds at most 10,000
 /// overrides (a new one past that is refused; replacing one is not), and
@@ -492,12 +440,12 @@ async fn the_override_hash_is_bounded_and_reread_only_when_it_changes() {
     assert_eq!(put(long).await.unwrap().status(), 400, "a 3 KB identity");
 
     // Idle: the version is read every second, the hash no more.
-    let before = command_calls(&redis, "hgetall").await;
+    let before = redis.command_calls("hgetall").await;
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
-    let reads = command_calls(&redis, "hgetall").await - before;
+    let reads = redis.command_calls("hgetall").await - before;
     assert!(reads <= 1, "{reads} whole rereads in 3.5 s of nothing");
     assert!(
-        command_calls(&redis, "hget").await >= 3,
+        redis.command_calls("hget").await >= 3,
         "the version is read"
     );
 }
@@ -737,8 +685,8 @@ async fn an_idle_instance_publishes_nothing() {
     }
     // Its last publication of that traffic, then quiet.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let before = command_calls(&redis, "hset").await;
+    let before = redis.command_calls("hset").await;
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
-    let writes = command_calls(&redis, "hset").await - before;
+    let writes = redis.command_calls("hset").await - before;
     assert_eq!(writes, 0, "{writes} writes while idle");
 }

@@ -90,16 +90,7 @@ impl<S: Store> Limiter<S> {
                 items.extend(found);
             }
         }
-        let counters: Vec<Counter<'_>> = items
-            .iter()
-            .filter_map(|item| {
-                Some(Counter {
-                    subject: item.subject.as_deref()?,
-                    policy: &item.policy,
-                    cost: 0,
-                })
-            })
-            .collect();
+        let counters = super::item_counters(&items);
         self.delete_counters(&counters, subject).await
     }
 

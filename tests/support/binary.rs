@@ -21,7 +21,7 @@ pub fn binary(dir: &TempDir, vars: &[(&str, &str)]) -> Command {
 
 /// The binary serving on a free loopback port with one worker, against
 /// `redis`, with `extra` settings; its log on stderr, piped.
-pub fn serve(dir: &TempDir, redis: &RedisServer, extra: &[(&str, &str)]) -> std::process::Child {
+pub fn serve(dir: &TempDir, redis: &RedisServer, extra: &[(&str, &str)]) -> Served {
     let url = redis.url();
     let mut vars = vec![
         ("HOST", "127.0.0.1"),
@@ -36,7 +36,33 @@ pub fn serve(dir: &TempDir, redis: &RedisServer, extra: &[(&str, &str)]) -> std:
     binary(dir, &vars)
         .stderr(Stdio::piped())
         .spawn()
+        .map(Served)
         .expect("start the binary")
+}
+
+/// A running binary, killed when dropped: a test that fails midway leaves
+/// no process behind (one that kept the test's output open would hang the
+/// runner).
+pub struct Served(pub std::process::Child);
+
+impl std::ops::Deref for Served {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Served {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub fn signal(child: &std::process::Child, sig: &str) {

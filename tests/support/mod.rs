@@ -8,6 +8,7 @@
 pub mod binary;
 pub mod models;
 mod redis;
+pub mod rls;
 mod topologies;
 pub mod webdriver;
 

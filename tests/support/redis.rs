@@ -89,6 +89,12 @@ impl RedisServer {
 
     /// How many EVALSHA calls the server has run (INFO commandstats).
     pub async fn evalsha_calls(&self) -> u64 {
+        self.command_calls("evalsha").await
+    }
+
+    /// How many calls of `command` (lower case) the server has run (INFO
+    /// commandstats).
+    pub async fn command_calls(&self, command: &str) -> u64 {
         let mut conn = self.connection().await.unwrap();
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
@@ -96,7 +102,7 @@ impl RedisServer {
             .await
             .unwrap();
         info.lines()
-            .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
             .and_then(|rest| rest.split(',').next())
             .map_or(0, |n| n.parse().unwrap())
     }
