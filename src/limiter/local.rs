@@ -94,7 +94,9 @@ impl LocalLimiter {
     /// Forgets everything: Redis answers again, and the exact counters
     /// take over (what was counted here is no longer consulted).
     pub fn clear(&self) {
-        if self.used.swap(false, Ordering::Relaxed) {
+        // A load first: on every answered check, and a read of a line no
+        // one writes costs nothing, where a swap would be a write.
+        if self.used.load(Ordering::Relaxed) && self.used.swap(false, Ordering::Relaxed) {
             *self.limiters.lock().unwrap_or_else(|e| e.into_inner()) = HashMap::new();
         }
     }

@@ -177,10 +177,10 @@ impl Slot {
 /// lock (one lock per request).
 #[derive(Debug, Default)]
 pub struct TopOffenders {
-    slots: Mutex<(Slot, Slot)>,
-    /// Requests recorded so far: what is published is rewritten only when
-    /// this moved (an idle instance writes nothing).
-    recorded: std::sync::atomic::AtomicU64,
+    /// The minute's and the hour's counts, and the requests recorded so far
+    /// (what is published is rewritten only when that moved: an idle
+    /// instance writes nothing), behind the one lock a request takes.
+    slots: Mutex<(Slot, Slot, u64)>,
 }
 
 /// Unix seconds now.
@@ -204,10 +204,9 @@ impl TopOffenders {
         denied: bool,
         now: u64,
     ) {
-        self.recorded
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let (minute, hour) = &mut *slots;
+        let (minute, hour, recorded) = &mut *slots;
+        *recorded += 1;
         let minute = minute.at(Window::Minute.index(now));
         for subject in subjects.clone() {
             minute.add(subject, denied);
@@ -220,7 +219,7 @@ impl TopOffenders {
 
     /// Requests recorded so far (see [`TopOffenders::record`]).
     pub fn recorded(&self) -> u64 {
-        self.recorded.load(std::sync::atomic::Ordering::Relaxed)
+        self.slots.lock().unwrap_or_else(|e| e.into_inner()).2
     }
 
     /// This instance's largest counts of `window` as it stands at `now`:
