@@ -19,10 +19,13 @@
 //! with what it holds: the answer and its index keys); when full, expired
 //! entries are dropped, and if that is not enough, new denials are simply
 //! not cached. An entry keeps only what a cached answer needs: the denial
-//! (the policies are shared with the rules), when it ends, and the hashes
-//! of its subjects. The request itself is not kept: it is known by a
-//! 128-bit keyed hash (two SipHash keys drawn at start), which a client
-//! can neither predict nor collide on purpose.
+//! (the policies are shared with the rules), when it ends, and its size.
+//! The request itself is not kept: it is known by a 128-bit keyed hash (two
+//! SipHash keys drawn at start), which a client can neither predict nor
+//! collide on purpose; the first half places it, the second confirms a hit,
+//! so the common miss costs one hash, as before. Two requests whose first
+//! halves meet share a place: the later one replaces the earlier (a cache
+//! miss, never a wrong answer).
 //!
 //! Indexed: each subject (a descriptor's last entry, and for an Envoy domain
 //! its path subject) leads to the entries that hold it, so forgetting one
@@ -43,10 +46,13 @@ use super::Outcome;
 pub const BUDGET_BYTES: usize = 16 * 1024 * 1024;
 const SHARDS: usize = 16;
 
-/// A request, by its 128-bit keyed hash.
-type Key = (u64, u64);
+/// A request, by the first half of its 128-bit keyed hash; the second half
+/// is checked on a hit (so the common miss costs one hash).
+type Key = u64;
 
 struct Cached {
+    /// The second half of the request's hash.
+    check: u64,
     until: Instant,
     /// The denial as Redis reported it, at `cached_at`.
     outcome: Outcome,
@@ -113,14 +119,15 @@ impl DenyCache {
     }
 
     fn key(&self, request: &CheckRequest) -> Key {
-        (
-            self.hashers.0.hash_one(request),
-            self.hashers.1.hash_one(request),
-        )
+        self.hashers.0.hash_one(request)
+    }
+
+    fn check(&self, request: &CheckRequest) -> u64 {
+        self.hashers.1.hash_one(request)
     }
 
     fn subject_hash(&self, subject: &Entry) -> u64 {
-        self.hashers.0.hash_one(subject)
+        self.hashers.1.hash_one(subject)
     }
 
     /// The subjects whose reset or refund frees `request`'s denial.
@@ -142,7 +149,7 @@ impl DenyCache {
     }
 
     fn shard(&self, key: Key) -> std::sync::MutexGuard<'_, Shard> {
-        self.shards[(key.0 as usize) % SHARDS]
+        self.shards[(key as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
@@ -161,6 +168,9 @@ impl DenyCache {
         let key = self.key(request);
         let mut shard = self.shard(key);
         let entry = shard.entries.get(&key)?;
+        if entry.check != self.check(request) {
+            return None;
+        }
         if now >= entry.until {
             shard.remove(&key);
             return None;
@@ -208,7 +218,7 @@ impl DenyCache {
         if retry_after.is_zero() {
             return;
         }
-        let key = self.key(request);
+        let (key, check) = (self.key(request), self.check(request));
         let subjects = self.subjects(request);
         let bytes = entry_bytes(outcome, subjects.len());
         let per_shard = self.budget / SHARDS;
@@ -237,6 +247,7 @@ impl DenyCache {
         shard.entries.insert(
             key,
             Cached {
+                check,
                 until: now + retry_after,
                 outcome: outcome.clone(),
                 cached_at: now,
