@@ -14,7 +14,8 @@ use support::{RedisServer, RulesFile, TempDir};
 use support::ORDER_RULES as RULES;
 
 /// nginx with the shipped snippet, its three addresses pointed at the test's
-/// processes.
+/// processes. One process (`master_process off`): killing it leaves no
+/// worker behind.
 fn nginx(dir: &TempDir, listen: u16, limiter: u16, backend: u16) -> Process {
     let snippet = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/rate-limiter.conf"),
@@ -35,7 +36,7 @@ fn nginx(dir: &TempDir, listen: u16, limiter: u16, backend: u16) -> Process {
         );
     let d = dir.path().display();
     let conf = format!(
-        "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
          events {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  \
          proxy_temp_path {d}/proxy;\n  fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  \
          scgi_temp_path {d}/scgi;\n{snippet}\n}}\n"
