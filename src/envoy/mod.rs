@@ -81,13 +81,9 @@ impl Rls {
         &self.state
     }
 
-    pub fn settings(&self) -> &EnvoySettings {
-        &self.settings
-    }
-
     /// Whether this service answers for `domain` over RLS: a domain of the
     /// rules, and the HTTP API's own only where RLS_HTTP_DOMAIN allows it.
-    pub fn serves(&self, domain: &str) -> bool {
+    fn serves(&self, domain: &str) -> bool {
         (self.settings.http_domain || domain != crate::limiter::rules::http::DOMAIN)
             && self.state.limiter.rules().has_domain(domain)
     }
