@@ -40,7 +40,8 @@
 //!   `RateLimitRequest` to a check request and of the decision back.
 //! - [`http`]: the HTTP front ends: routes, reading the caller and route of
 //!   a request (`caller`), the rate-limit middleware and its verdict
-//!   (`ratelimit`), forward-auth for gateways (`forward_auth`), bodies read
+//!   (`ratelimit`), forward-auth for gateways (`forward_auth`), who may
+//!   reach each route: public, decision and operator planes (`planes`), bodies read
 //!   within a deadline (`body`), the access log and request ids (`access`),
 //!   the admin API (`admin`), JSON errors (`errors`), OpenAPI, Swagger UI
 //!   and ReDoc (`docs`). Never builds a Redis command.
