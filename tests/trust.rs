@@ -104,17 +104,12 @@ async fn the_http_domain_is_not_served_over_rls_or_json() {
         "the victim is untouched"
     );
     let top: serde_json::Value = app
-        .admin(
+        .admin_json(
             TOKEN,
             reqwest::Method::GET,
             "/admin/top?by=requests&n=100&window=1m",
         )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .await;
     let hits = top["top"]
         .as_array()
         .unwrap()
@@ -573,14 +568,7 @@ host = "partner.example"
     };
     assert_eq!(seen, [200, 200, 429]);
     let identity = format!("/admin/identities/user/{key}");
-    let shown: serde_json::Value = app
-        .admin(TOKEN, reqwest::Method::GET, &identity)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let shown: serde_json::Value = app.admin_json(TOKEN, reqwest::Method::GET, &identity).await;
     let remaining = |name: &str| {
         shown["policies"]
             .as_array()
@@ -592,13 +580,8 @@ host = "partner.example"
     assert_eq!(remaining("orders"), Some(0), "{shown}");
     assert_eq!(remaining("partner-host"), Some(3), "{shown}");
     let r: serde_json::Value = app
-        .admin(TOKEN, reqwest::Method::DELETE, &identity)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .admin_json(TOKEN, reqwest::Method::DELETE, &identity)
+        .await;
     assert_eq!(r["deleted"], 2, "both scoped counters: {r}");
     assert_eq!(ask().await.unwrap().status(), 200, "reset");
 }

@@ -249,6 +249,22 @@ impl TestApp {
             .bearer_auth(token)
     }
 
+    /// The JSON answer of an admin API call without a body.
+    pub async fn admin_json(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+    ) -> serde_json::Value {
+        self.admin(token, method, path)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     /// POST /api/resource, with an API key if given.
     pub async fn post_resource(&self, api_key: Option<&str>) -> reqwest::Response {
         let mut request = self.client.post(self.url("/api/resource"));
