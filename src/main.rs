@@ -42,9 +42,39 @@ fn config_check(args: &[String]) -> ExitCode {
     }
 }
 
+/// `rate-limiter settings`: what `rate-limiter` would run with.
+fn print_settings() -> ExitCode {
+    if let Err(code) = load_dotenv() {
+        return code;
+    }
+    if let Err(err) = Settings::from_env() {
+        eprintln!("rate-limiter: {err}");
+        return ExitCode::from(2);
+    }
+    print!(
+        "{}",
+        rate_limiter::config::list::current(|name| std::env::var(name).ok())
+    );
+    ExitCode::SUCCESS
+}
+
+/// Loads `.env` into the environment: a missing one is normal, a malformed
+/// one a configuration error.
+fn load_dotenv() -> Result<(), ExitCode> {
+    match dotenvy::dotenv() {
+        Err(err) if !err.not_found() => {
+            eprintln!("rate-limiter: cannot read .env: {err}");
+            Err(ExitCode::from(2))
+        }
+        _ => Ok(()),
+    }
+}
+
 const USAGE: &str = "\
 usage: rate-limiter                 run the service (settings from the environment and .env;
                                     see .env.example and the README's Settings)
+       rate-limiter settings        check the settings and print each one in force
+                                    (secrets redacted), marked set or default
        rate-limiter config check DIR [--merge-domain-configs]
                                     validate a directory of envoyproxy/ratelimit YAML files
        rate-limiter --help | -h     this text
@@ -58,6 +88,7 @@ async fn main() -> ExitCode {
         Some("config") if args.get(1).map(String::as_str) == Some("check") => {
             return config_check(&args[2..]);
         }
+        Some("settings") if args.len() == 1 => return print_settings(),
         Some("--help" | "-h" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -72,12 +103,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    // A missing .env is normal; a malformed one is a configuration error.
-    if let Err(err) = dotenvy::dotenv() {
-        if !err.not_found() {
-            eprintln!("rate-limiter: cannot read .env: {err}");
-            return ExitCode::from(2);
-        }
+    if let Err(code) = load_dotenv() {
+        return code;
     }
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
@@ -89,11 +116,8 @@ async fn main() -> ExitCode {
     let mut logger = env_logger::Builder::new();
     logger.filter_level(settings.log_level);
     // RUST_LOG, when set and not empty, refines LOG_LEVEL per module.
-    if let Some(filters) = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-    {
-        logger.parse_filters(&filters);
+    if let Some(filters) = &settings.rust_log {
+        logger.parse_filters(filters);
     }
     if settings.log_format == LogFormat::Json {
         logger.format(|out, record| {

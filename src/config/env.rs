@@ -8,37 +8,128 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use super::list::{self, Kind, Setting};
 use super::{ConfigError, LimitSettings};
 use crate::policy::{parse_window, MAX_LIMIT_TIMES_WINDOW_MS};
 
-/// The lookup function plus the parsing helpers every setting shares.
+/// The lookup function plus the parsing helpers every setting shares. Every
+/// name read must be in [`super::list::SETTINGS`], which gives its default,
+/// bounds and choices.
 pub(super) struct Env<'a>(pub(super) &'a dyn Fn(&str) -> Option<String>);
 
+/// The declaration of `name`; reading an undeclared setting is a bug that
+/// every test run would meet.
+fn declared(name: &str) -> &'static Setting {
+    list::find(name)
+        .unwrap_or_else(|| panic!("setting {name} is not declared in config::list::SETTINGS"))
+}
+
 impl Env<'_> {
-    pub(super) fn get(&self, name: &str) -> Option<String> {
+    /// The value given for `name` (trimmed; empty means unset).
+    pub(super) fn get(&self, name: &'static str) -> Option<String> {
+        declared(name);
         (self.0)(name)
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty())
     }
 
-    pub(super) fn parse_with<T>(
+    /// The value given, else the declared default (None when it has none).
+    pub(super) fn value(&self, name: &'static str) -> Option<String> {
+        self.get(name).or_else(|| {
+            let default = declared(name).default;
+            (!default.is_empty()).then(|| default.to_owned())
+        })
+    }
+
+    /// The value given or the declared default, which always parses (a
+    /// test reads every default).
+    pub(super) fn parse<T>(
         &self,
         name: &'static str,
-        default: T,
         parse: impl FnOnce(&str) -> Result<T, String>,
     ) -> Result<T, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
+        let given = self.get(name);
+        match given {
             Some(value) => parse(&value).map_err(|problem| ConfigError::new(name, &value, problem)),
+            None => {
+                let default = declared(name).default;
+                assert!(!default.is_empty(), "setting {name} is declared without a default");
+                Ok(parse(default)
+                    .unwrap_or_else(|p| panic!("the default of {name} does not parse: {p}")))
+            }
+        }
+    }
+
+    /// A setting without a default: None when not given.
+    pub(super) fn optional<T>(
+        &self,
+        name: &'static str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, ConfigError> {
+        match self.get(name) {
+            None => Ok(None),
+            Some(value) => parse(&value)
+                .map(Some)
+                .map_err(|problem| ConfigError::new(name, &value, problem)),
+        }
+    }
+
+    /// A `Bool` setting.
+    pub(super) fn bool(&self, name: &'static str) -> Result<bool, ConfigError> {
+        self.parse(name, parse_bool)
+    }
+
+    /// An `Integer` setting within its declared bounds.
+    pub(super) fn integer(&self, name: &'static str) -> Result<u64, ConfigError> {
+        let (min, max) = bounds(name);
+        self.parse(name, |v| bounded_integer(v, min, max))
+    }
+
+    /// An `Integer` setting without a default.
+    pub(super) fn optional_integer(&self, name: &'static str) -> Result<Option<u64>, ConfigError> {
+        let (min, max) = bounds(name);
+        self.optional(name, |v| bounded_integer(v, min, max))
+    }
+
+    /// A `Millis` setting within its declared bounds.
+    pub(super) fn millis(&self, name: &'static str) -> Result<Duration, ConfigError> {
+        let (min, max) = bounds(name);
+        self.parse(name, |v| bounded_integer(v, min, max).map(Duration::from_millis))
+    }
+
+    /// A `Choice` setting: the declared word it names (in any case).
+    pub(super) fn choice(&self, name: &'static str) -> Result<Option<&'static str>, ConfigError> {
+        let Kind::Choice(words) = declared(name).kind else {
+            panic!("setting {name} is not declared as a choice");
+        };
+        let pick = |v: &str| {
+            words
+                .iter()
+                .copied()
+                .find(|w| w.eq_ignore_ascii_case(v))
+                .ok_or_else(|| format!("expected one of {}", words.join(", ")))
+        };
+        match self.get(name) {
+            Some(value) => pick(&value)
+                .map(Some)
+                .map_err(|problem| ConfigError::new(name, &value, problem)),
+            None => Ok(words.iter().copied().find(|w| *w == declared(name).default)),
         }
     }
 }
 
+fn bounds(name: &str) -> (u64, u64) {
+    match declared(name).kind {
+        Kind::Integer { min, max } | Kind::Millis { min, max } => (min, max),
+        kind => panic!("setting {name} is declared as {kind:?}, not a number"),
+    }
+}
+
 /// A path to a file that exists.
-pub(super) fn existing_file(value: &str) -> Result<Option<PathBuf>, String> {
+pub(super) fn existing_file(value: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(value);
     if path.is_file() {
-        Ok(Some(path))
+        Ok(path)
     } else {
         Err("no such file".into())
     }
@@ -64,15 +155,11 @@ pub(super) fn limit_settings(
     limit_name: &'static str,
     window_name: &'static str,
 ) -> Result<LimitSettings, ConfigError> {
-    let limit = env.parse_with(
-        limit_name,
-        NonZeroU32::new(20).expect("20 > 0"),
-        |v| match v.parse::<u32>() {
-            Ok(n) => NonZeroU32::new(n).ok_or_else(|| "a limit must be at least 1".to_owned()),
-            Err(_) => Err("expected a whole number from 1 to 4294967295".into()),
-        },
-    )?;
-    let window = env.parse_with(window_name, Duration::from_secs(60), parse_window)?;
+    let limit = env.parse(limit_name, |v| match v.parse::<u32>() {
+        Ok(n) => NonZeroU32::new(n).ok_or_else(|| "a limit must be at least 1".to_owned()),
+        Err(_) => Err("expected a whole number from 1 to 4294967295".into()),
+    })?;
+    let window = env.parse(window_name, parse_window)?;
     if u128::from(limit.get()) * window.as_millis() >= MAX_LIMIT_TIMES_WINDOW_MS {
         return Err(ConfigError::new(
             window_name,
@@ -133,4 +220,26 @@ pub(super) fn parse_addresses(value: &str) -> Result<Vec<(String, u16)>, String>
         return Err("expected host:port[,host:port...]".into());
     }
     Ok(addresses)
+}
+
+/// An IP address or a host name.
+pub(super) fn host(v: &str) -> Result<String, String> {
+    if v.parse::<IpAddr>().is_ok() || is_hostname(v) {
+        Ok(v.to_owned())
+    } else {
+        Err("expected an IP address or a host name".into())
+    }
+}
+
+/// A port to listen on; 0 picks a free one.
+pub(super) fn port(v: &str) -> Result<u16, String> {
+    bounded_integer(v, 0, 65535).map(|n| n as u16)
+}
+
+/// A number from 0 to 1.
+pub(super) fn ratio(v: &str) -> Result<f64, String> {
+    v.parse::<f64>()
+        .ok()
+        .filter(|r| (0.0..=1.0).contains(r))
+        .ok_or_else(|| "expected a number from 0 to 1".to_owned())
 }

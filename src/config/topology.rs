@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use super::env::{bounded_integer, is_hostname, parse_addresses, Env};
+use super::env::{host, parse_addresses, Env};
 use super::ConfigError;
 
 /// Where Redis is: one server, a Sentinel-monitored master, or a Cluster.
@@ -77,10 +77,8 @@ pub(super) fn redis_topology(env: &Env<'_>) -> Result<RedisTopology, ConfigError
     if let Some(topology) = erl_topology(env)? {
         return Ok(topology);
     }
-    let sentinels = env.parse_with("REDIS_SENTINELS", None, |v| parse_addresses(v).map(Some))?;
-    let cluster = env.parse_with("REDIS_CLUSTER_NODES", None, |v| {
-        parse_addresses(v).map(Some)
-    })?;
+    let sentinels = env.optional("REDIS_SENTINELS", parse_addresses)?;
+    let cluster = env.optional("REDIS_CLUSTER_NODES", parse_addresses)?;
     let password = env.get("REDIS_PASSWORD");
     // A redis:// URL names one server; with Sentinels or a Cluster as well
     // it is not clear which the operator meant.
@@ -106,14 +104,10 @@ pub(super) fn redis_topology(env: &Env<'_>) -> Result<RedisTopology, ConfigError
         )),
         (Some(sentinels), None) => Ok(RedisTopology::Sentinel {
             sentinels,
-            master: env
-                .get("REDIS_SENTINEL_MASTER")
-                .unwrap_or_else(|| "mymaster".into()),
+            master: env.value("REDIS_SENTINEL_MASTER").unwrap_or_default(),
             password,
             sentinel_password: env.get("REDIS_SENTINEL_PASSWORD"),
-            db: env.parse_with("REDIS_DB", 0, |v| {
-                bounded_integer(v, 0, 1_000_000).map(|n| n as i64)
-            })?,
+            db: env.integer("REDIS_DB")? as i64,
         }),
         (None, Some(nodes)) => Ok(RedisTopology::Cluster { nodes, password }),
         (None, None) => Ok(RedisTopology::Single {
@@ -224,19 +218,9 @@ fn redis_url(env: &Env<'_>) -> Result<String, ConfigError> {
         }
         return Ok(url);
     }
-    let host = env.parse_with("REDIS_HOST", "127.0.0.1".to_owned(), |v| {
-        if v.parse::<IpAddr>().is_ok() || is_hostname(v) {
-            Ok(v.to_owned())
-        } else {
-            Err("expected an IP address or a host name".into())
-        }
-    })?;
-    let port = env.parse_with("REDIS_PORT", 6379u16, |v| {
-        bounded_integer(v, 1, 65535).map(|n| n as u16)
-    })?;
-    let db = env.parse_with("REDIS_DB", 0u32, |v| {
-        bounded_integer(v, 0, 1_000_000).map(|n| n as u32)
-    })?;
+    let host = env.parse("REDIS_HOST", host)?;
+    let port = env.integer("REDIS_PORT")?;
+    let db = env.integer("REDIS_DB")?;
     let host = match host.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
         _ => host,

@@ -3,7 +3,7 @@
 //! OTLP endpoint is set (or `OTEL_TRACES_EXPORTER=otlp`), off otherwise and
 //! with `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
 
-use super::env::{parse_bool, Env};
+use super::env::{ratio, Env};
 use super::ConfigError;
 
 /// How spans travel to the collector.
@@ -63,16 +63,16 @@ pub struct TraceSettings {
 
 /// The trace settings, or None when tracing is off.
 pub(super) fn trace_settings(env: &Env<'_>) -> Result<Option<TraceSettings>, ConfigError> {
-    let disabled = env.parse_with("OTEL_SDK_DISABLED", false, parse_bool)?;
-    let exporter = env.parse_with("OTEL_TRACES_EXPORTER", None, |v| match v {
-        "otlp" => Ok(Some(true)),
-        "none" => Ok(Some(false)),
+    let disabled = env.bool("OTEL_SDK_DISABLED")?;
+    let exporter = env.optional("OTEL_TRACES_EXPORTER", |v| match v {
+        "otlp" => Ok(true),
+        "none" => Ok(false),
         _ => Err("expected otlp or none (the only exporters of this service)".into()),
     })?;
     let protocol_of = |name: &'static str| {
-        env.parse_with(name, None, |v| match v {
-            "grpc" => Ok(Some(OtlpProtocol::Grpc)),
-            "http/protobuf" => Ok(Some(OtlpProtocol::HttpProtobuf)),
+        env.optional(name, |v| match v {
+            "grpc" => Ok(OtlpProtocol::Grpc),
+            "http/protobuf" => Ok(OtlpProtocol::HttpProtobuf),
             "http/json" => Err("http/json is not supported: use grpc or http/protobuf".into()),
             _ => Err("expected grpc or http/protobuf".into()),
         })
@@ -81,9 +81,9 @@ pub(super) fn trace_settings(env: &Env<'_>) -> Result<Option<TraceSettings>, Con
         .or(protocol_of("OTEL_EXPORTER_OTLP_PROTOCOL")?)
         .unwrap_or(OtlpProtocol::HttpProtobuf);
     let url = |name: &'static str| {
-        env.parse_with(name, None, |v| {
+        env.optional(name, |v| {
             if v.starts_with("http://") || v.starts_with("https://") {
-                Ok(Some(v.trim_end_matches('/').to_owned()))
+                Ok(v.trim_end_matches('/').to_owned())
             } else {
                 Err("expected an http:// or https:// URL".into())
             }
@@ -91,18 +91,10 @@ pub(super) fn trace_settings(env: &Env<'_>) -> Result<Option<TraceSettings>, Con
     };
     let traces_endpoint = url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")?;
     let base_endpoint = url("OTEL_EXPORTER_OTLP_ENDPOINT")?;
-    let service_name = env
-        .get("OTEL_SERVICE_NAME")
-        .unwrap_or_else(|| "rate-limiter".to_owned());
-    let ratio = env.parse_with("OTEL_TRACES_SAMPLER_ARG", 1.0, |v| {
-        v.parse::<f64>()
-            .ok()
-            .filter(|r| (0.0..=1.0).contains(r))
-            .ok_or_else(|| "expected a number from 0 to 1".to_owned())
-    })?;
-    let sampler = env.parse_with(
+    let service_name = env.value("OTEL_SERVICE_NAME").unwrap_or_default();
+    let ratio = env.parse("OTEL_TRACES_SAMPLER_ARG", ratio)?;
+    let sampler = env.parse(
         "OTEL_TRACES_SAMPLER",
-        TraceSampler::ParentBased(ParentlessSampler::AlwaysOn),
         |v| {
             Ok(match v {
                 "always_on" => TraceSampler::AlwaysOn,

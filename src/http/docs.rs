@@ -118,12 +118,12 @@ const QUOTA_HEADERS: [HeaderDoc; 5] = [
     (
         "RateLimit-Policy",
         Type::String,
-        "IETF draft-ietf-httpapi-ratelimit-headers-10: a Structured Field list, one item per policy that applied: `\"<name>\";q=<limit>;w=<window seconds>`.",
+        "IETF draft-ietf-httpapi-ratelimit-headers-11: a Structured Field list, one item per policy that applied: `\"<name>\";q=<limit>;w=<window seconds>`.",
     ),
     (
         "RateLimit",
         Type::String,
-        "IETF draft-ietf-httpapi-ratelimit-headers-10: a Structured Field list, one item per policy: `\"<name>\";r=<remaining>;t=<seconds until more quota>` (when the policy denies, until it allows again; otherwise until it is full again).",
+        "IETF draft-ietf-httpapi-ratelimit-headers-11: a Structured Field list, one item per policy: `\"<name>\";r=<remaining>;t=<effective window>`: within `t` seconds the caller can use no more than `r` (when the policy denies, until it allows again; otherwise until its available quota next grows).",
     ),
 ];
 

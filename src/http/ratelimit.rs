@@ -49,7 +49,7 @@ pub struct RateLimitExceeded {
 
 /// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds) of the
 /// reported policy, and the IETF `RateLimit-Policy` / `RateLimit` fields
-/// (draft-ietf-httpapi-ratelimit-headers-10) with one item per policy.
+/// (draft-ietf-httpapi-ratelimit-headers-11) with one item per policy.
 ///
 /// Shadow policies appear in none of them: they decide nothing a client
 /// sees except `X-RateLimit-Shadow`.
@@ -77,16 +77,10 @@ pub fn insert_quota_headers(headers: &mut HeaderMap, outcome: &Outcome) {
             policy.name(),
             policy.limit()
         );
-        // t: seconds until more quota: when this policy denies, until it
-        // allows again; otherwise until it is full again.
-        let more = if quota.allowed {
-            quota.reset_secs()
-        } else {
-            quota.retry_after_secs()
-        };
+        let t = quota.effective_window_secs(policy.algorithm(), policy.window());
         let _ = write!(
             state_field,
-            "\"{}\";r={};t={more}",
+            "\"{}\";r={};t={t}",
             policy.name(),
             quota.remaining
         );
