@@ -119,6 +119,7 @@ cargo build --release --quiet
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 port=${PORT:-8000}
+[[ $port == 0 ]] && die "PORT=0 picks a free port, which start.sh cannot print: set a port (or run ./target/release/rate-limiter, which logs it)"
 ./target/release/rate-limiter &
 service_pid=$!
 
@@ -126,18 +127,29 @@ public_host=${HOST:-0.0.0.0}
 [[ $public_host == "0.0.0.0" || $public_host == "::" ]] && public_host=localhost
 for _ in $(seq 1 100); do
   if port_open "$port"; then
+    grpc_host=${GRPC_HOST:-0.0.0.0}
+    [[ $grpc_host == "0.0.0.0" || $grpc_host == "::" ]] && grpc_host=localhost
+    grpc="$grpc_host:${GRPC_PORT:-8081}   (Envoy's rate_limit_service: envoy_grpc, HTTP/2)"
+    [[ -n ${GRPC_UDS:-} ]] && grpc="unix:$GRPC_UDS"
+    admin="not enabled (set ADMIN_TOKEN, 16+ characters)"
+    [[ -n ${ADMIN_TOKEN:-} ]] && admin="http://$public_host:$port/admin/...  (Authorization: Bearer \$ADMIN_TOKEN)"
     cat <<INFO
 
-  Rate limiter running (ulimit -n $(ulimit -n)); Ctrl-C stops it.
+  Rate limiter running (ulimit -n $(ulimit -n)).
 
-    API      POST http://$public_host:$port/api/resource
-    Status   GET  http://$public_host:$port/rate-limit/status
-    Health   GET  http://$public_host:$port/health
-    Docs          http://$public_host:$port/docs
-    ReDoc         http://$public_host:$port/redoc
-    OpenAPI       http://$public_host:$port/api-docs/openapi.json
+    API        POST http://$public_host:$port/api/resource
+    Status     GET  http://$public_host:$port/rate-limit/status
+    Health     GET  http://$public_host:$port/health
+    Dashboard       http://$public_host:$port/dashboard
+    Metrics         http://$public_host:$port/metrics   (from this machine, or with the admin token)
+    Admin           $admin
+    Docs            http://$public_host:$port/docs   (ReDoc: /redoc, OpenAPI: /api-docs/openapi.json)
+    Envoy gRPC      $grpc
+    Forward-auth    http://$public_host:$port/v1/forward-auth   (for TRUSTED_PROXIES only)
 
-  Try:  curl -i -X POST http://$public_host:$port/api/resource -H 'X-API-Key: demo-key'
+  Try:   curl -i -X POST http://$public_host:$port/api/resource -H 'X-API-Key: demo-key'
+  Stop:  Ctrl-C (stops the service and any Redis start.sh started)
+  Check the settings in force:  ./target/release/rate-limiter settings
 
 INFO
     break

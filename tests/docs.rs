@@ -62,15 +62,20 @@ fn env_example_is_the_declared_list() {
         .collect();
     let declared: BTreeSet<&str> = list::SETTINGS.iter().map(|s| s.name).collect();
     assert_eq!(assigned, declared);
+    // A name in a comment that looks like a setting (a prefix settings
+    // use, e.g. REDIS_, JWT_) must be one.
+    let prefixes: BTreeSet<&str> = declared
+        .iter()
+        .filter_map(|n| n.split_once('_').map(|(p, _)| p))
+        .collect();
     for line in file.lines().filter(|l| l.starts_with('#')) {
-        for word in line.split(|c: char| !(c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())) {
-            let setting_like = word.len() > 4 && word.contains('_') && word.starts_with(|c: char| c.is_ascii_uppercase());
-            if setting_like && !word.starts_with("X_") {
-                assert!(
-                    declared.contains(word),
-                    "{word} is named in a comment of .env.example but is no setting"
-                );
-            }
+        let words = line.split(|c: char| !(c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()));
+        for word in words.filter(|w| w.contains('_')) {
+            let prefix = word.split('_').next().unwrap_or_default();
+            assert!(
+                !prefixes.contains(prefix) || declared.contains(word),
+                "{word} is named in a comment of .env.example but is no setting"
+            );
         }
     }
 }
@@ -180,7 +185,7 @@ fn concrete(path: &str) -> String {
 /// and a caller outside its plane is refused while one inside is served.
 #[tokio::test]
 async fn endpoint_table_says_who_may_call_each_route() {
-    let redis = RedisServer::start();
+    let redis = RedisServer::start().await;
     const TOKEN: &str = "docs-admin-token-0123456789";
     // Loopback is neither an operator network nor a trusted proxy here, so
     // every refusal a plane makes shows.

@@ -289,7 +289,7 @@ pub fn env_example() -> String {
         "# Copy to .env and edit: the service (and start.sh) read .env when it exists.\n\
          # Every setting is listed with its default; an empty value means \"default\".\n\
          # A bad value stops the start with one line naming the setting.\n\
-         # Generated from src/config/list.rs (`UPDATE_DOCS=1 cargo test --test docs`).\n",
+         # Generated from src/config/list.rs; tests/docs.rs keeps this file equal to it.\n",
     );
     for group in GROUPS {
         out.push_str(&format!("\n# --- {} ---\n", group.title()));
