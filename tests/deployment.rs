@@ -331,8 +331,118 @@ fn kubernetes_manifests_fit_together() {
         .into_iter()
         .filter(|(k, _)| k != "RATE_LIMIT_CONFIG")
         .collect();
+    let lookup: std::collections::HashMap<String, String> = lookup
+        .into_iter()
+        .filter(|(k, _)| k != "RUNTIME_ROOT")
+        .collect();
     rate_limiter::config::Settings::from_lookup(|k| lookup.get(k).cloned())
         .expect("valid settings");
+
+    // The gRPC port: in the container, named, and in the Service.
+    let ports = container["ports"].as_sequence().unwrap();
+    let grpc = ports
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .expect("a grpc container port");
+    assert_eq!(str_of(&grpc["containerPort"]), env_grpc_port(container));
+    let service_grpc = service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .expect("a grpc Service port");
+    assert_eq!(str_of(&service_grpc["targetPort"]), "grpc");
+    assert_eq!(str_of(&service_grpc["appProtocol"]), "grpc");
+
+    // Envoy's YAML: the ConfigMap mounted at RUNTIME_ROOT/config loads.
+    let envoy = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap" && d["metadata"]["name"] == "rate-limiter-envoy")
+        .expect("the Envoy ConfigMap");
+    let mount = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "envoy")
+        .expect("the Envoy volume mount");
+    let root = env_value(container, "RUNTIME_ROOT");
+    assert_eq!(str_of(&mount["mountPath"]), format!("{root}/config"));
+    let config_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("k8s-envoy/config");
+    let _ = std::fs::remove_dir_all(&config_dir);
+    std::fs::create_dir_all(&config_dir).unwrap();
+    for (name, text) in envoy["data"].as_mapping().unwrap() {
+        std::fs::write(config_dir.join(str_of(name)), str_of(text)).unwrap();
+    }
+    rate_limiter::limiter::rules::erl::check_dir(&config_dir, false).expect("valid Envoy YAML");
+}
+
+fn env_value(container: &Value, name: &str) -> String {
+    container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .map(|e| str_of(&e["value"]))
+        .unwrap_or_else(|| panic!("the Deployment sets no {name}"))
+}
+
+fn env_grpc_port(container: &Value) -> String {
+    env_value(container, "GRPC_PORT")
+}
+
+/// deploy/istio: the EnvoyFilter asks the Kubernetes Service's gRPC port,
+/// for a domain the Envoy ConfigMap defines, with a descriptor key its
+/// rules use.
+#[test]
+fn istio_envoy_filters_ask_the_kubernetes_service() {
+    let yaml_docs = |path: &str| -> Vec<Value> {
+        serde_yaml::Deserializer::from_str(&read(path))
+            .map(|d| {
+                use serde::Deserialize;
+                Value::deserialize(d).unwrap()
+            })
+            .collect()
+    };
+    let kubernetes = yaml_docs("deploy/kubernetes/rate-limiter.yaml");
+    let istio = yaml_docs("deploy/istio/rate-limit.yaml");
+    let service = kubernetes.iter().find(|d| d["kind"] == "Service").unwrap();
+    let envoy_config = kubernetes
+        .iter()
+        .find(|d| d["metadata"]["name"] == "rate-limiter-envoy")
+        .unwrap();
+    let config_text = str_of(&envoy_config["data"]["ratelimit.yaml"]);
+    let config: Value = serde_yaml::from_str(&config_text).unwrap();
+
+    let filter = &istio[0]["spec"]["configPatches"][0]["patch"]["value"];
+    assert_eq!(filter["name"], "envoy.filters.http.ratelimit");
+    let typed = &filter["typed_config"];
+    assert_eq!(typed["domain"], config["domain"]);
+    let cluster =
+        str_of(&typed["rate_limit_service"]["grpc_service"]["envoy_grpc"]["cluster_name"]);
+    let grpc_port = service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "grpc")
+        .map(|p| str_of(&p["port"]))
+        .unwrap();
+    let name = str_of(&service["metadata"]["name"]);
+    assert_eq!(
+        cluster,
+        format!("outbound|{grpc_port}||{name}.default.svc.cluster.local")
+    );
+    assert_eq!(typed["rate_limit_service"]["transport_api_version"], "V3");
+
+    let actions =
+        &istio[1]["spec"]["configPatches"][0]["patch"]["value"]["rate_limits"][0]["actions"];
+    let key = str_of(&actions[0]["request_headers"]["descriptor_key"]);
+    let keys: Vec<String> = config["descriptors"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|d| str_of(&d["key"]))
+        .collect();
+    assert!(keys.contains(&key), "{key} is a key of the domain's rules");
 }
 
 #[test]

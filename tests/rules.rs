@@ -256,6 +256,60 @@ async fn several_policies_are_checked_and_reported_together() {
     assert!((46..=47).contains(&hour_remaining), "{hour_remaining}");
 }
 
+/// `t` is draft-ietf-httpapi-ratelimit-headers-11's effective window: the
+/// seconds within which the caller can use no more than `r`. For a bucket
+/// that is until the next unit refills (one every 360 s here), not until it
+/// is full again (about 1,080 s after three requests): within 1,080 s the
+/// caller could use three more.
+#[tokio::test]
+async fn t_is_the_effective_window_of_each_algorithm() {
+    let redis = RedisServer::start().await;
+    let mut rules = String::new();
+    for algorithm in ["fixed_window", "sliding_window", "token_bucket", "gcra"] {
+        rules.push_str(&format!(
+            "[[policy]]\nname = \"{algorithm}\"\nalgorithm = \"{algorithm}\"\nlimit = 10\nwindow = \"1h\"\n\n"
+        ));
+    }
+    let (app, _rules) = app_with_rules(&redis, &rules).await;
+    let key = unique_key("effective-window");
+    let mut last = None;
+    for _ in 0..3 {
+        let response = app.post_resource(Some(&key)).await;
+        assert_eq!(response.status(), 200);
+        last = Some(response);
+    }
+    let state = items(&parse_list(&last.unwrap(), "RateLimit"));
+    let t = |name: &str| {
+        let (_, params) = state.iter().find(|(n, _)| n == name).unwrap();
+        assert_eq!(params[0], ("r".into(), 7), "{name}");
+        assert_eq!(params[1].0, "t");
+        params[1].1 as u64
+    };
+    // Fixed window: until the hour ends (on the service's clock; either
+    // side of an hour's end the two agree within a couple of seconds).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let to_hour_end = 3600 - now % 3600;
+    let fixed = t("fixed_window");
+    assert!(
+        fixed.abs_diff(to_hour_end) <= 2 || fixed.abs_diff(to_hour_end + 3600) <= 2,
+        "fixed window t = {fixed}, {to_hour_end} s to the hour's end"
+    );
+    for bucket in ["token_bucket", "gcra"] {
+        let t = t(bucket);
+        assert!((350..=360).contains(&t), "{bucket}: t = {t}");
+    }
+    // Sliding window: the mean time per unit until the estimate is empty
+    // (three units counted in this window: at most the window's length).
+    let sliding = t("sliding_window");
+    assert!(
+        (1..=3600).contains(&sliding),
+        "sliding window t = {sliding}"
+    );
+}
+
 #[tokio::test]
 async fn overrides_raise_a_limit_bypass_or_block() {
     let redis = RedisServer::start().await;

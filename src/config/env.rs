@@ -53,7 +53,10 @@ impl Env<'_> {
             Some(value) => parse(&value).map_err(|problem| ConfigError::new(name, &value, problem)),
             None => {
                 let default = declared(name).default;
-                assert!(!default.is_empty(), "setting {name} is declared without a default");
+                assert!(
+                    !default.is_empty(),
+                    "setting {name} is declared without a default"
+                );
                 Ok(parse(default)
                     .unwrap_or_else(|p| panic!("the default of {name} does not parse: {p}")))
             }
@@ -94,7 +97,9 @@ impl Env<'_> {
     /// A `Millis` setting within its declared bounds.
     pub(super) fn millis(&self, name: &'static str) -> Result<Duration, ConfigError> {
         let (min, max) = bounds(name);
-        self.parse(name, |v| bounded_integer(v, min, max).map(Duration::from_millis))
+        self.parse(name, |v| {
+            bounded_integer(v, min, max).map(Duration::from_millis)
+        })
     }
 
     /// A `Choice` setting: the declared word it names (in any case).

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-mod envoy;
 mod env;
+mod envoy;
 pub mod list;
 mod topology;
 mod traces;

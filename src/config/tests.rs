@@ -280,7 +280,10 @@ fn the_parser_reads_every_declared_setting() {
     let configurations: [&[(&str, &str)]; 5] = [
         &[],
         &[("REDIS_SENTINELS", "127.0.0.1:26379")],
-        &[("REDIS_TYPE", "sentinel"), ("REDIS_URL", "m,127.0.0.1:26379")],
+        &[
+            ("REDIS_TYPE", "sentinel"),
+            ("REDIS_URL", "m,127.0.0.1:26379"),
+        ],
         &[
             ("RUNTIME_ROOT", dir),
             ("ENVOY_KEY_FORMAT", "ratelimit"),
@@ -305,10 +308,8 @@ fn the_parser_reads_every_declared_setting() {
 /// the docs show are the ones in force.
 #[test]
 fn declared_defaults_are_the_defaults_in_force() {
-    let defaults: HashMap<&str, &str> = list::SETTINGS
-        .iter()
-        .map(|s| (s.name, s.default))
-        .collect();
+    let defaults: HashMap<&str, &str> =
+        list::SETTINGS.iter().map(|s| (s.name, s.default)).collect();
     let explicit = Settings::from_lookup(|k| defaults.get(k).map(|v| (*v).to_owned())).unwrap();
     assert_eq!(explicit, settings(&[]).unwrap());
     assert_eq!(

@@ -93,27 +93,24 @@ pub(super) fn trace_settings(env: &Env<'_>) -> Result<Option<TraceSettings>, Con
     let base_endpoint = url("OTEL_EXPORTER_OTLP_ENDPOINT")?;
     let service_name = env.value("OTEL_SERVICE_NAME").unwrap_or_default();
     let ratio = env.parse("OTEL_TRACES_SAMPLER_ARG", ratio)?;
-    let sampler = env.parse(
-        "OTEL_TRACES_SAMPLER",
-        |v| {
-            Ok(match v {
-                "always_on" => TraceSampler::AlwaysOn,
-                "always_off" => TraceSampler::AlwaysOff,
-                "traceidratio" => TraceSampler::TraceIdRatio(ratio),
-                "parentbased_always_on" => TraceSampler::ParentBased(ParentlessSampler::AlwaysOn),
-                "parentbased_always_off" => TraceSampler::ParentBased(ParentlessSampler::AlwaysOff),
-                "parentbased_traceidratio" => {
-                    TraceSampler::ParentBased(ParentlessSampler::TraceIdRatio(ratio))
-                }
-                _ => {
-                    return Err("expected always_on, always_off, traceidratio, \
+    let sampler = env.parse("OTEL_TRACES_SAMPLER", |v| {
+        Ok(match v {
+            "always_on" => TraceSampler::AlwaysOn,
+            "always_off" => TraceSampler::AlwaysOff,
+            "traceidratio" => TraceSampler::TraceIdRatio(ratio),
+            "parentbased_always_on" => TraceSampler::ParentBased(ParentlessSampler::AlwaysOn),
+            "parentbased_always_off" => TraceSampler::ParentBased(ParentlessSampler::AlwaysOff),
+            "parentbased_traceidratio" => {
+                TraceSampler::ParentBased(ParentlessSampler::TraceIdRatio(ratio))
+            }
+            _ => {
+                return Err("expected always_on, always_off, traceidratio, \
                                 parentbased_always_on, parentbased_always_off or \
                                 parentbased_traceidratio"
-                        .into())
-                }
-            })
-        },
-    )?;
+                    .into())
+            }
+        })
+    })?;
     let wanted = exporter.unwrap_or(traces_endpoint.is_some() || base_endpoint.is_some());
     if disabled || !wanted {
         return Ok(None);

@@ -46,7 +46,6 @@ impl PolicyError {
     }
 }
 
-
 /// One limit: `limit` units per `window`, counted by `algorithm`; each
 /// request takes `cost` units. `NonZeroU32` makes a zero limit
 /// unrepresentable; [`Policy::new`] checks the rest.
@@ -71,7 +70,6 @@ pub struct Policy {
     /// answer from all quota-mode descriptors).
     quota_mode: bool,
 }
-
 
 impl Policy {
     /// A policy, or why it cannot be one.
@@ -239,7 +237,6 @@ impl Policy {
         self.window.as_millis() as u64
     }
 }
-
 
 #[cfg(test)]
 mod tests;

@@ -56,7 +56,6 @@ impl fmt::Display for FailureMode {
     }
 }
 
-
 /// The algorithm a policy counts with. Each has one Lua module in `lua/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algorithm {
@@ -102,4 +101,3 @@ impl fmt::Display for Algorithm {
         f.write_str(self.as_str())
     }
 }
-

@@ -82,4 +82,3 @@ impl Quota {
         mine < theirs || (mine == theirs && self.remaining < other.remaining)
     }
 }
-

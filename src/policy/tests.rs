@@ -20,14 +20,23 @@ fn a_policy_is_valid_or_says_which_key_is_wrong() {
     );
     let cases: [(Result<Policy, PolicyError>, &str); 5] = [
         (Policy::new("", Algorithm::Gcra, nz(1), secs(1), 1), "name"),
-        (Policy::new("a b", Algorithm::Gcra, nz(1), secs(1), 1), "name"),
+        (
+            Policy::new("a b", Algorithm::Gcra, nz(1), secs(1), 1),
+            "name",
+        ),
         (
             Policy::new("w", Algorithm::Gcra, nz(1), Duration::from_micros(1500), 1),
             "window",
         ),
         (Policy::new("c", Algorithm::Gcra, nz(5), secs(1), 6), "cost"),
         (
-            Policy::new("big", Algorithm::TokenBucket, nz(u32::MAX), secs(366 * 86_400), 1),
+            Policy::new(
+                "big",
+                Algorithm::TokenBucket,
+                nz(u32::MAX),
+                secs(366 * 86_400),
+                1,
+            ),
             "limit",
         ),
     ];
@@ -35,7 +44,14 @@ fn a_policy_is_valid_or_says_which_key_is_wrong() {
         assert_eq!(result.unwrap_err().key(), key);
     }
     // A fixed window counts up to its limit only: no product to overflow.
-    assert!(Policy::new("big", Algorithm::FixedWindow, nz(u32::MAX), secs(366 * 86_400), 1).is_ok());
+    assert!(Policy::new(
+        "big",
+        Algorithm::FixedWindow,
+        nz(u32::MAX),
+        secs(366 * 86_400),
+        1
+    )
+    .is_ok());
     let name = "x".repeat(65);
     assert!(Policy::new(name, Algorithm::Gcra, nz(1), secs(1), 1).is_err());
 }
@@ -47,7 +63,10 @@ fn with_limit_keeps_everything_else() {
         .with_shadow(true)
         .with_per_client_ip(true);
     let q = p.with_limit(nz(100), secs(3600)).unwrap();
-    assert_eq!((q.limit().get(), q.window(), q.cost()), (100, secs(3600), 3));
+    assert_eq!(
+        (q.limit().get(), q.window(), q.cost()),
+        (100, secs(3600), 3)
+    );
     assert!(q.shadow() && q.per_client_ip());
     assert_eq!(q.algorithm(), Algorithm::SlidingWindow);
     assert_eq!(p.with_limit(nz(2), secs(1)).unwrap_err().key(), "cost");
@@ -61,7 +80,10 @@ fn algorithms_and_failure_modes_parse_their_names() {
     }
     assert!("leaky".parse::<Algorithm>().is_err());
     for mode in [FailureMode::Open, FailureMode::Closed, FailureMode::Local] {
-        assert_eq!(mode.as_str().to_uppercase().parse::<FailureMode>().unwrap(), mode);
+        assert_eq!(
+            mode.as_str().to_uppercase().parse::<FailureMode>().unwrap(),
+            mode
+        );
     }
     assert!(FailureMode::Closed.strictness() > FailureMode::Local.strictness());
     assert!(FailureMode::Local.strictness() > FailureMode::Open.strictness());
@@ -135,7 +157,10 @@ fn the_effective_window_is_until_the_available_quota_grows() {
     }
     // A fixed window gives everything back when it ends.
     let fixed = quota(true, 10, 3, 41_200, 0);
-    assert_eq!(fixed.effective_window_secs(Algorithm::FixedWindow, minute), 42);
+    assert_eq!(
+        fixed.effective_window_secs(Algorithm::FixedWindow, minute),
+        42
+    );
     // A bucket of 10 per minute refills one unit every 6 s. 3 used, full in
     // 15.5 s: the next unit is back in 15.5 - 2 x 6 = 3.5 s.
     for algorithm in [Algorithm::TokenBucket, Algorithm::Gcra] {
@@ -150,7 +175,13 @@ fn the_effective_window_is_until_the_available_quota_grows() {
     }
     // A sliding window frees 4 units over the 20 s until it is empty.
     let sliding = quota(true, 10, 6, 20_000, 0);
-    assert_eq!(sliding.effective_window_secs(Algorithm::SlidingWindow, minute), 5);
+    assert_eq!(
+        sliding.effective_window_secs(Algorithm::SlidingWindow, minute),
+        5
+    );
     let empty = quota(true, 10, 10, 0, 0);
-    assert_eq!(empty.effective_window_secs(Algorithm::SlidingWindow, minute), 1);
+    assert_eq!(
+        empty.effective_window_secs(Algorithm::SlidingWindow, minute),
+        1
+    );
 }

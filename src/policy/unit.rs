@@ -102,7 +102,6 @@ impl Unit {
     }
 }
 
-
 /// How an Envoy response reports a limit (`current_limit`) and where its
 /// counts go in the envoyproxy/ratelimit metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -126,7 +125,6 @@ pub struct Label {
     pub ratelimit_key_prefix: Option<String>,
 }
 
-
 /// A window: a whole number of seconds (`60`) or a duration with a unit
 /// (`90s`, `15m`, `1h`, `1d`). Whole milliseconds, at least one.
 pub fn parse_window(value: &str) -> Result<Duration, String> {
@@ -148,4 +146,3 @@ pub fn parse_window(value: &str) -> Result<Duration, String> {
     }
     Ok(duration)
 }
-
