@@ -1175,3 +1175,38 @@ async fn ratelimit_key_format_shares_counters_with_envoys_ratelimit() {
     })
     .await;
 }
+
+/// Envoy's `retry-after` and the `t` of its IETF `RateLimit` field are the
+/// wait until the descriptor allows again (draft-ietf-httpapi-ratelimit-
+/// headers-11's effective window), not `duration_until_reset`, which for
+/// GCRA is until the whole limit is back.
+#[tokio::test]
+async fn retry_after_and_t_are_the_wait_until_allowed() {
+    let redis = RedisServer::start().await;
+    let yaml = "domain: g\ndescriptors:\n  - key: k\n    rate_limit: { unit: hour, requests_per_unit: 2, algorithm: gcra }\n";
+    let config = ConfigDir::new(&[("g.yaml", yaml)]);
+    let app = spawn_rls(&redis, &config, &[]).await;
+    let mut c = client(&app).await;
+    let who = uuid();
+    for _ in 0..2 {
+        assert_eq!(code(&one(&mut c, "g", &[("k", &who)]).await), Code::Ok);
+    }
+    let r = ask(&mut c, request("g", vec![descriptor(&[("k", &who)])])).await;
+    assert_eq!(r.overall_code, Code::OverLimit as i32);
+    let header = |name: &str| {
+        r.response_headers_to_add
+            .iter()
+            .find(|h| h.key == name)
+            .map(|h| h.value.clone())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let retry: u64 = header("retry-after").parse().unwrap();
+    // One unit comes back every 30 minutes; the bucket is full in an hour.
+    assert!((1795..=1800).contains(&retry), "retry-after {retry}");
+    let until_full = r.statuses[0].duration_until_reset.as_ref().unwrap().seconds;
+    assert!(
+        (3595..=3600).contains(&until_full),
+        "duration_until_reset {until_full}"
+    );
+    assert_eq!(header("ratelimit"), format!("\"limit-1\";r=0;t={retry}"));
+}

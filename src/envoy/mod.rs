@@ -3,52 +3,33 @@
 //! core's decision, with what the rules made of each descriptor, becomes a
 //! `RateLimitResponse` with one status per descriptor. The gRPC server
 //! ([`grpc`]) and the HTTP `/json` endpoint ([`json`]) both answer through
-//! [`Rls::should_rate_limit`].
+//! [`Rls::should_rate_limit`]: the request mapped in `request`, the
+//! answer built in `response`, envoyproxy/ratelimit's metrics in `stats`.
 
 pub mod grpc;
 pub mod json;
+mod request;
+mod response;
+mod stats;
 
-use std::borrow::Cow;
-use std::fmt::Write;
+pub use request::{check_request, MAX_DESCRIPTORS, MAX_ENTRIES, MAX_NAME_BYTES, MAX_VALUE_BYTES};
+use response::{current_limit, ok_status, seconds, UNLIMITED_REMAINING};
+use stats::Counted;
+
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use actix_web::web;
-use envoy_types::pb::envoy::config::core::v3::HeaderValue;
-use envoy_types::pb::envoy::extensions::common::ratelimit::v3::RateLimitDescriptor;
-use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
-    Code, DescriptorStatus, RateLimit,
-};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, DescriptorStatus};
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use envoy_types::pb::google::protobuf::Duration as PbDuration;
 
 use crate::app::AppState;
 use crate::config::EnvoySettings;
-use crate::limiter::{
-    CheckRequest, Decision, Descriptor, LimitOverride, LimiterError, Mark, Outcome,
-};
-use crate::policy::{Label, Policy, Quota, Unit};
-
-/// Descriptors in one request, entries in one descriptor, bytes in a
-/// domain, an entry's key and an entry's value: beyond these a request is
-/// refused (INVALID_ARGUMENT) rather than turned into huge Redis keys, metric
-/// labels or top-offender names. Why these sizes: a domain and a key are
-/// names from the configuration (envoyproxy/ratelimit's own are a few dozen
-/// bytes); a value is what Envoy read from the request (an address, a
-/// header, a path, a claim), and 1 KiB holds any of those a rule matches
-/// on. A Redis key holds the domain and the descriptor's entries, so one
-/// key stays within a few KiB, not the 8 KiB per entry these were.
-pub const MAX_DESCRIPTORS: usize = 256;
-pub const MAX_ENTRIES: usize = 64;
-pub const MAX_NAME_BYTES: usize = 128;
-pub const MAX_VALUE_BYTES: usize = 1024;
+use crate::limiter::{Decision, LimiterError, Mark};
 
 /// The `domain` label of `domain_not_found` for every domain the rules do
 /// not have: a caller's made-up names never become label values.
 pub const UNKNOWN_DOMAIN_LABEL: &str = "unknown";
-
-/// `limit_remaining` of an unlimited descriptor.
-const UNLIMITED_REMAINING: u32 = u32::MAX;
 
 /// Why a call gets no response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -173,15 +154,20 @@ impl Rls {
             });
         }
         let mut statuses = Vec::with_capacity(count);
+        // Each status's effective window (`t` of the IETF fields).
+        let mut windows = Vec::with_capacity(count);
         for (i, mark) in checked.marks.iter().enumerate() {
             let d = &check.descriptors[i];
-            let status = match mark {
-                Mark::None => ok_status(),
-                Mark::Unlimited => DescriptorStatus {
-                    code: Code::Ok as i32,
-                    limit_remaining: UNLIMITED_REMAINING,
-                    ..Default::default()
-                },
+            let (status, t) = match mark {
+                Mark::None => (ok_status(), 0),
+                Mark::Unlimited => (
+                    DescriptorStatus {
+                        code: Code::Ok as i32,
+                        limit_remaining: UNLIMITED_REMAINING,
+                        ..Default::default()
+                    },
+                    0,
+                ),
                 Mark::Banned { label, shadow } => {
                     let verdict = if *shadow {
                         Counted::ShadowOver
@@ -189,37 +175,40 @@ impl Rls {
                         Counted::Over
                     };
                     self.count(&check.domain, label, d, verdict);
-                    DescriptorStatus {
+                    let reset = label.unit.seconds() - now % label.unit.seconds();
+                    let status = DescriptorStatus {
                         code: if *shadow { Code::Ok } else { Code::OverLimit } as i32,
                         current_limit: Some(current_limit(label)),
                         limit_remaining: 0,
-                        duration_until_reset: Some(seconds(
-                            label.unit.seconds() - now % label.unit.seconds(),
-                        )),
+                        duration_until_reset: Some(seconds(reset)),
                         quota: None,
-                    }
+                    };
+                    (status, reset)
                 }
                 Mark::Limited => match (&checked.decision, reported.get(i).copied().flatten()) {
                     (
                         Decision::Allowed(outcome) | Decision::Denied(outcome),
                         Some((allowed, q)),
                     ) => self.limited_status(&check.domain, outcome, q, allowed, d),
-                    (Decision::Local { verdict, .. }, _) => DescriptorStatus {
-                        code: if verdict.allowed {
-                            Code::Ok
-                        } else {
-                            Code::OverLimit
-                        } as i32,
-                        duration_until_reset: (!verdict.allowed).then(|| {
-                            seconds(verdict.retry_after.as_millis().div_ceil(1000) as u64)
-                        }),
-                        ..Default::default()
-                    },
+                    (Decision::Local { verdict, .. }, _) => {
+                        let retry = verdict.retry_after.as_millis().div_ceil(1000) as u64;
+                        let status = DescriptorStatus {
+                            code: if verdict.allowed {
+                                Code::Ok
+                            } else {
+                                Code::OverLimit
+                            } as i32,
+                            duration_until_reset: (!verdict.allowed).then(|| seconds(retry)),
+                            ..Default::default()
+                        };
+                        (status, retry)
+                    }
                     // Another descriptor is banned: this one was not counted.
-                    _ => ok_status(),
+                    _ => (ok_status(), 0),
                 },
             };
             statuses.push(status);
+            windows.push(t);
         }
         // envoyproxy/ratelimit's rule: over if a descriptor not in quota
         // mode is over, or if every quota-mode descriptor is.
@@ -248,7 +237,7 @@ impl Rls {
                 .any(|(s, q)| !q && is_over(s));
         let mut response = RateLimitResponse {
             overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
-            response_headers_to_add: self.headers(&statuses, over),
+            response_headers_to_add: self.headers(&statuses, &windows, over),
             statuses,
             ..Default::default()
         };
@@ -258,284 +247,4 @@ impl Rls {
         }
         Ok(response)
     }
-
-    /// The status of a descriptor the store answered for: the policy
-    /// reported for it (its tightest, or the one denying longest).
-    fn limited_status(
-        &self,
-        domain: &str,
-        outcome: &Outcome,
-        index: usize,
-        allowed: bool,
-        d: &Descriptor,
-    ) -> DescriptorStatus {
-        let (policy, quota) = &outcome.quotas[index];
-        let label = label_of(policy);
-        let over = !quota.allowed;
-        let verdict = match (over, policy.shadow()) {
-            (false, _) => Counted::Within {
-                remaining: quota.remaining,
-                limit: quota.limit,
-            },
-            (true, false) => Counted::Over,
-            (true, true) => Counted::ShadowOver,
-        };
-        self.count(domain, &label, d, verdict);
-        DescriptorStatus {
-            code: if allowed { Code::Ok } else { Code::OverLimit } as i32,
-            current_limit: Some(current_limit(&label)),
-            limit_remaining: if over { 0 } else { quota.remaining },
-            duration_until_reset: Some(seconds(reset_secs(quota))),
-            quota: None,
-        }
-    }
-
-    /// envoyproxy/ratelimit's per-rule counts (in hits) for one descriptor.
-    fn count(&self, domain: &str, label: &Label, d: &Descriptor, verdict: Counted) {
-        let Ok(hits) = u64::try_from(d.hits) else {
-            return; // a refund counts nothing
-        };
-        let metrics = &self.state.limiter.metrics().envoy;
-        // detailed_metric: the request's values at each level.
-        let level = |i: usize| {
-            d.entries
-                .get(i)
-                .map(|(k, v)| format!("{k}_{v}"))
-                .unwrap_or_default()
-        };
-        let (key1, key2) = if label.detailed {
-            (Cow::Owned(level(0)), Cow::Owned(level(1)))
-        } else {
-            (
-                Cow::Borrowed(label.key1.as_str()),
-                Cow::Borrowed(label.key2.as_str()),
-            )
-        };
-        let labels = metrics.labels(domain, &key1, &key2, label.detailed);
-        metrics.total_hits.with_label_values(&labels).inc_by(hits);
-        let (remaining, limit) = match verdict {
-            Counted::Within { remaining, limit } => (remaining, limit),
-            over => {
-                metrics.over_limit.with_label_values(&labels).inc_by(hits);
-                if over == Counted::ShadowOver {
-                    metrics.shadow_mode.with_label_values(&labels).inc_by(hits);
-                }
-                return;
-            }
-        };
-        metrics.within_limit.with_label_values(&labels).inc_by(hits);
-        // After this hit `limit - remaining` are used; past the near-limit
-        // share of the limit, the hits beyond it are near_limit ones.
-        let near = (f64::from(limit) * self.settings.near_limit_ratio.0).floor() as u64;
-        let after = u64::from(limit.saturating_sub(remaining));
-        if after > near {
-            let before = after.saturating_sub(hits);
-            let count = if before >= near { hits } else { after - near };
-            metrics.near_limit.with_label_values(&labels).inc_by(count);
-        }
-    }
-
-    /// LIMIT_RESPONSE_HEADERS_ENABLED's three headers, from the status with
-    /// the least remaining; and on OVER_LIMIT `Retry-After` and the IETF
-    /// `RateLimit-Policy` / `RateLimit` fields.
-    fn headers(&self, statuses: &[DescriptorStatus], over: bool) -> Vec<HeaderValue> {
-        let mut headers = Vec::new();
-        let limited = || statuses.iter().filter(|s| s.current_limit.is_some());
-        let reset = |s: &DescriptorStatus| s.duration_until_reset.as_ref().map_or(0, |d| d.seconds);
-        if let Some(names) = &self.settings.limit_headers {
-            let closest =
-                limited().min_by_key(|s| (s.code != Code::OverLimit as i32, s.limit_remaining));
-            if let Some(s) = closest {
-                let limit = s.current_limit.as_ref().map_or(0, |l| l.requests_per_unit);
-                headers.push(header(&names.limit, limit.to_string()));
-                headers.push(header(&names.remaining, s.limit_remaining.to_string()));
-                headers.push(header(&names.reset, reset(s).to_string()));
-            }
-        }
-        if over {
-            let retry_after = statuses
-                .iter()
-                .filter(|s| s.code == Code::OverLimit as i32)
-                .map(reset)
-                .max()
-                .unwrap_or(1)
-                .max(1);
-            headers.push(header("retry-after", retry_after.to_string()));
-            let (mut policy, mut state) = (String::new(), String::new());
-            for (i, s) in limited().enumerate() {
-                let Some(limit) = &s.current_limit else {
-                    continue;
-                };
-                let sep = if i > 0 { ", " } else { "" };
-                let name = sf_string(&limit.name, i);
-                let window = Unit::try_from_code(limit.unit).map_or(1, Unit::seconds);
-                let _ = write!(
-                    policy,
-                    "{sep}{name};q={};w={window}",
-                    limit.requests_per_unit
-                );
-                let _ = write!(state, "{sep}{name};r={};t={}", s.limit_remaining, reset(s));
-            }
-            if !policy.is_empty() {
-                headers.push(header("ratelimit-policy", policy));
-                headers.push(header("ratelimit", state));
-            }
-        }
-        headers
-    }
-}
-
-/// How a descriptor's hits count in envoyproxy/ratelimit's metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Counted {
-    /// Within its limit, with what is left of it.
-    Within { remaining: u32, limit: u32 },
-    /// Over an enforced limit.
-    Over,
-    /// Over a shadow-mode limit (allowed).
-    ShadowOver,
-}
-
-/// The check request of a `RateLimitRequest`, or why it is malformed.
-pub fn check_request(request: &RateLimitRequest) -> Result<CheckRequest, RlsError> {
-    let invalid = |m: &str| Err(RlsError::InvalidArgument(m.to_owned()));
-    if request.domain.is_empty() {
-        return invalid("rate limit domain must not be empty");
-    }
-    if request.descriptors.is_empty() {
-        return invalid("rate limit descriptor list must not be empty");
-    }
-    if request.descriptors.len() > MAX_DESCRIPTORS {
-        return invalid(&format!(
-            "at most {MAX_DESCRIPTORS} descriptors per request"
-        ));
-    }
-    if request.domain.len() > MAX_NAME_BYTES {
-        return invalid(&format!("the domain is longer than {MAX_NAME_BYTES} bytes"));
-    }
-    let default_hits = u64::from(request.hits_addend.max(1));
-    let descriptors = request
-        .descriptors
-        .iter()
-        .map(|d| descriptor(d, default_hits))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(CheckRequest {
-        domain: Cow::Owned(request.domain.clone()),
-        descriptors,
-    })
-}
-
-fn descriptor(d: &RateLimitDescriptor, default_hits: u64) -> Result<Descriptor, RlsError> {
-    let invalid = |m: String| Err(RlsError::InvalidArgument(m));
-    if d.entries.len() > MAX_ENTRIES {
-        return invalid(format!("at most {MAX_ENTRIES} entries per descriptor"));
-    }
-    let mut entries = Vec::with_capacity(d.entries.len());
-    for e in &d.entries {
-        if e.key.is_empty() {
-            return invalid("a descriptor entry has an empty key".into());
-        }
-        if e.key.len() > MAX_NAME_BYTES || e.value.len() > MAX_VALUE_BYTES {
-            return invalid(format!(
-                "a descriptor entry's key is longer than {MAX_NAME_BYTES} bytes or its value longer than {MAX_VALUE_BYTES}"
-            ));
-        }
-        entries.push((Cow::Owned(e.key.clone()), e.value.clone()));
-    }
-    // Present and 0 is a check that takes nothing; far beyond any limit is
-    // as good as u32::MAX.
-    let hits = d.hits_addend.as_ref().map_or(default_hits, |h| h.value);
-    let hits = i64::from(u32::try_from(hits).unwrap_or(u32::MAX));
-    let limit = match &d.limit {
-        None => None,
-        Some(limit) => {
-            let Some(unit) = Unit::from_override_code(limit.unit) else {
-                return invalid(
-                    "a descriptor's limit needs a unit: SECOND, MINUTE, HOUR, DAY, MONTH or YEAR"
-                        .into(),
-                );
-            };
-            Some(LimitOverride {
-                requests_per_unit: limit.requests_per_unit,
-                unit,
-            })
-        }
-    };
-    Ok(Descriptor {
-        entries,
-        hits: if d.is_negative_hits { -hits } else { hits },
-        limit,
-    })
-}
-
-/// The label of a policy: its rule's, or one made up for a policy of the
-/// HTTP domain asked about through Envoy.
-fn label_of(policy: &Policy) -> Cow<'_, Label> {
-    match policy.label() {
-        Some(label) => Cow::Borrowed(label),
-        None => Cow::Owned(Label {
-            name: policy.name().to_owned(),
-            requests_per_unit: policy.limit().get(),
-            unit: Unit::base_of(policy.window()),
-            stats_key: format!("http.{}", policy.name()),
-            key1: policy.name().to_owned(),
-            key2: String::new(),
-            detailed: false,
-            ratelimit_key_prefix: None,
-        }),
-    }
-}
-
-fn current_limit(label: &Label) -> RateLimit {
-    RateLimit {
-        name: label.name.clone(),
-        requests_per_unit: label.requests_per_unit,
-        unit: label.unit as i32,
-    }
-}
-
-fn ok_status() -> DescriptorStatus {
-    DescriptorStatus {
-        code: Code::Ok as i32,
-        ..Default::default()
-    }
-}
-
-fn seconds(seconds: u64) -> PbDuration {
-    PbDuration {
-        seconds: i64::try_from(seconds).unwrap_or(i64::MAX),
-        nanos: 0,
-    }
-}
-
-/// Whole seconds until the quota is full again, at least 1 (a window that
-/// ends in 300 ms is reported as 1 s, never 0).
-fn reset_secs(quota: &Quota) -> u64 {
-    quota.reset_secs().max(1)
-}
-
-fn header(key: &str, value: String) -> HeaderValue {
-    HeaderValue {
-        key: key.to_owned(),
-        value,
-        ..Default::default()
-    }
-}
-
-/// A limit's name as an sf-string (`"name"`), or `"limit-<i>"` when it has
-/// none.
-fn sf_string(name: &str, index: usize) -> String {
-    if name.is_empty() {
-        return format!("\"limit-{}\"", index + 1);
-    }
-    let mut out = String::with_capacity(name.len() + 2);
-    out.push('"');
-    for c in name.chars().filter(|c| (' '..='~').contains(c)) {
-        if c == '"' || c == '\\' {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out.push('"');
-    out
 }
