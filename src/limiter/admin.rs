@@ -53,7 +53,7 @@ impl<S: Store> Limiter<S> {
         };
         let rules = self.rules.load_full();
         let items = self.identity_items(&rules, subjects, true);
-        let counters = super::item_counters(&items);
+        let counters = super::check::item_counters(&items);
         self.delete_counters(&counters, subject).await
     }
 
@@ -90,7 +90,7 @@ impl<S: Store> Limiter<S> {
                 items.extend(found);
             }
         }
-        let counters = super::item_counters(&items);
+        let counters = super::check::item_counters(&items);
         self.delete_counters(&counters, subject).await
     }
 

@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::action::check_override;
 use super::http::RouteMatch;
-use super::{check_override, OverrideAction, RulesError, ScopedPolicy};
+use super::{OverrideAction, RulesError, ScopedPolicy};
 use crate::identity::{Identity, Strategy};
 use crate::limiter::request::Entry;
 use crate::policy::{parse_window, Algorithm, FailureMode, Policy};

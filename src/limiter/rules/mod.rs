@@ -9,21 +9,24 @@
 //! the policy (or override) and the key, and a file with an error is never
 //! half applied.
 
+mod action;
 pub mod erl;
 mod file;
 pub mod http;
+mod resolve;
 pub mod tree;
 
+pub use action::{ActiveOverride, OverrideAction};
+pub use resolve::{Item, Mark, Resolution};
+
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::request::{path_subject, CheckRequest, Descriptor, Entry, LimitOverride};
+use super::request::{Descriptor, Entry};
 use crate::config::Settings;
 use crate::identity::Strategy;
-use crate::policy::{Algorithm, Label, Policy};
+use crate::policy::Policy;
 use http::RouteMatch;
 pub use http::{Route, Shapes};
 pub use tree::Limit;
@@ -38,91 +41,6 @@ struct ScopedPolicy {
     /// The host the request was sent to (a `*` glob allowed), lower case.
     host: Option<String>,
 }
-
-/// What an override does to one identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OverrideAction {
-    /// Allow-list: never limited, answered without Redis.
-    Unlimited,
-    /// Deny-list: always refused, answered without Redis.
-    Blocked,
-    /// Another limit (and optionally window) for one policy, or for every
-    /// policy that applies.
-    Limit {
-        policy: Option<String>,
-        limit: NonZeroU32,
-        window: Option<Duration>,
-    },
-}
-
-impl OverrideAction {
-    /// `policy` as this override changes it (a `Limit` for it), if it does.
-    pub fn apply(&self, policy: &Arc<Policy>) -> Arc<Policy> {
-        match self {
-            OverrideAction::Limit {
-                policy: name,
-                limit,
-                window,
-            } if name.as_ref().is_none_or(|n| *n == policy.name()) => {
-                // Judged valid when it was set (and again at each reload);
-                // should it not be, the policy stays as it is.
-                match policy.with_limit(*limit, window.unwrap_or(policy.window())) {
-                    Ok(changed) => Arc::new(changed),
-                    Err(_) => policy.clone(),
-                }
-            }
-            _ => policy.clone(),
-        }
-    }
-}
-
-/// One limit a request's descriptor matched, as the overrides leave it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Item {
-    /// The index of the descriptor in the request.
-    pub descriptor: usize,
-    pub policy: Arc<Policy>,
-    /// Whose counter: for a descriptor outside the HTTP domain its domain
-    /// and whole path (see [`path_subject`]); `None`: the descriptor's last
-    /// entry.
-    pub subject: Option<Arc<Entry>>,
-}
-
-/// What the rules say of one descriptor before any counter is read.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mark {
-    /// No limit: no rule matched, the domain is unknown, or another matched
-    /// rule `replaces` this one.
-    None,
-    /// `unlimited: true` (or an allow-list override): never counted.
-    Unlimited,
-    /// `requests_per_unit: 0`: always over, never counted; `shadow` when
-    /// that is only reported.
-    Banned { label: Label, shadow: bool },
-    /// Its limits are among the items.
-    Limited,
-}
-
-/// How the rules and overrides treat one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Resolution {
-    /// A descriptor's subject is blocked: the whole request is refused.
-    Blocked,
-    /// Check these, in the rules' order (none: unlimited); the answer holds
-    /// at most `valid_for` (until an override it depends on ends).
-    Limited {
-        items: Vec<Item>,
-        valid_for: Option<Duration>,
-        /// One per descriptor.
-        marks: Vec<Mark>,
-        /// A descriptor is banned (an enforced `requests_per_unit: 0`): the
-        /// request is over the limit whatever its counters say.
-        banned: bool,
-    },
-}
-
-/// An override in force, with the time it has left (`None`: no end).
-pub type ActiveOverride = (OverrideAction, Option<Duration>);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rules {
@@ -293,317 +211,12 @@ impl Rules {
         }
         let tree = self.tree(domain)?;
         let shared = tree.walk(&descriptor.entries).is_some_and(|w| w.shared);
-        Some(path_counter(tree, domain, descriptor, shared))
+        Some(resolve::path_counter(tree, domain, descriptor, shared))
     }
 
     /// Whether the rules know `domain`.
     pub fn has_domain(&self, domain: &str) -> bool {
         self.tree(domain).is_some()
-    }
-
-    /// The limits of every descriptor of `request`: each descriptor's
-    /// matches in the tree (or its own `limit`), less those another match
-    /// `replaces`, changed by the override of its subject (`dynamic`, the
-    /// admin API's, first; then the file's).
-    pub fn resolve(
-        &self,
-        request: &CheckRequest,
-        dynamic: impl Fn(&Entry) -> Option<ActiveOverride>,
-    ) -> Resolution {
-        let domain: &str = &request.domain;
-        let tree = self.tree(domain);
-        let walks: Vec<Option<tree::Walk<'_>>> = request
-            .descriptors
-            .iter()
-            .map(|d| tree.and_then(|t| t.walk(&d.entries)))
-            .collect();
-        let replaced: Vec<&str> = walks
-            .iter()
-            .flatten()
-            .filter_map(|w| w.rule())
-            .flat_map(|r| r.replaces.iter().map(String::as_str))
-            .collect();
-        let mut ranked: Vec<(u32, Item)> = Vec::new();
-        let mut marks = Vec::with_capacity(request.descriptors.len());
-        let mut banned = false;
-        let mut valid_for: Option<Duration> = None;
-        for (index, (descriptor, walk)) in request.descriptors.iter().zip(&walks).enumerate() {
-            let Some(tree) = tree else {
-                marks.push(Mark::None);
-                continue;
-            };
-            let rule = walk.and_then(|w| w.rule());
-            let own;
-            // A caller's own limit replaces a rule's; where no rule asks for
-            // a limit it is ignored, so that callers cannot make up counters
-            // (keys of their choosing, alive as long as the unit they name).
-            let limits: &[Limit] = match (descriptor.limit.filter(|_| rule.is_some()), walk) {
-                (Some(limit), _) => match override_limit(
-                    domain,
-                    descriptor,
-                    limit,
-                    rule,
-                    self.erl.ratelimit_key_prefix.as_deref(),
-                ) {
-                    Ok(limit) if self.shadow => {
-                        own = [Limit {
-                            policy: Arc::new(Policy::clone(&limit.policy).with_shadow(true)),
-                            ..limit
-                        }];
-                        &own
-                    }
-                    Ok(limit) => {
-                        own = [limit];
-                        &own
-                    }
-                    Err(label) => {
-                        banned |= !self.shadow;
-                        marks.push(Mark::Banned {
-                            label: *label,
-                            shadow: self.shadow,
-                        });
-                        continue;
-                    }
-                },
-                (None, None) => {
-                    marks.push(Mark::None);
-                    continue;
-                }
-                (None, Some(walk)) => {
-                    if let Some(rule) = rule {
-                        if rule.name.as_deref().is_some_and(|n| replaced.contains(&n)) {
-                            marks.push(Mark::None);
-                            continue;
-                        }
-                        if rule.unlimited {
-                            marks.push(Mark::Unlimited);
-                            continue;
-                        }
-                        if let Some(label) = &rule.ban {
-                            let shadow = rule.shadow || self.shadow;
-                            banned |= !shadow;
-                            marks.push(Mark::Banned {
-                                label: label.clone(),
-                                shadow,
-                            });
-                            continue;
-                        }
-                    }
-                    walk.limits()
-                }
-            };
-            if limits.is_empty() {
-                marks.push(Mark::None);
-                continue;
-            }
-            let subject = (domain != http::DOMAIN).then(|| {
-                Arc::new(path_counter(
-                    tree,
-                    domain,
-                    descriptor,
-                    walk.is_some_and(|w| w.shared),
-                ))
-            });
-            let Some(key) = subject.as_deref().or(descriptor.subject()) else {
-                marks.push(Mark::None);
-                continue;
-            };
-            let action = dynamic(key)
-                .or_else(|| self.file_override(key).map(|action| (action.clone(), None)));
-            if let Some((_, Some(left))) = &action {
-                valid_for = Some(valid_for.map_or(*left, |v| v.min(*left)));
-            }
-            let item = |policy| Item {
-                descriptor: index,
-                policy,
-                subject: subject.clone(),
-            };
-            match action.map(|(a, _)| a) {
-                Some(OverrideAction::Blocked) => return Resolution::Blocked,
-                Some(OverrideAction::Unlimited) => {
-                    marks.push(Mark::Unlimited);
-                    continue;
-                }
-                Some(action) => ranked.extend(
-                    limits
-                        .iter()
-                        .map(|l| (l.rank, item(action.apply(&l.policy)))),
-                ),
-                None => ranked.extend(limits.iter().map(|l| (l.rank, item(l.policy.clone())))),
-            }
-            marks.push(Mark::Limited);
-        }
-        // Stable: the limits of one rank keep the order of the descriptors.
-        ranked.sort_by_key(|(rank, _)| *rank);
-        Resolution::Limited {
-            items: ranked.into_iter().map(|(_, item)| item).collect(),
-            valid_for,
-            marks,
-            banned,
-        }
-    }
-
-    /// The rules file's override for a subject.
-    pub fn file_override(&self, subject: &Entry) -> Option<&OverrideAction> {
-        if self.overrides.is_empty() {
-            None
-        } else {
-            self.overrides.get(subject)
-        }
-    }
-
-    /// Whether an override set through the admin API fits these rules, for a
-    /// subject whose key is `subject_key` (`user`, `ip`); Err((key, problem)).
-    pub fn check_override(
-        &self,
-        subject_key: &str,
-        action: &OverrideAction,
-    ) -> Result<(), (&'static str, String)> {
-        if super::request::is_path_subject(subject_key) {
-            return check_descriptor_override(action);
-        }
-        check_override(&self.policies, subject_key, action)
-    }
-}
-
-/// Whether `action` can apply to an Envoy descriptor: it changes every
-/// limit of the descriptor (no policy name), to a limit and window every
-/// algorithm can count. Err((key, problem)).
-fn check_descriptor_override(action: &OverrideAction) -> Result<(), (&'static str, String)> {
-    let OverrideAction::Limit {
-        policy,
-        limit,
-        window,
-    } = action
-    else {
-        return Ok(());
-    };
-    if policy.is_some() {
-        return Err((
-            "policy",
-            "a descriptor's override changes all of its limits: name no policy".into(),
-        ));
-    }
-    let window = window.ok_or((
-        "window",
-        "a descriptor's override needs a window (its limits may have different ones)".to_owned(),
-    ))?;
-    for algorithm in Algorithm::ALL {
-        Policy::new(erl::POLICY_NAME, algorithm, *limit, window, 1)
-            .map_err(|problem| ("limit", problem.to_string()))?;
-    }
-    Ok(())
-}
-
-/// Whether `action` can apply to the policies counted under `subject_key`:
-/// the named policy exists, and the new limit and window make valid
-/// policies. Err((key, problem)).
-fn check_override(
-    policies: &[ScopedPolicy],
-    subject_key: &str,
-    action: &OverrideAction,
-) -> Result<(), (&'static str, String)> {
-    let OverrideAction::Limit {
-        policy: name,
-        limit,
-        window,
-    } = action
-    else {
-        return Ok(());
-    };
-    let targets: Vec<&ScopedPolicy> = policies
-        .iter()
-        .filter(|p| name.as_ref().is_none_or(|n| *n == p.policy.name()))
-        .filter(|p| http::subject_keys(p).contains(&subject_key))
-        .collect();
-    if let Some(name) = name {
-        if targets.is_empty() {
-            return Err((
-                "policy",
-                format!("no policy named {name:?} applies to strategy \"{subject_key}\""),
-            ));
-        }
-    }
-    for target in targets {
-        let p = &target.policy;
-        Policy::new(
-            p.name(),
-            p.algorithm(),
-            *limit,
-            window.unwrap_or(p.window()),
-            p.cost(),
-        )
-        .map_err(|problem| ("limit", format!("for policy {:?}: {problem}", p.name())))?;
-    }
-    Ok(())
-}
-
-/// The path subject of a descriptor of `domain`: its values, or the
-/// `share_threshold` patterns where it matched one (`shared`).
-fn path_counter(tree: &Node, domain: &str, descriptor: &Descriptor, shared: bool) -> Entry {
-    let values = if shared {
-        tree.counter_values(&descriptor.entries)
-    } else {
-        descriptor
-            .entries
-            .iter()
-            .map(|e| std::borrow::Cow::Borrowed(e.1.as_str()))
-            .collect()
-    };
-    path_subject(
-        domain,
-        descriptor.entries.iter().map(|e| &*e.0),
-        values.iter().map(|v| &**v),
-    )
-}
-
-/// The limit of a descriptor that brings its own (Envoy's `limit`): a fixed
-/// window of its unit, named like the rule it matched (so both share a
-/// counter when their units agree), or `Err` with the label of a limit of 0
-/// (always over).
-fn override_limit(
-    domain: &str,
-    descriptor: &Descriptor,
-    limit: LimitOverride,
-    rule: Option<&tree::Rule>,
-    prefix: Option<&str>,
-) -> Result<Limit, Box<Label>> {
-    // Metrics name the rule it matched, or the descriptor's keys: never its
-    // values (envoyproxy/ratelimit's unbounded series, its #275).
-    let keys = || descriptor.entries.iter().map(|e| e.0.to_string());
-    let stats_key = match rule {
-        Some(rule) => rule.stats_key.clone(),
-        None => std::iter::once(domain.to_owned())
-            .chain(keys())
-            .collect::<Vec<_>>()
-            .join("."),
-    };
-    let mut levels = stats_key
-        .strip_prefix(domain)
-        .and_then(|rest| rest.strip_prefix('.'))
-        .map(|rest| rest.split('.').map(str::to_owned).collect::<Vec<_>>())
-        .unwrap_or_else(|| keys().collect());
-    levels.resize(2, String::new());
-    let label = Label {
-        name: String::new(),
-        requests_per_unit: limit.requests_per_unit,
-        unit: limit.unit,
-        stats_key,
-        key2: levels.pop().unwrap_or_default(),
-        key1: levels.pop().unwrap_or_default(),
-        detailed: false,
-        ratelimit_key_prefix: prefix.map(str::to_owned),
-    };
-    let window = Duration::from_secs(limit.unit.seconds());
-    let policy = NonZeroU32::new(limit.requests_per_unit)
-        .and_then(|n| Policy::new(erl::POLICY_NAME, Algorithm::FixedWindow, n, window, 1).ok());
-    match policy {
-        Some(policy) => Ok(Limit {
-            rank: 0,
-            policy: Arc::new(policy.with_label(label)),
-        }),
-        // 0, or too large to count exactly: refused like a ban.
-        None => Err(Box::new(label)),
     }
 }
 
@@ -612,6 +225,8 @@ mod tests {
     use super::*;
     use crate::identity::{Caller, Identity};
     use crate::policy::Algorithm;
+    use std::num::NonZeroU32;
+    use std::time::Duration;
 
     const ROUTE: Route<'static> = Route {
         method: "POST",

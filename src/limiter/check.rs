@@ -1,0 +1,232 @@
+//! Deciding: a check request's limits resolved, the deny cache consulted,
+//! the store asked in one atomic step (or the failure mode when it cannot
+//! answer), and the answer turned into a decision.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+
+impl<S: Store> Limiter<S> {
+    /// The store's counters for `items` of `request`; `charge` unset reads
+    /// without writing.
+    pub(super) fn counters<'a>(
+        request: &'a CheckRequest,
+        items: &'a [Item],
+        charge: bool,
+    ) -> Vec<Counter<'a>> {
+        items
+            .iter()
+            .filter_map(|item| {
+                let descriptor = &request.descriptors[item.descriptor];
+                Some(Counter {
+                    subject: item.subject.as_deref().or(descriptor.subject())?,
+                    policy: &item.policy,
+                    cost: if charge {
+                        i64::from(item.policy.cost()).saturating_mul(descriptor.hits)
+                    } else {
+                        0
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Checks (and, if allowed, counts) one request.
+    pub async fn check(&self, request: &CheckRequest) -> Result<Decision, LimiterError> {
+        Ok(self.check_marked(request, false).await?.decision)
+    }
+
+    /// Counts `request` among the heavy hitters: each subject (descriptor
+    /// subject; for an Envoy domain, its key prefixed with `@<domain>/`)
+    /// once, as a denial too when `denied`.
+    fn record_top(&self, request: &CheckRequest, denied: bool) {
+        let now = top::now_secs();
+        if request.domain == rules::http::DOMAIN {
+            // The common case: borrowed, nothing allocated but what the
+            // counts keep.
+            let mut subjects: Vec<&Entry> = Vec::with_capacity(request.descriptors.len());
+            for subject in request.descriptors.iter().filter_map(Descriptor::subject) {
+                if !subjects.contains(&subject) {
+                    subjects.push(subject);
+                }
+            }
+            self.top.record(subjects.into_iter(), denied, now);
+            return;
+        }
+        let mut subjects: Vec<Entry> = Vec::with_capacity(request.descriptors.len());
+        for (key, value) in request.descriptors.iter().filter_map(Descriptor::subject) {
+            let subject: Entry = (format!("@{}/{key}", request.domain).into(), value.clone());
+            if !subjects.contains(&subject) {
+                subjects.push(subject);
+            }
+        }
+        self.top.record(subjects.iter(), denied, now);
+    }
+
+    /// Checks (and, if allowed, counts) one request; with `marks`, also
+    /// says what the rules made of each descriptor (for the front ends that
+    /// answer per descriptor).
+    pub async fn check_marked(
+        &self,
+        request: &CheckRequest,
+        marks: bool,
+    ) -> Result<Checked, LimiterError> {
+        let checked = self.check_uncounted(request, marks).await;
+        if let Ok(Checked { decision, .. }) = &checked {
+            let denied = matches!(decision, Decision::Denied(_) | Decision::Blocked)
+                || matches!(decision, Decision::Local { verdict, .. } if !verdict.allowed);
+            // Peeks and refunds are not requests of anyone.
+            if request.descriptors.iter().any(|d| d.hits > 0) {
+                self.record_top(request, denied);
+            }
+        }
+        checked
+    }
+
+    async fn check_uncounted(
+        &self,
+        request: &CheckRequest,
+        marks: bool,
+    ) -> Result<Checked, LimiterError> {
+        let refunds = request.descriptors.iter().any(|d| d.hits < 0);
+        // A refund must reach the store (and then frees its subjects'
+        // cached denials); it is never answered from the deny cache.
+        if !refunds {
+            if let Some(outcome) = self.denied.get(request) {
+                self.metrics.deny_cache_hits.inc();
+                let marks = match (marks, self.resolve(request)) {
+                    (true, Resolution::Limited { marks, .. }) => marks,
+                    _ => Vec::new(),
+                };
+                return Ok(Checked {
+                    decision: Decision::Denied(outcome),
+                    marks,
+                });
+            }
+        }
+        let (items, valid_for, marks) = match self.resolve(request) {
+            Resolution::Blocked => return Ok(Checked::new(Decision::Blocked)),
+            Resolution::Limited {
+                marks,
+                banned: true,
+                ..
+            } => {
+                return Ok(Checked {
+                    decision: Decision::Blocked,
+                    marks,
+                })
+            }
+            Resolution::Limited { items, marks, .. } if items.is_empty() => {
+                return Ok(Checked {
+                    decision: Decision::Unlimited,
+                    marks,
+                })
+            }
+            Resolution::Limited {
+                items,
+                valid_for,
+                marks,
+                ..
+            } => (items, valid_for, marks),
+        };
+        let decision = self.decide(request, items, valid_for, refunds).await?;
+        Ok(Checked { decision, marks })
+    }
+
+    /// Asks the store about `items` and turns its answer (or its failure)
+    /// into a decision.
+    async fn decide(
+        &self,
+        request: &CheckRequest,
+        items: Vec<Item>,
+        valid_for: Option<Duration>,
+        refunds: bool,
+    ) -> Result<Decision, LimiterError> {
+        // Read before asking the store: a reset that lands meanwhile makes
+        // this check's denial stale, and the cache then refuses it.
+        let generation = self.denied.generation();
+        let counters = Self::counters(request, &items, true);
+        match self.guarded(&counters).await {
+            Ok(reply) => {
+                // Redis answers: the outage's local counts are done with.
+                self.local.clear();
+                if refunds {
+                    for subject in request
+                        .descriptors
+                        .iter()
+                        .filter(|d| d.hits < 0)
+                        .filter_map(Descriptor::subject)
+                    {
+                        self.denied.forget(subject);
+                    }
+                }
+                let allowed = reply.allowed;
+                let outcome = outcome(items, reply.quotas, allowed);
+                Ok(if allowed {
+                    Decision::Allowed(outcome)
+                } else {
+                    self.denied.insert(request, &outcome, generation, valid_for);
+                    Decision::Denied(outcome)
+                })
+            }
+            Err(error) => {
+                let policies: Vec<Arc<Policy>> = items.iter().map(|i| i.policy.clone()).collect();
+                // Each policy's own mode, or the service's; the strictest wins.
+                let mode = policies
+                    .iter()
+                    .map(|p| p.failure_mode().unwrap_or(self.failure_mode))
+                    .max_by_key(|m| m.strictness())
+                    .unwrap_or(self.failure_mode);
+                match mode {
+                    FailureMode::Open => Ok(Decision::Degraded { error, policies }),
+                    FailureMode::Closed => Err(LimiterError::Unavailable(error)),
+                    FailureMode::Local => {
+                        let verdict = self.local.check(&counters);
+                        Ok(Decision::Local {
+                            error,
+                            verdict,
+                            policies,
+                        })
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A decision with what the rules made of each descriptor (empty unless
+/// asked for).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checked {
+    pub decision: Decision,
+    pub marks: Vec<Mark>,
+}
+
+impl Checked {
+    fn new(decision: Decision) -> Self {
+        Checked {
+            decision,
+            marks: Vec::new(),
+        }
+    }
+}
+
+/// The counters of `items` that name their subject, read without charging.
+pub(super) fn item_counters(items: &[Item]) -> Vec<Counter<'_>> {
+    items
+        .iter()
+        .filter_map(|item| {
+            Some(Counter {
+                subject: item.subject.as_deref()?,
+                policy: &item.policy,
+                cost: 0,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn outcome(items: Vec<Item>, quotas: Vec<Quota>, allowed: bool) -> Outcome {
+    let (descriptors, policies) = items.into_iter().map(|i| (i.descriptor, i.policy)).unzip();
+    Outcome::new(policies, descriptors, quotas, allowed)
+}
