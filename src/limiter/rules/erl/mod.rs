@@ -7,50 +7,33 @@
 //! Every file it accepts loads here unchanged. Our extensions are extra
 //! keys: `algorithm`, `unit_multiplier` and `window` in a `rate_limit`, and
 //! `rate_limits` (a list) for several limits on one descriptor.
+//!
+//! Layout: `files` finds and reads the files as envoyproxy/ratelimit does;
+//! `yaml` reads a `rate_limit` and checks the keys; this module builds the
+//! rule trees from them.
+
+mod files;
+mod yaml;
+
+pub use files::{check_dir, files, read};
 
 use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_yaml::{Mapping, Value};
 
 use super::tree::{Limit, Node, Rule, ValueMatch};
 use super::RulesError;
 use crate::config::RuntimeSettings;
-use crate::policy::{parse_window, Algorithm, Label, Policy, Unit};
+use crate::policy::{Algorithm, Label, Policy};
+use yaml::{field_bool, field_string, list, mapping, parse_limit, scalar, validate_keys};
 
 /// The policy name of the first limit of a rule (the others are `erl-2`,
 /// `erl-3`...): with the domain, the path, the window and the algorithm it
 /// names the counter, so a descriptor's `limit` of the same unit shares the
 /// rule's counter, as in envoyproxy/ratelimit.
 pub const POLICY_NAME: &str = "erl";
-
-/// Every key envoyproxy/ratelimit accepts anywhere in a file, and ours.
-const VALID_KEYS: [&str; 20] = [
-    "domain",
-    "key",
-    "value",
-    "descriptors",
-    "rate_limit",
-    "unit",
-    "requests_per_unit",
-    "unlimited",
-    "shadow_mode",
-    "quota_mode",
-    "name",
-    "replaces",
-    "detailed_metric",
-    "value_to_metric",
-    "share_threshold",
-    "metadata",
-    // Ours.
-    "rate_limits",
-    "algorithm",
-    "unit_multiplier",
-    "window",
-];
 
 /// The domains of a configuration directory.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -88,136 +71,8 @@ impl Config {
     }
 }
 
-/// A file to load: its key (relative path, `/` as `.`) and where it is.
-type FileEntry = (String, PathBuf);
-
 /// Files read: (key, text) each.
 pub type Texts = Vec<(String, String)>;
-
-/// The files envoyproxy/ratelimit would read, with their keys, and a
-/// warning when its settings make it read none.
-pub fn files(settings: &RuntimeSettings) -> Result<(Vec<FileEntry>, Option<String>), String> {
-    let mut files = Vec::new();
-    if settings.watch_root {
-        if settings.subdirectory.is_empty() {
-            return Ok((
-                files,
-                Some(
-                    "RUNTIME_SUBDIRECTORY is empty with RUNTIME_WATCH_ROOT=true: \
-                     envoyproxy/ratelimit reads no file then, and neither do we; \
-                     set RUNTIME_SUBDIRECTORY (e.g. `ratelimit`) or RUNTIME_WATCH_ROOT=false"
-                        .into(),
-                ),
-            ));
-        }
-        let base = settings.root.join(&settings.subdirectory);
-        walk(&base, &base, settings.ignore_dotfiles, &mut files)?;
-        let prefix = format!("{}.", settings.appdirectory);
-        files.retain(|(key, _)| key.starts_with(&prefix));
-    } else {
-        if settings.appdirectory.is_empty() {
-            return Ok((
-                files,
-                Some(
-                    "RUNTIME_APPDIRECTORY is empty with RUNTIME_WATCH_ROOT=false: \
-                     envoyproxy/ratelimit reads no file then, and neither do we"
-                        .into(),
-                ),
-            ));
-        }
-        let base = settings
-            .root
-            .join(&settings.subdirectory)
-            .join(&settings.appdirectory);
-        walk(&base, &base, settings.ignore_dotfiles, &mut files)?;
-    }
-    files.sort();
-    let warning = files.is_empty().then(|| {
-        format!(
-            "no configuration file found under {}: every descriptor is answered OK \
-             (unknown domain)",
-            settings.root.display()
-        )
-    });
-    Ok((files, warning))
-}
-
-/// Validates every file under `dir` (dot files skipped), as
-/// envoyproxy/ratelimit's `config_check_cmd -config_dir DIR` does: the
-/// configuration, or the first error with its file.
-pub fn check_dir(dir: &Path, merge: bool) -> Result<Config, RulesError> {
-    let origin = || dir.display().to_string();
-    let mut files = Vec::new();
-    walk(dir, dir, true, &mut files).map_err(|problem| RulesError {
-        origin: origin(),
-        place: String::new(),
-        problem,
-    })?;
-    files.sort();
-    parse(&read_texts(files)?, merge)
-}
-
-/// The text of each file, with its key.
-fn read_texts(files: Vec<FileEntry>) -> Result<Texts, RulesError> {
-    files
-        .into_iter()
-        .map(|(key, path)| match std::fs::read_to_string(&path) {
-            Ok(text) => Ok((key, text)),
-            Err(err) => Err(RulesError {
-                origin: key,
-                place: String::new(),
-                problem: format!("error loading config file: {err}"),
-            }),
-        })
-        .collect()
-}
-
-/// Every regular file under `dir` (a symlink to a file counts; symlinked
-/// directories are not entered, except the root itself).
-fn walk(
-    base: &Path,
-    dir: &Path,
-    ignore_dotfiles: bool,
-    out: &mut Vec<FileEntry>,
-) -> Result<(), String> {
-    let entries =
-        std::fs::read_dir(dir).map_err(|err| format!("cannot read {}: {err}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.map_err(|err| format!("cannot read {}: {err}", dir.display()))?;
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if ignore_dotfiles && name.starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() {
-            walk(base, &path, ignore_dotfiles, out)?;
-        } else if kind.is_file() || (kind.is_symlink() && path.is_file()) {
-            let relative = path.strip_prefix(base).unwrap_or(&path);
-            let key = relative
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join(".");
-            out.push((key, path));
-        }
-    }
-    Ok(())
-}
-
-/// Reads every file the settings name: (key, text) each, and a warning
-/// when they name none.
-pub fn read(settings: &RuntimeSettings) -> Result<(Texts, Option<String>), RulesError> {
-    let (files, warning) = files(settings).map_err(|problem| RulesError {
-        origin: settings.root.display().to_string(),
-        place: String::new(),
-        problem,
-    })?;
-    Ok((read_texts(files)?, warning))
-}
 
 /// Validates and compiles files given as (key, YAML text) with the
 /// settings' merge and key format.
@@ -431,170 +286,12 @@ fn level((key, value): &Step) -> String {
     }
 }
 
-struct ParsedLimit {
-    name: Option<String>,
-    replaces: Vec<String>,
-    unlimited: bool,
-    requests_per_unit: u32,
-    unit: Unit,
-    window: Duration,
-    algorithm: Algorithm,
-}
-
-fn parse_limit(map: &Mapping) -> Result<ParsedLimit, String> {
-    let unlimited = field_bool(map, "unlimited")?;
-    let unit_text = field_string(map, "unit")?.unwrap_or_default();
-    let unit = Unit::parse(&unit_text);
-    if unlimited {
-        if unit.is_some() {
-            return Err("should not specify rate limit unit when unlimited".into());
-        }
-    } else if unit.is_none() {
-        return Err(format!("invalid rate limit unit '{unit_text}'"));
-    }
-    let requests_per_unit = match map.get("requests_per_unit") {
-        None | Some(Value::Null) => 0,
-        Some(Value::Number(n)) => {
-            n.as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| {
-                    format!("error loading config file: requests_per_unit: {n} is not a uint32")
-                })?
-        }
-        Some(other) => {
-            return Err(format!(
-                "error loading config file: requests_per_unit: {} is not a uint32",
-                scalar(other).unwrap_or_default()
-            ))
-        }
-    };
-    let replaces = list(map.get("replaces"), "replaces")?
-        .iter()
-        .map(|r| field_string(r, "name").map(Option::unwrap_or_default))
-        .collect::<Result<Vec<_>, _>>()?;
-    let unit = unit.unwrap_or(Unit::Second);
-    let multiplier = match map.get("unit_multiplier") {
-        None | Some(Value::Null) => 1,
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .filter(|n| (1..=u64::from(u32::MAX)).contains(n))
-            .ok_or("unit_multiplier: expected a whole number of at least 1")?,
-        Some(_) => return Err("unit_multiplier: expected a whole number of at least 1".into()),
-    };
-    let window = match field_string(map, "window")? {
-        Some(_) if map.contains_key("unit_multiplier") => {
-            return Err("set window or unit_multiplier, not both".into())
-        }
-        Some(text) => parse_window(&text).map_err(|err| format!("window: {err}"))?,
-        None => Duration::from_secs(unit.seconds().saturating_mul(multiplier)),
-    };
-    let algorithm = match field_string(map, "algorithm")? {
-        None => Algorithm::FixedWindow,
-        Some(name) => name.parse().map_err(|err| format!("algorithm: {err}"))?,
-    };
-    Ok(ParsedLimit {
-        name: field_string(map, "name")?.filter(|n| !n.is_empty()),
-        replaces,
-        unlimited,
-        requests_per_unit,
-        unit: if map.contains_key("window") {
-            Unit::base_of(window)
-        } else {
-            unit
-        },
-        window,
-        algorithm,
-    })
-}
-
-/// envoyproxy/ratelimit's key check: every key of every map (but inside
-/// `metadata`) a string it knows, every list a list of maps, every leaf a
-/// string, an integer, a boolean or null.
-fn validate_keys(map: &Mapping) -> Result<(), String> {
-    for (key, value) in map {
-        let Value::String(key) = key else {
-            return Err(format!(
-                "config error, key is not of type string: {}",
-                scalar(key).unwrap_or_else(|| format!("{key:?}"))
-            ));
-        };
-        if !VALID_KEYS.contains(&key.as_str()) {
-            return Err(format!("config error, unknown key '{key}'"));
-        }
-        if key == "metadata" {
-            continue;
-        }
-        match value {
-            Value::Sequence(items) => {
-                for item in items {
-                    match item {
-                        Value::Mapping(m) => validate_keys(m)?,
-                        other => {
-                            return Err(format!(
-                                "config error, yaml file contains list of type other than map: {}",
-                                scalar(other).unwrap_or_else(|| format!("{other:?}"))
-                            ))
-                        }
-                    }
-                }
-            }
-            Value::Mapping(m) => validate_keys(m)?,
-            Value::String(_) | Value::Bool(_) | Value::Null => {}
-            Value::Number(n) if n.is_i64() || n.is_u64() => {}
-            _ => return Err("error checking config".into()),
-        }
-    }
-    Ok(())
-}
-
-/// A scalar as text (YAML `value: 1` is the value "1").
-fn scalar(value: &Value) -> Option<String> {
-    match value {
-        Value::String(s) => Some(s.clone()),
-        Value::Number(n) => Some(n.to_string()),
-        Value::Bool(b) => Some(b.to_string()),
-        _ => None,
-    }
-}
-
-fn field_string(map: &Mapping, key: &str) -> Result<Option<String>, String> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => scalar(value)
-            .map(Some)
-            .ok_or_else(|| format!("error loading config file: {key}: expected a string")),
-    }
-}
-
-fn field_bool(map: &Mapping, key: &str) -> Result<bool, String> {
-    match map.get(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(_) => Err(format!(
-            "error loading config file: {key}: expected true or false"
-        )),
-    }
-}
-
-fn mapping(value: &Value, key: &str) -> Result<Mapping, String> {
-    match value {
-        Value::Mapping(m) => Ok(m.clone()),
-        _ => Err(format!("error loading config file: {key}: expected a map")),
-    }
-}
-
-fn list(value: Option<&Value>, key: &str) -> Result<Vec<Mapping>, String> {
-    match value {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Sequence(items)) => items.iter().map(|i| mapping(i, key)).collect(),
-        Some(_) => Err(format!("error loading config file: {key}: expected a list")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::limiter::request::Entry;
+    use crate::policy::Unit;
+    use std::path::Path;
 
     fn load(text: &str) -> Result<Config, String> {
         parse(&[("config.test.yaml".into(), text.into())], false).map_err(|e| e.to_string())
@@ -607,7 +304,7 @@ mod tests {
             .collect()
     }
 
-    const BASIC: &str = include_str!("../../../tests/fixtures/erl/basic.yaml");
+    const BASIC: &str = include_str!("../../../../tests/fixtures/erl/basic.yaml");
 
     /// (requests_per_unit, unit, name, stats key) of what `pairs` matches.
     fn matched(config: &Config, pairs: &[(&str, &str)]) -> Option<(u32, Unit, String, String)> {
