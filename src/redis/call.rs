@@ -1,0 +1,139 @@
+//! One Redis call: a connection from this thread's pool, the operation,
+//! one deadline over both, and the outcome recorded in the connection's
+//! health, the metrics and the reachability log.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::time::timeout_at;
+
+use super::pool::{AnyConnection, Connection, Manager};
+use super::reply::map_error;
+use super::{connect_timeout, RedisStore, THREAD_POOLS};
+use crate::limiter::StoreError;
+
+impl RedisStore {
+    /// Checks out a connection and runs `op` on it, all before `deadline`,
+    /// recording the outcome in the connection's health and in the metrics.
+    /// (The circuit breaker is the limiter's: see `limiter::breaker`.)
+    pub(super) async fn call<T, F, Fut>(&self, deadline: Instant, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(AnyConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let started = Instant::now();
+        let result = self.call_unguarded(deadline, op).await;
+        self.metrics
+            .redis_latency
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(err) = &result {
+            self.metrics
+                .redis_errors
+                .with_label_values(&[err.kind()])
+                .inc();
+        }
+        self.note_reachability(&result);
+        result
+    }
+
+    async fn call_unguarded<T, F, Fut>(&self, deadline: Instant, op: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(AnyConnection) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        match timeout_at(deadline, self.checkout()).await {
+            Err(_) => Err(self.timed_out()),
+            Ok(Err(err)) => Err(err),
+            Ok(Ok(conn)) => match timeout_at(deadline, op(conn.conn.clone())).await {
+                Err(_) => {
+                    conn.record_timeout();
+                    Err(self.timed_out())
+                }
+                Ok(Err(err)) => {
+                    conn.record_error(&err);
+                    Err(map_error(&err))
+                }
+                Ok(Ok(value)) => {
+                    conn.record_success();
+                    Ok(value)
+                }
+            },
+        }
+    }
+
+    /// This thread's pool, built on first use (its connections' tasks then
+    /// run on this thread's runtime).
+    fn pool(&self) -> Result<bb8::Pool<Manager>, StoreError> {
+        THREAD_POOLS.with(|pools| {
+            if let Some(pool) = pools.borrow().get(&self.id) {
+                return Ok(pool.clone());
+            }
+            let manager = Manager::new(
+                &self.settings.topology,
+                connect_timeout(&self.settings),
+                self.settings.timeout,
+                self.generation.clone(),
+            )
+            .map_err(|err| map_error(&err))?;
+            let pool = bb8::Pool::builder()
+                .max_size(self.settings.pool_size)
+                .min_idle(Some(self.settings.pool_size))
+                // The health record replaces bb8's PING on every checkout,
+                // which would double the round trips per request.
+                .test_on_check_out(false)
+                .connection_timeout(self.settings.timeout)
+                .error_sink(Box::new(self.connect_errors.clone()))
+                .build_unchecked(manager);
+            pools.borrow_mut().insert(self.id, pool.clone());
+            Ok(pool)
+        })
+    }
+
+    /// A healthy connection handle. The pool entry goes back at once: the
+    /// handle is multiplexed, so holding the entry would only serialise
+    /// requests. Entries found broken are dropped, and bb8 replaces them.
+    async fn checkout(&self) -> Result<Connection, StoreError> {
+        let pool = self.pool()?;
+        loop {
+            let entry = pool.get().await.map_err(|err| match err {
+                // No connection within the timeout: because the
+                // credentials were refused, if they were.
+                bb8::RunError::TimedOut => self.timed_out(),
+                bb8::RunError::User(err) => map_error(&err),
+            })?;
+            if !entry.is_broken() {
+                return Ok(entry.clone());
+            }
+            // Dropping a broken entry makes bb8 discard it and start a
+            // replacement; the loop then takes the next entry.
+        }
+    }
+
+    /// What a call that ran out of time reports: an authentication error
+    /// when the pools' last connection attempt was refused its credentials
+    /// (the pool then waits out the timeout, retrying), else a timeout.
+    pub(super) fn timed_out(&self) -> StoreError {
+        self.connect_errors
+            .auth_failure()
+            .map_or(StoreError::Timeout(self.timeout), StoreError::Auth)
+    }
+
+    fn note_reachability<T>(&self, result: &Result<T, StoreError>) {
+        let ok = !matches!(
+            result,
+            Err(StoreError::Timeout(_)
+                | StoreError::Connection(_)
+                | StoreError::Auth(_)
+                | StoreError::CircuitOpen)
+        );
+        if self.reachable.swap(ok, Ordering::Relaxed) != ok {
+            if ok {
+                self.connect_errors.clear();
+            }
+            match result {
+                Err(err) if !ok => log::warn!("redis: unavailable: {err}"),
+                _ => log::info!("redis: reachable again"),
+            }
+        }
+    }}
