@@ -405,3 +405,40 @@ fn readme_key_examples_are_the_keys_the_code_writes() {
         }
     }
 }
+
+/// `src/lib.rs`'s layout list names every module of the crate.
+#[test]
+fn the_layout_list_names_every_module() {
+    let lib = read("src/lib.rs");
+    let (layout, _) = lib.split_once("pub mod").unwrap();
+    let mut missing = Vec::new();
+    let mut stack = vec![root().join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path.clone());
+                continue;
+            }
+            let stem = path.file_stem().unwrap().to_str().unwrap().to_owned();
+            if ["lib", "main", "mod", "tests"].contains(&stem.as_str()) {
+                continue;
+            }
+            let named = layout.contains(&format!("`{stem}`"))
+                || layout.contains(&format!("[`{stem}`]"))
+                || layout.contains(&format!("::{stem}`]"));
+            if !named {
+                missing.push(path.strip_prefix(root()).unwrap().display().to_string());
+            }
+        }
+    }
+    for dir in [
+        "config", "envoy", "http", "identity", "limiter", "policy", "redis",
+    ] {
+        assert!(layout.contains(&format!("[`{dir}`]")), "{dir}");
+    }
+    assert!(
+        missing.is_empty(),
+        "src/lib.rs's layout does not name {missing:?}"
+    );
+}

@@ -270,7 +270,7 @@ const DOCS_CSP: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; \
                         connect-src 'self'; worker-src 'self' blob:; base-uri 'none'; \
                         form-action 'none'; frame-ancestors 'none'";
 
-/// Adds [`DOCS_CSP`] and `nosniff` to the responses of `/docs`, `/redoc`
+/// Adds `DOCS_CSP` and `nosniff` to the responses of `/docs`, `/redoc`
 /// and `/api-docs`.
 pub async fn security_headers(
     req: actix_web::dev::ServiceRequest,

@@ -32,7 +32,6 @@ impl std::str::FromStr for ForwardedHeader {
     }
 }
 
-
 impl Identifier {
     /// Whether the TCP peer is a trusted proxy (whose headers are believed).
     pub fn trusts(&self, peer: Option<SocketAddr>) -> bool {
@@ -78,7 +77,8 @@ impl Identifier {
             }
         }
         Some(client)
-    }}
+    }
+}
 
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`, as a dual-stack listener
 /// reports IPv4 peers) are the IPv4 address: one client, one identity.
@@ -126,4 +126,3 @@ fn forwarded_for(element: &str) -> Option<Option<IpAddr>> {
             .then(|| parse_node(value.trim().trim_matches('"')))
     })
 }
-

@@ -136,4 +136,5 @@ impl RedisStore {
                 _ => log::info!("redis: reachable again"),
             }
         }
-    }}
+    }
+}

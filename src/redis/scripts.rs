@@ -11,7 +11,7 @@
 //! It is loaded with SCRIPT LOAD at start-up and run with EVALSHA by its
 //! SHA1. Redis forgets scripts on restart, on failover to a replica that never
 //! saw the load, and on SCRIPT FLUSH; EVALSHA then answers NOSCRIPT and
-//! [`evalsha`] loads the script and retries once, so no request fails for it.
+//! `evalsha` loads the script and retries once, so no request fails for it.
 
 use std::sync::LazyLock;
 

@@ -204,7 +204,7 @@ impl Rules {
     }
 
     /// Whose counters a descriptor of an Envoy domain uses (see
-    /// [`path_subject`]); `None` for the HTTP domain or an unknown one.
+    /// [`path_subject`](crate::limiter::request::path_subject)); `None` for the HTTP domain or an unknown one.
     pub fn subject(&self, domain: &str, descriptor: &Descriptor) -> Option<Entry> {
         if domain == http::DOMAIN {
             return None;
