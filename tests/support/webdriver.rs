@@ -5,6 +5,15 @@
 //! chromedriver runs in a process group of its own, with the Chromium it
 //! starts: stopping the browser kills the whole group, so a failed test
 //! leaves no Chromium running.
+//!
+//! Why not fantoccini (the well-kept WebDriver client): the dashboard test
+//! needs eight commands, one of them Chromium's own `/se/log`, which
+//! fantoccini has no call for (a custom command either way); and
+//! fantoccini 0.22 brings Mozilla's `webdriver` crate with ICU 1.5 beside
+//! the ICU 2 already built for `url`, about thirty more crates to compile on
+//! a 2-core CI machine, for what is here a hundred lines over the reqwest
+//! the tests already use. Process handling (the group kill) would stay ours
+//! in any case.
 
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
