@@ -80,7 +80,8 @@ start_instance() { # name port extra-env...
     ./target/release/rate-limiter >"$work/$name.log" 2>&1 &
   pids+=($!)
   pid_of[$name]=$!
-  wait_http "http://127.0.0.1:$port/livez"
+  # A service that refused its settings says why in its log.
+  wait_http "http://127.0.0.1:$port/livez" || { cat "$work/$name.log" >&2; exit 1; }
 }
 # CPU time (user + system) of a process so far, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
@@ -326,10 +327,11 @@ sleep 2 # let the sentinels meet
 
 sentinel_port=$(free_port)
 cluster_port=$(free_port)
+# REDIS_URL= (empty: unset): a URL beside Sentinels or a Cluster is refused.
 start_instance sentinel "$sentinel_port" RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60 \
-  REDIS_SENTINELS="$(IFS=,; echo "${sentinels[*]}")"
+  REDIS_URL= REDIS_SENTINELS="$(IFS=,; echo "${sentinels[*]}")"
 start_instance cluster "$cluster_port" RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60 \
-  REDIS_CLUSTER_NODES="$(IFS=,; echo "${nodes[*]}")"
+  REDIS_URL= REDIS_CLUSTER_NODES="$(IFS=,; echo "${nodes[*]}")"
 
 run_on() { # port -> "rps p50 p99 errors" for allowed traffic, 10,000 keys, 64 connections
   local out
