@@ -87,6 +87,60 @@ fn settings_are_read_from_a_dotenv_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read .env"));
 }
 
+/// `rate-limiter settings` prints every declared setting with the value in
+/// force (the environment over `.env` over the default), secrets redacted,
+/// and refuses a bad one as the service would.
+#[test]
+fn the_settings_subcommand_prints_every_setting_in_force() {
+    let dir = TempDir::new("settings");
+    std::fs::write(
+        dir.path().join(".env"),
+        "PORT=9100\nADMIN_TOKEN=dotenv-secret-0123456789\nLOG_LEVEL=debug\n",
+    )
+    .unwrap();
+    let out = binary(
+        &dir,
+        &[
+            ("LOG_LEVEL", "warn"),
+            ("REDIS_URL", "redis://app:hunter2@redis.internal:6379/0"),
+        ],
+    )
+    .arg("settings")
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("hunter2") && !text.contains("dotenv-secret"),
+        "{text}"
+    );
+    let line = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_owned()
+    };
+    assert!(line("PORT").starts_with("PORT=9100 ") && line("PORT").ends_with("# set"));
+    assert!(
+        line("LOG_LEVEL").starts_with("LOG_LEVEL=warn "),
+        "the environment wins over .env"
+    );
+    assert!(line("ADMIN_TOKEN").starts_with("ADMIN_TOKEN=<redacted, 24 bytes>"));
+    assert!(line("REDIS_URL").contains("redis://app:<redacted>@redis.internal:6379/0"));
+    assert!(line("HOST").starts_with("HOST=0.0.0.0 ") && line("HOST").ends_with("# default"));
+    let names = text.lines().filter(|l| !l.starts_with('#')).count();
+    assert_eq!(names, rate_limiter::config::list::SETTINGS.len());
+
+    let out = binary(&dir, &[("PORT", "http")])
+        .arg("settings")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid setting PORT=\"http\""));
+    let help = binary(&dir, &[]).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("rate-limiter settings"));
+}
+
 #[test]
 fn a_port_in_use_is_a_clear_start_up_error() {
     let dir = TempDir::new("inuse");
