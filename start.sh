@@ -120,7 +120,9 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 port=${PORT:-8000}
 [[ $port == 0 ]] && die "PORT=0 picks a free port, which start.sh cannot print: set a port (or run ./target/release/rate-limiter, which logs it)"
-./target/release/rate-limiter &
+# cargo puts the binary under CARGO_TARGET_DIR when it is set.
+binary="${CARGO_TARGET_DIR:-target}/release/rate-limiter"
+"$binary" &
 service_pid=$!
 
 public_host=${HOST:-0.0.0.0}
@@ -149,7 +151,7 @@ for _ in $(seq 1 100); do
 
   Try:   curl -i -X POST http://$public_host:$port/api/resource -H 'X-API-Key: demo-key'
   Stop:  Ctrl-C (stops the service and any Redis start.sh started)
-  Check the settings in force:  ./target/release/rate-limiter settings
+  Check the settings in force:  $binary settings
 
 INFO
     break
