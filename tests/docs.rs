@@ -442,3 +442,29 @@ fn the_layout_list_names_every_module() {
         "src/lib.rs's layout does not name {missing:?}"
     );
 }
+
+/// No source file holds more than 400 lines before its unit tests: a file
+/// that grows past it holds more than one idea.
+#[test]
+fn no_source_file_is_over_400_lines_of_code() {
+    let mut stack = vec![root().join("src")];
+    let mut long = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let code = text.lines().take_while(|l| *l != "#[cfg(test)]").count();
+            if code > 400 {
+                long.push(format!(
+                    "{} ({code})",
+                    path.strip_prefix(root()).unwrap().display()
+                ));
+            }
+        }
+    }
+    assert!(long.is_empty(), "over 400 lines of code: {long:?}");
+}
