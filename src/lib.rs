@@ -15,6 +15,9 @@
 //!   ([`identity::jwt`]) or the client IP, read from the forwarding header
 //!   of trusted proxies only (`forwarded`).
 //! - [`telemetry`]: the Prometheus metrics of one running application.
+//! - [`tls`]: one TLS stack (rustls, ring) for Redis and both listeners:
+//!   certificate files checked at start, served certificates that reload
+//!   when their files change, mTLS with a pinned client name.
 //! - [`config`]: typed settings from the environment and `.env`; a bad value
 //!   stops the start with a line naming the setting. [`config::list`]
 //!   declares every setting once (type, default, meaning, what it mirrors
@@ -75,4 +78,5 @@ pub mod redis;
 pub mod reload;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 pub mod traces;

@@ -37,6 +37,11 @@ pub enum StartupError {
     GrpcBind { address: String, source: io::Error },
     #[error(transparent)]
     Tracing(#[from] crate::traces::TracingError),
+    #[error("invalid setting {setting}: {problem}")]
+    Tls {
+        setting: &'static str,
+        problem: String,
+    },
     #[error("invalid Envoy configuration (settings RUNTIME_ROOT and RUNTIME_*; FORCE_START_WITHOUT_INITIAL_CONFIG=true starts without it): {0}")]
     EnvoyConfig(String),
 }
@@ -53,6 +58,30 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        crate::tls::install_crypto_provider();
+        let tls_error = |(setting, problem)| StartupError::Tls { setting, problem };
+        // The listeners' certificates, checked before anything starts.
+        let http_tls = settings
+            .http_tls
+            .as_ref()
+            .map(|tls| crate::tls::server_config(tls, &[]))
+            .transpose()
+            .map_err(tls_error)?;
+        let grpc_tls = settings
+            .envoy
+            .grpc_tls
+            .as_ref()
+            .map(|tls| crate::tls::server_config(tls, &[b"h2"]))
+            .transpose()
+            .map_err(tls_error)?;
+        if settings
+            .redis
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.skip_hostname_verification)
+        {
+            log::warn!("redis: REDIS_TLS_SKIP_HOSTNAME_VERIFICATION: Redis's certificate is not checked against the address dialled");
+        }
         let rules = match &settings.rules_path {
             Some(path) => Rules::load(path)?,
             None => Rules::builtin(&settings),
@@ -87,6 +116,14 @@ impl Application {
                 }
             }
         };
+        metrics.redis_tls.set(i64::from(settings.redis.tls.is_some()));
+        let mut certs = Vec::new();
+        for (listener, tls) in [("http", &http_tls), ("grpc", &grpc_tls)] {
+            if let Some((_, cert)) = tls {
+                certs.push((listener, cert.clone()));
+            }
+        }
+        crate::tls::watch(certs, metrics.clone());
         let store = RedisStore::connect_with_metrics(&settings.redis, metrics.clone()).await?;
         let redis = &settings.redis;
         let limiter = Limiter::new(
@@ -148,7 +185,7 @@ impl Application {
         let rls_data = web::Data::new(rls.clone());
         let port = listener.local_addr().map_err(bind_error)?.port();
 
-        let mut server = HttpServer::new(move || {
+        let server = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .app_data(rls_data.clone())
@@ -157,8 +194,11 @@ impl Application {
                 .wrap(from_fn(http::access::access))
                 .configure(|cfg| http::configure(cfg, admin))
         })
-        .shutdown_timeout(5)
-        .listen(listener)
+        .shutdown_timeout(5);
+        let mut server = match &http_tls {
+            Some((config, _)) => server.listen_rustls_0_23(listener, (**config).clone()),
+            None => server.listen(listener),
+        }
         .map_err(bind_error)?;
         if let Some(workers) = settings.workers {
             server = server.workers(workers);
@@ -167,7 +207,8 @@ impl Application {
 
         let (grpc_listener, grpc_port) = grpc_listener(&settings.envoy)?;
         let (grpc_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let grpc = crate::envoy::grpc::serve(rls, grpc_listener, async {
+        let grpc_tls = grpc_tls.map(|(config, _)| config);
+        let grpc = crate::envoy::grpc::serve(rls, grpc_listener, grpc_tls, async {
             let _ = stopped.await;
         });
         tokio::spawn(async move {

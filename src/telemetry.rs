@@ -6,7 +6,8 @@
 //! no label ever holds an API key, an IP or any other per-client value.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
     TextEncoder,
 };
 
@@ -32,6 +33,10 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// envoyproxy/ratelimit's metrics, with its names and labels.
     pub envoy: EnvoyMetrics,
+    /// listener (`http`, `grpc`): when its certificate in force expires.
+    pub tls_certificate_expiry: IntGaugeVec,
+    /// 1 when Redis is reached over TLS.
+    pub redis_tls: IntGauge,
 }
 
 /// envoyproxy/ratelimit's metrics under the names of its Prometheus mapper,
@@ -247,8 +252,24 @@ impl Metrics {
             ),
             detailed: Default::default(),
         };
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "ratelimit_tls_certificate_expiry_timestamp_seconds",
+                "When the certificate a listener serves expires, in Unix seconds (alert on it minus time()).",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tls_certificate_expiry.clone()))
+            .expect("unique metric");
         Metrics {
             envoy,
+            tls_certificate_expiry,
+            redis_tls: gauge(
+                "ratelimit_redis_tls",
+                "1 when Redis is reached over TLS, else 0.",
+            ),
             breaker_open: gauge(
                 "ratelimit_redis_breaker_open",
                 "1 while the Redis circuit breaker is open, else 0.",

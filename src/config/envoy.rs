@@ -76,6 +76,8 @@ pub struct EnvoySettings {
     pub http_domain: bool,
     /// JSON_API: who may call `POST /json` on PORT.
     pub json_api: JsonApi,
+    /// TLS (and mTLS) on the gRPC port.
+    pub grpc_tls: Option<crate::tls::ServerTlsSettings>,
 }
 
 /// Who may call envoyproxy/ratelimit's `POST /json` on the public port.
@@ -113,6 +115,14 @@ pub(super) fn envoy_settings(env: &Env<'_>) -> Result<EnvoySettings, ConfigError
             },
         }),
     };
+    let grpc_tls = super::listeners::grpc_tls(env)?;
+    if grpc_tls.is_some() && env.get("GRPC_UDS").is_some() {
+        return Err(ConfigError::new(
+            "GRPC_UDS",
+            &env.get("GRPC_UDS").unwrap_or_default(),
+            "GRPC_SERVER_USE_TLS is for the TCP port: unset one of them",
+        ));
+    }
     Ok(EnvoySettings {
         grpc_host: env.parse("GRPC_HOST", host)?,
         grpc_port: env.parse("GRPC_PORT", port)?,
@@ -142,6 +152,7 @@ pub(super) fn envoy_settings(env: &Env<'_>) -> Result<EnvoySettings, ConfigError
             Some("open") => JsonApi::Open,
             _ => JsonApi::Trusted,
         },
+        grpc_tls,
     })
 }
 

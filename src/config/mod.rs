@@ -14,6 +14,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 mod env;
+mod listeners;
 mod envoy;
 pub mod list;
 mod topology;
@@ -26,7 +27,7 @@ pub use crate::policy::{parse_window, FailureMode};
 use env::{existing_file, host, limit_settings, parse_networks, port, Env};
 pub use envoy::{EnvoySettings, JsonApi, LimitHeaders, Ratio, RuntimeSettings};
 use topology::redis_topology;
-pub use topology::{RedisSettings, RedisTopology};
+pub use topology::{RedisSettings, RedisTls, RedisTopology};
 pub use traces::{OtlpProtocol, ParentlessSampler, TraceSampler, TraceSettings};
 
 /// A configuration error: which setting, what it held, what is wrong.
@@ -128,6 +129,8 @@ pub struct Settings {
     pub traces: Option<TraceSettings>,
     /// The Envoy rate limit service (gRPC) and its configuration.
     pub envoy: EnvoySettings,
+    /// TLS (and mTLS) on PORT.
+    pub http_tls: Option<crate::tls::ServerTlsSettings>,
     /// Settings given but ignored because another one wins, each naming
     /// both: logged at start-up.
     pub warnings: Vec<String>,
@@ -143,8 +146,12 @@ impl Settings {
     /// values count as unset, so `PORT=` in a `.env` file means "default".
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let env = Env(&lookup);
+        let mut topology = redis_topology(&env)?;
+        let (redis_tls, sentinel_tls) = topology::redis_tls(&env, &mut topology)?;
         let redis = RedisSettings {
-            topology: redis_topology(&env)?,
+            topology,
+            tls: redis_tls,
+            sentinel_tls,
             pool_size: env.integer("REDIS_POOL_SIZE")? as u32,
             timeout: env.millis("REDIS_TIMEOUT_MS")?,
             batch_max: env.integer("REDIS_BATCH_MAX")? as usize,
@@ -204,6 +211,7 @@ impl Settings {
             jwt: jwt_settings(&env)?,
             traces: traces::trace_settings(&env)?,
             envoy: envoy::envoy_settings(&env)?,
+            http_tls: listeners::http_tls(&env)?,
             body_timeout: env.millis("REQUEST_BODY_TIMEOUT_MS")?,
             warnings: ignored_settings(&env),
         })

@@ -132,6 +132,7 @@ pub enum Listener {
 pub async fn serve(
     rls: Rls,
     listener: Listener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -155,9 +156,17 @@ pub async fn serve(
         Listener::Tcp(listener) => {
             listener.set_nonblocking(true)?;
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            let incoming =
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-            router.serve_with_incoming_shutdown(incoming, stop).await
+            match tls {
+                Some(config) => {
+                    let incoming = super::tls::incoming(listener, config);
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+                None => {
+                    let incoming = tonic::transport::server::TcpIncoming::from(listener)
+                        .with_nodelay(Some(true));
+                    router.serve_with_incoming_shutdown(incoming, stop).await
+                }
+            }
         }
         Listener::Unix(listener) => {
             listener.set_nonblocking(true)?;

@@ -112,6 +112,8 @@ pub struct DashboardStats {
     pub decisions: Vec<DecisionCount>,
     pub redis: DashboardRedis,
     pub rules: DashboardRules,
+    /// The listeners' certificates and when they expire.
+    pub certificates: Vec<super::routes::ServedCertificate>,
 }
 
 /// What the dashboard shows, as counters since start-up (the page turns
@@ -186,6 +188,7 @@ pub async fn stats(state: web::Data<AppState>) -> HttpResponse {
             environment: state.environment.clone(),
             admin: state.admin_token.is_some(),
             decisions,
+            certificates: super::routes::served_certificates(&state),
             redis: DashboardRedis {
                 health,
                 failure_mode: state.limiter.failure_mode().as_str(),

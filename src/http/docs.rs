@@ -55,6 +55,7 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
         routes::PolicyStatus,
         routes::Health,
         routes::RedisHealth,
+        routes::ServedCertificate,
         routes::Liveness,
         dashboard::DashboardStats,
         dashboard::DashboardRedis,

@@ -220,6 +220,33 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .body(metrics.render())
 }
 
+/// A listener's certificate in force.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServedCertificate {
+    /// `http` (PORT) or `grpc` (GRPC_PORT).
+    #[schema(example = "grpc")]
+    pub listener: &'static str,
+    /// When it expires, in Unix seconds.
+    #[schema(example = 1798761600)]
+    pub expires_at: i64,
+}
+
+/// The certificates the listeners serve (from the expiry gauge the
+/// certificate watcher keeps).
+pub fn served_certificates(state: &AppState) -> Vec<ServedCertificate> {
+    let gauge = &state.limiter.metrics().tls_certificate_expiry;
+    ["http", "grpc"]
+        .into_iter()
+        .filter_map(|listener| {
+            let expires_at = gauge.get_metric_with_label_values(&[listener]).ok()?.get();
+            (expires_at != 0).then_some(ServedCertificate {
+                listener,
+                expires_at,
+            })
+        })
+        .collect()
+}
+
 /// Pings Redis: the outcome, and Redis's part of `/health` (also the
 /// dashboard's).
 pub async fn redis_health(state: &AppState) -> (Result<(), StoreError>, RedisHealth) {
@@ -231,6 +258,7 @@ pub async fn redis_health(state: &AppState) -> (Result<(), StoreError>, RedisHea
         "closed"
     };
     let health = RedisHealth {
+        tls: state.limiter.metrics().redis_tls.get() == 1,
         status: if ping.is_ok() { "up" } else { "down" },
         latency_ms: ping
             .as_ref()
@@ -257,6 +285,8 @@ pub struct RedisHealth {
     /// `single`, `sentinel` or `cluster`.
     #[schema(example = "single")]
     pub topology: &'static str,
+    /// Whether Redis is reached over TLS.
+    pub tls: bool,
     /// The circuit breaker: `closed` (calls go to Redis) or `open` (calls
     /// fail at once until the next probe).
     #[schema(example = "closed")]
@@ -274,6 +304,9 @@ pub struct Health {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub redis: RedisHealth,
+    /// The certificates the listeners serve over TLS, and when each
+    /// expires; empty when they serve plaintext.
+    pub certificates: Vec<ServedCertificate>,
     /// What limited requests get while Redis is down: `open`, `closed` or `local`.
     #[schema(example = "open")]
     pub failure_mode: &'static str,
@@ -324,6 +357,7 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         status,
         reason,
         redis,
+        certificates: served_certificates(&state),
         failure_mode: state.limiter.failure_mode().as_str(),
         environment: state.environment.clone(),
         version: env!("CARGO_PKG_VERSION"),

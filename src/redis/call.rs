@@ -70,7 +70,7 @@ impl RedisStore {
                 return Ok(pool.clone());
             }
             let manager = Manager::new(
-                &self.settings.topology,
+                &self.settings,
                 connect_timeout(&self.settings),
                 self.settings.timeout,
                 self.generation.clone(),

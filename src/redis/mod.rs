@@ -144,7 +144,7 @@ impl RedisStore {
         let generation = Arc::new(AtomicU64::new(0));
         // Validates the settings once; the per-thread pools build the same.
         Manager::new(
-            &settings.topology,
+            settings,
             connect_timeout(settings),
             settings.timeout,
             generation.clone(),
@@ -153,14 +153,26 @@ impl RedisStore {
         if let RedisTopology::Sentinel {
             sentinels,
             master,
+            sentinel_username,
             sentinel_password,
             ..
         } = &settings.topology
         {
+            let tls = match (settings.sentinel_tls, &settings.tls) {
+                (true, Some(tls)) => Some(
+                    crate::tls::redis_certificates(tls)
+                        .map_err(|e| RedisSetupError::BadUrl(e.into()))?,
+                ),
+                _ => None,
+            };
             sentinel::watch_switch_master(
                 sentinels.clone(),
                 master.clone(),
-                sentinel_password.clone(),
+                sentinel::SentinelAuth {
+                    username: sentinel_username.clone(),
+                    password: sentinel_password.clone(),
+                    tls,
+                },
                 generation.clone(),
             );
         }

@@ -34,7 +34,7 @@ use redis::{
     AsyncConnectionConfig, Client, Cmd, ConnectionAddr, Pipeline, RedisError, RedisFuture, Value,
 };
 
-use crate::config::RedisTopology;
+use crate::config::{RedisSettings, RedisTopology};
 
 /// Timeouts in a row after which a connection is replaced. One slow answer
 /// is no reason to reconnect; a connection that keeps timing out is likely
@@ -166,45 +166,107 @@ pub(crate) struct Manager {
 
 impl Manager {
     pub(crate) fn new(
-        topology: &RedisTopology,
+        settings: &RedisSettings,
         connect_timeout: Duration,
         response_timeout: Duration,
         generation: Arc<AtomicU64>,
     ) -> Result<Self, RedisError> {
-        let connector = match topology {
-            RedisTopology::Single { url } => Connector::Single(Client::open(url.as_str())?),
+        let tls = settings.tls.as_ref();
+        let certificates = tls
+            .map(crate::tls::redis_certificates)
+            .transpose()
+            .map_err(RedisError::from)?;
+        let connector = match &settings.topology {
+            RedisTopology::Single { url } => {
+                let client = match &certificates {
+                    Some(certificates) => {
+                        let client = Client::build_with_tls(url.as_str(), certificates.clone())?;
+                        let mut info = client.get_connection_info().clone();
+                        if tls.is_some_and(|t| t.skip_hostname_verification) {
+                            let mut addr = info.addr().clone();
+                            addr.set_danger_accept_invalid_hostnames(true);
+                            info = info.set_addr(addr);
+                        }
+                        Client::open(info)?
+                    }
+                    None => Client::open(url.as_str())?,
+                };
+                Connector::Single(client)
+            }
             RedisTopology::Sentinel {
                 sentinels,
                 master,
+                username,
                 password,
+                sentinel_username,
                 sentinel_password,
                 db,
             } => {
-                let addresses = sentinels
-                    .iter()
-                    .map(|(host, port)| ConnectionAddr::Tcp(host.clone(), *port));
+                let addresses = sentinels.iter().map(|(host, port)| {
+                    if settings.sentinel_tls {
+                        ConnectionAddr::TcpTls {
+                            host: host.clone(),
+                            port: *port,
+                            insecure: false,
+                            tls_params: None,
+                        }
+                    } else {
+                        ConnectionAddr::Tcp(host.clone(), *port)
+                    }
+                });
                 let mut builder =
                     SentinelClientBuilder::new(addresses, master, SentinelServerType::Master)?
                         .set_client_to_redis_db(*db);
+                if let Some(certificates) = &certificates {
+                    builder = builder
+                        .set_client_to_redis_tls_mode(redis::TlsMode::Secure)
+                        .set_client_to_redis_certificates(certificates.clone());
+                    if settings.sentinel_tls {
+                        builder = builder
+                            .set_client_to_sentinel_tls_mode(redis::TlsMode::Secure)
+                            .set_client_to_sentinel_certificates(certificates.clone());
+                    }
+                }
+                if let Some(username) = username {
+                    builder = builder.set_client_to_redis_username(username);
+                }
                 if let Some(password) = password {
                     builder = builder.set_client_to_redis_password(password);
+                }
+                if let Some(username) = sentinel_username {
+                    builder = builder.set_client_to_sentinel_username(username);
                 }
                 if let Some(password) = sentinel_password {
                     builder = builder.set_client_to_sentinel_password(password);
                 }
                 Connector::Sentinel(tokio::sync::Mutex::new(builder.build()?))
             }
-            RedisTopology::Cluster { nodes, password } => {
+            RedisTopology::Cluster {
+                nodes,
+                username,
+                password,
+            } => {
+                let scheme = if tls.is_some() { "rediss" } else { "redis" };
                 let urls: Vec<String> = nodes
                     .iter()
                     .map(|(host, port)| match host.parse::<std::net::Ipv6Addr>() {
-                        Ok(v6) => format!("redis://[{v6}]:{port}"),
-                        Err(_) => format!("redis://{host}:{port}"),
+                        Ok(v6) => format!("{scheme}://[{v6}]:{port}"),
+                        Err(_) => format!("{scheme}://{host}:{port}"),
                     })
                     .collect();
                 let mut builder = ClusterClient::builder(urls)
                     .connection_timeout(connect_timeout)
                     .response_timeout(response_timeout);
+                if let (Some(tls), Some(certificates)) = (tls, &certificates) {
+                    // Every node the Cluster announces is reached so too.
+                    builder = builder
+                        .tls(redis::TlsMode::Secure)
+                        .certs(certificates.clone())
+                        .danger_accept_invalid_hostnames(tls.skip_hostname_verification);
+                }
+                if let Some(username) = username {
+                    builder = builder.username(username.clone());
+                }
                 if let Some(password) = password {
                     builder = builder.password(password.clone());
                 }

@@ -12,20 +12,26 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisConnectionInfo};
 
+/// How the sentinels are reached: their ACL user and password, and TLS.
+#[derive(Clone)]
+pub(crate) struct SentinelAuth {
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+    pub(crate) tls: Option<redis::TlsCertificates>,
+}
+
 /// Subscribes to each sentinel, reconnecting forever, in the background.
 pub(crate) fn watch_switch_master(
     sentinels: Vec<(String, u16)>,
     master: String,
-    password: Option<String>,
+    auth: SentinelAuth,
     generation: Arc<AtomicU64>,
 ) {
     for (host, port) in sentinels {
-        let (master, password, generation) = (master.clone(), password.clone(), generation.clone());
+        let (master, auth, generation) = (master.clone(), auth.clone(), generation.clone());
         tokio::spawn(async move {
             loop {
-                if let Err(err) =
-                    listen(&host, port, &master, password.as_deref(), &generation).await
-                {
+                if let Err(err) = listen(&host, port, &master, &auth, &generation).await {
                     log::debug!("sentinel {host}:{port}: {err}; resubscribing in 1 s");
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -38,17 +44,35 @@ async fn listen(
     host: &str,
     port: u16,
     master: &str,
-    password: Option<&str>,
+    auth: &SentinelAuth,
     generation: &AtomicU64,
 ) -> redis::RedisResult<()> {
     let mut redis = RedisConnectionInfo::default();
-    if let Some(password) = password {
+    if let Some(username) = &auth.username {
+        redis = redis.set_username(username);
+    }
+    if let Some(password) = &auth.password {
         redis = redis.set_password(password);
     }
-    let info: ConnectionInfo = ConnectionAddr::Tcp(host.to_owned(), port)
-        .into_connection_info()?
-        .set_redis_settings(redis);
-    let client = redis::Client::open(info)?;
+    let client = match &auth.tls {
+        Some(certificates) => {
+            let info: ConnectionInfo = ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: false,
+                tls_params: None,
+            }
+            .into_connection_info()?
+            .set_redis_settings(redis);
+            redis::Client::build_with_tls(info, certificates.clone())?
+        }
+        None => {
+            let info: ConnectionInfo = ConnectionAddr::Tcp(host.to_owned(), port)
+                .into_connection_info()?
+                .set_redis_settings(redis);
+            redis::Client::open(info)?
+        }
+    };
     let mut pubsub = client.get_async_pubsub().await?;
     pubsub.subscribe("+switch-master").await?;
     let mut messages = pubsub.on_message();
