@@ -22,8 +22,9 @@
 //!   stops the start with a line naming the setting. [`config::list`]
 //!   declares every setting once (type, default, meaning, what it mirrors
 //!   in envoyproxy/ratelimit); `env` holds the parsers that read it,
-//!   `topology` the Redis settings, `envoy` the rate limit service's,
-//!   `traces` the OpenTelemetry ones.
+//!   `topology` the Redis settings (TLS included), `envoy` the rate limit
+//!   service's, `listeners` the TLS of both listeners, `traces` the
+//!   OpenTelemetry ones.
 //! - [`limiter`]: the core, backend- and protocol-neutral: check requests
 //!   ([`limiter::request`]: a domain, descriptors of key/value entries) in,
 //!   decisions ([`limiter::decision`]) out; deciding in `check`, reading
@@ -53,7 +54,7 @@
 //! - [`envoy`]: Envoy's rate limit service (RLS v3): a `RateLimitRequest`
 //!   as a check request (`request`), the decision as statuses and headers
 //!   (`response`), envoyproxy/ratelimit's metrics (`stats`); served over
-//!   gRPC with its health service ([`envoy::grpc`]) and as `/json` and
+//!   gRPC with its health service ([`envoy::grpc`]; TLS handshakes in `tls`) and as `/json` and
 //!   `/healthcheck` ([`envoy::json`]).
 //! - [`http`]: the HTTP front ends: routes (`routes`), reading the caller
 //!   and route of a request (`caller`), the rate-limit middleware and its
