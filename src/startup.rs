@@ -116,7 +116,9 @@ impl Application {
                 }
             }
         };
-        metrics.redis_tls.set(i64::from(settings.redis.tls.is_some()));
+        metrics
+            .redis_tls
+            .set(i64::from(settings.redis.tls.is_some()));
         let mut certs = Vec::new();
         for (listener, tls) in [("http", &http_tls), ("grpc", &grpc_tls)] {
             if let Some((_, cert)) = tls {

@@ -99,8 +99,11 @@ fn root_store(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
+/// A setting at fault, and what is wrong with it.
+pub type SettingProblem = (&'static str, String);
+
 /// Checks the REDIS_TLS_* files at start: Err((setting, problem)).
-pub fn check_redis_files(tls: &RedisTls) -> Result<(), (&'static str, String)> {
+pub fn check_redis_files(tls: &RedisTls) -> Result<(), SettingProblem> {
     if let Some(ca) = &tls.ca {
         root_store(ca).map_err(|p| ("REDIS_TLS_CACERT", p))?;
     }
@@ -259,13 +262,19 @@ impl ClientCertVerifier for PinnedSan {
 pub fn server_config(
     settings: &ServerTlsSettings,
     alpn: &[&[u8]],
-) -> Result<(Arc<ServerConfig>, Arc<ReloadingCert>), (&'static str, String)> {
+) -> Result<(Arc<ServerConfig>, Arc<ReloadingCert>), SettingProblem> {
     let (cert_name, key_name, ca_name) = settings.names;
     read_key(&settings.key).map_err(|p| (key_name, p))?;
-    let cert = Arc::new(ReloadingCert::load(&settings.cert, &settings.key).map_err(|p| {
-        let setting = if p.contains("key") { key_name } else { cert_name };
-        (setting, p)
-    })?);
+    let cert = Arc::new(
+        ReloadingCert::load(&settings.cert, &settings.key).map_err(|p| {
+            let setting = if p.contains("key") {
+                key_name
+            } else {
+                cert_name
+            };
+            (setting, p)
+        })?,
+    );
     let builder = ServerConfig::builder();
     let builder = match &settings.client_ca {
         None => builder.with_no_client_auth(),

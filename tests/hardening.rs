@@ -621,6 +621,7 @@ async fn ipv6_cluster_seeds_are_accepted() {
     let mut settings = RedisSettings::single("redis://127.0.0.1:1/0", Duration::from_millis(100));
     settings.topology = RedisTopology::Cluster {
         nodes: vec![("::1".into(), support::free_port())],
+        username: None,
         password: None,
     };
     // Nothing listens there: the service starts and answers by its

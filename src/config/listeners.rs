@@ -52,7 +52,11 @@ pub(super) fn grpc_tls(env: &Env<'_>) -> Result<Option<ServerTlsSettings>, Confi
         return Ok(None);
     }
     let missing = |name: &'static str| {
-        ConfigError::new(name, "", "GRPC_SERVER_USE_TLS is true: set it to a PEM file")
+        ConfigError::new(
+            name,
+            "",
+            "GRPC_SERVER_USE_TLS is true: set it to a PEM file",
+        )
     };
     let cert = cert.ok_or_else(|| missing("GRPC_SERVER_TLS_CERT"))?;
     let key = key.ok_or_else(|| missing("GRPC_SERVER_TLS_KEY"))?;

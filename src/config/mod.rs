@@ -14,9 +14,9 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 mod env;
-mod listeners;
 mod envoy;
 pub mod list;
+mod listeners;
 mod topology;
 mod traces;
 

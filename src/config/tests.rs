@@ -46,7 +46,9 @@ fn envoy_ratelimit_redis_settings_work_unchanged() {
         RedisTopology::Sentinel {
             sentinels: vec![("10.0.0.1".into(), 26379), ("10.0.0.2".into(), 26379)],
             master: "mymaster".into(),
+            username: None,
             password: Some("pw".into()),
+            sentinel_username: None,
             sentinel_password: Some("spw".into()),
             db: 0,
         }
@@ -82,7 +84,9 @@ fn sentinel_and_cluster_topologies() {
                 ("::1".into(), 26381)
             ],
             master: "mymaster".into(),
+            username: None,
             password: Some("pw".into()),
+            sentinel_username: None,
             sentinel_password: None,
             db: 0,
         }
@@ -333,4 +337,92 @@ fn choices_take_any_case_and_name_the_choices() {
     let err = settings(&[("LOG_FORMAT", "yaml")]).unwrap_err();
     assert_eq!(err.setting, "LOG_FORMAT");
     assert_eq!(err.problem, "expected one of plain, json");
+}
+
+#[test]
+fn redis_tls_and_acl_users() {
+    // A rediss:// URL is TLS with the system's roots.
+    let s = settings(&[("REDIS_URL", "rediss://app:pw@redis.example:6380/0")]).unwrap();
+    assert_eq!(s.redis.tls, Some(RedisTls::default()));
+    // REDIS_TLS turns a URL built from parts into rediss://, with the user.
+    let s = settings(&[
+        ("REDIS_TLS", "true"),
+        ("REDIS_HOST", "redis.example"),
+        ("REDIS_USERNAME", "app"),
+        ("REDIS_PASSWORD", "p:w"),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.redis.topology,
+        single("rediss://app:p%3Aw@redis.example:6379/0")
+    );
+    // envoyproxy/ratelimit's REDIS_AUTH=user:password, a password with ':'.
+    let s = settings(&[
+        ("REDIS_TYPE", "cluster"),
+        ("REDIS_URL", "a:7000"),
+        ("REDIS_AUTH", "app:p:w"),
+        ("REDIS_TLS", "true"),
+    ])
+    .unwrap();
+    assert_eq!(
+        s.redis.topology,
+        RedisTopology::Cluster {
+            nodes: vec![("a".into(), 7000)],
+            username: Some("app".into()),
+            password: Some("p:w".into()),
+        }
+    );
+    assert!(s.redis.tls.is_some() && s.redis.sentinel_tls);
+    // TLS files without TLS, a lone certificate, a socket, Sentinel with
+    // the hostname opt-out: each named.
+    for (pairs, setting) in [
+        (vec![("REDIS_TLS_CACERT", "Cargo.toml")], "REDIS_TLS_CACERT"),
+        (
+            vec![
+                ("REDIS_TLS", "true"),
+                ("REDIS_TLS_CLIENT_CERT", "Cargo.toml"),
+            ],
+            "REDIS_TLS_CLIENT_KEY",
+        ),
+        (
+            vec![
+                ("REDIS_TLS", "true"),
+                ("REDIS_URL", "unix:///run/redis.sock"),
+            ],
+            "REDIS_TLS",
+        ),
+        (
+            vec![
+                ("REDIS_TLS", "true"),
+                ("REDIS_SENTINELS", "127.0.0.1:26379"),
+                ("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", "true"),
+            ],
+            "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION",
+        ),
+        (vec![("REDIS_SENTINEL_TLS", "true")], "REDIS_SENTINEL_TLS"),
+        (
+            vec![
+                ("REDIS_TLS", "true"),
+                ("REDIS_TLS_CACERT", "/no/such/ca.pem"),
+            ],
+            "REDIS_TLS_CACERT",
+        ),
+        // Not a certificate at all.
+        (
+            vec![("REDIS_TLS", "true"), ("REDIS_TLS_CACERT", "Cargo.toml")],
+            "REDIS_TLS_CACERT",
+        ),
+        (
+            vec![("GRPC_SERVER_USE_TLS", "true")],
+            "GRPC_SERVER_TLS_CERT",
+        ),
+        (vec![("TLS_CERT_FILE", "Cargo.toml")], "TLS_KEY_FILE"),
+        (
+            vec![("TLS_CLIENT_CA_FILE", "Cargo.toml")],
+            "TLS_CLIENT_CA_FILE",
+        ),
+    ] {
+        let err = settings(&pairs).unwrap_err();
+        assert_eq!(err.setting, setting, "{pairs:?}: {err}");
+    }
 }

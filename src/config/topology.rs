@@ -267,7 +267,10 @@ fn redis_url(env: &Env<'_>) -> Result<String, ConfigError> {
     let encode = |s: &str| {
         percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
     };
-    let user = env.get("REDIS_USERNAME").map(|u| encode(&u)).unwrap_or_default();
+    let user = env
+        .get("REDIS_USERNAME")
+        .map(|u| encode(&u))
+        .unwrap_or_default();
     let auth = match env.get("REDIS_PASSWORD") {
         Some(password) => format!("{user}:{}@", encode(&password)),
         None if !user.is_empty() => format!("{user}@"),

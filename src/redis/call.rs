@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::time::timeout_at;
 
-use super::pool::{AnyConnection, Connection, Manager};
+use super::pool::{AnyConnection, ConnectFailure, Connection, Manager};
 use super::reply::map_error;
 use super::{connect_timeout, RedisStore, THREAD_POOLS};
 use crate::limiter::StoreError;
@@ -114,9 +114,14 @@ impl RedisStore {
     /// when the pools' last connection attempt was refused its credentials
     /// (the pool then waits out the timeout, retrying), else a timeout.
     pub(super) fn timed_out(&self) -> StoreError {
-        self.connect_errors
-            .auth_failure()
-            .map_or(StoreError::Timeout(self.timeout), StoreError::Auth)
+        match self.connect_errors.last_failure() {
+            Some(ConnectFailure::Auth(text)) => StoreError::Auth(text),
+            Some(ConnectFailure::Tls(text)) => StoreError::Connection(format!(
+                "TLS handshake failed: {text} (check REDIS_TLS_CACERT, REDIS_TLS_CLIENT_CERT \
+                 and _KEY, and that the certificate names the address dialled)"
+            )),
+            None => StoreError::Timeout(self.timeout),
+        }
     }
 
     fn note_reachability<T>(&self, result: &Result<T, StoreError>) {

@@ -345,12 +345,19 @@ impl bb8::ManageConnection for Manager {
 /// credentials is kept, so that a pool that timed out waiting for a
 /// connection says why (an authentication error, not "no answer").
 #[derive(Debug, Clone, Default)]
-pub(crate) struct LogErrors(pub(crate) Arc<std::sync::Mutex<Option<String>>>);
+pub(crate) struct LogErrors(pub(crate) Arc<std::sync::Mutex<Option<ConnectFailure>>>);
+
+/// Why the last connection attempt failed, when the reason is one the
+/// operator must act on: the credentials, or the TLS handshake.
+#[derive(Debug, Clone)]
+pub(crate) enum ConnectFailure {
+    Auth(String),
+    Tls(String),
+}
 
 impl LogErrors {
-    /// The last refusal of the credentials, if no connection was made
-    /// since.
-    pub(crate) fn auth_failure(&self) -> Option<String> {
+    /// The last such failure, if no connection was made since.
+    pub(crate) fn last_failure(&self) -> Option<ConnectFailure> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
@@ -362,11 +369,28 @@ impl LogErrors {
     }
 }
 
+/// A failed TLS handshake (the certificate, its name, the protocol), as
+/// rustls words it.
+fn is_tls_error(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    ["certificate", "handshake", "tls", "alert"]
+        .iter()
+        .any(|word| text.contains(word))
+}
+
 impl bb8::ErrorSink<RedisError> for LogErrors {
     fn sink(&self, err: RedisError) {
         log::debug!("redis pool: cannot connect: {err}");
-        if super::reply::is_auth_error(&err) {
-            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(err.to_string());
+        let text = err.to_string();
+        let failure = if super::reply::is_auth_error(&err) {
+            Some(ConnectFailure::Auth(text))
+        } else if is_tls_error(&text) {
+            Some(ConnectFailure::Tls(text))
+        } else {
+            None
+        };
+        if failure.is_some() {
+            *self.0.lock().unwrap_or_else(|e| e.into_inner()) = failure;
         }
     }
 

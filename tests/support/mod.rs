@@ -6,6 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 pub mod binary;
+pub mod certs;
 pub mod models;
 mod redis;
 pub mod rls;
