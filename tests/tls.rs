@@ -538,3 +538,161 @@ impl HttpsMetrics for TestApp {
             .unwrap()
     }
 }
+
+/// TLS lines for a Redis or Sentinel configuration file serving `server`.
+fn tls_conf(pki: &Pki, server: &Pair, port: u16) -> String {
+    format!(
+        "port 0\ntls-port {port}\nbind 127.0.0.1\ntls-cert-file {}\ntls-key-file {}\n\
+         tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+        server.cert_str(),
+        server.key_str(),
+        pki.ca_str()
+    )
+}
+
+/// A Sentinel group reached over TLS only: the sentinel on its TLS port
+/// names the master by its TLS port, and the service reaches both with
+/// TLS; exact limits follow.
+#[tokio::test]
+async fn sentinel_over_tls() {
+    let pki = Pki::new("sentinel-tls");
+    let server = pki.issue("node", &["localhost", "127.0.0.1"]);
+    let (master, master_tls) = tls_redis(&pki, &server, false, &[]).await;
+    let sentinel_port = free_port();
+    let conf = pki.dir.path().join("sentinel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "{}dir {}\nsentinel monitor mymaster 127.0.0.1 {master_tls} 1\n\
+             sentinel down-after-milliseconds mymaster 1000\n",
+            tls_conf(&pki, &server, sentinel_port),
+            pki.dir.path().display()
+        ),
+    )
+    .unwrap();
+    let _sentinel = support::Process::new(
+        std::process::Command::new("redis-sentinel")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-sentinel (./run_tests.sh installs it)"),
+    );
+    let app = spawn_app_with(settings(
+        "",
+        &[
+            ("REDIS_SENTINELS", &format!("127.0.0.1:{sentinel_port}")),
+            ("REDIS_TLS", "true"),
+            ("REDIS_TLS_CACERT", pki.ca_str()),
+        ],
+    ))
+    .await;
+    eventually(
+        "the service reaches the master through the sentinel",
+        || async { health(&app).await.0 == 200 },
+    )
+    .await;
+    counts_exactly(&app, &master).await;
+    let (_, body) = health(&app).await;
+    assert_eq!(body["redis"]["topology"], "sentinel");
+    assert_eq!(body["redis"]["tls"], true);
+}
+
+/// A Cluster whose nodes speak TLS to clients and to each other: the nodes
+/// it announces are reached with TLS too, and every identity is counted on
+/// its own node, exactly.
+#[tokio::test]
+async fn cluster_over_tls() {
+    let pki = Pki::new("cluster-tls");
+    let server = pki.issue("node", &["localhost", "127.0.0.1"]);
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(
+            tls_redis(
+                &pki,
+                &server,
+                false,
+                &[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--tls-cluster",
+                    "yes",
+                    "--tls-replication",
+                    "yes",
+                ],
+            )
+            .await,
+        );
+    }
+    let out = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(nodes.iter().map(|(n, _)| format!("127.0.0.1:{}", n.port)))
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("redis-cli");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for (node, _) in &nodes {
+        eventually("the cluster reaches state ok", || async {
+            let Ok(mut conn) = node.connection().await else {
+                return false;
+            };
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            info.contains("cluster_state:ok")
+        })
+        .await;
+    }
+    let seeds: Vec<String> = nodes
+        .iter()
+        .map(|(_, tls)| format!("127.0.0.1:{tls}"))
+        .collect();
+    let app = spawn_app_with(settings(
+        "",
+        &[
+            ("REDIS_CLUSTER_NODES", &seeds[..1].join(",")),
+            ("REDIS_TLS", "true"),
+            ("REDIS_TLS_CACERT", pki.ca_str()),
+        ],
+    ))
+    .await;
+    eventually("the cluster is reached over TLS", || async {
+        health(&app).await.0 == 200
+    })
+    .await;
+    // Many identities: they land on every node, each counted exactly.
+    let mut per_node = [0usize; 3];
+    for i in 0..30 {
+        let key = unique_key(&format!("cluster-tls-{i}"));
+        for expected in [19, 18] {
+            let response = app.post_resource(Some(&key)).await;
+            assert_eq!(response.status(), 200);
+            let degraded = response.headers().get("x-ratelimit-degraded").cloned();
+            assert!(degraded.is_none(), "{degraded:?}");
+            assert_eq!(header_u64(&response, "X-RateLimit-Remaining"), expected);
+        }
+        for (n, (node, _)) in nodes.iter().enumerate() {
+            let mut conn = node.connection().await.unwrap();
+            let found: Vec<String> = redis::cmd("KEYS")
+                .arg(format!("rate:{{user:{key}}}*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            per_node[n] += found.len();
+        }
+    }
+    assert_eq!(per_node.iter().sum::<usize>(), 30);
+    assert!(
+        per_node.iter().all(|n| *n > 0),
+        "every node holds identities: {per_node:?}"
+    );
+}
