@@ -36,7 +36,12 @@ struct Ports {
 
 /// Envoy with the shipped configuration, its four addresses replaced.
 async fn envoy(dir: &TempDir, ports: &Ports) -> Process {
-    let shipped = std::fs::read_to_string(repo().join("deploy/envoy/envoy.yaml")).unwrap();
+    envoy_with(dir, ports, |config| config).await
+}
+
+/// The same, the configuration changed by `edit` first.
+async fn envoy_with(dir: &TempDir, ports: &Ports, edit: impl FnOnce(String) -> String) -> Process {
+    let shipped = edit(std::fs::read_to_string(repo().join("deploy/envoy/envoy.yaml")).unwrap());
     let replace = |text: String, from: u16, to: u16| {
         let from = format!("port_value: {from} }}");
         assert!(text.contains(&from), "the shipped envoy.yaml has {from}");
@@ -173,4 +178,121 @@ async fn envoy_asks_the_service_limits_with_its_headers_and_fails_open() {
         ),
         "Envoy counted the fail-open"
     );
+}
+
+/// The README's mTLS snippet for the `ratelimit` cluster, with the
+/// certificate paths given.
+fn mtls_snippet(ca: &str, cert: Option<(&str, &str)>) -> String {
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let begin = "<!-- envoy-mtls:begin -->\n```yaml\n";
+    let start = readme.find(begin).expect("the README's mTLS snippet") + begin.len();
+    let end = start + readme[start..].find("```").unwrap();
+    let mut snippet = readme[start..end].replace("/etc/envoy/tls/ca.pem", ca);
+    match cert {
+        Some((cert, key)) => {
+            snippet = snippet
+                .replace("/etc/envoy/tls/envoy.pem", cert)
+                .replace("/etc/envoy/tls/envoy.key", key);
+        }
+        None => {
+            // No client certificate: drop the tls_certificates entry.
+            let mut lines: Vec<&str> = Vec::new();
+            let mut skipping = false;
+            for line in snippet.lines() {
+                if line.trim_start().starts_with("tls_certificates:") {
+                    skipping = true;
+                    continue;
+                }
+                if skipping && line.trim_start().starts_with("- certificate_chain")
+                    || skipping && line.trim_start().starts_with("private_key")
+                {
+                    continue;
+                }
+                skipping = false;
+                lines.push(line);
+            }
+            snippet = lines.join("\n") + "\n";
+        }
+    }
+    snippet
+}
+
+/// Envoy calls the rate limit service over mutual TLS with the README's
+/// cluster settings: limits apply (200s, then 429). An Envoy without a
+/// client certificate is refused at the handshake, and its failure mode
+/// decides (here: open, the backend answers unlimited).
+#[tokio::test]
+async fn envoy_calls_the_service_over_mutual_tls() {
+    let redis = RedisServer::start().await;
+    let pki = support::certs::Pki::new("envoy-mtls");
+    let server = pki.issue("rls", &["localhost", "127.0.0.1"]);
+    let client_cert = pki.issue("envoy", &["envoy.internal"]);
+    let root = repo().join("deploy/envoy").display().to_string();
+    let app = spawn_app(
+        &redis,
+        &[
+            ("RUNTIME_ROOT", root.as_str()),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+            ("GRPC_SERVER_USE_TLS", "true"),
+            ("GRPC_SERVER_TLS_CERT", server.cert_str()),
+            ("GRPC_SERVER_TLS_KEY", server.key_str()),
+            ("GRPC_CLIENT_TLS_CACERT", pki.ca_str()),
+            ("GRPC_CLIENT_TLS_SAN", "envoy.internal"),
+        ],
+    )
+    .await;
+    let (backend_port, _backend) = backend();
+    let client = reqwest::Client::new();
+    let anchor = "explicit_http_config: { http2_protocol_options: {} }\n";
+    for with_certificate in [true, false] {
+        let dir = TempDir::new("envoy-mtls");
+        let ports = Ports {
+            listen: free_port(),
+            admin: free_port(),
+            backend: backend_port,
+            rls: app.grpc_port,
+        };
+        let cert = with_certificate.then_some((client_cert.cert_str(), client_cert.key_str()));
+        let snippet = mtls_snippet(pki.ca_str(), cert);
+        let _envoy = envoy_with(&dir, &ports, |config| {
+            assert!(config.contains(anchor));
+            config.replace(anchor, &format!("{anchor}{snippet}"))
+        })
+        .await;
+        let key = unique_key("envoy-mtls");
+        let get = || {
+            client
+                .get(format!("http://127.0.0.1:{}/hello", ports.listen))
+                .header("x-api-key", &key)
+                .send()
+        };
+        if with_certificate {
+            for n in 1..=5 {
+                let r = get().await.unwrap();
+                assert_eq!(r.status(), 200, "request {n}");
+                assert!(r.headers().contains_key("x-ratelimit-remaining"));
+            }
+            assert_eq!(get().await.unwrap().status(), 429);
+        } else {
+            for _ in 0..3 {
+                let r = get().await.unwrap();
+                assert_eq!(r.status(), 200);
+                assert!(!r.headers().contains_key("x-ratelimit-remaining"));
+            }
+            let stats = client
+                .get(format!("http://127.0.0.1:{}/stats", ports.admin))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                stats.lines().any(|l| l
+                    .starts_with("cluster.backend.ratelimit.failure_mode_allowed: ")
+                    && !l.ends_with(": 0")),
+                "Envoy's failure mode decided"
+            );
+        }
+    }
 }
