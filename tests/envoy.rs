@@ -203,8 +203,10 @@ fn mtls_snippet(ca: &str, cert: Option<(&str, &str)>) -> String {
                     skipping = true;
                     continue;
                 }
-                if skipping && line.trim_start().starts_with("- certificate_chain")
-                    || skipping && line.trim_start().starts_with("private_key")
+                let entry = line.trim_start();
+                if skipping
+                    && (entry.starts_with("- certificate_chain")
+                        || entry.starts_with("private_key"))
                 {
                     continue;
                 }
