@@ -17,10 +17,23 @@ use support::ORDER_RULES as RULES;
 /// processes. One process (`master_process off`): killing it leaves no
 /// worker behind.
 fn nginx(dir: &TempDir, listen: u16, limiter: u16, backend: u16) -> Process {
-    let snippet = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/rate-limiter.conf"),
-    )
-    .expect("the shipped snippet");
+    nginx_with(dir, listen, limiter, backend, |snippet| snippet)
+}
+
+/// The same, the snippet changed by `edit` first.
+fn nginx_with(
+    dir: &TempDir,
+    listen: u16,
+    limiter: u16,
+    backend: u16,
+    edit: impl FnOnce(String) -> String,
+) -> Process {
+    let snippet = edit(
+        std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx/rate-limiter.conf"),
+        )
+        .expect("the shipped snippet"),
+    );
     let snippet = snippet
         .replace(
             "server 127.0.0.1:8000;",
@@ -261,4 +274,43 @@ async fn nginx_auth_request_limits_each_key_and_answers_429() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn caddy_forward_auth_limits_each_key_and_passes_the_429_on() {
     check_gateway("caddy", caddy, false).await;
+}
+
+/// nginx asking forward-auth over HTTPS with a client certificate, as the
+/// shipped snippet's `#tls` lines say: the limiter serves PORT over TLS with
+/// TLS_CLIENT_CA_FILE, and limits apply as over plaintext.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_asks_forward_auth_over_mutual_tls() {
+    let pki = support::certs::Pki::new("nginx-tls");
+    let server = pki.issue("limiter", &["localhost"]);
+    let client = pki.issue("nginx", &["nginx.internal"]);
+    let redis = RedisServer::start().await;
+    let rules = RulesFile::new(RULES);
+    let app = spawn_app_with_rules(
+        &redis,
+        &rules,
+        &[
+            ("TRUSTED_PROXIES", "127.0.0.1"),
+            ("TLS_CERT_FILE", server.cert_str()),
+            ("TLS_KEY_FILE", server.key_str()),
+            ("TLS_CLIENT_CA_FILE", pki.ca_str()),
+        ],
+    )
+    .await;
+    let (backend_port, backend) = backend();
+    let dir = TempDir::new("nginx-tls");
+    let port = free_port();
+    let _nginx = nginx_with(&dir, port, app.port, backend_port, |snippet| {
+        let plain = "        proxy_pass http://rate_limiter/v1/forward-auth?deny_status=403&gateway=nginx;\n";
+        assert!(snippet.contains(plain));
+        snippet
+            .replace(plain, "")
+            .replace("#tls ", "")
+            .replace("/etc/nginx/rate-limiter/ca.pem", pki.ca_str())
+            .replace("/etc/nginx/rate-limiter/nginx.pem", client.cert_str())
+            .replace("/etc/nginx/rate-limiter/nginx.key", client.key_str())
+    });
+    wait_for(port).await;
+    a_gateway_limits_each_key_and_answers_429(port, true).await;
+    backend.stop(false).await;
 }
