@@ -5,6 +5,9 @@
 //! with a unit, as wrk prints them).
 //!
 //!   cargo run --release --example rls_bench -- 127.0.0.1:8081 [CONCURRENCY] [SECONDS] [KEYS] [DOMAIN]
+//!
+//! RLS_BENCH_CA=ca.pem: over TLS, trusting that CA, for the name
+//! `localhost` (the `grpc-tls` case).
 
 use std::time::{Duration, Instant};
 
@@ -25,14 +28,21 @@ async fn main() {
     let keys: u64 = arg(3, "10000").parse().expect("KEYS");
     let domain = arg(4, "bench");
 
+    let tls = std::env::var("RLS_BENCH_CA").ok().map(|ca| {
+        tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(
+                std::fs::read(ca).expect("RLS_BENCH_CA"),
+            ))
+            .domain_name("localhost")
+    });
     let mut channels = Vec::new();
     for _ in 0..concurrency.div_ceil(16) {
-        let channel = Channel::from_shared(format!("http://{address}"))
-            .expect("an address")
-            .connect()
-            .await
-            .expect("connect");
-        channels.push(channel);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Channel::from_shared(format!("{scheme}://{address}")).expect("an address");
+        if let Some(tls) = &tls {
+            endpoint = endpoint.tls_config(tls.clone()).expect("TLS");
+        }
+        channels.push(endpoint.connect().await.expect("connect"));
     }
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let started = Instant::now();

@@ -17,6 +17,10 @@
 #                 flight as connections
 #   via-envoy     POST through a real Envoy (deploy/envoy/envoy.yaml, from
 #                 .venv-envoy) asking the gRPC service, to the nginx backend
+#   allowed-rtls  allowed-10k on an instance that reaches Redis over TLS (a
+#                 second redis-server on a TLS port; CPU of that Redis)
+#   allowed-https allowed-10k over HTTPS (TLS_CERT_FILE), wrk with TLS
+#   grpc-tls      grpc over TLS (GRPC_SERVER_USE_TLS)
 # at 64 and at 1,000 connections, then 10,000 connections for errors only.
 # Every POST carries a JSON body (scripts/wrk/random_keys.lua). Prints per
 # case (the median round): req/s, p50, p99, errors, the CPU time per request
@@ -35,7 +39,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_packages.sh redis-server=redis-server redis-cli=redis-tools \
-  redis-sentinel=redis-sentinel wrk=wrk curl=curl nginx=nginx-light
+  redis-sentinel=redis-sentinel wrk=wrk curl=curl nginx=nginx-light openssl=openssl
 
 rounds=${ROUNDS:-3}
 duration=${DURATION:-10s}
@@ -136,13 +140,44 @@ one_call_port=$(free_port)
 start_instance one-call "$one_call_port" RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60 \
   REDIS_BATCH_MAX=1
 
+# TLS: a CA and a certificate for localhost and 127.0.0.1 (openssl), a
+# second Redis serving TLS only, an instance reaching it over TLS, and an
+# instance serving HTTPS and gRPC over TLS.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -keyout "$work/ca.key" -out "$work/ca.pem" -subj /CN=bench-ca 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+  -keyout "$work/tls.key" -out "$work/tls.csr" -subj /CN=localhost 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$work/tls.ext"
+openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.pem" -CAkey "$work/ca.key" -CAcreateserial \
+  -days 2 -extfile "$work/tls.ext" -out "$work/tls.pem" 2>/dev/null
+redis_tls_port=$(free_port)
+redis-server --port 0 --tls-port "$redis_tls_port" --bind 127.0.0.1 --save "" --appendonly no \
+  --dir "$work" --logfile "$work/redis-tls.log" --tls-cert-file "$work/tls.pem" \
+  --tls-key-file "$work/tls.key" --tls-ca-cert-file "$work/ca.pem" --tls-auth-clients no &
+pids+=($!)
+redis_tls_pid=$!
+rtls_port=$(free_port)
+start_instance rtls "$rtls_port" RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60 \
+  REDIS_URL="rediss://localhost:$redis_tls_port/0" REDIS_TLS_CACERT="$work/ca.pem"
+https_port=$(free_port)
+grpc_tls_port=$(free_port)
+env HOST=127.0.0.1 PORT="$https_port" GRPC_PORT="$grpc_tls_port" REDIS_URL="redis://127.0.0.1:$redis_port/0" \
+  LOG_LEVEL=warn RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60 RUNTIME_ROOT="$work/rls" \
+  RUNTIME_WATCH_ROOT=false TLS_CERT_FILE="$work/tls.pem" TLS_KEY_FILE="$work/tls.key" \
+  GRPC_SERVER_USE_TLS=true GRPC_SERVER_TLS_CERT="$work/tls.pem" GRPC_SERVER_TLS_KEY="$work/tls.key" \
+  ./target/release/rate-limiter >"$work/tls.log" 2>&1 &
+pids+=($!)
+pid_of[tls]=$!
+for _ in $(seq 1 100); do curl -fsSk "https://127.0.0.1:$https_port/livez" >/dev/null 2>&1 && break; sleep 0.1; done
+curl -fsSk "https://127.0.0.1:$https_port/livez" >/dev/null || { cat "$work/tls.log" >&2; exit 1; }
+
 # Put the 1,000 "denied" keys over their limit: each used once (and more).
 KEYS=1000 KEY_PREFIX=abuser ORDER=sequential wrk -t1 -c1 -d2s -s scripts/wrk/random_keys.lua \
   "http://127.0.0.1:$deny_port/api/resource" >/dev/null
 
 # run CASE CONNECTIONS -> "rps p50 p99 errors service-us/req redis-us/req"
 run() {
-  local case=$1 conns=$2 url="" env=() service=allow
+  local case=$1 conns=$2 url="" env=() service=allow redis=$redis_pid
   case $case in
     livez)       url="http://127.0.0.1:$allow_port/livez" ;;
     allowed-1)   url="http://127.0.0.1:$allow_port/api/resource"; env=(KEYS=1) ;;
@@ -152,14 +187,17 @@ run() {
     forward-auth) url="http://127.0.0.1:$allow_port/v1/forward-auth"; env=(KEYS=10000 FORWARD=1) ;;
     via-nginx)   url="http://127.0.0.1:$nginx_port/v1/orders"; env=(KEYS=10000) ;;
     via-envoy)   url="http://127.0.0.1:$envoy_port/v1/orders"; env=(KEYS=10000) ;;
-    grpc)        ;;
+    grpc|grpc-tls) [[ $case == grpc-tls ]] && service=tls ;;
+    allowed-rtls) url="http://127.0.0.1:$rtls_port/api/resource"; env=(KEYS=10000); service=rtls
+                 redis=$redis_tls_pid ;;
+    allowed-https) url="https://localhost:$https_port/api/resource"; env=(KEYS=10000); service=tls ;;
     denied-body) url="http://127.0.0.1:$deny_port/api/resource"; service=deny
                  env=(KEYS=1000 KEY_PREFIX=abuser "BODY={\"data\": \"$(head -c 1000 /dev/zero | tr '\0' x)\"}") ;;
   esac
   local s0 r0 s1 r1 started ended line
-  s0=$(cpu_ticks "${pid_of[$service]}"); r0=$(cpu_ticks "$redis_pid"); started=$(date +%s.%N)
+  s0=$(cpu_ticks "${pid_of[$service]}"); r0=$(cpu_ticks "$redis"); started=$(date +%s.%N)
   line=$(measure "$case" "$conns" "$url" "${env[@]}")
-  s1=$(cpu_ticks "${pid_of[$service]}"); r1=$(cpu_ticks "$redis_pid"); ended=$(date +%s.%N)
+  s1=$(cpu_ticks "${pid_of[$service]}"); r1=$(cpu_ticks "$redis"); ended=$(date +%s.%N)
   # Requests served: the rate times the time the load ran (the wall time of
   # the load client, which includes its start and stop, is a little more:
   # the CPU per request is a little high, alike for every case).
@@ -175,6 +213,11 @@ measure() {
   local env=("$@")
   if [[ $case == grpc ]]; then
     ./target/release/examples/rls_bench "127.0.0.1:$grpc_port" "$conns" "$duration" 10000 bench
+    return
+  fi
+  if [[ $case == grpc-tls ]]; then
+    RLS_BENCH_CA="$work/ca.pem" ./target/release/examples/rls_bench "127.0.0.1:$grpc_tls_port" \
+      "$conns" "$duration" 10000 bench
     return
   fi
   local script=()
@@ -203,7 +246,7 @@ median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} E
 
 if [[ ${TOPOLOGIES:-1} != only ]]; then
 declare -A results
-cases=(livez allowed-1 allowed-10k allowed-1call denied denied-body forward-auth via-nginx grpc via-envoy)
+cases=(livez allowed-1 allowed-10k allowed-1call allowed-rtls allowed-https denied denied-body forward-auth via-nginx grpc grpc-tls via-envoy)
 # CASES="livez allowed-10k grpc" runs only those (and skips the 10,000
 # connections part).
 [[ -n ${CASES:-} ]] && read -ra cases <<<"$CASES"
