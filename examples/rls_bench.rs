@@ -38,7 +38,8 @@ async fn main() {
     let mut channels = Vec::new();
     for _ in 0..concurrency.div_ceil(16) {
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut endpoint = Channel::from_shared(format!("{scheme}://{address}")).expect("an address");
+        let mut endpoint =
+            Channel::from_shared(format!("{scheme}://{address}")).expect("an address");
         if let Some(tls) = &tls {
             endpoint = endpoint.tls_config(tls.clone()).expect("TLS");
         }
