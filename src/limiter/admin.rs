@@ -229,6 +229,7 @@ impl<S: Store> Limiter<S> {
     /// allow-listing or a reset applies on every instance within the
     /// interval. Expired overrides are deleted from the store.
     pub async fn refresh_overrides(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.refreshing.lock().await;
         self.refresh_resets().await?;
         // The whole set only when it changed (or for a while it has not
         // been read): one field a second otherwise, however many there are.
@@ -245,10 +246,14 @@ impl<S: Store> Limiter<S> {
             }
         }
         let stored = self.store.load_overrides().await?;
-        *self
-            .overrides_seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((version, std::time::Instant::now()));
+        // In force before it is marked seen: a refresh that finds this
+        // version seen may rely on the map being this version's.
+        let seen = || {
+            *self
+                .overrides_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some((version, std::time::Instant::now()));
+        };
         let rules = self.rules.load();
         let now = SystemTime::now();
         let mut fresh = OverrideMap::with_capacity(stored.len());
@@ -276,6 +281,7 @@ impl<S: Store> Limiter<S> {
         self.report_bad_entries(bad);
         let old = self.dynamic.load_full();
         if *old == fresh {
+            seen();
             return Ok(());
         }
         for (key, entry) in fresh.iter() {
@@ -297,6 +303,7 @@ impl<S: Store> Limiter<S> {
             self.denied.forget(key);
         }
         self.dynamic.store(Arc::new(fresh));
+        seen();
         Ok(())
     }
 

@@ -52,6 +52,10 @@ pub struct Limiter<S> {
     dynamic: ArcSwap<admin::OverrideMap>,
     /// The overrides' version when they were last read whole, and when.
     overrides_seen: Mutex<Option<(Option<u64>, std::time::Instant)>>,
+    /// Held for a whole refresh of the overrides: an admin call's refresh
+    /// and the periodic one never interleave (one could return before the
+    /// other's newer map is in force, or store an older one over it).
+    refreshing: tokio::sync::Mutex<()>,
     /// The last reset sequence seen (None until the first refresh).
     resets_seen: Mutex<Option<u64>>,
     /// Storage keys of bad override entries already reported.
@@ -90,6 +94,7 @@ impl<S: Store> Limiter<S> {
             dynamic: ArcSwap::from_pointee(HashMap::new()),
             resets_seen: Default::default(),
             overrides_seen: Default::default(),
+            refreshing: Default::default(),
             reported_bad: Default::default(),
             top: top::TopOffenders::default(),
             top_published: AtomicU64::new(0),
