@@ -23,10 +23,17 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin ratelimiter
 COPY --from=build /src/target/release/rate-limiter /usr/local/bin/rate-limiter
+# Envoy Gateway runs its rate limit Deployment as `/bin/ratelimit` (only the
+# image can be swapped): the same binary under that name, which then
+# defaults PORT to envoyproxy/ratelimit's 8080 (README "Behind Envoy
+# Gateway"). The default entrypoint below is unchanged.
+RUN ln -s /usr/local/bin/rate-limiter /usr/local/bin/ratelimit \
+    && ln -sf /usr/local/bin/rate-limiter /bin/ratelimit
 COPY rules.example.toml /etc/rate-limiter/rules.example.toml
 USER 10001
+# PORT is not set here: unset, it is 8000, or 8080 when run as
+# /bin/ratelimit (Envoy Gateway's probes ask 8080).
 ENV HOST=0.0.0.0 \
-    PORT=8000 \
     GRPC_PORT=8081 \
     LOG_LEVEL=info
 # 8000: HTTP; 8081: Envoy's rate limit service (gRPC).

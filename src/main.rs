@@ -80,8 +80,33 @@ usage: rate-limiter                 run the service (settings from the environme
        rate-limiter --help | -h     this text
        rate-limiter --version | -V  the version";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Run as `/bin/ratelimit` (Envoy Gateway's command for its rate limit
+/// Deployment, where only the image is ours), the HTTP port defaults to
+/// envoyproxy/ratelimit's 8080, where that Deployment's probes ask for
+/// `/healthcheck`. Called before any thread starts.
+fn ratelimit_defaults() {
+    let invoked = std::env::args_os().next().unwrap_or_default();
+    let name = std::path::Path::new(&invoked).file_name();
+    if name != Some(std::ffi::OsStr::new("ratelimit")) {
+        return;
+    }
+    // A PORT in .env still wins (a malformed .env is reported later).
+    let _ = dotenvy::dotenv();
+    if std::env::var_os("PORT").is_none() {
+        std::env::set_var("PORT", "8080");
+    }
+}
+
+fn main() -> ExitCode {
+    ratelimit_defaults();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a Tokio runtime")
+        .block_on(run())
+}
+
+async fn run() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         None => {}

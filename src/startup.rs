@@ -54,6 +54,8 @@ pub struct Application {
     grpc_stop: Option<tokio::sync::oneshot::Sender<()>>,
     /// Flushed at shutdown.
     tracing: Option<Arc<crate::traces::Tracing>>,
+    /// The metrics listener of USE_PROMETHEUS, stopped with the server.
+    prometheus: Option<actix_web::dev::ServerHandle>,
 }
 
 impl Application {
@@ -82,6 +84,10 @@ impl Application {
         {
             log::warn!("redis: REDIS_TLS_SKIP_HOSTNAME_VERIFICATION: Redis's certificate is not checked against the address dialled");
         }
+        // The xDS client's certificate and CAs, checked now.
+        if let Some(tls) = settings.envoy.xds.as_ref().and_then(|x| x.tls.as_ref()) {
+            crate::tls::client_config(tls).map_err(tls_error)?;
+        }
         let rules = match &settings.rules_path {
             Some(path) => Rules::load(path)?,
             None => Rules::builtin(&settings),
@@ -92,7 +98,12 @@ impl Application {
         let mut erl_files = None;
         let rules = match &settings.envoy.runtime {
             None => {
-                metrics.envoy.config_loaded.set(1);
+                // Over xDS the service is ready once the first
+                // configuration arrives, or at once with
+                // FORCE_START_WITHOUT_INITIAL_CONFIG (an empty
+                // configuration: nothing limited).
+                let ready = settings.envoy.xds.as_ref().is_none_or(|x| x.force_start);
+                metrics.envoy.config_loaded.set(i64::from(ready));
                 rules
             }
             Some(runtime) => {
@@ -221,6 +232,13 @@ impl Application {
         if let Some(runtime) = settings.envoy.runtime.clone() {
             crate::reload::spawn_erl(runtime, reload_state.clone(), erl_files);
         }
+        if let Some(xds) = settings.envoy.xds.clone() {
+            crate::envoy::xds::spawn(xds, reload_state.clone());
+        }
+        let prometheus = match &settings.envoy.prometheus {
+            Some(prometheus) => Some(prometheus_server(prometheus, reload_state.clone())?),
+            None => None,
+        };
         if let Some(path) = settings.rules_path.clone() {
             crate::reload::spawn(path, reload_state.clone());
         }
@@ -232,6 +250,7 @@ impl Application {
             server,
             grpc_stop: Some(grpc_stop),
             tracing,
+            prometheus,
         })
     }
 
@@ -254,6 +273,9 @@ impl Application {
     /// then finishes in-flight requests; the gRPC server stops with it.
     pub async fn run_until_stopped(mut self) -> io::Result<()> {
         let result = self.server.await;
+        if let Some(prometheus) = self.prometheus.take() {
+            prometheus.stop(true).await;
+        }
         if let Some(stop) = self.grpc_stop.take() {
             let _ = stop.send(());
         }
@@ -307,4 +329,37 @@ fn grpc_listener(
     let listener = TcpListener::bind(&address).map_err(error)?;
     let port = listener.local_addr().map_err(error)?.port();
     Ok((Listener::Tcp(listener), port))
+}
+
+/// USE_PROMETHEUS: the metrics on PROMETHEUS_ADDR at PROMETHEUS_PATH, as
+/// envoyproxy/ratelimit serves them (a port for the scraper inside the
+/// cluster, where Envoy Gateway's Deployment declares it). Nothing else is
+/// served there.
+fn prometheus_server(
+    settings: &crate::config::PrometheusSettings,
+    state: web::Data<AppState>,
+) -> Result<actix_web::dev::ServerHandle, StartupError> {
+    let bind_error = |source| StartupError::Bind {
+        address: settings.address.clone(),
+        source,
+    };
+    let listener = TcpListener::bind(&settings.address).map_err(bind_error)?;
+    let path = settings.path.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route(&path, web::get().to(http::routes::metrics))
+    })
+    .workers(1)
+    .shutdown_timeout(1)
+    .listen(listener)
+    .map_err(bind_error)?
+    .run();
+    let handle = server.handle();
+    tokio::spawn(async move {
+        if let Err(err) = server.await {
+            log::error!("metrics listener (PROMETHEUS_ADDR) error: {err}");
+        }
+    });
+    Ok(handle)
 }

@@ -36,6 +36,23 @@ pub struct Metrics {
     pub tls_certificate_expiry: IntGaugeVec,
     /// 1 when Redis is reached over TLS.
     pub redis_tls: IntGauge,
+    /// The xDS client (CONFIG_TYPE=GRPC_XDS_SOTW).
+    pub xds: XdsMetrics,
+}
+
+/// The xDS client's state: what configuration is in force, since when,
+/// and how the connection fares.
+pub struct XdsMetrics {
+    /// 1 while a stream to the xDS server is open.
+    pub connected: IntGauge,
+    /// result: connected | failed (connection attempts).
+    pub connects: IntCounterVec,
+    /// result: ack | nack (discovery responses answered).
+    pub responses: IntCounterVec,
+    /// When a configuration was last received, in Unix seconds.
+    pub last_received: IntGauge,
+    /// version: the version in force (one series, 1).
+    pub version: IntGaugeVec,
 }
 
 /// envoyproxy/ratelimit's metrics under the names of its Prometheus mapper,
@@ -262,8 +279,41 @@ impl Metrics {
         registry
             .register(Box::new(tls_certificate_expiry.clone()))
             .expect("unique metric");
+        let xds_version = IntGaugeVec::new(
+            Opts::new(
+                "ratelimit_xds_config_version_info",
+                "The version of the xDS configuration in force (one series, value 1).",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(xds_version.clone()))
+            .expect("unique metric");
+        let xds = XdsMetrics {
+            connected: gauge(
+                "ratelimit_xds_connected",
+                "1 while a stream to the xDS server is open, else 0.",
+            ),
+            connects: counter_vec(
+                "ratelimit_xds_connects_total",
+                "Connection attempts to the xDS server, by result.",
+                &["result"],
+            ),
+            responses: counter_vec(
+                "ratelimit_xds_responses_total",
+                "Discovery responses from the xDS server, by answer (ack, nack).",
+                &["result"],
+            ),
+            last_received: gauge(
+                "ratelimit_xds_config_last_received_timestamp_seconds",
+                "When the xDS server last sent a configuration, in Unix seconds.",
+            ),
+            version: xds_version,
+        };
         Metrics {
             envoy,
+            xds,
             tls_certificate_expiry,
             redis_tls: gauge(
                 "ratelimit_redis_tls",

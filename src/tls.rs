@@ -20,7 +20,7 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{DistinguishedName, RootCertStore, ServerConfig};
 
-use crate::config::RedisTls;
+use crate::config::{RedisTls, XdsTls};
 
 /// The crypto provider: ring. rustls marks it deprecated because ring has
 /// no post-quantum key exchange; aws-lc-rs has one but needs a C build
@@ -133,6 +133,49 @@ pub fn redis_certificates(tls: &RedisTls) -> std::io::Result<redis::TlsCertifica
         },
         root_cert: tls.ca.as_ref().map(std::fs::read).transpose()?,
     })
+}
+
+/// The TLS client configuration for the xDS server (HTTP/2 by ALPN): its
+/// CAs (or the system's roots) and this service's certificate, read now.
+/// Err names the setting at fault.
+pub fn client_config(tls: &XdsTls) -> Result<rustls::ClientConfig, SettingProblem> {
+    let roots = match &tls.ca {
+        Some(ca) => root_store(ca).map_err(|p| ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", p))?,
+        None => {
+            let mut roots = RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err((
+                    "CONFIG_GRPC_XDS_SERVER_TLS_CACERT",
+                    "unset, and the system has no CA certificates: set it".into(),
+                ));
+            }
+            roots
+        }
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("CONFIG_GRPC_XDS_SERVER_USE_TLS", e.to_string()))?
+        .with_root_certificates(roots);
+    let mut config = match &tls.client {
+        Some((cert, key)) => {
+            let pair = load_pair(cert, key).map_err(|p| {
+                let setting = if p.contains("key") {
+                    "CONFIG_GRPC_XDS_CLIENT_TLS_KEY"
+                } else {
+                    "CONFIG_GRPC_XDS_CLIENT_TLS_CERT"
+                };
+                (setting, p)
+            })?;
+            builder
+                .with_client_auth_cert(pair.cert, read_key(key).map_err(|p| ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", p))?)
+                .map_err(|e| ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", e.to_string()))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
 }
 
 /// A listener's TLS settings.

@@ -61,6 +61,12 @@ impl Tracing {
             .with_resource(
                 Resource::builder()
                     .with_service_name(settings.service_name.clone())
+                    .with_attributes(
+                        settings
+                            .resource
+                            .iter()
+                            .map(|(k, v)| opentelemetry::KeyValue::new(*k, v.clone())),
+                    )
                     .build(),
             )
             .build();

@@ -78,6 +78,10 @@ pub struct EnvoySettings {
     pub json_api: JsonApi,
     /// TLS (and mTLS) on the gRPC port.
     pub grpc_tls: Option<crate::tls::ServerTlsSettings>,
+    /// CONFIG_TYPE=GRPC_XDS_SOTW: the Envoy domains come from an xDS server.
+    pub xds: Option<super::xds::XdsSettings>,
+    /// USE_PROMETHEUS: the metrics on a listener of their own.
+    pub prometheus: Option<super::xds::PrometheusSettings>,
 }
 
 /// Who may call envoyproxy/ratelimit's `POST /json` on the public port.
@@ -93,14 +97,27 @@ pub enum JsonApi {
 }
 
 pub(super) fn envoy_settings(env: &Env<'_>) -> Result<EnvoySettings, ConfigError> {
-    let runtime = match env.optional("RUNTIME_ROOT", |v| {
+    let merge_domains = env.bool("MERGE_DOMAIN_CONFIG")?;
+    let ratelimit_key_prefix = match env.choice("ENVOY_KEY_FORMAT")? {
+        Some("ratelimit") => Some(env.value("CACHE_KEY_PREFIX").unwrap_or_default()),
+        _ => None,
+    };
+    let xds = super::xds::xds_settings(env, merge_domains, ratelimit_key_prefix.clone())?;
+    // With xDS the RUNTIME_* settings are ignored (Envoy Gateway sets them
+    // to a directory that does not exist).
+    let root = if xds.is_some() {
+        None
+    } else {
+        env.optional("RUNTIME_ROOT", |v| {
         let root = PathBuf::from(v);
         if root.is_dir() {
             Ok(root)
         } else {
             Err("no such directory".to_owned())
         }
-    })? {
+        })?
+    };
+    let runtime = match root {
         None => None,
         Some(root) => Some(RuntimeSettings {
             root,
@@ -108,11 +125,8 @@ pub(super) fn envoy_settings(env: &Env<'_>) -> Result<EnvoySettings, ConfigError
             appdirectory: env.value("RUNTIME_APPDIRECTORY").unwrap_or_default(),
             watch_root: env.bool("RUNTIME_WATCH_ROOT")?,
             ignore_dotfiles: env.bool("RUNTIME_IGNOREDOTFILES")?,
-            merge_domains: env.bool("MERGE_DOMAIN_CONFIG")?,
-            ratelimit_key_prefix: match env.choice("ENVOY_KEY_FORMAT")? {
-                Some("ratelimit") => Some(env.value("CACHE_KEY_PREFIX").unwrap_or_default()),
-                _ => None,
-            },
+            merge_domains,
+            ratelimit_key_prefix,
         }),
     };
     let grpc_tls = super::listeners::grpc_tls(env)?;
@@ -153,6 +167,8 @@ pub(super) fn envoy_settings(env: &Env<'_>) -> Result<EnvoySettings, ConfigError
             _ => JsonApi::Trusted,
         },
         grpc_tls,
+        xds,
+        prometheus: super::xds::prometheus_settings(env)?,
     })
 }
 

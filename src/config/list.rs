@@ -94,6 +94,7 @@ pub enum Group {
     Identity,
     Operations,
     Envoy,
+    Xds,
     Traces,
 }
 
@@ -106,6 +107,7 @@ impl Group {
             Group::Identity => "Identity",
             Group::Operations => "Operations",
             Group::Envoy => "Envoy's rate limit service (RLS v3), as envoyproxy/ratelimit",
+            Group::Xds => "Configuration over xDS and Envoy Gateway's Deployment",
             Group::Traces => "OpenTelemetry traces (OTLP), the standard variables",
         }
     }
@@ -249,6 +251,32 @@ pub const SETTINGS: &[Setting] = &[
     s("LIMIT_REMAINING_HEADER", Envoy, Header, "RateLimit-Remaining", Same, "Name of the remaining header."),
     s("LIMIT_RESET_HEADER", Envoy, Header, "RateLimit-Reset", Same, "Name of the reset header."),
     s("NEAR_LIMIT_RATIO", Envoy, Ratio, "0.8", Same, "From this share of a limit, hits count as `near_limit` in the metrics."),
+    // --- Configuration over xDS, Envoy Gateway's Deployment ---
+    s("CONFIG_TYPE", Xds, Choice(&["FILE", "GRPC_XDS_SOTW"]), "FILE", Same, "Where the Envoy domains come from: `FILE` (`RUNTIME_ROOT`) or `GRPC_XDS_SOTW`, the `RateLimitConfig` resources of an xDS server (Envoy Gateway's), State of the World on the aggregated discovery service. With xDS the `RUNTIME_*` settings are ignored."),
+    s("CONFIG_GRPC_XDS_SERVER_URL", Xds, Text, "localhost:18000", Same, "The xDS server, `host:port`."),
+    s("CONFIG_GRPC_XDS_NODE_ID", Xds, Text, "default", Same, "The node id sent to it (Envoy Gateway serves `envoy-ratelimit`)."),
+    s("CONFIG_GRPC_XDS_NODE_METADATA", Xds, Text, "", Same, "Node metadata, `key1:val1,key2=val2`."),
+    s("CONFIG_GRPC_XDS_SERVER_USE_TLS", Xds, Bool, "false", Same, "Reach the xDS server over TLS."),
+    s("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", Xds, File, "", Same, "This service's certificate (PEM) for mutual TLS to the xDS server; re-read at every connection."),
+    s("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", Xds, File, "", Same, "Its private key (PEM)."),
+    s("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", Xds, File, "", Same, "The CAs (PEM) that sign the xDS server's certificate; unset: the system's roots."),
+    s("CONFIG_GRPC_XDS_SERVER_TLS_SAN", Xds, Text, "", Same, "The name the xDS server's certificate must carry; unset: the host of `CONFIG_GRPC_XDS_SERVER_URL`."),
+    s("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", Xds, Window, "10s", Same, "The wait before reconnecting to the xDS server after the first failure; it doubles with each failure in a row. Every reconnection waits at least this long, so a server that resets the stream at once is not called in a loop."),
+    s("XDS_CLIENT_BACKOFF_MAX_INTERVAL", Xds, Window, "60s", Same, "The longest wait between reconnections."),
+    s("XDS_CLIENT_BACKOFF_RANDOM_FACTOR", Xds, Ratio, "0.5", Same, "Each wait is spread by up to this share either way, so replicas do not reconnect in step."),
+    s("XDS_CLIENT_BACKOFF_JITTER", Xds, Bool, "true", Same, "`false`: waits without the random spread."),
+    s("USE_PROMETHEUS", Xds, Bool, "false", Same, "Also serve the metrics on `PROMETHEUS_ADDR` (a listener of its own, for a scraper inside the cluster; `/metrics` on `PORT` stays)."),
+    s("PROMETHEUS_ADDR", Xds, Text, ":9090", Same, "`[host]:port` of that listener (Envoy Gateway sets `:19001`)."),
+    s("PROMETHEUS_PATH", Xds, Text, "/metrics", Same, "Its path."),
+    s("PROMETHEUS_MAPPER_YAML", Xds, Text, "", Like("a statsd-exporter mapping"), "Accepted and ignored: the metrics already carry envoyproxy/ratelimit's Prometheus names and labels (`ratelimit_service_rate_limit_*` with `domain`, `key1`, `key2`)."),
+    s("USE_STATSD", Xds, Bool, "false", Like("`USE_STATSD` (default true there)"), "Accepted; `true` is warned about: there is no statsd sink here, Prometheus metrics instead."),
+    s("REDIS_SOCKET_TYPE", Xds, Choice(&["tcp", "unix"]), "", Same, "Accepted: the form of `REDIS_URL` (`host:port` or a socket path) already says which."),
+    s("TRACING_ENABLED", Xds, Bool, "false", Same, "envoyproxy/ratelimit's tracing switch: on, spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` (or the OTLP default), and the four settings below fill the `OTEL_*` ones left unset."),
+    s("TRACING_SERVICE_NAME", Xds, Text, "", Same, "`service.name`, when `OTEL_SERVICE_NAME` is unset."),
+    s("TRACING_SERVICE_NAMESPACE", Xds, Text, "", Same, "`service.namespace` of the spans."),
+    s("TRACING_SERVICE_INSTANCE_ID", Xds, Text, "", Same, "`service.instance.id` of the spans (Envoy Gateway sets the pod name)."),
+    s("TRACING_SAMPLING_RATE", Xds, Ratio, "", Same, "The share of traces kept, when `OTEL_TRACES_SAMPLER` is unset (a parent-based ratio sampler)."),
+    s("TRACING_EXPORTER_PROTOCOL", Xds, Choice(&["http", "grpc"]), "", Same, "OTLP over `http` or `grpc`, when `OTEL_EXPORTER_OTLP_PROTOCOL` is unset."),
     // --- Traces ---
     s("OTEL_EXPORTER_OTLP_ENDPOINT", Traces, Url, "", Like("`TRACING_EXPORTER_PROTOCOL` and its endpoint"), "The collector's base URL (HTTP appends `/v1/traces`). Tracing is off unless an endpoint is set or `OTEL_TRACES_EXPORTER=otlp`; then a span per HTTP request and per gRPC call, never a key, token or client address."),
     s("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", Traces, Url, "", Own, "The traces URL, used as it is (wins over the base URL)."),
@@ -266,13 +294,14 @@ pub fn find(name: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.name == name)
 }
 
-const GROUPS: [Group; 7] = [
+const GROUPS: [Group; 8] = [
     Group::Http,
     Group::Redis,
     Group::Limits,
     Group::Identity,
     Group::Operations,
     Group::Envoy,
+    Group::Xds,
     Group::Traces,
 ];
 

@@ -19,6 +19,7 @@ pub mod list;
 mod listeners;
 mod topology;
 mod traces;
+mod xds;
 
 use crate::identity::jwt::{JwtKeySource, JwtSettings};
 use crate::identity::ForwardedHeader;
@@ -28,6 +29,7 @@ use env::{existing_file, host, limit_settings, parse_networks, port, Env};
 pub use envoy::{EnvoySettings, JsonApi, LimitHeaders, Ratio, RuntimeSettings};
 use topology::redis_topology;
 pub use topology::{RedisSettings, RedisTls, RedisTopology};
+pub use xds::{Backoff, PrometheusSettings, XdsSettings, XdsTls};
 pub use traces::{OtlpProtocol, ParentlessSampler, TraceSampler, TraceSettings};
 
 /// A configuration error: which setting, what it held, what is wrong.
@@ -251,6 +253,16 @@ fn ignored_settings(env: &Env<'_>) -> Vec<String> {
                 "RATE_LIMIT_ALGORITHM",
                 "RATE_LIMIT_IP_EVERY_REQUEST",
             ],
+        );
+    }
+    if env.get("CONFIG_TYPE").is_some_and(|t| t.eq_ignore_ascii_case("GRPC_XDS_SOTW")) {
+        check("CONFIG_TYPE=GRPC_XDS_SOTW", &["RUNTIME_ROOT"]);
+    }
+    if env.get("USE_STATSD").is_some_and(|v| env::parse_bool(&v) == Ok(true)) {
+        warnings.push(
+            "USE_STATSD=true is ignored: there is no statsd sink here; the metrics are \
+             Prometheus's (/metrics, or PROMETHEUS_ADDR with USE_PROMETHEUS=true)"
+                .into(),
         );
     }
     warnings

@@ -281,7 +281,7 @@ fn empty_values_mean_default() {
 fn the_parser_reads_every_declared_setting() {
     let read = std::cell::RefCell::new(BTreeSet::new());
     let dir = env!("CARGO_MANIFEST_DIR");
-    let configurations: [&[(&str, &str)]; 5] = [
+    let configurations: [&[(&str, &str)]; 6] = [
         &[],
         &[("REDIS_SENTINELS", "127.0.0.1:26379")],
         &[
@@ -294,6 +294,11 @@ fn the_parser_reads_every_declared_setting() {
             ("LIMIT_RESPONSE_HEADERS_ENABLED", "true"),
         ],
         &[("RATE_LIMIT_CONFIG", "rules.example.toml")],
+        &[
+            ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+            ("TRACING_ENABLED", "true"),
+            ("USE_PROMETHEUS", "true"),
+        ],
     ];
     for pairs in configurations {
         let map: HashMap<&str, &str> = pairs.iter().copied().collect();

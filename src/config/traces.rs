@@ -59,6 +59,9 @@ pub struct TraceSettings {
     /// OTEL_SERVICE_NAME (default `rate-limiter`).
     pub service_name: String,
     pub sampler: TraceSampler,
+    /// Further resource attributes: `service.namespace` and
+    /// `service.instance.id` from envoyproxy/ratelimit's TRACING_* settings.
+    pub resource: Vec<(&'static str, String)>,
 }
 
 /// The trace settings, or None when tracing is off.
@@ -77,8 +80,18 @@ pub(super) fn trace_settings(env: &Env<'_>) -> Result<Option<TraceSettings>, Con
             _ => Err("expected grpc or http/protobuf".into()),
         })
     };
+    // envoyproxy/ratelimit's names (Envoy Gateway sets them) fill what the
+    // OTEL_* variables leave unset.
+    let legacy_protocol = match env.choice("TRACING_EXPORTER_PROTOCOL")? {
+        Some("grpc") if env.get("TRACING_EXPORTER_PROTOCOL").is_some() => Some(OtlpProtocol::Grpc),
+        Some("http") if env.get("TRACING_EXPORTER_PROTOCOL").is_some() => {
+            Some(OtlpProtocol::HttpProtobuf)
+        }
+        _ => None,
+    };
     let protocol = protocol_of("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")?
         .or(protocol_of("OTEL_EXPORTER_OTLP_PROTOCOL")?)
+        .or(legacy_protocol)
         .unwrap_or(OtlpProtocol::HttpProtobuf);
     let url = |name: &'static str| {
         env.optional(name, |v| {
@@ -91,9 +104,20 @@ pub(super) fn trace_settings(env: &Env<'_>) -> Result<Option<TraceSettings>, Con
     };
     let traces_endpoint = url("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")?;
     let base_endpoint = url("OTEL_EXPORTER_OTLP_ENDPOINT")?;
-    let service_name = env.value("OTEL_SERVICE_NAME").unwrap_or_default();
+    let service_name = env
+        .get("OTEL_SERVICE_NAME")
+        .or(env.get("TRACING_SERVICE_NAME"))
+        .or(env.value("OTEL_SERVICE_NAME"))
+        .unwrap_or_default();
     let ratio = env.parse("OTEL_TRACES_SAMPLER_ARG", ratio)?;
+    let legacy_rate = env.optional("TRACING_SAMPLING_RATE", super::env::ratio)?;
+    let legacy_enabled = env.bool("TRACING_ENABLED")?;
     let sampler = env.parse("OTEL_TRACES_SAMPLER", |v| {
+        if let (Some(rate), true) = (legacy_rate, env.get("OTEL_TRACES_SAMPLER").is_none()) {
+            return Ok(TraceSampler::ParentBased(ParentlessSampler::TraceIdRatio(
+                rate,
+            )));
+        }
         Ok(match v {
             "always_on" => TraceSampler::AlwaysOn,
             "always_off" => TraceSampler::AlwaysOff,
@@ -111,7 +135,8 @@ pub(super) fn trace_settings(env: &Env<'_>) -> Result<Option<TraceSettings>, Con
             }
         })
     })?;
-    let wanted = exporter.unwrap_or(traces_endpoint.is_some() || base_endpoint.is_some());
+    let wanted = exporter
+        .unwrap_or(legacy_enabled || traces_endpoint.is_some() || base_endpoint.is_some());
     if disabled || !wanted {
         return Ok(None);
     }
@@ -129,6 +154,13 @@ pub(super) fn trace_settings(env: &Env<'_>) -> Result<Option<TraceSettings>, Con
         endpoint,
         service_name,
         sampler,
+        resource: [
+            ("service.namespace", env.get("TRACING_SERVICE_NAMESPACE")),
+            ("service.instance.id", env.get("TRACING_SERVICE_INSTANCE_ID")),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| (k, v)))
+        .collect(),
     }))
 }
 
@@ -207,6 +239,55 @@ mod tests {
             own.sampler,
             TraceSampler::ParentBased(ParentlessSampler::AlwaysOn)
         );
+    }
+
+    #[test]
+    fn envoyproxy_ratelimits_tracing_settings_fill_the_gaps() {
+        let eg = traces(&[
+            ("TRACING_ENABLED", "true"),
+            ("TRACING_SERVICE_NAME", "envoy-ratelimit"),
+            ("TRACING_SERVICE_NAMESPACE", "envoy-gateway-system"),
+            ("TRACING_SERVICE_INSTANCE_ID", "envoy-ratelimit-5d8f-abcde"),
+            ("TRACING_SAMPLING_RATE", "0.5"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://otel-collector:4317"),
+            ("TRACING_EXPORTER_PROTOCOL", "grpc"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(eg.service_name, "envoy-ratelimit");
+        assert_eq!(
+            (eg.protocol, eg.endpoint.as_str()),
+            (OtlpProtocol::Grpc, "http://otel-collector:4317")
+        );
+        assert_eq!(
+            eg.sampler,
+            TraceSampler::ParentBased(ParentlessSampler::TraceIdRatio(0.5))
+        );
+        assert_eq!(
+            eg.resource,
+            vec![
+                ("service.namespace", "envoy-gateway-system".to_owned()),
+                ("service.instance.id", "envoy-ratelimit-5d8f-abcde".to_owned())
+            ]
+        );
+        // Enabled alone: the OTLP default endpoint.
+        let on = traces(&[("TRACING_ENABLED", "true")]).unwrap().unwrap();
+        assert_eq!(on.endpoint, "http://localhost:4318/v1/traces");
+        // The OTEL_* variables win.
+        let otel = traces(&[
+            ("TRACING_ENABLED", "true"),
+            ("TRACING_SERVICE_NAME", "old"),
+            ("OTEL_SERVICE_NAME", "new"),
+            ("TRACING_SAMPLING_RATE", "0.5"),
+            ("OTEL_TRACES_SAMPLER", "always_off"),
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(otel.service_name, "new");
+        assert_eq!(otel.sampler, TraceSampler::AlwaysOff);
+        assert_eq!(traces(&[("TRACING_ENABLED", "false")]).unwrap(), None);
+        let err = traces(&[("TRACING_SAMPLING_RATE", "7")]).unwrap_err();
+        assert!(err.to_string().contains("TRACING_SAMPLING_RATE"), "{err}");
     }
 
     #[test]

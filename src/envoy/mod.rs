@@ -12,6 +12,7 @@ mod request;
 mod response;
 mod stats;
 mod tls;
+pub mod xds;
 
 pub use request::{check_request, MAX_DESCRIPTORS, MAX_ENTRIES, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 use response::{current_limit, ok_status, seconds, UNLIMITED_REMAINING};

@@ -8,11 +8,14 @@
 //! keys: `algorithm`, `unit_multiplier` and `window` in a `rate_limit`, and
 //! `rate_limits` (a list) for several limits on one descriptor.
 //!
-//! Layout: `files` finds and reads the files as envoyproxy/ratelimit does;
-//! `yaml` reads a `rate_limit` and checks the keys; this module builds the
-//! rule trees from them.
+//! Layout: two loaders feed one compiler. `files` finds and reads the
+//! files as envoyproxy/ratelimit does; `xds` turns the `RateLimitConfig`
+//! resources of an xDS server into the same YAML roots; `yaml` reads a
+//! `rate_limit` and checks the keys; this module builds the rule trees
+//! from the roots ([`compile_roots`]).
 
 mod files;
+pub mod xds;
 mod yaml;
 
 pub use files::{check_dir, files, read};
@@ -81,21 +84,40 @@ pub fn compile(
     settings: &RuntimeSettings,
 ) -> Result<Config, RulesError> {
     let config = parse(files, settings.merge_domains)?;
-    Ok(match &settings.ratelimit_key_prefix {
-        Some(prefix) => config.with_ratelimit_keys(prefix),
-        None => config,
-    })
+    Ok(with_key_format(
+        config,
+        settings.ratelimit_key_prefix.as_deref(),
+    ))
 }
 
 /// Validates and compiles files given as (key, YAML text).
 pub fn parse(files: &[(String, String)], merge: bool) -> Result<Config, RulesError> {
+    let roots = files
+        .iter()
+        .map(|(key, text)| {
+            yaml::root(text)
+                .map(|root| (key.clone(), root))
+                .map_err(|problem| RulesError {
+                    origin: key.clone(),
+                    place: String::new(),
+                    problem,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    compile_roots(&roots, merge)
+}
+
+/// The one compiler of both loaders (the YAML files and the xDS
+/// resources): validates and compiles configurations given as (origin,
+/// YAML root), with envoyproxy/ratelimit's messages.
+pub fn compile_roots(roots: &[(String, Mapping)], merge: bool) -> Result<Config, RulesError> {
     let mut builder = Builder {
         config: Config::default(),
         seen: HashMap::new(),
         merge,
     };
-    for (key, text) in files {
-        builder.file(key, text).map_err(|problem| RulesError {
+    for (key, root) in roots {
+        builder.root(root).map_err(|problem| RulesError {
             origin: key.clone(),
             place: String::new(),
             problem,
@@ -103,6 +125,14 @@ pub fn parse(files: &[(String, String)], merge: bool) -> Result<Config, RulesErr
         builder.config.files.push(key.clone());
     }
     Ok(builder.config)
+}
+
+/// The configuration with the settings' key format.
+pub fn with_key_format(config: Config, ratelimit_key_prefix: Option<&str>) -> Config {
+    match ratelimit_key_prefix {
+        Some(prefix) => config.with_ratelimit_keys(prefix),
+        None => config,
+    }
 }
 
 struct Builder {
@@ -116,15 +146,8 @@ struct Builder {
 type Step = (String, ValueMatch);
 
 impl Builder {
-    fn file(&mut self, _key: &str, text: &str) -> Result<(), String> {
-        let root: Value = serde_yaml::from_str(text)
-            .map_err(|err| format!("error loading config file: {err}"))?;
-        let root = match root {
-            Value::Null => Mapping::new(),
-            Value::Mapping(map) => map,
-            _ => return Err("error loading config file: the file is not a YAML map".into()),
-        };
-        validate_keys(&root)?;
+    fn root(&mut self, root: &Mapping) -> Result<(), String> {
+        validate_keys(root)?;
         let domain = match root.get("domain") {
             None | Some(Value::Null) => String::new(),
             Some(value) => {

@@ -33,6 +33,17 @@ pub(super) const VALID_KEYS: [&str; 20] = [
     "window",
 ];
 
+/// A file's text as a YAML root: a map (an empty file is an empty one).
+pub(super) fn root(text: &str) -> Result<Mapping, String> {
+    let root: Value =
+        serde_yaml::from_str(text).map_err(|err| format!("error loading config file: {err}"))?;
+    match root {
+        Value::Null => Ok(Mapping::new()),
+        Value::Mapping(map) => Ok(map),
+        _ => Err("error loading config file: the file is not a YAML map".into()),
+    }
+}
+
 /// One `rate_limit` as read, before it becomes a policy.
 pub(super) struct ParsedLimit {
     pub(super) name: Option<String>,
