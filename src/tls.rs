@@ -169,7 +169,10 @@ pub fn client_config(tls: &XdsTls) -> Result<rustls::ClientConfig, SettingProble
                 (setting, p)
             })?;
             builder
-                .with_client_auth_cert(pair.cert, read_key(key).map_err(|p| ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", p))?)
+                .with_client_auth_cert(
+                    pair.cert,
+                    read_key(key).map_err(|p| ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", p))?,
+                )
                 .map_err(|e| ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", e.to_string()))?
         }
         None => builder.with_no_client_auth(),

@@ -13,7 +13,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitResponse;
 use envoy_types::pb::google::protobuf::UInt64Value;
 use support::rls::{ask, client, descriptor, request};
-use support::{eventually, spawn_app, RedisServer, TempDir, TestApp};
+use support::{
+    eventually, spawn_app, window_index, within_one_window, RedisServer, TempDir, TestApp,
+};
 use tonic::transport::Channel;
 
 /// A configuration directory laid out for RUNTIME_WATCH_ROOT=false:
@@ -98,41 +100,6 @@ fn limit_of(s: &DescriptorStatus) -> Option<(u32, i32, String)> {
 const SECOND: i32 = 1;
 const MINUTE: i32 = 2;
 const DAY: i32 = 4;
-
-/// The number of the `unit`-second window we are in now.
-fn window_index(unit: u64) -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        / unit
-}
-
-/// Runs `scenario` until it runs within one `unit`-second window (a fixed
-/// window that rolled over mid-scenario resets its counts; the run is then
-/// repeated with fresh keys). A scenario that fails by panicking is retried
-/// too when a window edge fell inside it (its assertions may have seen the
-/// counts reset); within one window its failure is the test's.
-async fn within_one_window<F, Fut>(unit: u64, mut scenario: F)
-where
-    F: FnMut(u32) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    use futures::FutureExt;
-    for attempt in 0..5 {
-        let before = window_index(unit);
-        let outcome = std::panic::AssertUnwindSafe(scenario(attempt))
-            .catch_unwind()
-            .await;
-        let crossed = window_index(unit) != before;
-        match outcome {
-            Ok(()) if !crossed => return,
-            Err(panic) if !crossed => std::panic::resume_unwind(panic),
-            _ => eprintln!("a {unit} s window rolled over during attempt {attempt}: again"),
-        }
-    }
-    panic!("five windows of {unit} s rolled over during the scenario");
-}
 
 /// Regression (issue 19, item 26): a scenario that panicked inside
 /// `within_one_window` was never retried, so a 60-second-window test failed

@@ -109,12 +109,12 @@ pub(super) fn envoy_settings(env: &Env<'_>) -> Result<EnvoySettings, ConfigError
         None
     } else {
         env.optional("RUNTIME_ROOT", |v| {
-        let root = PathBuf::from(v);
-        if root.is_dir() {
-            Ok(root)
-        } else {
-            Err("no such directory".to_owned())
-        }
+            let root = PathBuf::from(v);
+            if root.is_dir() {
+                Ok(root)
+            } else {
+                Err("no such directory".to_owned())
+            }
         })?
     };
     let runtime = match root {

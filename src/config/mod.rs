@@ -29,8 +29,8 @@ use env::{existing_file, host, limit_settings, parse_networks, port, Env};
 pub use envoy::{EnvoySettings, JsonApi, LimitHeaders, Ratio, RuntimeSettings};
 use topology::redis_topology;
 pub use topology::{RedisSettings, RedisTls, RedisTopology};
-pub use xds::{Backoff, PrometheusSettings, XdsSettings, XdsTls};
 pub use traces::{OtlpProtocol, ParentlessSampler, TraceSampler, TraceSettings};
+pub use xds::{Backoff, PrometheusSettings, XdsSettings, XdsTls};
 
 /// A configuration error: which setting, what it held, what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -255,10 +255,16 @@ fn ignored_settings(env: &Env<'_>) -> Vec<String> {
             ],
         );
     }
-    if env.get("CONFIG_TYPE").is_some_and(|t| t.eq_ignore_ascii_case("GRPC_XDS_SOTW")) {
+    if env
+        .get("CONFIG_TYPE")
+        .is_some_and(|t| t.eq_ignore_ascii_case("GRPC_XDS_SOTW"))
+    {
         check("CONFIG_TYPE=GRPC_XDS_SOTW", &["RUNTIME_ROOT"]);
     }
-    if env.get("USE_STATSD").is_some_and(|v| env::parse_bool(&v) == Ok(true)) {
+    if env
+        .get("USE_STATSD")
+        .is_some_and(|v| env::parse_bool(&v) == Ok(true))
+    {
         warnings.push(
             "USE_STATSD=true is ignored: there is no statsd sink here; the metrics are \
              Prometheus's (/metrics, or PROMETHEUS_ADDR with USE_PROMETHEUS=true)"

@@ -135,8 +135,8 @@ pub(super) fn trace_settings(env: &Env<'_>) -> Result<Option<TraceSettings>, Con
             }
         })
     })?;
-    let wanted = exporter
-        .unwrap_or(legacy_enabled || traces_endpoint.is_some() || base_endpoint.is_some());
+    let wanted =
+        exporter.unwrap_or(legacy_enabled || traces_endpoint.is_some() || base_endpoint.is_some());
     if disabled || !wanted {
         return Ok(None);
     }
@@ -156,7 +156,10 @@ pub(super) fn trace_settings(env: &Env<'_>) -> Result<Option<TraceSettings>, Con
         sampler,
         resource: [
             ("service.namespace", env.get("TRACING_SERVICE_NAMESPACE")),
-            ("service.instance.id", env.get("TRACING_SERVICE_INSTANCE_ID")),
+            (
+                "service.instance.id",
+                env.get("TRACING_SERVICE_INSTANCE_ID"),
+            ),
         ]
         .into_iter()
         .filter_map(|(k, v)| v.map(|v| (k, v)))
@@ -267,7 +270,10 @@ mod tests {
             eg.resource,
             vec![
                 ("service.namespace", "envoy-gateway-system".to_owned()),
-                ("service.instance.id", "envoy-ratelimit-5d8f-abcde".to_owned())
+                (
+                    "service.instance.id",
+                    "envoy-ratelimit-5d8f-abcde".to_owned()
+                )
             ]
         );
         // Enabled alone: the OTLP default endpoint.

@@ -184,12 +184,16 @@ fn node_metadata(value: &str) -> Result<Vec<(String, String)>, String> {
         .collect()
 }
 
-pub(super) fn prometheus_settings(env: &Env<'_>) -> Result<Option<PrometheusSettings>, ConfigError> {
+pub(super) fn prometheus_settings(
+    env: &Env<'_>,
+) -> Result<Option<PrometheusSettings>, ConfigError> {
     let address = env.parse("PROMETHEUS_ADDR", |v| {
         let (host, port) = v
             .rsplit_once(':')
             .ok_or("expected [host]:port, e.g. :19001")?;
-        let port: u16 = port.parse().map_err(|_| "expected [host]:port, e.g. :19001")?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| "expected [host]:port, e.g. :19001")?;
         let host = match host {
             "" => "0.0.0.0",
             h => h,

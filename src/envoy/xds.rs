@@ -105,8 +105,8 @@ async fn session(settings: &XdsSettings, state: &AppState, version: &mut String)
     let _ = requests
         .send(request(settings, version.clone(), String::new(), None))
         .await;
-    let mut client = AggregatedDiscoveryServiceClient::new(channel)
-        .max_decoding_message_size(16 * 1024 * 1024);
+    let mut client =
+        AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(16 * 1024 * 1024);
     let stream = client
         .stream_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(outgoing))
         .await;
@@ -276,10 +276,14 @@ async fn connect(settings: &XdsSettings) -> Result<Channel, String> {
     let Some(tls) = &settings.tls else {
         return endpoint.connect().await.map_err(error_chain);
     };
-    let config = Arc::new(crate::tls::client_config(tls).map_err(|(setting, p)| format!("{setting}: {p}"))?);
+    let config =
+        Arc::new(crate::tls::client_config(tls).map_err(|(setting, p)| format!("{setting}: {p}"))?);
     let name = rustls::pki_types::ServerName::try_from(tls.server_name.clone())
         .map_err(|e| format!("CONFIG_GRPC_XDS_SERVER_TLS_SAN: {e}"))?;
-    let address = (settings.host.trim_matches(['[', ']']).to_owned(), settings.port);
+    let address = (
+        settings.host.trim_matches(['[', ']']).to_owned(),
+        settings.port,
+    );
     let connector = tower::service_fn(move |_: http::Uri| {
         let (config, name, address) = (config.clone(), name.clone(), address.clone());
         async move {

@@ -12,6 +12,7 @@ mod redis;
 pub mod rls;
 mod topologies;
 pub mod webdriver;
+pub mod xds;
 
 pub use self::redis::RedisServer;
 #[allow(unused_imports)] // each test binary uses some of them
@@ -20,7 +21,7 @@ pub use topologies::{Cluster, Process, SentinelGroup};
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rate_limiter::config::Settings;
 use rate_limiter::startup::Application;
@@ -361,4 +362,39 @@ where
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The number of the `unit`-second window we are in now.
+pub fn window_index(unit: u64) -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        / unit
+}
+
+/// Runs `scenario` until it runs within one `unit`-second window (a fixed
+/// window that rolled over mid-scenario resets its counts; the run is then
+/// repeated with fresh keys). A scenario that fails by panicking is retried
+/// too when a window edge fell inside it (its assertions may have seen the
+/// counts reset); within one window its failure is the test's.
+pub async fn within_one_window<F, Fut>(unit: u64, mut scenario: F)
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::FutureExt;
+    for attempt in 0..5 {
+        let before = window_index(unit);
+        let outcome = std::panic::AssertUnwindSafe(scenario(attempt))
+            .catch_unwind()
+            .await;
+        let crossed = window_index(unit) != before;
+        match outcome {
+            Ok(()) if !crossed => return,
+            Err(panic) if !crossed => std::panic::resume_unwind(panic),
+            _ => eprintln!("a {unit} s window rolled over during attempt {attempt}: again"),
+        }
+    }
+    panic!("five windows of {unit} s rolled over during the scenario");
 }

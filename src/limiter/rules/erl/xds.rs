@@ -223,13 +223,14 @@ pub fn compile(
                 problem: format!("unexpected resource type '{}'", any.type_url),
             });
         }
-        let config = <RateLimitConfig as prost::Message>::decode(any.value.as_slice()).map_err(
-            |err| RulesError {
-                origin: origin.clone(),
-                place: String::new(),
-                problem: format!("cannot decode RateLimitConfig: {err}"),
-            },
-        )?;
+        let config =
+            <RateLimitConfig as prost::Message>::decode(any.value.as_slice()).map_err(|err| {
+                RulesError {
+                    origin: origin.clone(),
+                    place: String::new(),
+                    problem: format!("cannot decode RateLimitConfig: {err}"),
+                }
+            })?;
         let name = if config.name.is_empty() {
             config.domain.clone()
         } else {
@@ -336,13 +337,21 @@ mod tests {
             ..Default::default()
         };
         let err = compile(&[any(&bad_unit)], false, None).unwrap_err();
-        assert!(err.to_string().contains("invalid rate limit unit 'UNKNOWN'"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("invalid rate limit unit 'UNKNOWN'"),
+            "{err}"
+        );
         let no_domain = RateLimitConfig {
             name: "nameless".into(),
             ..Default::default()
         };
         let err = compile(&[any(&no_domain)], false, None).unwrap_err();
-        assert!(err.to_string().contains("config file cannot have empty domain"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("config file cannot have empty domain"),
+            "{err}"
+        );
         let twice = compile(&[any(&bad_unit.clone()), any(&bad_unit)], false, None);
         assert!(twice.is_err());
         let empty_key = RateLimitConfig {
@@ -351,7 +360,10 @@ mod tests {
             ..Default::default()
         };
         let err = compile(&[any(&empty_key)], false, None).unwrap_err();
-        assert!(err.to_string().contains("descriptor has empty key"), "{err}");
+        assert!(
+            err.to_string().contains("descriptor has empty key"),
+            "{err}"
+        );
         let garbage = Any {
             type_url: TYPE_URL.into(),
             value: vec![0xff, 0xff, 0xff],
@@ -362,7 +374,10 @@ mod tests {
             value: Vec::new(),
         };
         let err = compile(&[wrong_type], false, None).unwrap_err();
-        assert!(err.to_string().contains("unexpected resource type"), "{err}");
+        assert!(
+            err.to_string().contains("unexpected resource type"),
+            "{err}"
+        );
     }
 
     #[test]
