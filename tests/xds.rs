@@ -684,3 +684,231 @@ fn bad_xds_settings_stop_the_start_naming_the_setting() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// The container of Envoy Gateway's rendered Deployment
+/// (deploy/envoy-gateway/envoy-ratelimit-deployment.yaml).
+fn rendered_container() -> serde_yaml::Value {
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/envoy-gateway/envoy-ratelimit-deployment.yaml"),
+    )
+    .unwrap();
+    let deployment: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    deployment["spec"]["template"]["spec"]["containers"][0].clone()
+}
+
+fn rendered_env(container: &serde_yaml::Value) -> Vec<(String, String)> {
+    container["env"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["value"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// `/bin/ratelimit` as the image has it: the binary under that name.
+fn as_ratelimit(dir: &TempDir) -> std::path::PathBuf {
+    let link = dir.path().join("ratelimit");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_rate-limiter"), &link).unwrap();
+    link
+}
+
+#[tokio::test]
+async fn envoy_gateways_deployment_as_rendered_works_with_only_the_image_changed() {
+    let container = rendered_container();
+    // The Deployment as Envoy Gateway renders it: its command, ports and
+    // probes, and our image (the one envoy-gateway.yaml names).
+    assert_eq!(container["command"][0].as_str(), Some("/bin/ratelimit"));
+    let config = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("deploy/envoy-gateway/envoy-gateway.yaml"),
+    )
+    .unwrap();
+    let config: serde_yaml::Value = serde_yaml::from_str(&config).unwrap();
+    let eg: serde_yaml::Value =
+        serde_yaml::from_str(config["data"]["envoy-gateway.yaml"].as_str().unwrap()).unwrap();
+    let image = &eg["provider"]["kubernetes"]["rateLimitDeployment"]["container"]["image"];
+    assert_eq!(container["image"], *image);
+    assert_eq!(eg["rateLimit"]["backend"]["type"].as_str(), Some("Redis"));
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert_eq!(
+            container[probe]["httpGet"]["path"].as_str(),
+            Some("/healthcheck")
+        );
+        assert_eq!(container[probe]["httpGet"]["port"].as_u64(), Some(8080));
+    }
+    let ports: Vec<u64> = container["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p["containerPort"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, [8081, 19001]);
+
+    let redis = RedisServer::start().await;
+    let pki = Pki::new("eg-deploy");
+    // The Secret Envoy Gateway mounts at /certs: one pair for the gRPC
+    // listener and the xDS client, and the CA.
+    let pod = pki.issue(
+        "tls",
+        &[
+            "envoy-ratelimit.envoy-gateway-system.svc.cluster.local",
+            "localhost",
+        ],
+    );
+    let controller = pki.issue("envoy-gateway", &["localhost"]);
+    let envoy = pki.issue("envoy", &["envoy"]);
+    let plane = ControlPlane::start(Some(Tls {
+        server: controller,
+        client_ca: pki.ca.clone(),
+    }))
+    .await;
+    let (xds_url, redis_url) = (
+        format!("localhost:{}", plane.port),
+        format!("127.0.0.1:{}", redis.port),
+    );
+    let (http, grpc, prometheus) = (free_port(), free_port(), free_port());
+    let env: Vec<(String, String)> = rendered_env(&container)
+        .into_iter()
+        .map(|(name, value)| {
+            let value = match value.as_str() {
+                "/certs/tls.crt" => pod.cert_str().to_owned(),
+                "/certs/tls.key" => pod.key_str().to_owned(),
+                "/certs/ca.crt" => pki.ca_str().to_owned(),
+                "envoy-gateway:18001" => xds_url.clone(),
+                ":19001" => format!(":{prometheus}"),
+                _ if name == "REDIS_URL" => redis_url.clone(),
+                _ => value,
+            };
+            (name, value)
+        })
+        .collect();
+    let dir = TempDir::new("eg-deploy");
+    let ratelimit = as_ratelimit(&dir);
+    let command = |extra: &[(&str, String)]| {
+        let mut cmd = std::process::Command::new(&ratelimit);
+        cmd.current_dir(dir.path())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdin(std::process::Stdio::null());
+        cmd
+    };
+    // envoyproxy/ratelimit's ports where the Deployment sets none.
+    let settings = command(&[]).arg("settings").output().unwrap();
+    let printed = String::from_utf8_lossy(&settings.stdout);
+    assert!(
+        settings.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&settings.stderr)
+    );
+    for expected in [
+        "PORT=8080 ",
+        "GRPC_PORT=8081 ",
+        "CONFIG_TYPE=GRPC_XDS_SOTW ",
+    ] {
+        assert!(
+            printed.lines().any(|l| l.starts_with(expected)),
+            "{expected}: {printed}"
+        );
+    }
+    // Served (on free ports here, and dual stack as Istio's sample sets it).
+    let mut child = Served(
+        command(&[
+            ("PORT", http.to_string()),
+            ("GRPC_PORT", grpc.to_string()),
+            ("HOST", "::".into()),
+            ("GRPC_HOST", "::".into()),
+            ("WORKERS", "1".into()),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let _lines = log_lines(&mut child);
+    // Healthy before any configuration (FORCE_START_WITHOUT_INITIAL_CONFIG),
+    // over IPv4 and IPv6.
+    for host in ["127.0.0.1", "[::1]"] {
+        let url = format!("http://{host}:{http}/healthcheck");
+        support::eventually(&format!("{url} answers 200"), || {
+            let url = url.clone();
+            async move { matches!(reqwest::get(&url).await, Ok(r) if r.status().as_u16() == 200) }
+        })
+        .await;
+    }
+    // Envoy's side: mutual TLS to the gRPC port (GRPC_SERVER_TLS_CA_CERT).
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let connect = |identity: Option<&support::certs::Pair>, host: &str| {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(std::fs::read(&pki.ca).unwrap()))
+            .domain_name("localhost");
+        if let Some(pair) = identity {
+            tls = tls.identity(Identity::from_pem(
+                std::fs::read(&pair.cert).unwrap(),
+                std::fs::read(&pair.key).unwrap(),
+            ));
+        }
+        Endpoint::from_shared(format!("https://{host}:{grpc}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap()
+    };
+    let mut c =
+        RateLimitServiceClient::new(connect(Some(&envoy), "[::1]").connect().await.unwrap());
+    assert_eq!(
+        codes(&ask(&mut c, DOMAIN, &[(ROUTE, ROUTE)], 0).await),
+        [Fine]
+    );
+    // Without a client certificate: no answer.
+    let anonymous = match connect(None, "127.0.0.1").connect().await {
+        Ok(channel) => RateLimitServiceClient::new(channel)
+            .should_rate_limit(RateLimitRequest {
+                domain: DOMAIN.into(),
+                descriptors: vec![descriptor(&[(ROUTE, ROUTE)])],
+                hits_addend: 0,
+            })
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    assert!(!anonymous, "the gRPC port requires Envoy's certificate");
+    // The limits arrive over xDS (mutual TLS to the controller) and apply.
+    plane.set(NODE, "1", envoy_gateway_config(2, 3));
+    seen(&plane, "the ACK of version 1", acked("1")).await;
+    within_one_window(3600, |attempt| {
+        let mut c = c.clone();
+        async move {
+            assert_eq!(
+                per_client(&mut c, &ip(attempt, 7), 3).await,
+                [Fine, Fine, Over]
+            );
+        }
+    })
+    .await;
+    // Prometheus on PROMETHEUS_ADDR, with envoyproxy/ratelimit's names and
+    // labels (Envoy Gateway's dashboards read them); nothing else there.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{prometheus}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "ratelimit_service_rate_limit_total_hits{domain=\"default/eg/http\"",
+        "ratelimit_service_rate_limit_over_limit{domain=\"default/eg/http\"",
+        "ratelimit_service_rate_limit_within_limit{domain=\"default/eg/http\"",
+        "ratelimit_xds_config_version_info{version=\"1\"} 1",
+    ] {
+        assert!(metrics.contains(name), "{name}: {metrics}");
+    }
+    let other = reqwest::get(format!("http://127.0.0.1:{prometheus}/admin/top"))
+        .await
+        .unwrap();
+    assert_eq!(other.status().as_u16(), 404);
+}
