@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{backend, free_port, spawn_app, unique_key, Process, RedisServer, TempDir};
+use support::{
+    backend, free_port, spawn_app, unique_key, within_one_window, Process, RedisServer, TempDir,
+};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -51,6 +53,11 @@ async fn envoy_with(dir: &TempDir, ports: &Ports, edit: impl FnOnce(String) -> S
     let config = replace(config, 9901, ports.admin);
     let config = replace(config, 9000, ports.backend);
     let config = replace(config, 8081, ports.rls);
+    run_envoy(dir, &config, ports.admin).await
+}
+
+/// Envoy with `config`, ready once its admin on `admin` says LIVE.
+async fn run_envoy(dir: &TempDir, config: &str, admin: u16) -> Process {
     let path = dir.path().join("envoy.yaml");
     std::fs::write(&path, config).unwrap();
     let child = Command::new(envoy_binary())
@@ -67,7 +74,7 @@ async fn envoy_with(dir: &TempDir, ports: &Ports, edit: impl FnOnce(String) -> S
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ready = client
-            .get(format!("http://127.0.0.1:{}/ready", ports.admin))
+            .get(format!("http://127.0.0.1:{admin}/ready"))
             .send()
             .await;
         if let Ok(r) = ready {
@@ -297,4 +304,153 @@ async fn envoy_calls_the_service_over_mutual_tls() {
             );
         }
     }
+}
+
+/// Envoy configured the way Envoy Gateway configures it
+/// (tests/fixtures/envoy-gateway-envoy.yaml: its filter, domain, headers,
+/// mutual TLS to the rate limit cluster, its descriptor shapes), the limits
+/// delivered to this service over xDS by a control plane playing Envoy
+/// Gateway's (mutual TLS too): 200s, then 429 with the headers; an xDS
+/// update changes the limit live, and the refused request was not counted.
+#[tokio::test]
+async fn envoy_as_envoy_gateway_configures_it_with_limits_over_xds() {
+    use rate_limiter::limiter::rules::erl::xds::{
+        RateLimitConfig, RateLimitDescriptor, RateLimitPolicy, RateLimitUnit,
+    };
+    use support::xds::{ControlPlane, Tls};
+    const ROUTE: &str = "httproute/default/backend/rule/0";
+    let config = |per_user: u32| {
+        let limit = |n| {
+            Some(RateLimitPolicy {
+                unit: RateLimitUnit::Hour as i32,
+                requests_per_unit: n,
+                ..Default::default()
+            })
+        };
+        let d = |key: &str, value: &str, rate_limit, descriptors| RateLimitDescriptor {
+            key: key.into(),
+            value: value.into(),
+            rate_limit,
+            descriptors,
+            ..Default::default()
+        };
+        vec![RateLimitConfig {
+            name: "default/eg/http".into(),
+            domain: "default/eg/http".into(),
+            descriptors: vec![d(
+                ROUTE,
+                ROUTE,
+                None,
+                vec![
+                    d(
+                        "masked_remote_address",
+                        "0.0.0.0/0",
+                        None,
+                        vec![d("remote_address", "", limit(1000), vec![])],
+                    ),
+                    d("rule-1-match-0", "", limit(per_user), vec![]),
+                ],
+            )],
+        }]
+    };
+    let redis = RedisServer::start().await;
+    let pki = support::certs::Pki::new("envoy-eg");
+    let pod = pki.issue(
+        "tls",
+        &["envoy-ratelimit.envoy-gateway-system.svc.cluster.local"],
+    );
+    let controller = pki.issue("envoy-gateway", &["envoy-gateway"]);
+    let envoy_pair = pki.issue("envoy", &["envoy"]);
+    let plane = ControlPlane::start(Some(Tls {
+        server: controller,
+        client_ca: pki.ca.clone(),
+    }))
+    .await;
+    let url = format!("127.0.0.1:{}", plane.port);
+    let app = spawn_app(
+        &redis,
+        &[
+            ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+            ("CONFIG_GRPC_XDS_SERVER_URL", url.as_str()),
+            ("CONFIG_GRPC_XDS_NODE_ID", "envoy-ratelimit"),
+            ("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true"),
+            ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", pod.cert_str()),
+            ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", pod.key_str()),
+            ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", pki.ca_str()),
+            ("CONFIG_GRPC_XDS_SERVER_TLS_SAN", "envoy-gateway"),
+            ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true"),
+            ("GRPC_SERVER_USE_TLS", "true"),
+            ("GRPC_SERVER_TLS_CERT", pod.cert_str()),
+            ("GRPC_SERVER_TLS_KEY", pod.key_str()),
+            ("GRPC_SERVER_TLS_CA_CERT", pki.ca_str()),
+            ("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "200ms"),
+        ],
+    )
+    .await;
+    let (backend_port, _backend) = backend();
+    let (listen, admin) = (free_port(), free_port());
+    let config_text =
+        std::fs::read_to_string(repo().join("tests/fixtures/envoy-gateway-envoy.yaml"))
+            .unwrap()
+            .replace("@LISTEN@", &listen.to_string())
+            .replace("@ADMIN@", &admin.to_string())
+            .replace("@BACKEND@", &backend_port.to_string())
+            .replace("@RLS@", &app.grpc_port.to_string())
+            .replace("@CA@", pki.ca_str())
+            .replace("@CERT@", envoy_pair.cert_str())
+            .replace("@KEY@", envoy_pair.key_str());
+    let dir = TempDir::new("envoy-eg");
+    let _envoy = run_envoy(&dir, &config_text, admin).await;
+    let client = reqwest::Client::new();
+    let acked = |version: String| {
+        let plane = &plane;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while !plane
+                .seen()
+                .iter()
+                .any(|s| s.version == version && !s.nonce.is_empty() && s.error.is_none())
+            {
+                assert!(Instant::now() < deadline, "version {version} never ACKed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    within_one_window(3600, |attempt| {
+        let (client, plane, acked, config) = (&client, &plane, &acked, &config);
+        async move {
+            let user = unique_key("eg-user");
+            let get = || {
+                client
+                    .get(format!("http://127.0.0.1:{listen}/anything"))
+                    .header("x-user-id", &user)
+                    .send()
+            };
+            plane.set("envoy-ratelimit", &format!("{attempt}-a"), config(2));
+            acked(format!("{attempt}-a")).await;
+            for n in 1..=2 {
+                let r = get().await.unwrap();
+                assert_eq!(r.status(), 200, "request {n}");
+                assert_eq!(
+                    r.headers()["x-ratelimit-limit"]
+                        .to_str()
+                        .unwrap()
+                        .split(',')
+                        .next(),
+                    Some("2")
+                );
+            }
+            let refused = get().await.unwrap();
+            assert_eq!(refused.status(), 429);
+            assert_eq!(refused.headers()["x-ratelimit-remaining"], "0");
+            // Live update: 4 an hour. The refused request was not counted,
+            // so exactly two more pass.
+            plane.set("envoy-ratelimit", &format!("{attempt}-b"), config(4));
+            acked(format!("{attempt}-b")).await;
+            assert_eq!(get().await.unwrap().status(), 200);
+            assert_eq!(get().await.unwrap().status(), 200);
+            assert_eq!(get().await.unwrap().status(), 429);
+        }
+    })
+    .await;
 }
