@@ -23,8 +23,10 @@
 //!   declares every setting once (type, default, meaning, what it mirrors
 //!   in envoyproxy/ratelimit); `env` holds the parsers that read it,
 //!   `topology` the Redis settings (TLS included), `envoy` the rate limit
-//!   service's, `listeners` the TLS of both listeners, `traces` the
-//!   OpenTelemetry ones.
+//!   service's, `listeners` the TLS of both listeners, `xds` the
+//!   configuration over xDS and Envoy Gateway's Deployment, `traces` the
+//!   OpenTelemetry ones; `render` writes `.env.example` and the README's
+//!   table from the list.
 //! - [`limiter`]: the core, backend- and protocol-neutral: check requests
 //!   ([`limiter::request`]: a domain, descriptors of key/value entries) in,
 //!   decisions ([`limiter::decision`]) out; deciding in `check`, reading
@@ -33,8 +35,9 @@
 //!   an override does (`action`), the TOML rules file (`file`), the built-in
 //!   limits compiled to the `http` domain (`http`, which also builds an HTTP
 //!   caller's check request), and envoyproxy/ratelimit's YAML
-//!   ([`limiter::rules::erl`]: `files` found as it finds them, `yaml` read
-//!   as it reads them). [`limiter::store`]: the `Store` trait the Redis
+//!   ([`limiter::rules::erl`]: two loaders, one compiler: `files` found as
+//!   it finds them, `xds` the `RateLimitConfig` resources of an xDS server
+//!   turned into the same YAML roots, `yaml` read as it reads them). [`limiter::store`]: the `Store` trait the Redis
 //!   layer implements. [`limiter::breaker`]: the circuit breaker in front of
 //!   the store. [`limiter::admin`]: resets, admin overrides and the
 //!   per-second refresh that shares them across instances.
@@ -54,8 +57,10 @@
 //! - [`envoy`]: Envoy's rate limit service (RLS v3): a `RateLimitRequest`
 //!   as a check request (`request`), the decision as statuses and headers
 //!   (`response`), envoyproxy/ratelimit's metrics (`stats`); served over
-//!   gRPC with its health service ([`envoy::grpc`]; TLS handshakes in `tls`) and as `/json` and
-//!   `/healthcheck` ([`envoy::json`]).
+//!   gRPC with its health service ([`envoy::grpc`]; TLS handshakes in
+//!   `tls`) and as `/json` and `/healthcheck` ([`envoy::json`]); its
+//!   domains kept in step with an xDS server ([`envoy::xds`], Envoy
+//!   Gateway's controller).
 //! - [`http`]: the HTTP front ends: routes (`routes`), reading the caller
 //!   and route of a request (`caller`), the rate-limit middleware and its
 //!   verdict (`ratelimit`), forward-auth for gateways (`forward_auth`), who

@@ -550,3 +550,113 @@ fn embedded_files(dir: &std::path::Path) -> Vec<(std::path::PathBuf, std::path::
     }
     found
 }
+
+/// deploy/envoy-gateway: the EnvoyGateway configuration and the
+/// BackendTrafficPolicy use the keys Envoy Gateway documents
+/// (gateway.envoyproxy.io/v1alpha1), and the README's snippet is the
+/// configuration's.
+#[test]
+fn envoy_gateway_files_use_envoy_gateways_keys_and_match_the_readme() {
+    let config: Value =
+        serde_yaml::from_str(&read("deploy/envoy-gateway/envoy-gateway.yaml")).unwrap();
+    assert_eq!(config["kind"].as_str(), Some("ConfigMap"));
+    assert_eq!(
+        config["metadata"]["name"].as_str(),
+        Some("envoy-gateway-config")
+    );
+    let eg: Value =
+        serde_yaml::from_str(config["data"]["envoy-gateway.yaml"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        eg["apiVersion"].as_str(),
+        Some("gateway.envoyproxy.io/v1alpha1")
+    );
+    assert_eq!(eg["kind"].as_str(), Some("EnvoyGateway"));
+    assert_eq!(eg["provider"]["type"].as_str(), Some("Kubernetes"));
+    let container = &eg["provider"]["kubernetes"]["rateLimitDeployment"]["container"];
+    let image = container["image"]
+        .as_str()
+        .expect("rateLimitDeployment.container.image");
+    assert!(image.contains("rate-limiter"), "{image}");
+    for var in container["env"].as_sequence().unwrap() {
+        let name = var["name"].as_str().unwrap();
+        assert!(
+            rate_limiter::config::list::find(name).is_some(),
+            "{name} is not a setting"
+        );
+    }
+    assert_eq!(eg["rateLimit"]["backend"]["type"].as_str(), Some("Redis"));
+    assert!(eg["rateLimit"]["backend"]["redis"]["url"]
+        .as_str()
+        .is_some());
+
+    // The README's snippet: the same image and backend.
+    let readme = read("README.md");
+    let begin = "<!-- envoy-gateway:begin -->\n";
+    let start = readme.find(begin).unwrap() + begin.len();
+    let end = start + readme[start..].find("<!-- envoy-gateway:end -->").unwrap();
+    let snippet: String = readme[start..end]
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("```"))
+        .map(|l| l.strip_prefix("   ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let shown: Value = serde_yaml::from_str(&snippet).unwrap();
+    assert_eq!(shown["kind"], eg["kind"]);
+    assert_eq!(
+        shown["provider"]["kubernetes"]["rateLimitDeployment"]["container"]["image"],
+        container["image"]
+    );
+    assert_eq!(shown["rateLimit"], eg["rateLimit"]);
+
+    let policy: Value =
+        serde_yaml::from_str(&read("deploy/envoy-gateway/backend-traffic-policy.yaml")).unwrap();
+    assert_eq!(
+        policy["apiVersion"].as_str(),
+        Some("gateway.envoyproxy.io/v1alpha1")
+    );
+    assert_eq!(policy["kind"].as_str(), Some("BackendTrafficPolicy"));
+    let target = &policy["spec"]["targetRefs"][0];
+    assert_eq!(target["group"].as_str(), Some("gateway.networking.k8s.io"));
+    assert!(matches!(
+        target["kind"].as_str(),
+        Some("HTTPRoute" | "GRPCRoute" | "Gateway")
+    ));
+    let rules = policy["spec"]["rateLimit"]["global"]["rules"]
+        .as_sequence()
+        .expect("spec.rateLimit.global.rules");
+    assert!(!rules.is_empty());
+    for rule in rules {
+        assert!(rule["limit"]["requests"].as_u64().is_some_and(|n| n > 0));
+        let unit = rule["limit"]["unit"].as_str().unwrap();
+        assert!(
+            ["Second", "Minute", "Hour", "Day", "Month", "Year"].contains(&unit),
+            "{unit}"
+        );
+        for selector in rule["clientSelectors"].as_sequence().unwrap() {
+            let map = selector.as_mapping().unwrap();
+            for (key, value) in map {
+                match key.as_str().unwrap() {
+                    "headers" => {
+                        for header in value.as_sequence().unwrap() {
+                            assert!(header["name"].as_str().is_some());
+                            let kind = header["type"].as_str().unwrap_or("Exact");
+                            assert!(
+                                ["Exact", "Distinct", "RegularExpression"].contains(&kind),
+                                "{kind}"
+                            );
+                            if kind != "Distinct" {
+                                assert!(header["value"].as_str().is_some());
+                            }
+                        }
+                    }
+                    "sourceCIDR" => {
+                        let cidr = value["value"].as_str().unwrap();
+                        assert!(cidr.parse::<ipnet::IpNet>().is_ok(), "{cidr}");
+                        assert!(matches!(value["type"].as_str(), Some("Exact" | "Distinct")));
+                    }
+                    other => panic!("clientSelectors key {other} is not Envoy Gateway's"),
+                }
+            }
+        }
+    }
+}

@@ -443,6 +443,12 @@ async fn envoy_as_envoy_gateway_configures_it_with_limits_over_xds() {
             let refused = get().await.unwrap();
             assert_eq!(refused.status(), 429);
             assert_eq!(refused.headers()["x-ratelimit-remaining"], "0");
+            let retry: u64 = refused.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!((1..=3600).contains(&retry), "Retry-After: {retry}");
             // Live update: 4 an hour. The refused request was not counted,
             // so exactly two more pass.
             plane.set("envoy-ratelimit", &format!("{attempt}-b"), config(4));

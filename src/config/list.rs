@@ -252,7 +252,7 @@ pub const SETTINGS: &[Setting] = &[
     s("LIMIT_RESET_HEADER", Envoy, Header, "RateLimit-Reset", Same, "Name of the reset header."),
     s("NEAR_LIMIT_RATIO", Envoy, Ratio, "0.8", Same, "From this share of a limit, hits count as `near_limit` in the metrics."),
     // --- Configuration over xDS, Envoy Gateway's Deployment ---
-    s("CONFIG_TYPE", Xds, Choice(&["FILE", "GRPC_XDS_SOTW"]), "FILE", Same, "Where the Envoy domains come from: `FILE` (`RUNTIME_ROOT`) or `GRPC_XDS_SOTW`, the `RateLimitConfig` resources of an xDS server (Envoy Gateway's), State of the World on the aggregated discovery service. With xDS the `RUNTIME_*` settings are ignored."),
+    s("CONFIG_TYPE", Xds, Choice(&["FILE", "GRPC_XDS_SOTW"]), "FILE", Same, "Where the Envoy domains come from: `FILE` (`RUNTIME_ROOT`) or `GRPC_XDS_SOTW`, the `RateLimitConfig` resources of an xDS server (Envoy Gateway's), State of the World on the aggregated discovery service. With xDS, `RUNTIME_ROOT` and the settings below it are ignored (Envoy Gateway sets them to a directory that does not exist)."),
     s("CONFIG_GRPC_XDS_SERVER_URL", Xds, Text, "localhost:18000", Same, "The xDS server, `host:port`."),
     s("CONFIG_GRPC_XDS_NODE_ID", Xds, Text, "default", Same, "The node id sent to it (Envoy Gateway serves `envoy-ratelimit`)."),
     s("CONFIG_GRPC_XDS_NODE_METADATA", Xds, Text, "", Same, "Node metadata, `key1:val1,key2=val2`."),
@@ -271,7 +271,7 @@ pub const SETTINGS: &[Setting] = &[
     s("PROMETHEUS_MAPPER_YAML", Xds, Text, "", Like("a statsd-exporter mapping"), "Accepted and ignored: the metrics already carry envoyproxy/ratelimit's Prometheus names and labels (`ratelimit_service_rate_limit_*` with `domain`, `key1`, `key2`)."),
     s("USE_STATSD", Xds, Bool, "false", Like("`USE_STATSD` (default true there)"), "Accepted; `true` is warned about: there is no statsd sink here, Prometheus metrics instead."),
     s("REDIS_SOCKET_TYPE", Xds, Choice(&["tcp", "unix"]), "", Same, "Accepted: the form of `REDIS_URL` (`host:port` or a socket path) already says which."),
-    s("TRACING_ENABLED", Xds, Bool, "false", Same, "envoyproxy/ratelimit's tracing switch: on, spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` (or the OTLP default), and the four settings below fill the `OTEL_*` ones left unset."),
+    s("TRACING_ENABLED", Xds, Bool, "false", Same, "envoyproxy/ratelimit's tracing switch: on, spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` (or the OTLP default), and the five settings below fill the OpenTelemetry settings left unset."),
     s("TRACING_SERVICE_NAME", Xds, Text, "", Same, "`service.name`, when `OTEL_SERVICE_NAME` is unset."),
     s("TRACING_SERVICE_NAMESPACE", Xds, Text, "", Same, "`service.namespace` of the spans."),
     s("TRACING_SERVICE_INSTANCE_ID", Xds, Text, "", Same, "`service.instance.id` of the spans (Envoy Gateway sets the pod name)."),
@@ -294,7 +294,8 @@ pub fn find(name: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.name == name)
 }
 
-const GROUPS: [Group; 8] = [
+/// The groups, in the order of `.env.example` and the README.
+pub(super) const GROUPS: [Group; 8] = [
     Group::Http,
     Group::Redis,
     Group::Limits,
@@ -305,103 +306,7 @@ const GROUPS: [Group; 8] = [
     Group::Traces,
 ];
 
-/// Markdown made plain for a comment: no backticks, no escaped pipes.
-fn plain(text: &str) -> String {
-    text.replace('`', "").replace("\\|", "|")
-}
-
-/// `text` wrapped at 78 columns as `# ` comment lines.
-fn comment(text: &str) -> String {
-    let mut out = String::new();
-    let mut line = String::from("#");
-    for word in text.split_whitespace() {
-        if line.len() + 1 + word.len() > 78 && line.len() > 1 {
-            out.push_str(&line);
-            out.push('\n');
-            line = String::from("#");
-        }
-        line.push(' ');
-        line.push_str(word);
-    }
-    out.push_str(&line);
-    out.push('\n');
-    out
-}
-
-/// `.env.example`: every setting with its default, grouped, each under its
-/// description.
-pub fn env_example() -> String {
-    let mut out = String::from(
-        "# Copy to .env and edit: the service (and start.sh) read .env when it exists.\n\
-         # Every setting is listed with its default; an empty value means \"default\".\n\
-         # A bad value stops the start with one line naming the setting.\n\
-         # Generated from src/config/list.rs; tests/docs.rs keeps this file equal to it.\n",
-    );
-    for group in GROUPS {
-        out.push_str(&format!("\n# --- {} ---\n", group.title()));
-        for setting in SETTINGS.iter().filter(|s| s.group == group) {
-            let mut text = plain(setting.doc);
-            if let Kind::Choice(words) = setting.kind {
-                text.push_str(&format!(" One of: {}.", words.join(", ")));
-            }
-            out.push_str(&comment(&text));
-            out.push_str(&format!("{}={}\n", setting.name, setting.default));
-        }
-    }
-    out
-}
-
-/// The README's settings table: one row per setting.
-pub fn markdown_table() -> String {
-    let mut out = String::from(
-        "| Setting | Type | Default | envoyproxy/ratelimit | Meaning |\n|---|---|---|---|---|\n",
-    );
-    for group in GROUPS {
-        out.push_str(&format!("| **{}** | | | | |\n", group.title()));
-        for setting in SETTINGS.iter().filter(|s| s.group == group) {
-            let default = if setting.default.is_empty() {
-                String::new()
-            } else {
-                format!("`{}`", setting.default)
-            };
-            let mirrors = match setting.mirrors {
-                Mirrors::Own => String::new(),
-                Mirrors::Same => "same".to_owned(),
-                Mirrors::Like(text) => text.to_owned(),
-            };
-            out.push_str(&format!(
-                "| `{}` | {} | {} | {} | {} |\n",
-                setting.name,
-                setting.kind.describe(),
-                default,
-                mirrors,
-                setting.doc
-            ));
-        }
-    }
-    out
-}
-
-/// Every setting with the value in force, secrets and URL passwords
-/// redacted, each marked `set` or `default` (`rate-limiter settings`).
-pub fn current(lookup: impl Fn(&str) -> Option<String>) -> String {
-    let mut out = String::new();
-    for group in GROUPS {
-        out.push_str(&format!("# {}\n", group.title()));
-        for setting in SETTINGS.iter().filter(|s| s.group == group) {
-            let given = lookup(setting.name)
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty());
-            let (value, source) = match given {
-                Some(value) => (super::redact(setting.name, &value), "set"),
-                None => (setting.default.to_owned(), "default"),
-            };
-            let line = format!("{}={value}", setting.name);
-            out.push_str(&format!("{line:<48} # {source}\n"));
-        }
-    }
-    out
-}
+pub use super::render::{current, env_example, markdown_table};
 
 #[cfg(test)]
 mod tests {

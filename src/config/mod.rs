@@ -17,6 +17,7 @@ mod env;
 mod envoy;
 pub mod list;
 mod listeners;
+mod render;
 mod topology;
 mod traces;
 mod xds;
