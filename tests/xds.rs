@@ -912,3 +912,56 @@ async fn envoy_gateways_deployment_as_rendered_works_with_only_the_image_changed
         .unwrap();
     assert_eq!(other.status().as_u16(), 404);
 }
+
+/// Envoy Gateway's HPA runs several replicas: each takes the configuration
+/// from the controller, and their counts are one (Redis), so a client's
+/// requests spread over them meet one exact limit.
+#[tokio::test]
+async fn replicas_take_the_same_configuration_and_count_as_one() {
+    let redis = RedisServer::start().await;
+    let plane = ControlPlane::start(None).await;
+    plane.set(NODE, "1", envoy_gateway_config(3, 3));
+    let url = format!("127.0.0.1:{}", plane.port);
+    let (dir_a, dir_b) = (TempDir::new("xds-replica-a"), TempDir::new("xds-replica-b"));
+    let a = Service::start(
+        &redis,
+        &dir_a,
+        &[("CONFIG_GRPC_XDS_SERVER_URL", url.as_str())],
+    )
+    .await;
+    let b = Service::start(
+        &redis,
+        &dir_b,
+        &[("CONFIG_GRPC_XDS_SERVER_URL", url.as_str())],
+    )
+    .await;
+    let started = Instant::now();
+    while plane
+        .seen()
+        .iter()
+        .filter(|s| s.version == "1" && !s.nonce.is_empty())
+        .count()
+        < 2
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "both replicas ACK"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut ca, mut cb) = (a.client().await, b.client().await);
+    within_one_window(3600, |attempt| {
+        let (mut ca, mut cb) = (ca.clone(), cb.clone());
+        async move {
+            let client = ip(attempt, 8);
+            let mut got = Vec::new();
+            for n in 0..5 {
+                let c = if n % 2 == 0 { &mut ca } else { &mut cb };
+                got.extend(per_client(c, &client, 1).await);
+            }
+            assert_eq!(got, [Fine, Fine, Fine, Over, Over]);
+        }
+    })
+    .await;
+    let _ = (&mut ca, &mut cb);
+}

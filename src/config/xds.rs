@@ -211,6 +211,8 @@ pub(super) fn prometheus_settings(
     // still named.
     env.choice("REDIS_SOCKET_TYPE")?;
     env.bool("USE_STATSD")?;
+    // The metrics already carry the names its mapping gives them.
+    let _ = env.get("PROMETHEUS_MAPPER_YAML");
     if !env.bool("USE_PROMETHEUS")? {
         return Ok(None);
     }
