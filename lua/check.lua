@@ -8,7 +8,8 @@ of one identity in one call see each other exactly as two calls would.
 A check covers every policy that applies to one request, all-or-nothing:
 if any enforced policy denies, none is charged. A shadow policy is checked
 and charged like the others but never blocks: its denial is reported, not
-enforced, and only that policy goes uncharged.
+enforced, and only that policy goes uncharged. A debit policy is charged
+whatever happens (a cost known after the response has been spent already).
 
 The service loads it with the algorithm modules placed before it
 (fixed_window.lua, sliding_window.lua, token_bucket.lua, gcra.lua,
@@ -34,7 +35,13 @@ ARGV, per check, in order:
           cost       integer: > 0 charges, 0 reads only (a status), < 0
                      refunds (gives units back, never below an empty counter;
                      a refund is always allowed and always written)
-          shadow     1: report this policy's denial, never enforce it; 0: enforce
+          flags      the sum of: 1 shadow (report this policy's denial,
+                     never enforce it); 2 debit (a charge always applies,
+                     even past the limit and whatever the other policies
+                     say, and a read (cost 0) asks whether one unit is
+                     left: it is denied once the budget is spent). The
+                     modules get `debit` as true for such a charge, 'read'
+                     for such a read, false otherwise.
 
 Reply, an array of integers, per check, in order:
   allowed   1 if every enforced policy allowed (and the policies that
@@ -95,7 +102,7 @@ local a, k = 1, 0 -- the next ARGV, the keys used so far
 local nargs = #ARGV
 -- Per policy of a check of several: what its module said (made on first
 -- use: most calls have none).
-local allowed_, limit_, remaining_, reset_, retry_, ttl_, value_, px_, cost_
+local allowed_, limit_, remaining_, reset_, retry_, ttl_, value_, px_, cost_, debit_
 while a <= nargs do
   local now = tonumber(ARGV[a])
   if not now then
@@ -117,10 +124,16 @@ while a <= nargs do
       return redis.error_reply('unknown algorithm ' .. tostring(ARGV[a]))
     end
     local limit, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
+    local flags = tonumber(ARGV[a + 4])
+    local debit = flags >= 2
     local allowed, remaining, reset, retry, ttl, value, px =
-      algorithm.check(stored[key], limit, tonumber(ARGV[a + 2]), cost, now)
-    settle(key, cost < 0 or (allowed and cost > 0), value, ttl, px)
-    reply[r + 1] = (allowed or ARGV[a + 4] == '1') and 1 or 0
+      algorithm.check(stored[key], limit, tonumber(ARGV[a + 2]), (debit and cost == 0) and 1 or cost, now,
+        (debit and cost == 0) and 'read' or debit)
+    if debit and cost == 0 and allowed then
+      remaining = remaining + 1 -- a read: the unit asked about was not taken
+    end
+    settle(key, cost < 0 or ((allowed or debit) and cost > 0), value, ttl, px)
+    reply[r + 1] = (allowed or flags % 2 == 1) and 1 or 0
     reply[r + 2] = now
     reply[r + 3] = allowed and 1 or 0
     reply[r + 4] = limit
@@ -133,8 +146,8 @@ while a <= nargs do
   else
     -- Several policies, all-or-nothing.
     if not allowed_ then
-      allowed_, limit_, remaining_, reset_, retry_, ttl_, value_, px_, cost_ =
-        {}, {}, {}, {}, {}, {}, {}, {}, {}
+      allowed_, limit_, remaining_, reset_, retry_, ttl_, value_, px_, cost_, debit_ =
+        {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
     end
     local all_allowed = true
     for i = 1, n do
@@ -143,11 +156,17 @@ while a <= nargs do
         return redis.error_reply('unknown algorithm ' .. tostring(ARGV[a]))
       end
       local limit, window, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+      local flags = tonumber(ARGV[a + 4])
+      local debit = flags >= 2
       local allowed
       allowed, remaining_[i], reset_[i], retry_[i], ttl_[i], value_[i], px_[i] =
-        algorithm.check(stored[KEYS[k + i]], limit, window, cost, now)
-      allowed_[i], limit_[i], cost_[i] = allowed, limit, cost
-      if ARGV[a + 4] ~= '1' then
+        algorithm.check(stored[KEYS[k + i]], limit, window, (debit and cost == 0) and 1 or cost, now,
+          (debit and cost == 0) and 'read' or debit)
+      if debit and cost == 0 and allowed then
+        remaining_[i] = remaining_[i] + 1
+      end
+      allowed_[i], limit_[i], cost_[i], debit_[i] = allowed, limit, cost, debit
+      if flags % 2 == 0 then
         all_allowed = all_allowed and allowed
       end
       a = a + 5
@@ -158,9 +177,9 @@ while a <= nargs do
     r = r + 2
     for i = 1, n do
       local cost, remaining = cost_[i], remaining_[i]
-      settle(KEYS[k + i], cost < 0 or (all_allowed and allowed_[i] and cost > 0),
-        value_[i], ttl_[i], px_[i])
-      if allowed_[i] and not all_allowed and cost > 0 then
+      local charged = cost > 0 and (debit_[i] or (all_allowed and allowed_[i]))
+      settle(KEYS[k + i], cost < 0 or charged, value_[i], ttl_[i], px_[i])
+      if allowed_[i] and not charged and cost > 0 then
         remaining = remaining + cost -- nothing was taken
       end
       reply[r + 1] = allowed_[i] and 1 or 0

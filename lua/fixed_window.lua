@@ -14,7 +14,7 @@ Keeping the window start in the value, instead of in the key name, means the
 script never builds a key the caller did not declare (Redis Cluster forbids
 that) and recognises a stale counter even before its TTL fires.
 
-M.check(stored, limit, window, cost, now)
+M.check(stored, limit, window, cost, now, debit)
     -> allowed, remaining, reset, retry_after, ttl, value [, px]
   stored  the key's value (a string), or false when it has none (missing,
           or a key of another type: it reads as empty and the next SET
@@ -23,6 +23,9 @@ M.check(stored, limit, window, cost, now)
   window  window length in ms, integer >= 1
   cost    units this request takes, integer (0: read only, < 0: a refund)
   now     ms since the Unix epoch
+  debit   true for a debit policy: a charge that does not fit is still
+          counted (the budget goes past its limit, and the next requests
+          are denied until it has drained); `allowed` says whether it fit
 Plain values, no table and no closure per call (Redis runs the script body,
 and so every allocation in it, on each call). The per-policy part of the
 common reply, plus what check.lua writes:
@@ -32,14 +35,15 @@ common reply, plus what check.lua writes:
   retry_after  ms until the same request would fit; 0 if allowed
   ttl          ms for which the stored value still matters
   value        the string to store if the request is charged, nil when it
-               is denied; check.lua writes it only when every policy of the
-               request allows (all-or-nothing), with SET ... PX px
+               is denied (but for a debit); check.lua writes it only when
+               every policy of the request allows (all-or-nothing), or for
+               a debit always, with SET ... PX px
   px           the expiry to write; nil means ttl + a second of slack
 ]]
 
 local M = {}
 
-function M.check(stored, limit, window, cost, now)
+function M.check(stored, limit, window, cost, now, debit)
   local window_start = now - (now % window)
   local reset = window_start + window - now
 
@@ -52,7 +56,7 @@ function M.check(stored, limit, window, cost, now)
     end
   end
 
-  local allowed, remaining, retry_after, count = M.decide(used, limit, cost, reset)
+  local allowed, remaining, retry_after, count = M.decide(used, limit, cost, reset, debit)
   -- The counter dies with its window.
   return allowed, remaining, reset, retry_after, reset,
     count and string.format('%d %d', window_start, count)
@@ -60,10 +64,10 @@ end
 
 -- The decision of a fixed window that has `used` units of `limit`, ending
 -- in `reset` ms, for a request taking `cost`: allowed, remaining,
--- retry_after, and the count to store (nil when denied). How it is stored
+-- retry_after, and the count to store (nil when denied, but for a debit). How it is stored
 -- is the caller's: this module's "start count" strings,
 -- ratelimit_fixed_window.lua's plain integers.
-function M.decide(used, limit, cost, reset)
+function M.decide(used, limit, cost, reset, debit)
   if cost < 0 then
     -- A refund: give back up to what this window used, never below zero.
     local left = math.max(0, used + cost)
@@ -71,6 +75,10 @@ function M.decide(used, limit, cost, reset)
   end
   if used + cost <= limit then
     return true, limit - used - cost, 0, used + cost
+  end
+  if debit == true and cost > 0 then
+    -- A debit: counted past the limit; the window must end first.
+    return false, 0, reset, used + cost
   end
   -- max(): a limit lowered by a new configuration can be below what this
   -- window already used.

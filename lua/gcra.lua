@@ -13,7 +13,9 @@ limit per window; the burst is `limit`: a request fits when
 
 and then TAT becomes max(TAT, now) + cost x T.
 
-M.check(stored, limit, window, cost, now) -> as in fixed_window.lua:
+M.check(stored, limit, window, cost, now, debit) -> as in fixed_window.lua
+(a debit moves the TAT by its cost even past the burst: the meter is then
+more than full, and nothing fits until it has drained below the burst):
   remaining    whole requests that would still fit now
   reset        ms until the meter is empty (TAT reached), rounded up
   retry_after  ms until the same request fits, rounded up: a client that
@@ -26,7 +28,7 @@ local function ceil_div(a, b)
   return math.floor((a + b - 1) / b)
 end
 
-function M.check(stored, limit, window, cost, now)
+function M.check(stored, limit, window, cost, now, debit)
   local interval = ceil_div(window * 1000, limit)
   local capacity = limit * interval
   local now_us = now * 1000
@@ -37,7 +39,8 @@ function M.check(stored, limit, window, cost, now)
   local tat = now_us
   if stored and string.match(stored, '^%d+$') then
     local t = tonumber(stored)
-    if t > now_us and t <= now_us + capacity then tat = t end
+    -- A debit policy's meter may be far ahead (a large charge).
+    if t > now_us and (t <= now_us + capacity or (debit and t < 2^53)) then tat = t end
   end
 
   local new_tat = tat + cost * interval
@@ -52,8 +55,15 @@ function M.check(stored, limit, window, cost, now)
     return true, math.floor((capacity - (new_tat - now_us)) / interval), ahead, 0, ahead,
       string.format('%d', new_tat)
   end
+  if debit == true and cost > 0 then
+    -- A debit: charged anyway; one unit fits again once the meter is back
+    -- within the burst.
+    local ahead = ceil_div(new_tat - now_us, 1000)
+    return false, 0, ahead, ceil_div(new_tat + interval - now_us - capacity, 1000), ahead,
+      string.format('%d', new_tat)
+  end
   local behind = ceil_div(tat - now_us, 1000)
-  return false, math.floor((capacity - (tat - now_us)) / interval), behind,
+  return false, math.max(0, math.floor((capacity - (tat - now_us)) / interval)), behind,
     ceil_div(new_tat - now_us - capacity, 1000), behind, nil
 end
 

@@ -15,7 +15,7 @@ decision it shares (M.decide).
 
 local M = {}
 
-function M.check(stored, limit, window, cost, now)
+function M.check(stored, limit, window, cost, now, debit)
   local window_start = now - (now % window)
   local reset = window_start + window - now
   local used = 0
@@ -29,7 +29,7 @@ function M.check(stored, limit, window, cost, now)
   -- sets the unit, plus jitter).
   local px = math.max(1, math.ceil(window / 1000)) * 1000
   -- The decision is fixed_window.lua's.
-  local allowed, remaining, retry_after, count = ALGORITHMS['fixed_window'].decide(used, limit, cost, reset)
+  local allowed, remaining, retry_after, count = ALGORITHMS['fixed_window'].decide(used, limit, cost, reset, debit)
   return allowed, remaining, reset, retry_after, reset, count and string.format('%d', count), px
 end
 

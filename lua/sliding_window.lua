@@ -21,7 +21,7 @@ Storage: KEY is a string "<current window start ms> <its count> <previous
 window's count>" (read with the call's MGET, written with one SET ... PX). One key, so both counters always
 share the identity's hash tag.
 
-M.check(stored, limit, window, cost, now) -> as in fixed_window.lua:
+M.check(stored, limit, window, cost, now, debit) -> as in fixed_window.lua:
   reset        ms until the estimate is 0 again (the full limit is back)
   retry_after  the exact ms until the same request fits, from the formula
                above (the weighted part shrinks every millisecond)
@@ -46,7 +46,7 @@ local function until_empty(cur, prev, rest, window)
   return decay_until(prev, rest, window, 0)
 end
 
-function M.check(stored, limit, window, cost, now)
+function M.check(stored, limit, window, cost, now, debit)
   local current_start = now - (now % window)
   local rest = current_start + window - now -- ms left in the current window
 
@@ -80,6 +80,22 @@ function M.check(stored, limit, window, cost, now)
     -- ttl: the current count weighs on the next window too.
     return true, limit - estimate - cost, until_empty(current + cost, previous, rest, window), 0,
       rest + window, string.format('%d %d %d', current_start, current + cost, previous)
+  end
+
+  if debit == true and cost > 0 then
+    -- A debit: counted past the limit; the next unit fits once the
+    -- estimate has decayed below the limit.
+    local charged = current + cost
+    local estimate2 = math.floor(previous * rest / window) + charged
+    local room = limit - charged - 1
+    local retry
+    if room >= 0 then
+      retry = decay_until(previous, rest, window, room)
+    else
+      retry = rest + decay_until(charged, window, window, limit - 1)
+    end
+    return false, math.max(0, limit - estimate2), until_empty(charged, previous, rest, window),
+      retry, rest + window, string.format('%d %d %d', current_start, charged, previous)
   end
 
   local retry_after

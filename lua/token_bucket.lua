@@ -15,7 +15,9 @@ ms>" (read with the call's MGET, written with one SET ... PX). A missing key is 
 the time until the bucket is full again, after which the key would say
 nothing new.
 
-M.check(stored, limit, window, cost, now) -> as in fixed_window.lua:
+M.check(stored, limit, window, cost, now, debit) -> as in fixed_window.lua
+(a debit takes its tokens even when there are not that many: the level goes
+below zero, stored with its sign, and refills from there):
   remaining    whole tokens left
   reset        ms until the bucket is full
   retry_after  ms until `cost` tokens are there
@@ -27,19 +29,19 @@ local function ceil_div(a, b)
   return math.floor((a + b - 1) / b)
 end
 
-function M.check(stored, limit, window, cost, now)
+function M.check(stored, limit, window, cost, now, debit)
   local capacity = limit * window
   local level = capacity
 
   if stored then
-    local l, t = string.match(stored, '^(%d+) (%d+)$')
+    local l, t = string.match(stored, '^(%-?%d+) (%d+)$')
     l, t = tonumber(l), tonumber(t)
     -- A measurement more than a window in the future was not written by
     -- this script (a clock step back is far smaller): it is stale, or it
     -- would keep the bucket from refilling until then.
-    if l and t and l < 2^53 and t <= now + window then
+    if l and t and l < 2^53 and l > -2^53 and t <= now + window then
       local elapsed = math.max(0, now - t) -- a clock that stepped back refills nothing
-      if elapsed >= window then
+      if elapsed >= window and l >= 0 then
         level = capacity -- also keeps elapsed x limit far from 2^53
       else
         level = math.min(capacity, l + elapsed * limit)
@@ -60,8 +62,16 @@ function M.check(stored, limit, window, cost, now)
     -- ttl = reset: a full bucket is a missing key.
     return true, math.floor(after / window), reset, 0, reset, string.format('%d %d', after, now)
   end
+  if debit == true and cost > 0 then
+    -- A debit: taken anyway; the next token is there once the level is
+    -- back to one.
+    local after = level - need
+    local reset = ceil_div(capacity - after, limit)
+    return false, math.max(0, math.floor(after / window)), reset,
+      ceil_div(window - after, limit), reset, string.format('%d %d', after, now)
+  end
   local reset = ceil_div(capacity - level, limit)
-  return false, math.floor(level / window), reset, ceil_div(need - level, limit), reset, nil
+  return false, math.max(0, math.floor(level / window)), reset, ceil_div(need - level, limit), reset, nil
 end
 
 return M

@@ -31,6 +31,7 @@ fn policy(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64, cost: u32
         window_ms,
         cost: cost.into(),
         shadow: false,
+        debit: false,
     }
 }
 
@@ -584,4 +585,106 @@ async fn refunds_give_units_back_and_never_go_below_empty() {
         }
         assert!(!at(1, t).await.allowed, "{algorithm}: the limit holds");
     }
+}
+
+/// A debit policy (`debit = true`), every algorithm, through check.lua with
+/// an explicit clock: a charge past the limit is counted anyway (the reply
+/// says it did not fit), a peek (cost 0) is denied while the budget is
+/// spent, and its `retry_after` is exact: a peek 1 ms earlier is denied,
+/// one at that moment allowed. The same sequence on an ordinary policy
+/// charges nothing for the refused request. Every unit sent is counted: 25
+/// charged against 10, then 15 refunded, leave the budget exactly spent.
+#[tokio::test]
+async fn debit_policies_charge_past_the_limit_and_peeks_wait_until_it_drains() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let (limit, window) = (10u32, 60_000u64);
+    for algorithm in Algorithm::ALL {
+        let key = format!("rate:{{user:debit}}:{}", algorithm.as_str());
+        let at = |cost: i64, debit: bool| ScriptPolicy {
+            cost,
+            debit,
+            ..policy(&key, algorithm, limit, window, 0)
+        };
+        let now = T0 + 1_000;
+        let first = one(&store, at(7, true), now).await;
+        assert!(first.allowed, "{algorithm}: 7 of 10 fit");
+        // 7 more do not fit: charged anyway, and the answer says so.
+        let second = one(&store, at(7, true), now).await;
+        assert!(!second.allowed, "{algorithm}");
+        assert_eq!(second.quotas[0].remaining, 0, "{algorithm}");
+        // A peek: the budget is spent.
+        let peek = one(&store, at(0, true), now).await;
+        assert!(!peek.allowed, "{algorithm}: a peek once spent");
+        let wait = peek.quotas[0].retry_after.as_millis() as u64;
+        assert!(wait > 0, "{algorithm}");
+        let before = one(&store, at(0, true), now + wait - 1).await;
+        assert!(!before.allowed, "{algorithm}: 1 ms before retry_after");
+        let then = one(&store, at(0, true), now + wait).await;
+        assert!(then.allowed, "{algorithm}: at retry_after ({wait} ms)");
+        assert!(then.quotas[0].remaining >= 1, "{algorithm}");
+        // 14 charged against 10: it waited for more than the 4 excess units
+        // to drain (a fixed or sliding window waits for its window to end).
+        let per_unit = window / u64::from(limit);
+        assert!(wait > 4 * per_unit, "{algorithm}: {wait} ms");
+
+        // The same on an ordinary policy: the refused 7 are not charged.
+        let key = format!("rate:{{user:plain}}:{}", algorithm.as_str());
+        let plain = |cost: i64| ScriptPolicy {
+            cost,
+            ..policy(&key, algorithm, limit, window, 0)
+        };
+        assert!(one(&store, plain(7), now).await.allowed);
+        assert!(!one(&store, plain(7), now).await.allowed);
+        let peek = one(&store, plain(0), now).await;
+        assert!(peek.allowed, "{algorithm}");
+        assert_eq!(peek.quotas[0].remaining, 3, "{algorithm}");
+    }
+
+    // A debit in a check with an enforced policy that refuses: the debit is
+    // charged all the same (the cost was spent), the other is not.
+    let debit = ScriptPolicy {
+        cost: 3,
+        debit: true,
+        ..policy(
+            "rate:{user:mixed}:debit",
+            Algorithm::FixedWindow,
+            10,
+            window,
+            0,
+        )
+    };
+    let strict = policy(
+        "rate:{user:mixed}:strict",
+        Algorithm::FixedWindow,
+        1,
+        window,
+        3,
+    );
+    let now = T0 + 2_000;
+    let mixed = store
+        .run_check(&[debit.clone(), strict], Some(now))
+        .await
+        .unwrap();
+    assert!(!mixed.allowed);
+    let after = one(&store, ScriptPolicy { cost: 0, ..debit }, now).await;
+    assert_eq!(after.quotas[0].remaining, 7, "the debit was charged");
+
+    // Every unit counted: 25 against 10 in charges of 5, 15 refunded: spent
+    // exactly (a dropped charge would leave room).
+    let key = "rate:{user:total}:debit";
+    let at = |cost: i64| ScriptPolicy {
+        cost,
+        debit: true,
+        ..policy(key, Algorithm::FixedWindow, 10, window, 0)
+    };
+    for _ in 0..5 {
+        one(&store, at(5), now).await;
+    }
+    one(&store, at(-15), now).await;
+    assert!(!one(&store, at(0), now).await.allowed, "10 of 10 used");
+    one(&store, at(-1), now).await;
+    let left = one(&store, at(0), now).await;
+    assert!(left.allowed);
+    assert_eq!(left.quotas[0].remaining, 1);
 }

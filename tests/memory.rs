@@ -58,6 +58,7 @@ async fn memory_per_identity_per_algorithm() {
                         window_ms: 60_000,
                         cost: 1,
                         shadow: false,
+                        debit: false,
                     };
                     store.run_check(&[p], None).await.unwrap()
                 }

@@ -166,7 +166,11 @@ impl<S: Store> Limiter<S> {
                 Ok(if allowed {
                     Decision::Allowed(outcome)
                 } else {
-                    self.denied.insert(request, &outcome, generation, valid_for);
+                    // A debit's charges must reach Redis even while it is
+                    // spent: its denials are never answered from the cache.
+                    if !outcome.quotas.iter().any(|(p, _)| p.debit()) {
+                        self.denied.insert(request, &outcome, generation, valid_for);
+                    }
                     Decision::Denied(outcome)
                 })
             }

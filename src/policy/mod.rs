@@ -69,6 +69,11 @@ pub struct Policy {
     /// other limits of a request (the Envoy front end decides the overall
     /// answer from all quota-mode descriptors).
     quota_mode: bool,
+    /// A debit policy: every positive hit is charged, even past the limit
+    /// (a cost known after the response), and the next requests are denied
+    /// until the budget has drained; a peek (hits 0) is denied once it is
+    /// spent.
+    debit: bool,
 }
 
 impl Policy {
@@ -116,7 +121,19 @@ impl Policy {
             failure_mode: None,
             label: None,
             quota_mode: false,
+            debit: false,
         })
+    }
+
+    /// The same policy, charging every positive hit (a debit) or not.
+    pub fn with_debit(mut self, debit: bool) -> Self {
+        self.debit = debit;
+        self
+    }
+
+    /// Whether every positive hit is charged, even past the limit.
+    pub fn debit(&self) -> bool {
+        self.debit
     }
 
     /// The same policy, in shadow mode or not.

@@ -139,6 +139,7 @@ mod tests {
             window_ms: 1000,
             cost: 1,
             shadow: false,
+            debit: false,
         };
         (
             Job {

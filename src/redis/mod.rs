@@ -43,6 +43,7 @@ pub(super) fn script_policy(counter: &Counter<'_>) -> ScriptPolicy {
         window_ms: counter.policy.window_ms(),
         cost: counter.cost,
         shadow: counter.policy.non_blocking(),
+        debit: counter.policy.debit(),
     }
 }
 
@@ -59,6 +60,9 @@ pub struct ScriptPolicy {
     pub cost: i64,
     /// Report this policy's denial, never enforce it.
     pub shadow: bool,
+    /// A charge always applies, even past the limit; a read asks whether a
+    /// unit is left.
+    pub debit: bool,
 }
 
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
@@ -320,7 +324,7 @@ impl RedisStore {
                     .arg(p.limit)
                     .arg(p.window_ms)
                     .arg(p.cost)
-                    .arg(if p.shadow { "1" } else { "0" });
+                    .arg(u8::from(p.shadow) + 2 * u8::from(p.debit));
             }
         }
         self.metrics

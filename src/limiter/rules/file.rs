@@ -47,6 +47,8 @@ struct PolicyToml {
     strategy: Option<String>,
     route: Option<String>,
     shadow: Option<bool>,
+    /// A debit policy: every positive hit charged, even past the limit.
+    debit: Option<bool>,
     per: Option<String>,
     failure_mode: Option<String>,
     host: Option<String>,
@@ -240,6 +242,7 @@ impl Parser<'_> {
         let policy = Policy::new(name, algorithm, limit, window, cost)
             .map_err(|err| place.bad(err.key(), err.to_string()))?
             .with_shadow(table.shadow.unwrap_or(false))
+            .with_debit(table.debit.unwrap_or(false))
             .with_per_client_ip(per_client_ip)
             .with_failure_mode(failure_mode);
         let host = table

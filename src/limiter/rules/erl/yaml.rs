@@ -9,7 +9,7 @@ use serde_yaml::{Mapping, Value};
 use crate::policy::{parse_window, Algorithm, Unit};
 
 /// Every key envoyproxy/ratelimit accepts anywhere in a file, and ours.
-pub(super) const VALID_KEYS: [&str; 20] = [
+pub(super) const VALID_KEYS: [&str; 21] = [
     "domain",
     "key",
     "value",
@@ -31,6 +31,7 @@ pub(super) const VALID_KEYS: [&str; 20] = [
     "algorithm",
     "unit_multiplier",
     "window",
+    "debit",
 ];
 
 /// A file's text as a YAML root: a map (an empty file is an empty one).
@@ -53,6 +54,8 @@ pub(super) struct ParsedLimit {
     pub(super) unit: Unit,
     pub(super) window: Duration,
     pub(super) algorithm: Algorithm,
+    /// Ours: every positive hit charged, even past the limit.
+    pub(super) debit: bool,
 }
 
 pub(super) fn parse_limit(map: &Mapping) -> Result<ParsedLimit, String> {
@@ -118,6 +121,7 @@ pub(super) fn parse_limit(map: &Mapping) -> Result<ParsedLimit, String> {
         },
         window,
         algorithm,
+        debit: field_bool(map, "debit")?,
     })
 }
 
