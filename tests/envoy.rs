@@ -460,3 +460,149 @@ async fn envoy_as_envoy_gateway_configures_it_with_limits_over_xds() {
     })
     .await;
 }
+
+/// A backend that reports the tokens a request used: the request's
+/// `x-charge`, sent back as `x-tokens-used`.
+fn token_backend() -> (u16, actix_web::dev::ServerHandle) {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    let port = free_port();
+    let server = HttpServer::new(|| {
+        App::new().default_service(web::to(|req: HttpRequest| async move {
+            let used = req
+                .headers()
+                .get("x-charge")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("0")
+                .to_owned();
+            HttpResponse::Ok()
+                .insert_header(("x-tokens-used", used))
+                .body("completion")
+        }))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", port))
+    .expect("bind the backend")
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (port, handle)
+}
+
+/// A token budget charged after the response (AI gateways; Envoy
+/// Gateway's response-phase costs): Envoy asks before the request whether
+/// any budget is left (hits 0) and, after the stream, charges what the
+/// backend reported. The budget (a debit policy, 100 tokens) runs out
+/// after the right number of requests, and the last charge, larger than
+/// what was left, counts in full.
+#[tokio::test]
+async fn envoy_charges_a_token_budget_after_the_response() {
+    let redis = RedisServer::start().await;
+    let dir = TempDir::new("envoy-tokens");
+    let config = dir.path().join("ratelimit/config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("ai.yaml"),
+        "domain: ai\ndescriptors:\n  - key: budget\n    value: tokens\n    descriptors:\n      - key: user\n        rate_limit: { unit: hour, requests_per_unit: 100, algorithm: gcra, debit: true }\n",
+    )
+    .unwrap();
+    let root = dir.path().display().to_string();
+    let app = spawn_app(
+        &redis,
+        &[
+            ("RUNTIME_ROOT", root.as_str()),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+            ("JSON_API", "open"),
+        ],
+    )
+    .await;
+    let (backend_port, _backend) = token_backend();
+    let (listen, admin) = (free_port(), free_port());
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/envoy-token-budget.yaml"))
+        .unwrap()
+        .replace("@LISTEN@", &listen.to_string())
+        .replace("@ADMIN@", &admin.to_string())
+        .replace("@BACKEND@", &backend_port.to_string())
+        .replace("@RLS@", &app.grpc_port.to_string());
+    let envoy_dir = TempDir::new("envoy-tokens-envoy");
+    let _envoy = run_envoy(&envoy_dir, &text, admin).await;
+    let client = reqwest::Client::new();
+    let user = unique_key("tokens");
+    // What the service says is left (a peek through /json).
+    let left = || async {
+        let body = serde_json::json!({
+            "domain": "ai",
+            "descriptors": [{
+                "entries": [{"key": "budget", "value": "tokens"}, {"key": "user", "value": user}],
+                "hits_addend": 0
+            }]
+        });
+        let reply: serde_json::Value = client
+            .post(app.url("/json"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (
+            reply["overallCode"].as_str().unwrap().to_owned(),
+            reply["statuses"][0]["limitRemaining"].as_u64().unwrap_or(0),
+        )
+    };
+    let ask = |charge: u32| {
+        client
+            .get(format!("http://127.0.0.1:{listen}/v1/chat"))
+            .header("x-user-id", &user)
+            .header("x-charge", charge.to_string())
+            .send()
+    };
+    // 40, 40: within the budget; each charge lands after its response.
+    for (n, remaining) in [(1, 60), (2, 20)] {
+        let r = ask(40).await.unwrap();
+        assert_eq!(r.status(), 200, "request {n}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while left().await.1 > remaining {
+            assert!(
+                Instant::now() < deadline,
+                "charge {n} never landed: {:?}",
+                left().await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // GCRA gives a token back every 36 s: exact within this test.
+        assert_eq!(
+            left().await,
+            ("OK".to_owned(), remaining),
+            "after request {n}"
+        );
+    }
+    // 20 left: the request is let in (budget left), and its 40 tokens
+    // are charged in full after it.
+    assert_eq!(ask(40).await.unwrap().status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while left().await.0 == "OK" {
+        assert!(Instant::now() < deadline, "the third charge never landed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Spent: the next request is refused before it reaches the backend.
+    let refused = ask(1).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    // All 120 counted: 20 back leaves it spent, 21 back leaves 1.
+    let refund = |n: u32| {
+        client
+            .post(app.url("/json"))
+            .json(&serde_json::json!({
+                "domain": "ai",
+                "descriptors": [{
+                    "entries": [{"key": "budget", "value": "tokens"}, {"key": "user", "value": user}],
+                    "hits_addend": n, "is_negative_hits": true
+                }]
+            }))
+            .send()
+    };
+    assert!(refund(20).await.unwrap().status().is_success());
+    assert_eq!(left().await.0, "OVER_LIMIT", "120 were charged, not 100");
+    assert!(refund(1).await.unwrap().status().is_success());
+    assert_eq!(left().await, ("OK".to_owned(), 1));
+}
