@@ -577,9 +577,11 @@ async fn envoy_charges_a_token_budget_after_the_response() {
             "after request {n}"
         );
     }
-    // 20 left: the request is let in (budget left), and its 40 tokens
-    // are charged in full after it.
-    assert_eq!(ask(40).await.unwrap().status(), 200);
+    // 20 left: the request is let in (budget left), its headers say what
+    // is truly left before it, and its 40 tokens are charged in full after.
+    let third = ask(40).await.unwrap();
+    assert_eq!(third.status(), 200);
+    assert_eq!(third.headers()["x-ratelimit-remaining"], "20");
     let deadline = Instant::now() + Duration::from_secs(10);
     while left().await.0 == "OK" {
         assert!(Instant::now() < deadline, "the third charge never landed");
