@@ -27,7 +27,7 @@ ARGV, per check, in order:
                      pass it; reading the clock inside Redis makes instances
                      with skewed clocks agree.
           n          the number of policies of this check
-          then five per policy i:
+          then six per policy i:
           algorithm  fixed_window | sliding_window | token_bucket | gcra |
                      ratelimit_fixed_window
           limit      integer >= 1
@@ -42,14 +42,16 @@ ARGV, per check, in order:
                      left: it is denied once the budget is spent). The
                      modules get `debit` as true for such a charge, 'read'
                      for such a read, false otherwise.
+          lease      a concurrency lease's id, or empty
 
 Reply, an array of integers, per check, in order:
   allowed   1 if every enforced policy allowed (and the policies that
             allowed were charged), else 0 (and nothing was charged)
   now       the clock the decision used (ms since the epoch)
-  then five per policy i, the common reply shape of every algorithm:
+  then six per policy i, the common reply shape of every algorithm:
      allowed, limit, remaining, reset (ms until full again),
-     retry_after (ms until this policy would allow; 0 if it does)
+     retry_after (ms until this policy would allow; 0 if it does),
+     expired (concurrency: leases found expired without release; else 0)
   When a check is denied, `remaining` of the policies that would have
   allowed it is their level before the (uncharged) request.
 
@@ -87,8 +89,10 @@ end
 -- Writes a charged counter (and remembers it for the rest of the call), or
 -- gives one found without a TTL (a PERSIST, a write by another tool) one,
 -- so it cannot pin its identity forever.
-local function settle(key, charged, value, ttl, px)
-  if charged then
+local function settle(key, charged, value, ttl, px, module, now)
+  if charged and module.store then
+    module.store(key, value, ttl, px, now)
+  elseif charged then
     redis.call('SET', key, value, 'PX', px or (ttl + TTL_SLACK))
     stored[key] = value
   elseif redis.call('PTTL', key) == -1 then
@@ -102,7 +106,7 @@ local a, k = 1, 0 -- the next ARGV, the keys used so far
 local nargs = #ARGV
 -- Per policy of a check of several: what its module said (made on first
 -- use: most calls have none).
-local allowed_, limit_, remaining_, reset_, retry_, ttl_, value_, px_, cost_, debit_
+local allowed_, limit_, remaining_, reset_, retry_, ttl_, value_, px_, cost_, debit_, expired_, module_
 while a <= nargs do
   local now = tonumber(ARGV[a])
   if not now then
@@ -126,13 +130,14 @@ while a <= nargs do
     local limit, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
     local flags = tonumber(ARGV[a + 4])
     local debit = flags >= 2
-    local allowed, remaining, reset, retry, ttl, value, px =
+    local allowed, remaining, reset, retry, ttl, value, px, expired =
       algorithm.check(stored[key], limit, tonumber(ARGV[a + 2]), (debit and cost == 0) and 1 or cost, now,
-        (debit and cost == 0) and 'read' or debit)
+        (debit and cost == 0) and 'read' or debit, key, ARGV[a + 5])
     if debit and cost == 0 and allowed then
       remaining = remaining + 1 -- a read: the unit asked about was not taken
     end
-    settle(key, cost < 0 or ((allowed or debit) and cost > 0), value, ttl, px)
+    settle(key, (cost < 0 and value ~= nil) or ((allowed or debit) and cost > 0 and value ~= nil),
+      value, ttl, px, algorithm, now)
     reply[r + 1] = (allowed or flags % 2 == 1) and 1 or 0
     reply[r + 2] = now
     reply[r + 3] = allowed and 1 or 0
@@ -140,14 +145,15 @@ while a <= nargs do
     reply[r + 5] = remaining
     reply[r + 6] = reset
     reply[r + 7] = retry
-    r = r + 7
-    a = a + 5
+    reply[r + 8] = expired or 0
+    r = r + 8
+    a = a + 6
     k = k + 1
   else
     -- Several policies, all-or-nothing.
     if not allowed_ then
-      allowed_, limit_, remaining_, reset_, retry_, ttl_, value_, px_, cost_, debit_ =
-        {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+      allowed_, limit_, remaining_, reset_, retry_, ttl_, value_, px_, cost_, debit_, expired_, module_ =
+        {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
     end
     local all_allowed = true
     for i = 1, n do
@@ -159,9 +165,10 @@ while a <= nargs do
       local flags = tonumber(ARGV[a + 4])
       local debit = flags >= 2
       local allowed
-      allowed, remaining_[i], reset_[i], retry_[i], ttl_[i], value_[i], px_[i] =
+      allowed, remaining_[i], reset_[i], retry_[i], ttl_[i], value_[i], px_[i], expired_[i] =
         algorithm.check(stored[KEYS[k + i]], limit, window, (debit and cost == 0) and 1 or cost, now,
-          (debit and cost == 0) and 'read' or debit)
+          (debit and cost == 0) and 'read' or debit, KEYS[k + i], ARGV[a + 5])
+      module_[i] = algorithm
       if debit and cost == 0 and allowed then
         remaining_[i] = remaining_[i] + 1
       end
@@ -169,7 +176,7 @@ while a <= nargs do
       if flags % 2 == 0 then
         all_allowed = all_allowed and allowed
       end
-      a = a + 5
+      a = a + 6
     end
 
     reply[r + 1] = all_allowed and 1 or 0
@@ -178,7 +185,8 @@ while a <= nargs do
     for i = 1, n do
       local cost, remaining = cost_[i], remaining_[i]
       local charged = cost > 0 and (debit_[i] or (all_allowed and allowed_[i]))
-      settle(KEYS[k + i], cost < 0 or charged, value_[i], ttl_[i], px_[i])
+      settle(KEYS[k + i], (cost < 0 or charged) and value_[i] ~= nil, value_[i], ttl_[i], px_[i],
+        module_[i], now)
       if allowed_[i] and not charged and cost > 0 then
         remaining = remaining + cost -- nothing was taken
       end
@@ -187,7 +195,8 @@ while a <= nargs do
       reply[r + 3] = remaining
       reply[r + 4] = reset_[i]
       reply[r + 5] = retry_[i]
-      r = r + 5
+      reply[r + 6] = expired_[i] or 0
+      r = r + 6
     end
     k = k + n
   end

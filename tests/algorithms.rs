@@ -32,6 +32,7 @@ fn policy(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64, cost: u32
         cost: cost.into(),
         shadow: false,
         debit: false,
+        lease: String::new(),
     }
 }
 
@@ -45,6 +46,7 @@ fn model(algorithm: Algorithm, limit: u64, window: u64) -> Box<dyn Model> {
         Algorithm::SlidingWindow => Box::new(models::SlidingWindow::new(limit, window)),
         Algorithm::TokenBucket => Box::new(models::TokenBucket::new(limit, window)),
         Algorithm::Gcra => Box::new(models::Gcra::new(limit, window)),
+        Algorithm::Concurrency => unreachable!("not a rate"),
     }
 }
 
@@ -204,6 +206,7 @@ async fn window_edges_per_algorithm() {
             Algorithm::SlidingWindow => assert_eq!(after, 0),
             // 1 ms refills limit / window = 1/6000 of a token: nothing.
             Algorithm::TokenBucket | Algorithm::Gcra => assert_eq!(after, 0),
+            Algorithm::Concurrency => unreachable!("not a rate"),
         }
     }
 }
@@ -376,6 +379,7 @@ async fn every_key_expires_once_it_stops_mattering() {
             Algorithm::FixedWindow => (15_000, 16_000), // the window's end + 1 s
             Algorithm::SlidingWindow => (75_000, 76_000), // the next window's end + 1 s
             Algorithm::TokenBucket | Algorithm::Gcra => (12_000, 13_000), // full again + 1 s
+            Algorithm::Concurrency => unreachable!("not a rate"),
         };
         assert!((low..=high).contains(&pttl), "{algorithm}: pttl {pttl}");
     }
@@ -486,6 +490,7 @@ async fn a_lowered_limit_never_reports_more_than_itself() {
             }
             // Buckets: the smaller capacity caps what is there.
             Algorithm::TokenBucket | Algorithm::Gcra => assert!(r.allowed, "{algorithm}"),
+            Algorithm::Concurrency => unreachable!("not a rate"),
         }
     }
 }

@@ -59,6 +59,7 @@ async fn memory_per_identity_per_algorithm() {
                         cost: 1,
                         shadow: false,
                         debit: false,
+                        lease: String::new(),
                     };
                     store.run_check(&[p], None).await.unwrap()
                 }

@@ -90,12 +90,26 @@ fn descriptor(d: &RateLimitDescriptor, default_hits: u64) -> Result<Descriptor, 
             })
         }
     };
+    // A trailing `request_id` entry names the request's concurrency lease
+    // (acquired by its positive hit, released by its negative one); it is
+    // not part of what the rules match.
+    let lease = match entries.last() {
+        Some((key, _)) if key == LEASE_ENTRY && entries.len() > 1 => {
+            entries.pop().map(|(_, id)| id)
+        }
+        _ => None,
+    };
     Ok(Descriptor {
         entries,
         hits: if d.is_negative_hits { -hits } else { hits },
         limit,
+        lease,
     })
 }
+
+/// The descriptor entry whose value names a concurrency lease (Envoy's
+/// `request_headers: { header_name: x-request-id, descriptor_key: request_id }`).
+pub const LEASE_ENTRY: &str = "request_id";
 
 #[cfg(test)]
 mod tests {

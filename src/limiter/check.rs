@@ -27,6 +27,17 @@ impl<S: Store> Limiter<S> {
                     } else {
                         0
                     },
+                    // A concurrency slot is a lease with an id: the caller's,
+                    // or a fresh one (released, without its id, as the lease
+                    // that expires first).
+                    lease: match &descriptor.lease {
+                        _ if !charge || !item.policy.algorithm().is_concurrency() => None,
+                        Some(id) => Some(std::borrow::Cow::Borrowed(id.as_str())),
+                        None if descriptor.hits > 0 => {
+                            Some(std::borrow::Cow::Owned(uuid::Uuid::new_v4().to_string()))
+                        }
+                        None => None,
+                    },
                 })
             })
             .collect()
@@ -225,6 +236,7 @@ pub(super) fn item_counters(items: &[Item]) -> Vec<Counter<'_>> {
                 subject: item.subject.as_deref()?,
                 policy: &item.policy,
                 cost: 0,
+                lease: None,
             })
         })
         .collect()

@@ -27,6 +27,9 @@ pub struct Descriptor {
     /// A limit the caller sets for this descriptor (Envoy's `limit`): it
     /// replaces the rules' limits for it, in a domain the rules know.
     pub limit: Option<LimitOverride>,
+    /// The id of the concurrency lease this descriptor acquires (hits > 0),
+    /// renews (0) or releases (< 0); concurrency policies only.
+    pub lease: Option<String>,
 }
 
 /// Envoy's per-descriptor limit: `requests_per_unit` per `unit`, counted
@@ -44,6 +47,7 @@ impl Descriptor {
             entries,
             hits: 1,
             limit: None,
+            lease: None,
         }
     }
 

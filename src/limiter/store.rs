@@ -9,11 +9,13 @@ use crate::policy::{Policy, Quota};
 
 /// One counter of a check: `policy` counted for `subject`, taking `cost`
 /// units (0: read without writing; negative: a refund).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Counter<'a> {
     pub subject: &'a Entry,
     pub policy: &'a Policy,
     pub cost: i64,
+    /// A concurrency policy's lease id (acquired, renewed or released).
+    pub lease: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// What the store answers for one check of several policies.
@@ -23,6 +25,9 @@ pub struct StoreReply {
     pub allowed: bool,
     /// One per policy, in the order asked.
     pub quotas: Vec<Quota>,
+    /// Per policy: concurrency leases found expired without release (the
+    /// holder died or forgot); 0 for the rate algorithms.
+    pub expired: Vec<u32>,
 }
 
 /// Why the store could not answer. Backend-neutral: the Redis layer maps its

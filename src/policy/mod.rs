@@ -103,6 +103,7 @@ impl Policy {
         // A fixed window only counts up to its limit; the other algorithms
         // compute in units of time per request.
         if algorithm != Algorithm::FixedWindow
+            && !algorithm.is_concurrency()
             && u128::from(limit.get()) * window.as_millis() >= MAX_LIMIT_TIMES_WINDOW_MS
         {
             return Err(PolicyError::TooLarge {

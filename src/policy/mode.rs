@@ -63,9 +63,13 @@ pub enum Algorithm {
     SlidingWindow,
     TokenBucket,
     Gcra,
+    /// Not a rate: at most `limit` requests in flight at once, each
+    /// holding a lease for `window` (the lease's time-to-live).
+    Concurrency,
 }
 
 impl Algorithm {
+    /// The rate algorithms (every kind but [`Algorithm::Concurrency`]).
     pub const ALL: [Algorithm; 4] = [
         Algorithm::FixedWindow,
         Algorithm::SlidingWindow,
@@ -80,7 +84,13 @@ impl Algorithm {
             Algorithm::SlidingWindow => "sliding_window",
             Algorithm::TokenBucket => "token_bucket",
             Algorithm::Gcra => "gcra",
+            Algorithm::Concurrency => "concurrency",
         }
+    }
+
+    /// Whether it limits requests in flight rather than a rate.
+    pub fn is_concurrency(self) -> bool {
+        self == Algorithm::Concurrency
     }
 }
 
@@ -89,9 +99,11 @@ impl FromStr for Algorithm {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Algorithm::ALL
             .into_iter()
+            .chain([Algorithm::Concurrency])
             .find(|a| a.as_str() == s)
             .ok_or_else(|| {
-                "expected one of fixed_window, sliding_window, token_bucket, gcra".to_owned()
+                "expected one of fixed_window, sliding_window, token_bucket, gcra, concurrency"
+                    .to_owned()
             })
     }
 }

@@ -70,6 +70,9 @@ impl Quota {
             }
             Algorithm::SlidingWindow if used == 0 => reset_ms,
             Algorithm::SlidingWindow => reset_ms.div_ceil(used),
+            // Slots are not a rate: the lease's time-to-live is the span
+            // over which one is surely back.
+            Algorithm::Concurrency => window.as_millis() as u64,
         };
         ms.div_ceil(1000).max(1)
     }

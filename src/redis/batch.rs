@@ -140,6 +140,7 @@ mod tests {
             cost: 1,
             shadow: false,
             debit: false,
+            lease: String::new(),
         };
         (
             Job {

@@ -44,6 +44,7 @@ pub(super) fn script_policy(counter: &Counter<'_>) -> ScriptPolicy {
         cost: counter.cost,
         shadow: counter.policy.non_blocking(),
         debit: counter.policy.debit(),
+        lease: counter.lease.as_deref().unwrap_or_default().to_owned(),
     }
 }
 
@@ -63,6 +64,8 @@ pub struct ScriptPolicy {
     /// A charge always applies, even past the limit; a read asks whether a
     /// unit is left.
     pub debit: bool,
+    /// A concurrency lease's id (empty: none).
+    pub lease: String,
 }
 
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
@@ -324,7 +327,8 @@ impl RedisStore {
                     .arg(p.limit)
                     .arg(p.window_ms)
                     .arg(p.cost)
-                    .arg(u8::from(p.shadow) + 2 * u8::from(p.debit));
+                    .arg(u8::from(p.shadow) + 2 * u8::from(p.debit))
+                    .arg(&p.lease);
             }
         }
         self.metrics
@@ -338,7 +342,7 @@ impl RedisStore {
                 scripts::evalsha(&mut conn, &scripts::CHECK, cmd, &metrics.script_reloads).await
             })
             .await?;
-        let expected: usize = checks.iter().map(|(p, _)| 2 + 5 * p.len()).sum();
+        let expected: usize = checks.iter().map(|(p, _)| 2 + 6 * p.len()).sum();
         if reply.len() != expected {
             return Err(StoreError::Script(format!(
                 "check.lua returned {} values for {} checks of {nkeys} policies, expected {expected}",
@@ -350,7 +354,7 @@ impl RedisStore {
         checks
             .iter()
             .map(|(policies, _)| {
-                let (this, next) = rest.split_at(2 + 5 * policies.len());
+                let (this, next) = rest.split_at(2 + 6 * policies.len());
                 rest = next;
                 parse_reply(this, policies.len())
             })

@@ -8,17 +8,21 @@ use super::pool;
 use crate::limiter::{Quota, StoreError, StoreReply};
 
 pub(super) fn parse_reply(reply: &[i64], policies: usize) -> Result<StoreReply, StoreError> {
-    if reply.len() != 2 + 5 * policies {
+    if reply.len() != 2 + 6 * policies {
         return Err(StoreError::Script(format!(
             "check.lua returned {} values for {policies} policies, expected {}",
             reply.len(),
-            2 + 5 * policies
+            2 + 6 * policies
         )));
     }
     let non_negative = |v: i64| v.max(0) as u64;
     let now_ms = non_negative(reply[1]);
+    let expired = reply[2..]
+        .chunks_exact(6)
+        .map(|q| non_negative(q[5]).min(u64::from(u32::MAX)) as u32)
+        .collect();
     let quotas = reply[2..]
-        .chunks_exact(5)
+        .chunks_exact(6)
         .map(|q| Quota {
             allowed: q[0] == 1,
             limit: non_negative(q[1]) as u32,
@@ -31,6 +35,7 @@ pub(super) fn parse_reply(reply: &[i64], policies: usize) -> Result<StoreReply, 
     Ok(StoreReply {
         allowed: reply[0] == 1,
         quotas,
+        expired,
     })
 }
 

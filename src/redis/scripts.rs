@@ -40,6 +40,7 @@ pub fn module_source(algorithm: Algorithm) -> &'static str {
         Algorithm::SlidingWindow => include_str!("../../lua/sliding_window.lua"),
         Algorithm::TokenBucket => include_str!("../../lua/token_bucket.lua"),
         Algorithm::Gcra => include_str!("../../lua/gcra.lua"),
+        Algorithm::Concurrency => include_str!("../../lua/concurrency.lua"),
     }
 }
 
@@ -61,6 +62,7 @@ pub static CHECK: LazyLock<LuaScript> = LazyLock::new(|| {
     );
     let modules = Algorithm::ALL
         .into_iter()
+        .chain([Algorithm::Concurrency])
         .map(|a| (a.as_str(), module_source(a)))
         .chain([(
             RATELIMIT_FIXED_WINDOW,

@@ -39,6 +39,7 @@ impl Store for RedisStore {
             }
         }
         let mut quotas = vec![None; policies.len()];
+        let mut expired = vec![0; policies.len()];
         let mut allowed = true;
         for slot in slots {
             let (indices, mut group): (Vec<usize>, Vec<ScriptPolicy>) = policies
@@ -48,18 +49,24 @@ impl Store for RedisStore {
                 .map(|(i, p)| (i, p.clone()))
                 .unzip();
             if !allowed {
-                // Already denied: read the rest without charging it.
-                group.iter_mut().for_each(|p| p.cost = 0);
+                // Already denied: read the rest without charging it (a
+                // debit is charged all the same; a lease is not taken).
+                for p in group.iter_mut().filter(|p| !p.debit) {
+                    p.cost = 0;
+                    p.lease.clear();
+                }
             }
             let reply = self.check_policies(group, None).await?;
             allowed &= reply.allowed;
-            for (i, quota) in indices.into_iter().zip(reply.quotas) {
+            for ((i, quota), gone) in indices.into_iter().zip(reply.quotas).zip(reply.expired) {
                 quotas[i] = Some(quota);
+                expired[i] = gone;
             }
         }
         Ok(StoreReply {
             allowed,
             quotas: quotas.into_iter().flatten().collect(),
+            expired,
         })
     }
 

@@ -49,6 +49,8 @@ struct PolicyToml {
     shadow: Option<bool>,
     /// A debit policy: every positive hit charged, even past the limit.
     debit: Option<bool>,
+    /// A concurrency policy's lease time-to-live.
+    lease: Option<WindowToml>,
     per: Option<String>,
     failure_mode: Option<String>,
     host: Option<String>,
@@ -198,11 +200,27 @@ impl Parser<'_> {
             .parse::<Algorithm>()
             .map_err(|e| place.bad("algorithm", e))?;
         let limit = limit(place, "limit", table.limit)?.ok_or_else(|| place.missing("limit"))?;
-        let window = table
-            .window
-            .ok_or_else(|| place.missing("window"))?
-            .parse()
-            .map_err(|e| place.bad("window", e))?;
+        // A concurrency policy's span is its lease's time-to-live.
+        let window = match (algorithm.is_concurrency(), table.window, table.lease) {
+            (true, None, Some(lease)) => lease.parse().map_err(|e| place.bad("lease", e))?,
+            (true, _, None) => return Err(place.missing("lease")),
+            (true, Some(_), Some(_)) => {
+                return Err(place.bad(
+                    "window",
+                    "a concurrency policy has a lease, not a window",
+                ))
+            }
+            (false, _, Some(_)) => {
+                return Err(place.bad(
+                    "lease",
+                    "only algorithm = \"concurrency\" takes a lease",
+                ))
+            }
+            (false, window, None) => window
+                .ok_or_else(|| place.missing("window"))?
+                .parse()
+                .map_err(|e| place.bad("window", e))?,
+        };
         let cost = match table.cost {
             None => 1,
             Some(c) => u32::try_from(c)

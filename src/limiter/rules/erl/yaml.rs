@@ -9,7 +9,7 @@ use serde_yaml::{Mapping, Value};
 use crate::policy::{parse_window, Algorithm, Unit};
 
 /// Every key envoyproxy/ratelimit accepts anywhere in a file, and ours.
-pub(super) const VALID_KEYS: [&str; 21] = [
+pub(super) const VALID_KEYS: [&str; 22] = [
     "domain",
     "key",
     "value",
@@ -32,6 +32,7 @@ pub(super) const VALID_KEYS: [&str; 21] = [
     "unit_multiplier",
     "window",
     "debit",
+    "lease",
 ];
 
 /// A file's text as a YAML root: a map (an empty file is an empty one).
@@ -62,11 +63,13 @@ pub(super) fn parse_limit(map: &Mapping) -> Result<ParsedLimit, String> {
     let unlimited = field_bool(map, "unlimited")?;
     let unit_text = field_string(map, "unit")?.unwrap_or_default();
     let unit = Unit::parse(&unit_text);
+    // A concurrency limit needs no unit (its span is the lease).
+    let concurrency = field_string(map, "algorithm")?.as_deref() == Some("concurrency");
     if unlimited {
         if unit.is_some() {
             return Err("should not specify rate limit unit when unlimited".into());
         }
-    } else if unit.is_none() {
+    } else if unit.is_none() && !(concurrency && unit_text.is_empty()) {
         return Err(format!("invalid rate limit unit '{unit_text}'"));
     }
     let requests_per_unit = match map.get("requests_per_unit") {
@@ -109,12 +112,20 @@ pub(super) fn parse_limit(map: &Mapping) -> Result<ParsedLimit, String> {
         None => Algorithm::FixedWindow,
         Some(name) => name.parse().map_err(|err| format!("algorithm: {err}"))?,
     };
+    // A concurrency limit: `requests_per_unit` in flight, each holding a
+    // lease of `lease`.
+    let window = match (algorithm.is_concurrency(), field_string(map, "lease")?) {
+        (true, Some(lease)) => parse_window(&lease).map_err(|err| format!("lease: {err}"))?,
+        (true, None) => return Err("algorithm concurrency needs a lease (e.g. lease: 30s)".into()),
+        (false, Some(_)) => return Err("lease: only algorithm concurrency takes a lease".into()),
+        (false, None) => window,
+    };
     Ok(ParsedLimit {
         name: field_string(map, "name")?.filter(|n| !n.is_empty()),
         replaces,
         unlimited,
         requests_per_unit,
-        unit: if map.contains_key("window") {
+        unit: if map.contains_key("window") || algorithm.is_concurrency() {
             Unit::base_of(window)
         } else {
             unit
