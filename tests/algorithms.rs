@@ -693,3 +693,156 @@ async fn debit_policies_charge_past_the_limit_and_peeks_wait_until_it_drains() {
     assert!(left.allowed);
     assert_eq!(left.quotas[0].remaining, 1);
 }
+
+fn lease(key: &str, id: &str, limit: u32, ttl_ms: u64, cost: i64) -> ScriptPolicy {
+    ScriptPolicy {
+        key: key.to_owned(),
+        algorithm: "concurrency",
+        limit,
+        window_ms: ttl_ms,
+        cost,
+        shadow: false,
+        debit: false,
+        lease: id.to_owned(),
+    }
+}
+
+/// The concurrency module with an explicit clock: N leases at most; a
+/// lease already held is renewed, not counted twice; a release frees its
+/// slot (without an id, the lease that expires first); a lease expires on
+/// its own after its TTL (and is counted as expired), after which its
+/// renewal is refused.
+#[tokio::test]
+async fn concurrency_leases_are_counted_renewed_released_and_expire() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let key = "rate:{user:conc}:leases";
+    let at = |id: &str, cost: i64| lease(key, id, 3, 10_000, cost);
+    let now = T0;
+    for (n, id) in ["a", "b", "c"].into_iter().enumerate() {
+        let r = one(&store, at(id, 1), now).await;
+        assert!(r.allowed, "{id}");
+        assert_eq!(r.quotas[0].remaining, 2 - n as u32);
+    }
+    let full = one(&store, at("d", 1), now + 100).await;
+    assert!(!full.allowed);
+    assert_eq!(full.quotas[0].remaining, 0);
+    // The first lease expires at now + 10 s: that is when a slot is sure.
+    assert_eq!(full.quotas[0].retry_after, Duration::from_millis(9_900));
+    // Acquiring a lease already held renews it: still three holders.
+    let again = one(&store, at("a", 1), now + 200).await;
+    assert!(again.allowed);
+    assert_eq!(again.quotas[0].remaining, 0);
+    // A release frees its slot.
+    let released = one(&store, at("b", -1), now + 300).await;
+    assert!(released.allowed);
+    assert_eq!(released.quotas[0].remaining, 1);
+    assert!(one(&store, at("d", 1), now + 300).await.allowed);
+    // c renewed at +5 s: it now expires at +15 s.
+    assert!(one(&store, at("c", 0), now + 5_000).await.allowed);
+    // At +10.25 s, a (renewed at +0.2 s) has expired; d (+0.3 s) has not.
+    let later = one(&store, at("e", 1), now + 10_250).await;
+    assert!(later.allowed, "a's slot is free");
+    assert_eq!(later.expired, vec![1], "one lease expired without release");
+    assert!(
+        !one(&store, at("a", 0), now + 10_250).await.allowed,
+        "a lost its lease"
+    );
+    // Full again (c, d, e); a release without an id frees d, which
+    // expires first, so f fits and d's renewal is refused.
+    assert!(!one(&store, at("f", 1), now + 10_260).await.allowed);
+    assert!(one(&store, at("", -1), now + 10_270).await.allowed);
+    assert!(one(&store, at("f", 1), now + 10_280).await.allowed);
+    assert!(!one(&store, at("d", 0), now + 10_290).await.allowed);
+    assert!(one(&store, at("c", 0), now + 10_290).await.allowed);
+}
+
+/// 1,000 acquires at once over two instances (two stores, two connections)
+/// with N = 10 and Redis's own clock: exactly 10 are granted; a sampler
+/// reading the set while they hold never sees more than 10; every slot
+/// comes back after release, and after the TTL when nobody releases.
+#[tokio::test]
+async fn concurrent_acquires_over_two_instances_never_exceed_the_limit() {
+    let redis = RedisServer::start().await;
+    let (a, b) = (store(&redis).await, store(&redis).await);
+    let key = "rate:{user:race}:leases";
+    let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let max_seen = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let sampler = {
+        let (sampling, max_seen) = (sampling.clone(), max_seen.clone());
+        let mut conn = redis.connection().await.unwrap();
+        tokio::spawn(async move {
+            while sampling.load(std::sync::atomic::Ordering::SeqCst) {
+                let n: i64 = redis::cmd("ZCARD")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                max_seen.fetch_max(n, std::sync::atomic::Ordering::SeqCst);
+            }
+        })
+    };
+    let acquires = (0..1000).map(|i| {
+        let store = if i % 2 == 0 { &a } else { &b };
+        async move {
+            let id = format!("lease-{i}");
+            let r = store
+                .run_check(&[lease(key, &id, 10, 60_000, 1)], None)
+                .await
+                .unwrap();
+            (id, r.allowed)
+        }
+    });
+    let results = futures::future::join_all(acquires).await;
+    let held: Vec<String> = results
+        .into_iter()
+        .filter(|(_, allowed)| *allowed)
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(held.len(), 10, "exactly N granted");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    sampling.store(false, std::sync::atomic::Ordering::SeqCst);
+    sampler.await.unwrap();
+    let seen = max_seen.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(seen <= 10, "a sample saw {seen} holders");
+    assert_eq!(seen, 10);
+    for id in &held {
+        a.run_check(&[lease(key, id, 10, 60_000, -1)], None)
+            .await
+            .unwrap();
+    }
+    let mut conn = redis.connection().await.unwrap();
+    let left: i64 = redis::cmd("ZCARD")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "every slot back after release");
+    // Nobody releases: the slots come back after the TTL (300 ms).
+    for i in 0..10 {
+        let id = format!("short-{i}");
+        assert!(
+            b.run_check(&[lease(key, &id, 10, 300, 1)], None)
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    assert!(
+        !b.run_check(&[lease(key, "late", 10, 300, 1)], None)
+            .await
+            .unwrap()
+            .allowed
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let after = b
+        .run_check(&[lease(key, "late", 10, 300, 1)], None)
+        .await
+        .unwrap();
+    assert!(after.allowed);
+    assert_eq!(
+        after.expired,
+        vec![10],
+        "ten leases expired without release"
+    );
+}

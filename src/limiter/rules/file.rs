@@ -205,16 +205,10 @@ impl Parser<'_> {
             (true, None, Some(lease)) => lease.parse().map_err(|e| place.bad("lease", e))?,
             (true, _, None) => return Err(place.missing("lease")),
             (true, Some(_), Some(_)) => {
-                return Err(place.bad(
-                    "window",
-                    "a concurrency policy has a lease, not a window",
-                ))
+                return Err(place.bad("window", "a concurrency policy has a lease, not a window"))
             }
             (false, _, Some(_)) => {
-                return Err(place.bad(
-                    "lease",
-                    "only algorithm = \"concurrency\" takes a lease",
-                ))
+                return Err(place.bad("lease", "only algorithm = \"concurrency\" takes a lease"))
             }
             (false, window, None) => window
                 .ok_or_else(|| place.missing("window"))?
