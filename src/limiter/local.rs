@@ -196,6 +196,7 @@ mod tests {
             subject,
             policy: &policy,
             cost: 1,
+            lease: None,
         };
         for _ in 0..3 {
             assert!(local.check(&[counter(&a)]).allowed);
@@ -226,6 +227,7 @@ mod tests {
                 subject: &subject,
                 policy: &policy,
                 cost: 1,
+                lease: None,
             }]);
             assert!(local.len() <= MAX_LIMITERS);
         }
