@@ -38,6 +38,48 @@ pub struct Metrics {
     pub redis_tls: IntGauge,
     /// The xDS client (CONFIG_TYPE=GRPC_XDS_SOTW).
     pub xds: XdsMetrics,
+    /// Concurrency policies (requests in flight).
+    pub concurrency: ConcurrencyMetrics,
+}
+
+/// Concurrency policies, by policy (its name; for an Envoy rule, its stats
+/// key): bounded by the configuration.
+pub struct ConcurrencyMetrics {
+    /// Leases granted by this instance.
+    pub acquired: IntCounterVec,
+    /// Releases asked of this instance.
+    pub released: IntCounterVec,
+    /// Leases found expired without release (a holder died or forgot):
+    /// the leak counter to alert on.
+    pub expired: IntCounterVec,
+    /// Acquired minus released minus expired, as this instance saw them:
+    /// the sum over instances is the fleet's requests in flight.
+    pub in_flight: IntGaugeVec,
+    /// The policy's limit (in flight at once, per subject).
+    pub limit: IntGaugeVec,
+}
+
+impl ConcurrencyMetrics {
+    /// Counts what one store reply says about a concurrency policy.
+    pub fn observe(&self, policy: &str, limit: u32, cost: i64, granted: bool, expired: u32) {
+        self.limit
+            .with_label_values(&[policy])
+            .set(i64::from(limit));
+        let in_flight = self.in_flight.with_label_values(&[policy]);
+        if expired > 0 {
+            self.expired
+                .with_label_values(&[policy])
+                .inc_by(u64::from(expired));
+            in_flight.sub(i64::from(expired));
+        }
+        if cost > 0 && granted {
+            self.acquired.with_label_values(&[policy]).inc();
+            in_flight.inc();
+        } else if cost < 0 {
+            self.released.with_label_values(&[policy]).inc();
+            in_flight.dec();
+        }
+    }
 }
 
 /// The xDS client's state: what configuration is in force, since when,
@@ -311,9 +353,42 @@ impl Metrics {
             ),
             version: xds_version,
         };
+        let gauge_vec = |name: &str, help: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &["policy"]).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let concurrency = ConcurrencyMetrics {
+            acquired: counter_vec(
+                "ratelimit_concurrency_acquired_total",
+                "Concurrency leases granted by this instance, by policy.",
+                &["policy"],
+            ),
+            released: counter_vec(
+                "ratelimit_concurrency_released_total",
+                "Concurrency lease releases asked of this instance, by policy.",
+                &["policy"],
+            ),
+            expired: counter_vec(
+                "ratelimit_concurrency_leases_expired_total",
+                "Concurrency leases that expired without release (their holder died or forgot), by policy.",
+                &["policy"],
+            ),
+            in_flight: gauge_vec(
+                "ratelimit_concurrency_in_flight",
+                "Requests in flight under a concurrency policy as this instance saw them (sum over instances).",
+            ),
+            limit: gauge_vec(
+                "ratelimit_concurrency_limit",
+                "A concurrency policy's limit: requests in flight at once, per subject.",
+            ),
+        };
         Metrics {
             envoy,
             xds,
+            concurrency,
             tls_certificate_expiry,
             redis_tls: gauge(
                 "ratelimit_redis_tls",

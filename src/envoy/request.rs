@@ -104,6 +104,7 @@ fn descriptor(d: &RateLimitDescriptor, default_hits: u64) -> Result<Descriptor, 
         hits: if d.is_negative_hits { -hits } else { hits },
         limit,
         lease,
+        leases: crate::limiter::LeaseMode::All,
     })
 }
 

@@ -19,10 +19,17 @@ impl<S: Store> Limiter<S> {
             .iter()
             .filter_map(|item| {
                 let descriptor = &request.descriptors[item.descriptor];
+                let concurrency = item.policy.algorithm().is_concurrency();
+                let counts = charge
+                    && match descriptor.leases {
+                        LeaseMode::All => true,
+                        LeaseMode::ReadLeases => !concurrency,
+                        LeaseMode::OnlyLeases => concurrency,
+                    };
                 Some(Counter {
                     subject: item.subject.as_deref().or(descriptor.subject())?,
                     policy: &item.policy,
-                    cost: if charge {
+                    cost: if counts {
                         i64::from(item.policy.cost()).saturating_mul(descriptor.hits)
                     } else {
                         0
@@ -31,7 +38,7 @@ impl<S: Store> Limiter<S> {
                     // or a fresh one (released, without its id, as the lease
                     // that expires first).
                     lease: match &descriptor.lease {
-                        _ if !charge || !item.policy.algorithm().is_concurrency() => None,
+                        _ if !counts || !concurrency => None,
                         Some(id) => Some(std::borrow::Cow::Borrowed(id.as_str())),
                         None if descriptor.hits > 0 => {
                             Some(std::borrow::Cow::Owned(uuid::Uuid::new_v4().to_string()))
@@ -162,6 +169,21 @@ impl<S: Store> Limiter<S> {
             Ok(reply) => {
                 // Redis answers: the outage's local counts are done with.
                 self.local.clear();
+                for ((counter, quota), expired) in
+                    counters.iter().zip(&reply.quotas).zip(&reply.expired)
+                {
+                    let policy = counter.policy;
+                    if policy.algorithm().is_concurrency() {
+                        let name = policy.label().map_or(policy.name(), |l| &l.stats_key);
+                        self.metrics.concurrency.observe(
+                            name,
+                            quota.limit,
+                            counter.cost,
+                            reply.allowed && quota.allowed,
+                            *expired,
+                        );
+                    }
+                }
                 if refunds {
                     for subject in request
                         .descriptors
@@ -178,8 +200,13 @@ impl<S: Store> Limiter<S> {
                     Decision::Allowed(outcome)
                 } else {
                     // A debit's charges must reach Redis even while it is
-                    // spent: its denials are never answered from the cache.
-                    if !outcome.quotas.iter().any(|(p, _)| p.debit()) {
+                    // spent, and a concurrency slot can free at any moment
+                    // (a release): their denials are never cached.
+                    if !outcome
+                        .quotas
+                        .iter()
+                        .any(|(p, _)| p.debit() || p.algorithm().is_concurrency())
+                    {
                         self.denied.insert(request, &outcome, generation, valid_for);
                     }
                     Decision::Denied(outcome)

@@ -34,7 +34,7 @@ use crate::telemetry::Metrics;
 pub use admin::{AdminError, OverrideState};
 pub use check::Checked;
 pub use decision::{Decision, LimiterError, Outcome, Standing};
-pub use request::{CheckRequest, Descriptor, Entry, LimitOverride};
+pub use request::{CheckRequest, Descriptor, Entry, LeaseMode, LimitOverride};
 pub use rules::{Item, Mark, Resolution, Route, Rules, RulesError};
 pub use store::{Counter, RawOverride, ResetLog, Store, StoreError, StoreReply};
 

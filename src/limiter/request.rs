@@ -28,8 +28,27 @@ pub struct Descriptor {
     /// replaces the rules' limits for it, in a domain the rules know.
     pub limit: Option<LimitOverride>,
     /// The id of the concurrency lease this descriptor acquires (hits > 0),
-    /// renews (0) or releases (< 0); concurrency policies only.
+    /// renews (0) or releases (< 0); concurrency policies only. None with
+    /// hits > 0: a fresh lease (released without its id, as the one that
+    /// expires first).
     pub lease: Option<String>,
+    /// Which of its policies count.
+    pub leases: LeaseMode,
+}
+
+/// How a descriptor's concurrency policies count, against its others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum LeaseMode {
+    /// Every policy counts its hits (concurrency ones take, renew or give
+    /// back a lease).
+    #[default]
+    All,
+    /// Concurrency policies are only read (is a slot free?): a front end
+    /// that will never release (forward-auth) must not take one.
+    ReadLeases,
+    /// Only the concurrency policies count (a release or renewal of a
+    /// lease); the others are read.
+    OnlyLeases,
 }
 
 /// Envoy's per-descriptor limit: `requests_per_unit` per `unit`, counted
@@ -48,6 +67,7 @@ impl Descriptor {
             hits: 1,
             limit: None,
             lease: None,
+            leases: LeaseMode::All,
         }
     }
 
