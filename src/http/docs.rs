@@ -13,7 +13,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use super::errors::ErrorBody;
 use super::ratelimit::RateLimitExceeded;
-use super::{admin, dashboard, forward_auth, routes};
+use super::{admin, dashboard, forward_auth, leases, routes};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,9 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
     ),
     paths(
         routes::resource,
+        leases::acquire,
+        leases::renew,
+        leases::delete,
         forward_auth::forward_auth,
         routes::rate_limit_status,
         routes::health,
@@ -47,6 +50,7 @@ Callers are identified by `X-API-Key` (strategy `user`) or, without it, by clien
     ),
     components(schemas(
         ErrorBody,
+        leases::Lease,
         RateLimitExceeded,
         routes::ResourceResponse,
         forward_auth::ForwardAllowed,

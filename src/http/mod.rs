@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod docs;
 pub mod errors;
 pub mod forward_auth;
+pub mod leases;
 pub mod planes;
 pub mod ratelimit;
 pub mod routes;
@@ -50,6 +51,17 @@ pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
                     .wrap(from_fn(ratelimit::rate_limit)),
             )
             .default_service(not_allowed("POST")),
+    )
+    .service(
+        web::resource("/api/leases")
+            .route(web::post().to(leases::acquire))
+            .default_service(not_allowed("POST")),
+    )
+    .service(
+        web::resource("/api/leases/{id}")
+            .route(web::put().to(leases::renew))
+            .route(web::delete().to(leases::delete))
+            .default_service(not_allowed("PUT, DELETE")),
     )
     .service({
         // Any standard method: a gateway may ask with the original one.

@@ -186,10 +186,22 @@ pub async fn rate_limit(
         path: &path,
         host: host.as_deref(),
     };
-    match verdict(req.request(), &state, &caller, &route).await {
+    // The request holds a slot of the caller's concurrency policies while
+    // it runs (a lease named by a fresh id), given back when it is done.
+    let lease = state
+        .limiter
+        .shapes()
+        .leases
+        .then(|| uuid::Uuid::new_v4().to_string());
+    match verdict(req.request(), &state, &caller, &route, lease.as_deref()).await {
         Verdict::Answer(response) => Ok(req.into_response(response)),
         Verdict::Pass(headers) => {
-            let mut response = next.call(req).await?.map_into_boxed_body();
+            let held = req.extensions().get::<super::leases::HeldLease>().is_some();
+            let result = next.call(req).await;
+            if let Some(lease) = lease.filter(|_| held) {
+                super::leases::release(&state, &caller, &route, &lease).await;
+            }
+            let mut response = result?.map_into_boxed_body();
             for (name, value) in headers {
                 response.headers_mut().insert(name, value);
             }
@@ -201,16 +213,29 @@ pub async fn rate_limit(
 /// Asks the limiter about `caller` on `route` and turns the decision into
 /// headers or an answer; counts it, and notes it in `req` for the access
 /// log. Every HTTP front end (the limited routes, forward-auth) uses it.
+/// With `lease`, concurrency policies take a slot under that id (noted in
+/// `req` as [`super::leases::HeldLease`], for the caller to release);
+/// without, they are only read (forward-auth never learns when the request
+/// ends).
 pub async fn verdict(
     req: &HttpRequest,
     state: &AppState,
     caller: &Caller,
     route: &Route<'_>,
+    lease: Option<&str>,
 ) -> Verdict {
     let identity = &caller.identity;
     let strategy = identity.strategy.as_str();
     let metrics = state.limiter.metrics();
-    let request = rules::http::request(caller, route, state.limiter.shapes());
+    let mut request = rules::http::request(caller, route, state.limiter.shapes());
+    if state.limiter.shapes().leases {
+        for d in &mut request.descriptors {
+            match lease {
+                Some(id) => d.lease = Some(id.to_owned()),
+                None => d.leases = crate::limiter::LeaseMode::ReadLeases,
+            }
+        }
+    }
     let decision = match state.limiter.check(&request).await {
         Ok(decision) => decision,
         Err(LimiterError::Unavailable(err)) => {
@@ -249,6 +274,10 @@ pub async fn verdict(
                 }
             }
             insert_quota_headers(&mut headers, &outcome);
+            if let Some(id) = lease.filter(|_| super::leases::holds_lease(&outcome)) {
+                req.extensions_mut()
+                    .insert(super::leases::HeldLease(id.to_owned()));
+            }
             if !shadow_denied.is_empty() {
                 let names: Vec<String> = shadow_denied.iter().map(|n| format!("\"{n}\"")).collect();
                 if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {

@@ -120,6 +120,9 @@ pub struct Shapes {
     pub path: bool,
     pub client_ip: bool,
     pub host: bool,
+    /// Some policy limits requests in flight (a request then holds a
+    /// lease while it runs).
+    pub leases: bool,
 }
 
 impl Shapes {
@@ -130,6 +133,9 @@ impl Shapes {
             path: policies.iter().any(|p| scope(p) == Some(false)),
             client_ip: policies.iter().any(|p| p.policy.per_client_ip()),
             host: policies.iter().any(|p| p.host.is_some()),
+            leases: policies
+                .iter()
+                .any(|p| p.policy.algorithm().is_concurrency()),
         }
     }
 }
