@@ -19,7 +19,8 @@ M.check(stored, limit, ttl, cost, now, debit, key, lease)
   cost = 0   with a lease: renew it (allowed while it is held; denied once
              it expired or was released); without: is a slot free?
   cost < 0   release: the lease, or without one the lease that expires
-             first (Envoy's negative hit without a request id)
+             first (Envoy's negative hit without a request id); allowed
+             says whether a lease was freed
   -> allowed, remaining (free slots), reset (ms until the last lease
      expires), retry_after (ms until the first lease expires, when full),
      ttl, value (the lease to store), px, expired (leases found expired)
@@ -37,13 +38,16 @@ function M.check(stored, limit, ttl, cost, now, debit, key, lease)
   local expired = redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local held = redis.call('ZCARD', key)
   if cost < 0 then
+    -- allowed: whether a lease was freed (a lease already gone frees none).
+    local freed = 0
     if lease ~= '' then
-      held = held - redis.call('ZREM', key, lease)
+      freed = redis.call('ZREM', key, lease)
     elseif held > 0 then
       redis.call('ZPOPMIN', key, 1)
-      held = held - 1
+      freed = 1
     end
-    return true, math.max(0, limit - held), until_last(key, now), 0, ttl, nil, nil, expired
+    held = held - freed
+    return freed > 0, math.max(0, limit - held), until_last(key, now), 0, ttl, nil, nil, expired
   end
   if lease ~= '' and redis.call('ZSCORE', key, lease) then
     -- Held: renewed (an acquire of a lease already held is one too).

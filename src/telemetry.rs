@@ -47,7 +47,8 @@ pub struct Metrics {
 pub struct ConcurrencyMetrics {
     /// Leases granted by this instance.
     pub acquired: IntCounterVec,
-    /// Releases asked of this instance.
+    /// Leases released through this instance (a release of a lease
+    /// already gone is not one).
     pub released: IntCounterVec,
     /// Leases found expired without release (a holder died or forgot):
     /// the leak counter to alert on.
@@ -75,7 +76,7 @@ impl ConcurrencyMetrics {
         if cost > 0 && granted {
             self.acquired.with_label_values(&[policy]).inc();
             in_flight.inc();
-        } else if cost < 0 {
+        } else if cost < 0 && granted {
             self.released.with_label_values(&[policy]).inc();
             in_flight.dec();
         }
@@ -368,7 +369,7 @@ impl Metrics {
             ),
             released: counter_vec(
                 "ratelimit_concurrency_released_total",
-                "Concurrency lease releases asked of this instance, by policy.",
+                "Concurrency leases released through this instance, by policy.",
                 &["policy"],
             ),
             expired: counter_vec(

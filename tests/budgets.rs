@@ -119,3 +119,209 @@ async fn debit_is_a_policy_key_of_the_rules_file_and_of_the_yaml() {
     .unwrap_err();
     assert!(yaml.to_string().contains("debit"), "{yaml}");
 }
+
+const CONCURRENCY_RULES: &str = "\
+[[policy]]
+name = \"in_flight\"
+algorithm = \"concurrency\"
+limit = 2
+lease = \"30s\"
+strategy = \"user\"
+
+[[policy]]
+name = \"per_hour\"
+algorithm = \"gcra\"
+limit = 1000
+window = \"1h\"
+strategy = \"user\"
+";
+
+async fn acquire(app: &TestApp, key: &str) -> reqwest::Response {
+    app.client
+        .post(app.url("/api/leases"))
+        .header("X-API-Key", key)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// A concurrency policy over HTTP: two leases at most per caller; a third
+/// is refused with Retry-After until one is released; renewals keep a lease
+/// and fail once it is gone; `/api/resource` takes a slot while it runs
+/// (refused while both are held, given back after) and charges the rate
+/// policy as usual; the metrics say what is in flight.
+#[tokio::test]
+async fn http_leases_acquire_renew_release_and_resource_holds_a_slot() {
+    let redis = RedisServer::start().await;
+    let rules = support::RulesFile::new(CONCURRENCY_RULES);
+    let app = support::spawn_app_with_rules(&redis, &rules, &[]).await;
+    let key = unique_key("leases");
+    // /api/resource with slots free: served, and its slot given back.
+    for _ in 0..3 {
+        assert_eq!(app.post_resource(Some(&key)).await.status(), 200);
+    }
+    let first = acquire(&app, &key).await;
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["ttl_ms"], 30_000);
+    assert_eq!(first["remaining"], 1);
+    let second: Value = acquire(&app, &key).await.json().await.unwrap();
+    assert_eq!(second["remaining"], 0);
+    let full = acquire(&app, &key).await;
+    assert_eq!(full.status(), 429);
+    let retry: u64 = full.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=30).contains(&retry), "{retry}");
+    // Both held: /api/resource is refused too.
+    assert_eq!(app.post_resource(Some(&key)).await.status(), 429);
+    // Another caller has its own slots.
+    assert_eq!(acquire(&app, &unique_key("other")).await.status(), 201);
+    // Renew the first; an unknown lease cannot be renewed.
+    let id = first["lease"].as_str().unwrap().to_owned();
+    let renew = app
+        .client
+        .put(app.url(&format!("/api/leases/{id}")))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(renew.status(), 200);
+    let unknown = app
+        .client
+        .put(app.url("/api/leases/not-a-lease"))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    // Another caller cannot release it.
+    let foreign = app
+        .client
+        .delete(app.url(&format!("/api/leases/{id}")))
+        .header("X-API-Key", unique_key("thief"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 204);
+    assert_eq!(acquire(&app, &key).await.status(), 429, "still held");
+    // Its holder releases it: a slot is free for /api/resource.
+    let release = app
+        .client
+        .delete(app.url(&format!("/api/leases/{id}")))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(release.status(), 204);
+    assert_eq!(app.post_resource(Some(&key)).await.status(), 200);
+    assert_eq!(
+        app.post_resource(Some(&key)).await.status(),
+        200,
+        "given back"
+    );
+    // A bad id is a 400.
+    let bad = app
+        .client
+        .delete(app.url(&format!("/api/leases/{}", "x".repeat(200))))
+        .header("X-API-Key", &key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metric(
+            &metrics,
+            "ratelimit_concurrency_limit{policy=\"in_flight\"}"
+        ) == 2.0
+    );
+    // Held now: the second explicit lease and the other caller's.
+    assert_eq!(
+        metric(
+            &metrics,
+            "ratelimit_concurrency_in_flight{policy=\"in_flight\"}"
+        ),
+        2.0,
+        "{metrics}"
+    );
+}
+
+/// A client that took a lease and was killed (SIGKILL) before releasing
+/// it: its slot comes back within the lease's time-to-live, and the leak
+/// counter counts it.
+#[tokio::test]
+async fn a_killed_holder_frees_its_slot_within_the_ttl_and_is_counted() {
+    let redis = RedisServer::start().await;
+    let rules = support::RulesFile::new(
+        "[[policy]]\nname = \"jobs\"\nalgorithm = \"concurrency\"\nlimit = 1\nlease = \"1s\"\nstrategy = \"user\"\n",
+    );
+    let app = support::spawn_app_with_rules(&redis, &rules, &[]).await;
+    let key = unique_key("killed");
+    // The client: takes a lease, says so, then works (and would release).
+    let script = format!(
+        "import sys, time, urllib.request\n\
+         r = urllib.request.Request('{}', method='POST', headers={{'X-API-Key': '{key}'}})\n\
+         print(urllib.request.urlopen(r, timeout=10).status, flush=True)\n\
+         time.sleep(60)\n",
+        app.url("/api/leases")
+    );
+    // Blocking reads off the runtime: the app answers on this runtime.
+    let (status, mut client) = tokio::task::spawn_blocking(move || {
+        let mut client = std::process::Command::new("python3")
+            .args(["-c", &script])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(client.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        (line.trim().to_owned(), client)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, "201");
+    client.kill().unwrap(); // SIGKILL
+    client.wait().unwrap();
+    let killed_at = std::time::Instant::now();
+    assert_eq!(
+        acquire(&app, &key).await.status(),
+        429,
+        "the dead client's slot"
+    );
+    let mut freed = None;
+    while killed_at.elapsed() < std::time::Duration::from_secs(5) {
+        let r = acquire(&app, &key).await;
+        if r.status() == 201 {
+            freed = Some(killed_at.elapsed());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let freed = freed.expect("the slot came back");
+    assert!(
+        freed <= std::time::Duration::from_millis(1_500),
+        "{freed:?}"
+    );
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "ratelimit_concurrency_leases_expired_total{policy=\"jobs\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+}

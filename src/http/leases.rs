@@ -136,7 +136,10 @@ fn lease_terms(outcome: &Outcome) -> (Option<u64>, Option<u32>) {
         (status = 503, description = "Redis cannot answer (failure mode closed)", body = ErrorBody),
     )
 )]
-pub async fn acquire(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+pub async fn acquire(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
     let caller = identify(&req, &state.identifier)?;
     let (host,) = route_of(&req);
     let id = uuid::Uuid::new_v4().to_string();
@@ -203,7 +206,7 @@ pub async fn renew(
         Decision::Allowed(outcome) => lease_terms(outcome),
         Decision::Denied(_) => {
             // The lease is not held: it expired or was released.
-            return Err(ApiError::NotFound)
+            return Err(ApiError::NotFound);
         }
         Decision::Blocked => return Err(ApiError::Blocked),
         _ => (None, None),

@@ -179,7 +179,9 @@ impl<S: Store> Limiter<S> {
                             name,
                             quota.limit,
                             counter.cost,
-                            reply.allowed && quota.allowed,
+                            // An acquire is granted when the whole check
+                            // is; a release when it freed a lease.
+                            quota.allowed && (counter.cost < 0 || reply.allowed),
                             *expired,
                         );
                     }
