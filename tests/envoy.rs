@@ -608,3 +608,170 @@ async fn envoy_charges_a_token_budget_after_the_response() {
     assert!(refund(1).await.unwrap().status().is_success());
     assert_eq!(left().await, ("OK".to_owned(), 1));
 }
+
+/// A backend whose requests wait until the gate opens; it counts the
+/// requests that reached it.
+fn gated_backend() -> (
+    u16,
+    actix_web::dev::ServerHandle,
+    tokio::sync::watch::Sender<bool>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use actix_web::{web, App, HttpServer};
+    let (gate, open) = tokio::sync::watch::channel(false);
+    let reached = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let port = free_port();
+    let counter = reached.clone();
+    let server = HttpServer::new(move || {
+        let (open, counter) = (open.clone(), counter.clone());
+        App::new().default_service(web::to(move || {
+            let (mut open, counter) = (open.clone(), counter.clone());
+            async move {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = open.wait_for(|o| *o).await;
+                "done"
+            }
+        }))
+    })
+    .workers(1)
+    .bind(("127.0.0.1", port))
+    .expect("bind the backend")
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (port, handle, gate, reached)
+}
+
+/// A concurrency limit of 2 behind a real Envoy: the request takes a slot
+/// named by its x-request-id, and Envoy gives it back after the stream
+/// (apply_on_stream_done, a negative hit). Three at once: the third is
+/// refused while two are held, and served once they end. An Envoy killed
+/// mid-stream never gives its slots back: they come back after the
+/// lease's time-to-live, counted as leaked.
+#[tokio::test]
+async fn envoy_enforces_a_concurrency_limit_and_a_dead_envoys_slots_expire() {
+    let redis = RedisServer::start().await;
+    let dir = TempDir::new("envoy-concurrency");
+    let config = dir.path().join("ratelimit/config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("jobs.yaml"),
+        "domain: jobs\ndescriptors:\n  - key: slots\n    value: slow\n    rate_limit: { requests_per_unit: 2, algorithm: concurrency, lease: 2s }\n",
+    )
+    .unwrap();
+    let root = dir.path().display().to_string();
+    let app = spawn_app(
+        &redis,
+        &[
+            ("RUNTIME_ROOT", root.as_str()),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+        ],
+    )
+    .await;
+    let (backend_port, _backend, gate, reached) = gated_backend();
+    let start_envoy = |tag: &'static str| {
+        let (listen, admin) = (free_port(), free_port());
+        let text = std::fs::read_to_string(repo().join("tests/fixtures/envoy-concurrency.yaml"))
+            .unwrap()
+            .replace("@LISTEN@", &listen.to_string())
+            .replace("@ADMIN@", &admin.to_string())
+            .replace("@BACKEND@", &backend_port.to_string())
+            .replace("@RLS@", &app.grpc_port.to_string());
+        async move {
+            let dir = TempDir::new(tag);
+            let envoy = run_envoy(&dir, &text, admin).await;
+            (envoy, dir, listen)
+        }
+    };
+    let client = reqwest::Client::new();
+    let get = |listen: u16| {
+        client
+            .get(format!("http://127.0.0.1:{listen}/job"))
+            .timeout(Duration::from_secs(30))
+            .send()
+    };
+    let wait_reached = |n: usize| {
+        let reached = reached.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while reached.load(std::sync::atomic::Ordering::SeqCst) < n {
+                assert!(
+                    Instant::now() < deadline,
+                    "{n} requests never reached the backend"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    let (envoy, _envoy_dir, listen) = start_envoy("envoy-conc-a").await;
+    let held: Vec<_> = (0..2).map(|_| tokio::spawn(get(listen))).collect();
+    wait_reached(2).await;
+    let third = get(listen).await.unwrap();
+    assert_eq!(third.status(), 429, "two held: the third is refused");
+    assert!(third.headers().contains_key("retry-after"));
+    gate.send_replace(true);
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap().status(), 200);
+    }
+    // Envoy gives the slots back after the streams: served again.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(listen).await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slots never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // An Envoy killed mid-stream: its two slots expire after 2 s.
+    gate.send_replace(false);
+    reached.store(0, std::sync::atomic::Ordering::SeqCst);
+    let stuck: Vec<_> = (0..2).map(|_| tokio::spawn(get(listen))).collect();
+    wait_reached(2).await;
+    drop(envoy); // SIGKILL
+    let killed = Instant::now();
+    for s in stuck {
+        let _ = s.await;
+    }
+    let (_envoy2, _dir2, listen2) = start_envoy("envoy-conc-b").await;
+    let mut refused_while_held = false;
+    loop {
+        gate.send_replace(true);
+        let r = get(listen2).await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        refused_while_held = true;
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "the dead Envoy's slots never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let freed = killed.elapsed();
+    assert!(
+        refused_while_held || freed >= Duration::from_millis(1_500),
+        "{freed:?}"
+    );
+    assert!(freed <= Duration::from_millis(3_500), "{freed:?}");
+    let metrics = client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let leaked: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "ratelimit_concurrency_leases_expired_total{policy=\"jobs.slots_slow\"} ",
+            )
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert_eq!(leaked, 2.0, "{metrics}");
+}

@@ -90,8 +90,8 @@ pub enum RateLimitUnit {
 
 /// Our extension keys a descriptor's `metadata` may carry for its
 /// `rate_limit` (the proto has no field for them): `algorithm`, `window`,
-/// `unit_multiplier`, `debit`, as in the YAML form.
-const EXTENSION_KEYS: [&str; 4] = ["algorithm", "window", "unit_multiplier", "debit"];
+/// `unit_multiplier`, `debit`, `lease`, as in the YAML form.
+const EXTENSION_KEYS: [&str; 5] = ["algorithm", "window", "unit_multiplier", "debit", "lease"];
 
 /// The YAML root of one resource, as envoyproxy/ratelimit converts it.
 pub fn to_yaml(config: &RateLimitConfig) -> Mapping {
