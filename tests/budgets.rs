@@ -254,6 +254,18 @@ async fn http_leases_acquire_renew_release_and_resource_holds_a_slot() {
         2.0,
         "{metrics}"
     );
+    // The dashboard's numbers say the same (counts only).
+    let stats: Value = app.get("/dashboard/stats").await.json().await.unwrap();
+    let row = &stats["concurrency"][0];
+    assert_eq!(
+        (
+            &row["policy"],
+            &row["in_flight"],
+            &row["limit"],
+            &row["expired"]
+        ),
+        (&json!("in_flight"), &json!(2), &json!(2), &json!(0))
+    );
 }
 
 /// A client that took a lease and was killed (SIGKILL) before releasing

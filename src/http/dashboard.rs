@@ -114,6 +114,22 @@ pub struct DashboardStats {
     pub rules: DashboardRules,
     /// The listeners' certificates and when they expire.
     pub certificates: Vec<super::routes::ServedCertificate>,
+    /// Concurrency policies: in flight, limit, leases leaked.
+    pub concurrency: Vec<DashboardConcurrency>,
+}
+
+/// One concurrency policy as this instance sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DashboardConcurrency {
+    /// The policy (an Envoy rule's stats key).
+    pub policy: String,
+    /// Requests in flight as this instance saw them (acquired minus
+    /// released minus expired; sum over instances for the fleet).
+    pub in_flight: i64,
+    /// At most this many at once, per subject.
+    pub limit: i64,
+    /// Leases that expired without release (holders that died or forgot).
+    pub expired: u64,
 }
 
 /// What the dashboard shows, as counters since start-up (the page turns
@@ -176,6 +192,7 @@ pub async fn stats(state: web::Data<AppState>) -> HttpResponse {
     let decisions = merged;
     let mut errors: Vec<u64> = Vec::new();
     collect(&metrics.redis_errors, &mut errors, |_, count| Some(count));
+    let concurrency = concurrency_rows(&metrics.concurrency);
     let rules = state.limiter.rules();
     let (version, since_ms) = state.limiter.rules_version();
     let mut envoy_domains: Vec<String> = rules.erl().domains.keys().cloned().collect();
@@ -189,6 +206,7 @@ pub async fn stats(state: web::Data<AppState>) -> HttpResponse {
             admin: state.admin_token.is_some(),
             decisions,
             certificates: super::routes::served_certificates(&state),
+            concurrency,
             redis: DashboardRedis {
                 health,
                 failure_mode: state.limiter.failure_mode().as_str(),
@@ -205,6 +223,27 @@ pub async fn stats(state: web::Data<AppState>) -> HttpResponse {
                 envoy_domains,
             },
         })
+}
+
+/// A row per concurrency policy seen (its `limit` gauge is set on every
+/// decision).
+fn concurrency_rows(metrics: &crate::telemetry::ConcurrencyMetrics) -> Vec<DashboardConcurrency> {
+    let mut rows = Vec::new();
+    for family in metrics.limit.collect() {
+        for metric in family.get_metric() {
+            let Some(policy) = metric.get_label().first().map(|l| l.value().to_owned()) else {
+                continue;
+            };
+            rows.push(DashboardConcurrency {
+                in_flight: metrics.in_flight.with_label_values(&[&policy]).get(),
+                limit: metric.get_gauge().value() as i64,
+                expired: metrics.expired.with_label_values(&[&policy]).get(),
+                policy,
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.policy.cmp(&b.policy));
+    rows
 }
 
 /// Each series of `vec` with a count above 0, as `make` turns its labels

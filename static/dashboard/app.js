@@ -129,6 +129,17 @@
     setText('rules-policies', String(stats.rules.policies));
     setText('rules-reloads', `${stats.rules.reloads_ok} applied, ${stats.rules.reloads_refused} refused`);
     setText('rules-domains', stats.rules.envoy_domains.length ? stats.rules.envoy_domains.join(', ') : 'none');
+    // Concurrency policies (counts only, never a subject).
+    const slots = stats.concurrency || [];
+    $('concurrency-none').hidden = slots.length > 0;
+    $('concurrency-table').tBodies[0].replaceChildren(...slots.map((c) => {
+      const tr = document.createElement('tr');
+      cell(tr, c.policy);
+      cell(tr, number.format(c.in_flight), 'num');
+      cell(tr, number.format(c.limit), 'num');
+      cell(tr, number.format(c.expired), c.expired > 0 ? 'num bad' : 'num');
+      return tr;
+    }));
     adminAvailable(stats.admin);
   }
 
