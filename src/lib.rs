@@ -14,7 +14,8 @@
 //! - [`identity`]: who is calling: an API key, a verified JWT claim
 //!   ([`identity::jwt`]) or the client IP, read from the forwarding header
 //!   of trusted proxies only (`forwarded`).
-//! - [`telemetry`]: the Prometheus metrics of one running application.
+//! - [`telemetry`]: the Prometheus metrics of one running application
+//!   (those of the xDS client and of concurrency policies in `parts`).
 //! - [`tls`]: one TLS stack (rustls, ring) for Redis and both listeners:
 //!   certificate files checked at start, served certificates that reload
 //!   when their files change, mTLS with a pinned client name.
@@ -63,7 +64,9 @@
 //!   Gateway's controller).
 //! - [`http`]: the HTTP front ends: routes (`routes`), reading the caller
 //!   and route of a request (`caller`), the rate-limit middleware and its
-//!   verdict (`ratelimit`), forward-auth for gateways (`forward_auth`), who
+//!   verdict (`ratelimit`), concurrency leases (`leases`: held while
+//!   `/api/resource` runs, and `/api/leases`), forward-auth for gateways
+//!   (`forward_auth`), who
 //!   may reach each route: public, decision and operator planes (`planes`),
 //!   bodies read within a deadline (`body`), the access log and request ids
 //!   (`access`), the admin API ([`http::admin`]: identities and overrides,

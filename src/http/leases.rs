@@ -179,7 +179,7 @@ pub async fn acquire(
     put,
     path = "/api/leases/{id}",
     tag = "leases",
-    params(("id" = String, Path, description = "The lease id", max_length = 128)),
+    params(("id" = String, Path, description = "The lease id", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")),
     responses(
         (status = 200, description = "Renewed (or no concurrency policy applies)", body = Lease),
         (status = 400, description = "An unusable id or X-API-Key", body = ErrorBody),
@@ -223,7 +223,7 @@ pub async fn renew(
     delete,
     path = "/api/leases/{id}",
     tag = "leases",
-    params(("id" = String, Path, description = "The lease id", max_length = 128)),
+    params(("id" = String, Path, description = "The lease id", min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:-]+$")),
     responses(
         (status = 204, description = "Released"),
         (status = 400, description = "An unusable id or X-API-Key", body = ErrorBody),

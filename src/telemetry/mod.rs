@@ -5,6 +5,10 @@
 //! name from the configuration, decision, error kind, route pattern, status):
 //! no label ever holds an API key, an IP or any other per-client value.
 
+mod parts;
+
+pub use parts::{ConcurrencyMetrics, XdsMetrics};
+
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -40,62 +44,6 @@ pub struct Metrics {
     pub xds: XdsMetrics,
     /// Concurrency policies (requests in flight).
     pub concurrency: ConcurrencyMetrics,
-}
-
-/// Concurrency policies, by policy (its name; for an Envoy rule, its stats
-/// key): bounded by the configuration.
-pub struct ConcurrencyMetrics {
-    /// Leases granted by this instance.
-    pub acquired: IntCounterVec,
-    /// Leases released through this instance (a release of a lease
-    /// already gone is not one).
-    pub released: IntCounterVec,
-    /// Leases found expired without release (a holder died or forgot):
-    /// the leak counter to alert on.
-    pub expired: IntCounterVec,
-    /// Acquired minus released minus expired, as this instance saw them:
-    /// the sum over instances is the fleet's requests in flight.
-    pub in_flight: IntGaugeVec,
-    /// The policy's limit (in flight at once, per subject).
-    pub limit: IntGaugeVec,
-}
-
-impl ConcurrencyMetrics {
-    /// Counts what one store reply says about a concurrency policy.
-    pub fn observe(&self, policy: &str, limit: u32, cost: i64, granted: bool, expired: u32) {
-        self.limit
-            .with_label_values(&[policy])
-            .set(i64::from(limit));
-        let in_flight = self.in_flight.with_label_values(&[policy]);
-        if expired > 0 {
-            self.expired
-                .with_label_values(&[policy])
-                .inc_by(u64::from(expired));
-            in_flight.sub(i64::from(expired));
-        }
-        if cost > 0 && granted {
-            self.acquired.with_label_values(&[policy]).inc();
-            in_flight.inc();
-        } else if cost < 0 && granted {
-            self.released.with_label_values(&[policy]).inc();
-            in_flight.dec();
-        }
-    }
-}
-
-/// The xDS client's state: what configuration is in force, since when,
-/// and how the connection fares.
-pub struct XdsMetrics {
-    /// 1 while a stream to the xDS server is open.
-    pub connected: IntGauge,
-    /// result: connected | failed (connection attempts).
-    pub connects: IntCounterVec,
-    /// result: ack | nack (discovery responses answered).
-    pub responses: IntCounterVec,
-    /// When a configuration was last received, in Unix seconds.
-    pub last_received: IntGauge,
-    /// version: the version in force (one series, 1).
-    pub version: IntGaugeVec,
 }
 
 /// envoyproxy/ratelimit's metrics under the names of its Prometheus mapper,
@@ -322,70 +270,8 @@ impl Metrics {
         registry
             .register(Box::new(tls_certificate_expiry.clone()))
             .expect("unique metric");
-        let xds_version = IntGaugeVec::new(
-            Opts::new(
-                "ratelimit_xds_config_version_info",
-                "The version of the xDS configuration in force (one series, value 1).",
-            ),
-            &["version"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(xds_version.clone()))
-            .expect("unique metric");
-        let xds = XdsMetrics {
-            connected: gauge(
-                "ratelimit_xds_connected",
-                "1 while a stream to the xDS server is open, else 0.",
-            ),
-            connects: counter_vec(
-                "ratelimit_xds_connects_total",
-                "Connection attempts to the xDS server, by result.",
-                &["result"],
-            ),
-            responses: counter_vec(
-                "ratelimit_xds_responses_total",
-                "Discovery responses from the xDS server, by answer (ack, nack).",
-                &["result"],
-            ),
-            last_received: gauge(
-                "ratelimit_xds_config_last_received_timestamp_seconds",
-                "When the xDS server last sent a configuration, in Unix seconds.",
-            ),
-            version: xds_version,
-        };
-        let gauge_vec = |name: &str, help: &str| {
-            let g = IntGaugeVec::new(Opts::new(name, help), &["policy"]).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
-        };
-        let concurrency = ConcurrencyMetrics {
-            acquired: counter_vec(
-                "ratelimit_concurrency_acquired_total",
-                "Concurrency leases granted by this instance, by policy.",
-                &["policy"],
-            ),
-            released: counter_vec(
-                "ratelimit_concurrency_released_total",
-                "Concurrency leases released through this instance, by policy.",
-                &["policy"],
-            ),
-            expired: counter_vec(
-                "ratelimit_concurrency_leases_expired_total",
-                "Concurrency leases that expired without release (their holder died or forgot), by policy.",
-                &["policy"],
-            ),
-            in_flight: gauge_vec(
-                "ratelimit_concurrency_in_flight",
-                "Requests in flight under a concurrency policy as this instance saw them (sum over instances).",
-            ),
-            limit: gauge_vec(
-                "ratelimit_concurrency_limit",
-                "A concurrency policy's limit: requests in flight at once, per subject.",
-            ),
-        };
+        let xds = XdsMetrics::new(&registry);
+        let concurrency = ConcurrencyMetrics::new(&registry);
         Metrics {
             envoy,
             xds,
