@@ -93,7 +93,8 @@ impl Model for FixedWindow {
         self.start = now - now % self.window;
     }
     fn remaining(&self, now: u64) -> u64 {
-        self.limit - self.used_at(now)
+        // (A debit may have counted past the limit.)
+        self.limit.saturating_sub(self.used_at(now))
     }
     /// By definition the end of the current window, used or not.
     fn reset(&self, now: u64) -> u64 {
@@ -146,15 +147,17 @@ impl Model for SlidingWindow {
         first_ms(now, self.horizon(), |t| self.estimate(t) == 0)
     }
     fn horizon(&self) -> u64 {
+        // A debit's counts decay within the next window too.
         2 * self.window + 1
     }
 }
 
-/// Tokens as an exact fraction: `units` / window tokens.
+/// Tokens as an exact fraction: `units` / window tokens (below zero after
+/// a debit that took more than there was).
 pub struct TokenBucket {
     pub limit: u64,
     pub window: u64,
-    units: u64,
+    units: i128,
     at: u64,
 }
 
@@ -163,36 +166,38 @@ impl TokenBucket {
         TokenBucket {
             limit,
             window,
-            units: limit * window,
+            units: i128::from(limit * window),
             at: 0,
         }
     }
 
     /// Tokens × window at `now`: refilled at `limit` units per ms, capped.
-    fn units_at(&self, now: u64) -> u64 {
-        let refill = now.saturating_sub(self.at).saturating_mul(self.limit);
-        (self.units.saturating_add(refill)).min(self.limit * self.window)
+    fn units_at(&self, now: u64) -> i128 {
+        let refill = i128::from(now.saturating_sub(self.at)) * i128::from(self.limit);
+        (self.units + refill).min(i128::from(self.limit * self.window))
     }
 }
 
 impl Model for TokenBucket {
     fn fits(&self, now: u64, cost: u64) -> bool {
-        self.units_at(now) >= cost * self.window
+        self.units_at(now) >= i128::from(cost * self.window)
     }
     fn charge(&mut self, now: u64, cost: u64) {
-        self.units = self.units_at(now) - cost * self.window;
+        self.units = self.units_at(now) - i128::from(cost * self.window);
         self.at = now;
     }
     fn remaining(&self, now: u64) -> u64 {
-        self.units_at(now) / self.window
+        (self.units_at(now).max(0) / i128::from(self.window)) as u64
     }
     fn reset(&self, now: u64) -> u64 {
         first_ms(now, self.horizon(), |t| {
-            self.units_at(t) == self.limit * self.window
+            self.units_at(t) == i128::from(self.limit * self.window)
         })
     }
     fn horizon(&self) -> u64 {
-        self.window + 1
+        // A debit's deficit (up to 60 limits in the property tests) refills
+        // at the limit per window.
+        64 * self.window + 1
     }
 }
 
@@ -238,6 +243,8 @@ impl Model for Gcra {
         first_ms(now, self.horizon(), |t| self.tat_us <= t * 1000)
     }
     fn horizon(&self) -> u64 {
-        self.window + 2
+        // A debit's meter may be far ahead (up to 60 limits in the
+        // property tests).
+        64 * self.window + 2
     }
 }
