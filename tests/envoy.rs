@@ -474,7 +474,22 @@ fn token_backend() -> (u16, actix_web::dev::ServerHandle) {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("0")
                 .to_owned();
-            HttpResponse::Ok()
+            let mut response = HttpResponse::Ok();
+            // With an estimate: what settles it (the excess, or the unused).
+            if let Some(estimate) = req
+                .headers()
+                .get("x-estimate")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i64>().ok())
+            {
+                let used: i64 = used.parse().unwrap_or(0);
+                if used >= estimate {
+                    response.insert_header(("x-tokens-extra", (used - estimate).to_string()));
+                } else {
+                    response.insert_header(("x-tokens-unused", (estimate - used).to_string()));
+                }
+            }
+            response
                 .insert_header(("x-tokens-used", used))
                 .body("completion")
         }))
@@ -774,4 +789,107 @@ async fn envoy_enforces_a_concurrency_limit_and_a_dead_envoys_slots_expire() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert_eq!(leaked, 2.0, "{metrics}");
+}
+
+/// Reserve and settle through Envoy: the request charges the client's
+/// estimate, the response settles it (unused tokens refunded, an excess
+/// debited even past the limit); the next answer shows the true remainder.
+#[tokio::test]
+async fn envoy_reserves_an_estimate_and_settles_it_after_the_response() {
+    let redis = RedisServer::start().await;
+    let dir = TempDir::new("envoy-settle");
+    let config = dir.path().join("ratelimit/config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(
+        config.join("ai.yaml"),
+        "domain: ai\ndescriptors:\n  - key: budget\n    value: tokens\n    descriptors:\n      - key: user\n        rate_limit: { unit: hour, requests_per_unit: 100, algorithm: gcra, debit: true }\n",
+    )
+    .unwrap();
+    let root = dir.path().display().to_string();
+    let app = spawn_app(
+        &redis,
+        &[
+            ("RUNTIME_ROOT", root.as_str()),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+            ("JSON_API", "open"),
+        ],
+    )
+    .await;
+    let (backend_port, _backend) = token_backend();
+    let (listen, admin) = (free_port(), free_port());
+    let text = std::fs::read_to_string(repo().join("tests/fixtures/envoy-reserve-settle.yaml"))
+        .unwrap()
+        .replace("@LISTEN@", &listen.to_string())
+        .replace("@ADMIN@", &admin.to_string())
+        .replace("@BACKEND@", &backend_port.to_string())
+        .replace("@RLS@", &app.grpc_port.to_string());
+    let envoy_dir = TempDir::new("envoy-settle-envoy");
+    let _envoy = run_envoy(&envoy_dir, &text, admin).await;
+    let client = reqwest::Client::new();
+    let user = unique_key("settle");
+    let json = |hits: u64, refund: bool| {
+        client
+            .post(app.url("/json"))
+            .json(&serde_json::json!({
+                "domain": "ai",
+                "descriptors": [{
+                    "entries": [{"key": "budget", "value": "tokens"}, {"key": "user", "value": user}],
+                    "hits_addend": hits, "is_negative_hits": refund
+                }]
+            }))
+            .send()
+    };
+    let left = || async {
+        let reply: serde_json::Value = json(0, false).await.unwrap().json().await.unwrap();
+        (
+            reply["overallCode"].as_str().unwrap().to_owned(),
+            reply["statuses"][0]["limitRemaining"].as_u64().unwrap_or(0),
+        )
+    };
+    let ask = |estimate: u32, used: u32| {
+        client
+            .get(format!("http://127.0.0.1:{listen}/v1/chat"))
+            .header("x-user-id", &user)
+            .header("x-estimate", estimate.to_string())
+            .header("x-charge", used.to_string())
+            .send()
+    };
+    let settled = |expect: (&'static str, u64)| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let now = left().await;
+            if now == (expect.0.to_owned(), expect.1) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never settled to {expect:?}: {now:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // Estimate 50, used 30: 20 come back.
+    let first = ask(50, 30).await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert_eq!(
+        first.headers()["x-ratelimit-remaining"],
+        "50",
+        "after the estimate"
+    );
+    settled(("OK", 70)).await;
+    // Estimate 50, used 80: the 30 past the estimate are debited, past the
+    // remaining 20.
+    let second = ask(50, 80).await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!(
+        second.headers()["x-ratelimit-remaining"],
+        "20",
+        "the true remainder, less the estimate"
+    );
+    settled(("OVER_LIMIT", 0)).await;
+    // 110 of 100 counted: 10 back leaves it spent, 11 leaves 1.
+    assert!(json(10, true).await.unwrap().status().is_success());
+    assert_eq!(left().await.0, "OVER_LIMIT");
+    assert!(json(1, true).await.unwrap().status().is_success());
+    assert_eq!(left().await, ("OK".to_owned(), 1));
 }
