@@ -57,7 +57,9 @@ function M.check(stored, limit, window, cost, now, debit)
   end
   if debit == true and cost > 0 then
     -- A debit: charged anyway; one unit fits again once the meter is back
-    -- within the burst.
+    -- within the burst. The meter is capped where it stays exact (2^52 us
+    -- is the year 2112: a debt beyond it never drains in practice).
+    new_tat = math.min(new_tat, math.max(2^52, now_us + capacity))
     local ahead = ceil_div(new_tat - now_us, 1000)
     return false, 0, ahead, ceil_div(new_tat + interval - now_us - capacity, 1000), ahead,
       string.format('%d', new_tat)

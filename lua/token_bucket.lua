@@ -65,7 +65,9 @@ function M.check(stored, limit, window, cost, now, debit)
   if debit == true and cost > 0 then
     -- A debit: taken anyway; the next token is there once the level is
     -- back to one.
-    local after = level - need
+    -- The deficit is capped where a stored level stays exact (2^52 units
+    -- take longer than any window to refill).
+    local after = math.max(level - need, -2^52)
     local reset = ceil_div(capacity - after, limit)
     return false, math.max(0, math.floor(after / window)), reset,
       ceil_div(window - after, limit), reset, string.format('%d %d', after, now)

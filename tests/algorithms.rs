@@ -913,3 +913,32 @@ fn debit_policies_agree_with_the_models() {
             .unwrap();
     }
 }
+
+/// Regression: a debit of u32::MAX units (Envoy's hits_addend is a u32)
+/// on the slowest budgets must not overflow what a script can store (GCRA's
+/// meter, a token bucket's deficit): the script answers, the budget is
+/// spent, and a peek says so with a finite wait.
+#[tokio::test]
+async fn a_huge_debit_is_stored_and_spends_the_budget() {
+    let redis = RedisServer::start().await;
+    let store = store(&redis).await;
+    let year = 365 * 24 * 3_600_000;
+    for algorithm in Algorithm::ALL {
+        for window in [3_600_000, year] {
+            let key = format!("rate:{{user:huge-{window}}}:{}", algorithm.as_str());
+            let at = |cost: i64| ScriptPolicy {
+                cost,
+                debit: true,
+                ..policy(&key, algorithm, 1, window, 0)
+            };
+            let charged = store
+                .run_check(&[at(i64::from(u32::MAX))], Some(T0))
+                .await
+                .unwrap_or_else(|e| panic!("{algorithm} {window}: {e}"));
+            assert!(!charged.allowed, "{algorithm}");
+            let peek = one(&store, at(0), T0 + 1).await;
+            assert!(!peek.allowed, "{algorithm} {window}: spent");
+            assert!(peek.quotas[0].retry_after > Duration::ZERO, "{algorithm}");
+        }
+    }
+}
