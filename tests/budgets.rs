@@ -337,3 +337,45 @@ async fn a_killed_holder_frees_its_slot_within_the_ttl_and_is_counted() {
         "{metrics}"
     );
 }
+
+/// Without a concurrency policy the lease endpoints answer at once and ask
+/// Redis nothing: a flood of them costs Redis no work.
+#[tokio::test]
+async fn lease_endpoints_without_a_concurrency_policy_never_ask_redis() {
+    let redis = RedisServer::start().await;
+    let app = spawn_app(&redis, &[]).await;
+    let key = unique_key("no-leases");
+    // The check script's calls, as the dashboard counts them.
+    let calls = || async {
+        let stats: Value = app.get("/dashboard/stats").await.json().await.unwrap();
+        stats["redis"]["script_calls"].as_u64().unwrap()
+    };
+    let before = calls().await;
+    let created = acquire(&app, &key).await;
+    assert_eq!(created.status(), 201);
+    let body: Value = created.json().await.unwrap();
+    assert!(body["ttl_ms"].is_null());
+    let id = body["lease"].as_str().unwrap().to_owned();
+    let url = app.url(&format!("/api/leases/{id}"));
+    assert_eq!(
+        app.client
+            .put(&url)
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        app.client
+            .delete(&url)
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    assert_eq!(calls().await, before);
+}

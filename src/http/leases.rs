@@ -143,6 +143,14 @@ pub async fn acquire(
     let caller = identify(&req, &state.identifier)?;
     let (host,) = route_of(&req);
     let id = uuid::Uuid::new_v4().to_string();
+    if !state.limiter.shapes().leases {
+        // No concurrency policy: nothing to hold, nothing to ask Redis.
+        return Ok(HttpResponse::Created().json(Lease {
+            lease: id,
+            ttl_ms: None,
+            remaining: None,
+        }));
+    }
     let route = resource_route(host.as_deref());
     let request = lease_request(&state, &caller, &route, &id, 1, LeaseMode::OnlyLeases);
     let decision = state
@@ -194,6 +202,13 @@ pub async fn renew(
 ) -> Result<HttpResponse, ApiError> {
     let caller = identify(&req, &state.identifier)?;
     let id = lease_id(&id)?.to_owned();
+    if !state.limiter.shapes().leases {
+        return Ok(HttpResponse::Ok().json(Lease {
+            lease: id,
+            ttl_ms: None,
+            remaining: None,
+        }));
+    }
     let (host,) = route_of(&req);
     let route = resource_route(host.as_deref());
     let request = lease_request(&state, &caller, &route, &id, 0, LeaseMode::OnlyLeases);
@@ -237,6 +252,9 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let caller = identify(&req, &state.identifier)?;
     let id = lease_id(&id)?;
+    if !state.limiter.shapes().leases {
+        return Ok(HttpResponse::NoContent().finish());
+    }
     let (host,) = route_of(&req);
     let route = resource_route(host.as_deref());
     let request = lease_request(&state, &caller, &route, id, -1, LeaseMode::OnlyLeases);
