@@ -494,3 +494,65 @@ async fn spans_carry_neither_an_unmatched_path_nor_the_clients_tracestate() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Envoy Gateway's tracing variables (envoyproxy/ratelimit's names) drive
+/// the same OpenTelemetry setup: TRACING_ENABLED with the standard
+/// endpoint, TRACING_EXPORTER_PROTOCOL, the service's name, namespace and
+/// instance id on the spans' resource, TRACING_SAMPLING_RATE as the ratio.
+#[tokio::test]
+async fn envoy_gateways_tracing_variables_reach_the_spans() {
+    let (endpoint, received) = grpc_receiver().await;
+    let redis = RedisServer::start().await;
+    let dir = TempDir::new("traces-eg");
+    let mut child = serve(
+        &dir,
+        &redis,
+        &[
+            ("TRACING_ENABLED", "true"),
+            ("TRACING_EXPORTER_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("TRACING_SERVICE_NAME", "envoy-ratelimit"),
+            ("TRACING_SERVICE_NAMESPACE", "envoy-gateway-system"),
+            ("TRACING_SERVICE_INSTANCE_ID", "envoy-ratelimit-7d9f-x2"),
+            ("TRACING_SAMPLING_RATE", "1"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("LOG_LEVEL", "info"),
+        ],
+    );
+    let lines = log_lines(&mut child);
+    let base = format!("http://127.0.0.1:{}", wait_for_port(&lines));
+    reqwest::get(format!("{base}/health")).await.unwrap();
+    let started = Instant::now();
+    let resource = loop {
+        let found = received.lock().unwrap().iter().find_map(|e| {
+            e.resource_spans.iter().find_map(|rs| {
+                rs.scope_spans
+                    .iter()
+                    .flat_map(|ss| &ss.spans)
+                    .any(|s| s.name == "GET /health")
+                    .then(|| rs.resource.clone().unwrap_or_default())
+            })
+        });
+        if let Some(resource) = found {
+            break resource;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no span reached the collector"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for (key, value) in [
+        ("service.name", "envoy-ratelimit"),
+        ("service.namespace", "envoy-gateway-system"),
+        ("service.instance.id", "envoy-ratelimit-7d9f-x2"),
+    ] {
+        assert_eq!(
+            attribute(&resource.attributes, key).as_deref(),
+            Some(value),
+            "{key}"
+        );
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
