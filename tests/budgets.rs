@@ -379,3 +379,52 @@ async fn lease_endpoints_without_a_concurrency_policy_never_ask_redis() {
     );
     assert_eq!(calls().await, before);
 }
+
+/// An acquire is a request of the caller's: its rate policies charge it,
+/// and refuse it once spent, even with slots free (a flood of acquires
+/// cannot make Redis write lease sets past the caller's rate).
+#[tokio::test]
+async fn an_acquire_is_charged_to_the_callers_rate_policies() {
+    let redis = RedisServer::start().await;
+    let rules = support::RulesFile::new(
+        "[[policy]]\nname = \"slots\"\nalgorithm = \"concurrency\"\nlimit = 5\nlease = \"30s\"\nstrategy = \"user\"\n\n[[policy]]\nname = \"per_hour\"\nalgorithm = \"gcra\"\nlimit = 2\nwindow = \"1h\"\nstrategy = \"user\"\n",
+    );
+    let app = support::spawn_app_with_rules(&redis, &rules, &[]).await;
+    let key = unique_key("charged");
+    for _ in 0..2 {
+        let r = acquire(&app, &key).await;
+        assert_eq!(r.status(), 201);
+        let id = r.json::<Value>().await.unwrap()["lease"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let gone = app
+            .client
+            .delete(app.url(&format!("/api/leases/{id}")))
+            .header("X-API-Key", &key)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(gone.status(), 204);
+    }
+    let refused = acquire(&app, &key).await;
+    assert_eq!(refused.status(), 429, "slots are free, the rate is spent");
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"], "Rate limit exceeded");
+    let mut conn = redis.connection().await.unwrap();
+    let sets: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*{key}*slots*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let held: i64 = if let Some(set) = sets.first() {
+        redis::cmd("ZCARD")
+            .arg(set)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    } else {
+        0
+    };
+    assert_eq!(held, 0, "the refused acquire holds nothing");
+}

@@ -18,7 +18,7 @@ use super::caller::{host_of, identify};
 use super::errors::{ApiError, ErrorBody};
 use super::AppState;
 use crate::identity::Caller;
-use crate::limiter::{rules, CheckRequest, Decision, LeaseMode, Outcome, Route};
+use crate::limiter::{rules, CheckRequest, Decision, LeaseMode, LimiterError, Outcome, Route};
 
 /// The longest lease id accepted, in bytes.
 pub const MAX_LEASE_ID: usize = 128;
@@ -81,17 +81,44 @@ pub struct Lease {
     pub remaining: Option<u32>,
 }
 
-fn route_of(req: &HttpRequest) -> (Option<String>,) {
-    (host_of(req.headers().get(header::HOST)),)
-}
-
-/// The leases of `POST /api/resource`: the caller's concurrency policies
-/// there.
-fn resource_route(host: Option<&str>) -> Route<'_> {
-    Route {
+/// Asks about the caller's lease `id` with `hits` (1 acquire, 0 renew,
+/// -1 release) under its policies of `POST /api/resource`, as `mode` says;
+/// None when no concurrency policy exists (nothing to hold, nothing to ask
+/// Redis).
+async fn lease_call(
+    req: &HttpRequest,
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    hits: i64,
+    mode: LeaseMode,
+) -> Result<Option<Decision>, ApiError> {
+    if !state.limiter.shapes().leases {
+        return Ok(None);
+    }
+    let host = host_of(req.headers().get(header::HOST));
+    let route = Route {
         method: "POST",
         path: "/api/resource",
-        host,
+        host: host.as_deref(),
+    };
+    let request = lease_request(state, caller, &route, id, hits, mode);
+    match state.limiter.check(&request).await {
+        Ok(decision) => Ok(Some(decision)),
+        Err(LimiterError::Unavailable(err)) => Err(ApiError::Unavailable(err)),
+    }
+}
+
+/// The body of a held (or renewed) lease.
+fn lease_body(id: String, decision: Option<&Decision>) -> Lease {
+    let (ttl_ms, remaining) = match decision {
+        Some(Decision::Allowed(outcome)) => lease_terms(outcome),
+        _ => (None, None),
+    };
+    Lease {
+        lease: id,
+        ttl_ms,
+        remaining,
     }
 }
 
@@ -132,7 +159,7 @@ fn lease_terms(outcome: &Outcome) -> (Option<u64>, Option<u32>) {
         (status = 201, description = "A slot is held until released, renewed or expired", body = Lease),
         (status = 400, description = "An unusable X-API-Key", body = ErrorBody),
         (status = 401, description = "A bearer token that does not verify", body = ErrorBody),
-        (status = 429, description = "Every slot is held; Retry-After says when the first lease expires", body = super::ratelimit::RateLimitExceeded),
+        (status = 429, description = "Every slot is held (Retry-After: when the first lease expires), or a rate policy of the caller's is spent", body = super::ratelimit::RateLimitExceeded),
         (status = 503, description = "Redis cannot answer (failure mode closed)", body = ErrorBody),
     )
 )]
@@ -141,45 +168,25 @@ pub async fn acquire(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let caller = identify(&req, &state.identifier)?;
-    let (host,) = route_of(&req);
     let id = uuid::Uuid::new_v4().to_string();
-    if !state.limiter.shapes().leases {
-        // No concurrency policy: nothing to hold, nothing to ask Redis.
-        return Ok(HttpResponse::Created().json(Lease {
-            lease: id,
-            ttl_ms: None,
-            remaining: None,
-        }));
-    }
-    let route = resource_route(host.as_deref());
-    let request = lease_request(&state, &caller, &route, &id, 1, LeaseMode::OnlyLeases);
-    let decision = state
-        .limiter
-        .check(&request)
-        .await
-        .map_err(|crate::limiter::LimiterError::Unavailable(e)| ApiError::Unavailable(e))?;
-    let (ttl_ms, remaining) = match &decision {
-        Decision::Allowed(outcome) => lease_terms(outcome),
-        Decision::Denied(outcome) => {
-            let retry = outcome.retry_after_secs();
-            let (_, quota) = outcome.reported();
-            return Ok(HttpResponse::TooManyRequests()
-                .insert_header((header::RETRY_AFTER, retry))
-                .json(super::ratelimit::RateLimitExceeded {
-                    error: "Every slot is held",
-                    identifier: caller.identity.id.clone(),
-                    limit: quota.limit,
-                    retry_after: retry,
-                }));
+    // An acquire is a request of the caller's: its rate policies charge it
+    // too, so inventing keys cannot make Redis hold lease sets at will (a
+    // per-IP policy refuses the flood before any set is written).
+    let decision = lease_call(&req, &state, &caller, &id, 1, LeaseMode::All).await?;
+    match &decision {
+        Some(Decision::Denied(outcome)) => {
+            let (policy, _) = outcome.reported();
+            let error = if policy.algorithm().is_concurrency() {
+                "Every slot is held"
+            } else {
+                "Rate limit exceeded"
+            };
+            return Ok(super::ratelimit::refusal(error, &caller.identity, outcome));
         }
-        Decision::Blocked => return Err(ApiError::Blocked),
-        _ => (None, None),
-    };
-    Ok(HttpResponse::Created().json(Lease {
-        lease: id,
-        ttl_ms,
-        remaining,
-    }))
+        Some(Decision::Blocked) => return Err(ApiError::Blocked),
+        _ => {}
+    }
+    Ok(HttpResponse::Created().json(lease_body(id, decision.as_ref())))
 }
 
 /// Renews a lease the caller holds: it lasts another full lease.
@@ -202,35 +209,14 @@ pub async fn renew(
 ) -> Result<HttpResponse, ApiError> {
     let caller = identify(&req, &state.identifier)?;
     let id = lease_id(&id)?.to_owned();
-    if !state.limiter.shapes().leases {
-        return Ok(HttpResponse::Ok().json(Lease {
-            lease: id,
-            ttl_ms: None,
-            remaining: None,
-        }));
+    let decision = lease_call(&req, &state, &caller, &id, 0, LeaseMode::OnlyLeases).await?;
+    match &decision {
+        // The lease is not held: it expired or was released.
+        Some(Decision::Denied(_)) => return Err(ApiError::NotFound),
+        Some(Decision::Blocked) => return Err(ApiError::Blocked),
+        _ => {}
     }
-    let (host,) = route_of(&req);
-    let route = resource_route(host.as_deref());
-    let request = lease_request(&state, &caller, &route, &id, 0, LeaseMode::OnlyLeases);
-    let decision = state
-        .limiter
-        .check(&request)
-        .await
-        .map_err(|crate::limiter::LimiterError::Unavailable(e)| ApiError::Unavailable(e))?;
-    let (ttl_ms, remaining) = match &decision {
-        Decision::Allowed(outcome) => lease_terms(outcome),
-        Decision::Denied(_) => {
-            // The lease is not held: it expired or was released.
-            return Err(ApiError::NotFound);
-        }
-        Decision::Blocked => return Err(ApiError::Blocked),
-        _ => (None, None),
-    };
-    Ok(HttpResponse::Ok().json(Lease {
-        lease: id,
-        ttl_ms,
-        remaining,
-    }))
+    Ok(HttpResponse::Ok().json(lease_body(id, decision.as_ref())))
 }
 
 /// Releases a lease the caller holds (a lease already gone frees nothing).
@@ -252,16 +238,6 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let caller = identify(&req, &state.identifier)?;
     let id = lease_id(&id)?;
-    if !state.limiter.shapes().leases {
-        return Ok(HttpResponse::NoContent().finish());
-    }
-    let (host,) = route_of(&req);
-    let route = resource_route(host.as_deref());
-    let request = lease_request(&state, &caller, &route, id, -1, LeaseMode::OnlyLeases);
-    state
-        .limiter
-        .check(&request)
-        .await
-        .map_err(|crate::limiter::LimiterError::Unavailable(e)| ApiError::Unavailable(e))?;
+    lease_call(&req, &state, &caller, id, -1, LeaseMode::OnlyLeases).await?;
     Ok(HttpResponse::NoContent().finish())
 }

@@ -94,12 +94,18 @@ pub fn insert_quota_headers(headers: &mut HeaderMap, outcome: &Outcome) {
 }
 
 fn too_many_requests(identity: &Identity, outcome: &Outcome) -> HttpResponse {
+    refusal("Rate limit exceeded", identity, outcome)
+}
+
+/// A 429 saying `error`, with `Retry-After` and the quota headers of
+/// `outcome` (a rate limit reached, every concurrency slot held).
+pub(super) fn refusal(error: &'static str, identity: &Identity, outcome: &Outcome) -> HttpResponse {
     let retry_after = outcome.retry_after_secs();
     let (_, quota) = outcome.reported();
     let mut response = HttpResponse::TooManyRequests()
         .insert_header((header::RETRY_AFTER, retry_after))
         .json(RateLimitExceeded {
-            error: "Rate limit exceeded",
+            error,
             identifier: identity.id.clone(),
             limit: quota.limit,
             retry_after,
