@@ -6,6 +6,7 @@ pub mod admin;
 pub mod body;
 pub mod caller;
 pub mod dashboard;
+mod degraded;
 pub mod docs;
 pub mod errors;
 pub mod forward_auth;

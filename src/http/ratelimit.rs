@@ -12,12 +12,12 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::caller::{host_of, identify, route_of};
+use super::degraded::{enforced_limit, mark_degraded};
 use super::errors::ApiError;
 use super::{app_state, AppState};
 use crate::identity::{Caller, Identity};
-use std::sync::Arc;
 
-use crate::limiter::{rules, Decision, LimiterError, Outcome, Policy, Route, StoreError};
+use crate::limiter::{rules, Decision, LimiterError, Outcome, Policy, Route};
 use crate::telemetry::Metrics;
 
 pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -366,40 +366,4 @@ pub async fn verdict(
             Verdict::Answer(response)
         }
     }
-}
-
-/// A response decided without Redis: `X-RateLimit-Degraded` says why (and,
-/// with `local`, that this instance counted alone), `X-RateLimit-Limit` the
-/// tightest limit that applied.
-fn mark_degraded(
-    headers: &mut HeaderMap,
-    error: &StoreError,
-    policies: &[Arc<Policy>],
-    local: bool,
-) {
-    if let Some(limit) = enforced_limit(policies) {
-        headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(limit));
-    }
-    let reason = match (error, local) {
-        (StoreError::Timeout(_), false) => "redis-timeout",
-        (StoreError::Connection(_), false) => "redis-unreachable",
-        (StoreError::CircuitOpen, false) => "redis-circuit-open",
-        (StoreError::Auth(_), false) => "redis-auth",
-        (_, false) => "redis-error",
-        (StoreError::Timeout(_), true) => "redis-timeout; local",
-        (StoreError::Connection(_), true) => "redis-unreachable; local",
-        (StoreError::CircuitOpen, true) => "redis-circuit-open; local",
-        (StoreError::Auth(_), true) => "redis-auth; local",
-        (_, true) => "redis-error; local",
-    };
-    headers.insert(X_RATELIMIT_DEGRADED, HeaderValue::from_static(reason));
-}
-
-/// The tightest limit among the enforced policies.
-fn enforced_limit(policies: &[Arc<Policy>]) -> Option<u32> {
-    policies
-        .iter()
-        .filter(|p| !p.shadow())
-        .map(|p| p.limit().get())
-        .min()
 }
