@@ -315,25 +315,14 @@ async fn envoy_calls_the_service_over_mutual_tls() {
 #[tokio::test]
 async fn envoy_as_envoy_gateway_configures_it_with_limits_over_xds() {
     use rate_limiter::limiter::rules::erl::xds::{
-        RateLimitConfig, RateLimitDescriptor, RateLimitPolicy, RateLimitUnit,
+        RateLimitConfig, RateLimitDescriptor as D, RateLimitPolicy,
     };
+    use rate_limiter::policy::Unit;
     use support::xds::{ControlPlane, Tls};
     const ROUTE: &str = "httproute/default/backend/rule/0";
     let config = |per_user: u32| {
-        let limit = |n| {
-            Some(RateLimitPolicy {
-                unit: RateLimitUnit::Hour as i32,
-                requests_per_unit: n,
-                ..Default::default()
-            })
-        };
-        let d = |key: &str, value: &str, rate_limit, descriptors| RateLimitDescriptor {
-            key: key.into(),
-            value: value.into(),
-            rate_limit,
-            descriptors,
-            ..Default::default()
-        };
+        let limit = |n| Some(RateLimitPolicy::per(Some(Unit::Hour), n));
+        let d = D::new;
         vec![RateLimitConfig {
             name: "default/eg/http".into(),
             domain: "default/eg/http".into(),

@@ -13,8 +13,9 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 use rate_limiter::limiter::rules::erl::xds::{
-    RateLimitConfig, RateLimitDescriptor, RateLimitPolicy, RateLimitUnit,
+    RateLimitConfig, RateLimitDescriptor, RateLimitPolicy,
 };
+use rate_limiter::policy::Unit;
 use support::binary::{binary, log_lines, Served};
 use support::certs::Pki;
 use support::rls::descriptor;
@@ -27,30 +28,16 @@ const NODE: &str = "envoy-ratelimit";
 const DOMAIN: &str = "default/eg/http";
 const ROUTE: &str = "httproute/default/backend/rule/0";
 
-fn limit(unit: RateLimitUnit, n: u32) -> Option<RateLimitPolicy> {
-    Some(RateLimitPolicy {
-        unit: unit as i32,
-        requests_per_unit: n,
-        ..Default::default()
-    })
+fn limit(unit: Option<Unit>, n: u32) -> Option<RateLimitPolicy> {
+    Some(RateLimitPolicy::per(unit, n))
 }
 
 fn node(key: &str, value: &str, children: Vec<RateLimitDescriptor>) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        key: key.into(),
-        value: value.into(),
-        descriptors: children,
-        ..Default::default()
-    }
+    RateLimitDescriptor::new(key, value, None, children)
 }
 
 fn leaf(key: &str, value: &str, rate_limit: Option<RateLimitPolicy>) -> RateLimitDescriptor {
-    RateLimitDescriptor {
-        key: key.into(),
-        value: value.into(),
-        rate_limit,
-        ..Default::default()
-    }
+    RateLimitDescriptor::new(key, value, rate_limit, Vec::new())
 }
 
 /// What Envoy Gateway's translator sends for a BackendTrafficPolicy with
@@ -73,10 +60,10 @@ fn envoy_gateway_config(per_client: u32, per_user: u32) -> Vec<RateLimitConfig> 
                     vec![leaf(
                         "remote_address",
                         "",
-                        limit(RateLimitUnit::Hour, per_client),
+                        limit(Some(Unit::Hour), per_client),
                     )],
                 ),
-                leaf("rule-1-match-0", "", limit(RateLimitUnit::Hour, per_user)),
+                leaf("rule-1-match-0", "", limit(Some(Unit::Hour), per_user)),
             ],
         )],
     };
@@ -90,9 +77,9 @@ fn envoy_gateway_config(per_client: u32, per_user: u32) -> Vec<RateLimitConfig> 
                 leaf(
                     "rule-0-match-0",
                     "rule-0-match-0",
-                    limit(RateLimitUnit::Hour, 1),
+                    limit(Some(Unit::Hour), 1),
                 ),
-                leaf("rule-1-match--1", "", limit(RateLimitUnit::Hour, 1000)),
+                leaf("rule-1-match--1", "", limit(Some(Unit::Hour), 1000)),
             ],
         )],
     };
@@ -325,7 +312,7 @@ async fn envoy_gateway_limits_arrive_over_mutual_tls_update_live_and_bad_version
     // Version 3 is invalid (no unit): NACKed with the reason and the
     // version in force; version 2 stays.
     let mut bad = envoy_gateway_config(9, 9);
-    bad[0].descriptors[0].descriptors[1].rate_limit = limit(RateLimitUnit::Unknown, 9);
+    bad[0].descriptors[0].descriptors[1].rate_limit = limit(None, 9);
     plane.set(NODE, "3", bad);
     let nack = seen(&plane, "a NACK", |s| s.error.is_some()).await;
     assert_eq!(nack.version, "2", "a NACK names the version in force");
@@ -421,12 +408,12 @@ async fn envoy_gateway_descriptor_shapes_get_the_answers_its_users_expect() {
     );
     config[0].descriptors.push(RateLimitDescriptor {
         metadata: Some(metadata),
-        ..leaf("tokens", "tokens", limit(RateLimitUnit::Hour, 100))
+        ..leaf("tokens", "tokens", limit(Some(Unit::Hour), 100))
     });
     // A shadow rule (BackendTrafficPolicy `shadowMode: true`).
     config[0].descriptors.push(RateLimitDescriptor {
         shadow_mode: true,
-        ..leaf("shadowed", "shadowed", limit(RateLimitUnit::Hour, 1))
+        ..leaf("shadowed", "shadowed", limit(Some(Unit::Hour), 1))
     });
     plane.set(NODE, "1", config);
     let dir = TempDir::new("xds-shapes");

@@ -55,7 +55,8 @@ pub struct RateLimitDescriptor {
 /// A limit: `requests_per_unit` per `unit`, or unlimited.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RateLimitPolicy {
-    #[prost(enumeration = "RateLimitUnit", tag = "1")]
+    /// Numbered as Envoy's units ([`Unit`]'s codes); 0 is UNKNOWN.
+    #[prost(int32, tag = "1")]
     pub unit: i32,
     #[prost(uint32, tag = "2")]
     pub requests_per_unit: u32,
@@ -74,18 +75,35 @@ pub struct RateLimitReplace {
     pub name: String,
 }
 
-/// The units, numbered as Envoy's response enum.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
-#[repr(i32)]
-pub enum RateLimitUnit {
-    Unknown = 0,
-    Second = 1,
-    Minute = 2,
-    Hour = 3,
-    Day = 4,
-    Month = 5,
-    Year = 6,
-    Week = 7,
+impl RateLimitPolicy {
+    /// `requests_per_unit` per `unit` (None: UNKNOWN, which fails
+    /// validation unless the policy is unlimited).
+    pub fn per(unit: Option<Unit>, requests_per_unit: u32) -> Self {
+        RateLimitPolicy {
+            unit: unit.map_or(0, |u| u as i32),
+            requests_per_unit,
+            ..Default::default()
+        }
+    }
+}
+
+impl RateLimitDescriptor {
+    /// A descriptor of `key` (and `value`, empty for any), with its limit
+    /// and the descriptors below it.
+    pub fn new(
+        key: &str,
+        value: &str,
+        rate_limit: Option<RateLimitPolicy>,
+        descriptors: Vec<RateLimitDescriptor>,
+    ) -> Self {
+        RateLimitDescriptor {
+            key: key.into(),
+            value: value.into(),
+            rate_limit,
+            descriptors,
+            ..Default::default()
+        }
+    }
 }
 
 /// Our extension keys a descriptor's `metadata` may carry for its
@@ -258,21 +276,12 @@ mod tests {
         }
     }
 
-    fn limit(unit: RateLimitUnit, n: u32) -> Option<RateLimitPolicy> {
-        Some(RateLimitPolicy {
-            unit: unit as i32,
-            requests_per_unit: n,
-            ..Default::default()
-        })
+    fn limit(unit: Option<Unit>, n: u32) -> Option<RateLimitPolicy> {
+        Some(RateLimitPolicy::per(unit, n))
     }
 
     fn leaf(key: &str, value: &str, rate_limit: Option<RateLimitPolicy>) -> RateLimitDescriptor {
-        RateLimitDescriptor {
-            key: key.into(),
-            value: value.into(),
-            rate_limit,
-            ..Default::default()
-        }
+        RateLimitDescriptor::new(key, value, rate_limit, Vec::new())
     }
 
     fn entries(pairs: &[(&str, &str)]) -> Vec<Entry> {
@@ -300,10 +309,10 @@ mod tests {
                     detailed_metric: true,
                     quota_mode: true,
                     metadata: Some(metadata),
-                    ..leaf("route", "r1", limit(RateLimitUnit::Year, 7))
+                    ..leaf("route", "r1", limit(Some(Unit::Year), 7))
                 },
                 RateLimitDescriptor {
-                    descriptors: vec![leaf("remote_address", "", limit(RateLimitUnit::Week, 3))],
+                    descriptors: vec![leaf("remote_address", "", limit(Some(Unit::Week), 3))],
                     ..leaf("masked_remote_address", "0.0.0.0/0", None)
                 },
             ],
@@ -333,7 +342,7 @@ mod tests {
     fn invalid_resources_fail_with_the_files_messages() {
         let bad_unit = RateLimitConfig {
             domain: "d".into(),
-            descriptors: vec![leaf("k", "", limit(RateLimitUnit::Unknown, 1))],
+            descriptors: vec![leaf("k", "", limit(None, 1))],
             ..Default::default()
         };
         let err = compile(&[any(&bad_unit)], false, None).unwrap_err();
@@ -356,7 +365,7 @@ mod tests {
         assert!(twice.is_err());
         let empty_key = RateLimitConfig {
             domain: "d".into(),
-            descriptors: vec![leaf("", "", limit(RateLimitUnit::Second, 1))],
+            descriptors: vec![leaf("", "", limit(Some(Unit::Second), 1))],
             ..Default::default()
         };
         let err = compile(&[any(&empty_key)], false, None).unwrap_err();
