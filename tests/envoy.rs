@@ -450,6 +450,80 @@ async fn envoy_as_envoy_gateway_configures_it_with_limits_over_xds() {
     .await;
 }
 
+/// The service with `yaml` as its one Envoy domain file, `extra` on top;
+/// the directory lives as long as the returned guard.
+async fn app_with_domain(
+    redis: &RedisServer,
+    tag: &str,
+    yaml: &str,
+    extra: &[(&str, &str)],
+) -> (support::TestApp, TempDir) {
+    let dir = TempDir::new(tag);
+    let config = dir.path().join("ratelimit/config");
+    std::fs::create_dir_all(&config).unwrap();
+    std::fs::write(config.join("domain.yaml"), yaml).unwrap();
+    let root = dir.path().display().to_string();
+    let mut vars = vec![
+        ("RUNTIME_ROOT", root.as_str()),
+        ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+    ];
+    vars.extend_from_slice(extra);
+    (spawn_app(redis, &vars).await, dir)
+}
+
+/// Envoy from `tests/fixtures/<fixture>` (its placeholders filled) in
+/// front of `backend`, asking the rate limit service on `rls`: the process,
+/// its directory, its listening port.
+async fn fixture_envoy(
+    fixture: &str,
+    backend: u16,
+    rls: u16,
+    tag: &str,
+) -> (Process, TempDir, u16) {
+    let (listen, admin) = (free_port(), free_port());
+    let text = std::fs::read_to_string(repo().join("tests/fixtures").join(fixture))
+        .unwrap()
+        .replace("@LISTEN@", &listen.to_string())
+        .replace("@ADMIN@", &admin.to_string())
+        .replace("@BACKEND@", &backend.to_string())
+        .replace("@RLS@", &rls.to_string());
+    let dir = TempDir::new(tag);
+    let envoy = run_envoy(&dir, &text, admin).await;
+    (envoy, dir, listen)
+}
+
+/// The token budget `ai` of `user` through `/json`: `hits` charged
+/// (negative: given back), and the overall code and remainder it answers.
+async fn budget(
+    client: &reqwest::Client,
+    app: &support::TestApp,
+    user: &str,
+    hits: i64,
+) -> (String, u64) {
+    let reply: serde_json::Value = client
+        .post(app.url("/json"))
+        .json(&serde_json::json!({
+            "domain": "ai",
+            "descriptors": [{
+                "entries": [{"key": "budget", "value": "tokens"}, {"key": "user", "value": user}],
+                "hits_addend": hits.unsigned_abs(), "is_negative_hits": hits < 0
+            }]
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        reply["overallCode"].as_str().unwrap().to_owned(),
+        reply["statuses"][0]["limitRemaining"].as_u64().unwrap_or(0),
+    )
+}
+
+/// The token budget the AI tests use: a debit of 100 an hour per user.
+const TOKEN_BUDGET: &str = "domain: ai\ndescriptors:\n  - key: budget\n    value: tokens\n    descriptors:\n      - key: user\n        rate_limit: { unit: hour, requests_per_unit: 100, algorithm: gcra, debit: true }\n";
+
 /// A backend that reports the tokens a request used: the request's
 /// `x-charge`, sent back as `x-tokens-used`.
 fn token_backend() -> (u16, actix_web::dev::ServerHandle) {
@@ -501,59 +575,25 @@ fn token_backend() -> (u16, actix_web::dev::ServerHandle) {
 #[tokio::test]
 async fn envoy_charges_a_token_budget_after_the_response() {
     let redis = RedisServer::start().await;
-    let dir = TempDir::new("envoy-tokens");
-    let config = dir.path().join("ratelimit/config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("ai.yaml"),
-        "domain: ai\ndescriptors:\n  - key: budget\n    value: tokens\n    descriptors:\n      - key: user\n        rate_limit: { unit: hour, requests_per_unit: 100, algorithm: gcra, debit: true }\n",
-    )
-    .unwrap();
-    let root = dir.path().display().to_string();
-    let app = spawn_app(
+    let (app, _dir) = app_with_domain(
         &redis,
-        &[
-            ("RUNTIME_ROOT", root.as_str()),
-            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
-            ("JSON_API", "open"),
-        ],
+        "envoy-tokens",
+        TOKEN_BUDGET,
+        &[("JSON_API", "open")],
     )
     .await;
     let (backend_port, _backend) = token_backend();
-    let (listen, admin) = (free_port(), free_port());
-    let text = std::fs::read_to_string(repo().join("tests/fixtures/envoy-token-budget.yaml"))
-        .unwrap()
-        .replace("@LISTEN@", &listen.to_string())
-        .replace("@ADMIN@", &admin.to_string())
-        .replace("@BACKEND@", &backend_port.to_string())
-        .replace("@RLS@", &app.grpc_port.to_string());
-    let envoy_dir = TempDir::new("envoy-tokens-envoy");
-    let _envoy = run_envoy(&envoy_dir, &text, admin).await;
+    let (_envoy, _envoy_dir, listen) = fixture_envoy(
+        "envoy-token-budget.yaml",
+        backend_port,
+        app.grpc_port,
+        "envoy-tokens-envoy",
+    )
+    .await;
     let client = reqwest::Client::new();
     let user = unique_key("tokens");
     // What the service says is left (a peek through /json).
-    let left = || async {
-        let body = serde_json::json!({
-            "domain": "ai",
-            "descriptors": [{
-                "entries": [{"key": "budget", "value": "tokens"}, {"key": "user", "value": user}],
-                "hits_addend": 0
-            }]
-        });
-        let reply: serde_json::Value = client
-            .post(app.url("/json"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        (
-            reply["overallCode"].as_str().unwrap().to_owned(),
-            reply["statuses"][0]["limitRemaining"].as_u64().unwrap_or(0),
-        )
-    };
+    let left = || budget(&client, &app, &user, 0);
     let ask = |charge: u32| {
         client
             .get(format!("http://127.0.0.1:{listen}/v1/chat"))
@@ -595,21 +635,9 @@ async fn envoy_charges_a_token_budget_after_the_response() {
     let refused = ask(1).await.unwrap();
     assert_eq!(refused.status(), 429);
     // All 120 counted: 20 back leaves it spent, 21 back leaves 1.
-    let refund = |n: u32| {
-        client
-            .post(app.url("/json"))
-            .json(&serde_json::json!({
-                "domain": "ai",
-                "descriptors": [{
-                    "entries": [{"key": "budget", "value": "tokens"}, {"key": "user", "value": user}],
-                    "hits_addend": n, "is_negative_hits": true
-                }]
-            }))
-            .send()
-    };
-    assert!(refund(20).await.unwrap().status().is_success());
+    budget(&client, &app, &user, -20).await;
     assert_eq!(left().await.0, "OVER_LIMIT", "120 were charged, not 100");
-    assert!(refund(1).await.unwrap().status().is_success());
+    budget(&client, &app, &user, -1).await;
     assert_eq!(left().await, ("OK".to_owned(), 1));
 }
 
@@ -655,37 +683,16 @@ fn gated_backend() -> (
 #[tokio::test]
 async fn envoy_enforces_a_concurrency_limit_and_a_dead_envoys_slots_expire() {
     let redis = RedisServer::start().await;
-    let dir = TempDir::new("envoy-concurrency");
-    let config = dir.path().join("ratelimit/config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("jobs.yaml"),
-        "domain: jobs\ndescriptors:\n  - key: slots\n    value: slow\n    rate_limit: { requests_per_unit: 2, algorithm: concurrency, lease: 2s }\n",
-    )
-    .unwrap();
-    let root = dir.path().display().to_string();
-    let app = spawn_app(
+    let (app, _dir) = app_with_domain(
         &redis,
-        &[
-            ("RUNTIME_ROOT", root.as_str()),
-            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
-        ],
+        "envoy-concurrency",
+        "domain: jobs\ndescriptors:\n  - key: slots\n    value: slow\n    rate_limit: { requests_per_unit: 2, algorithm: concurrency, lease: 2s }\n",
+        &[],
     )
     .await;
     let (backend_port, _backend, gate, reached) = gated_backend();
     let start_envoy = |tag: &'static str| {
-        let (listen, admin) = (free_port(), free_port());
-        let text = std::fs::read_to_string(repo().join("tests/fixtures/envoy-concurrency.yaml"))
-            .unwrap()
-            .replace("@LISTEN@", &listen.to_string())
-            .replace("@ADMIN@", &admin.to_string())
-            .replace("@BACKEND@", &backend_port.to_string())
-            .replace("@RLS@", &app.grpc_port.to_string());
-        async move {
-            let dir = TempDir::new(tag);
-            let envoy = run_envoy(&dir, &text, admin).await;
-            (envoy, dir, listen)
-        }
+        fixture_envoy("envoy-concurrency.yaml", backend_port, app.grpc_port, tag)
     };
     let client = reqwest::Client::new();
     let get = |listen: u16| {
@@ -786,55 +793,24 @@ async fn envoy_enforces_a_concurrency_limit_and_a_dead_envoys_slots_expire() {
 #[tokio::test]
 async fn envoy_reserves_an_estimate_and_settles_it_after_the_response() {
     let redis = RedisServer::start().await;
-    let dir = TempDir::new("envoy-settle");
-    let config = dir.path().join("ratelimit/config");
-    std::fs::create_dir_all(&config).unwrap();
-    std::fs::write(
-        config.join("ai.yaml"),
-        "domain: ai\ndescriptors:\n  - key: budget\n    value: tokens\n    descriptors:\n      - key: user\n        rate_limit: { unit: hour, requests_per_unit: 100, algorithm: gcra, debit: true }\n",
-    )
-    .unwrap();
-    let root = dir.path().display().to_string();
-    let app = spawn_app(
+    let (app, _dir) = app_with_domain(
         &redis,
-        &[
-            ("RUNTIME_ROOT", root.as_str()),
-            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
-            ("JSON_API", "open"),
-        ],
+        "envoy-settle",
+        TOKEN_BUDGET,
+        &[("JSON_API", "open")],
     )
     .await;
     let (backend_port, _backend) = token_backend();
-    let (listen, admin) = (free_port(), free_port());
-    let text = std::fs::read_to_string(repo().join("tests/fixtures/envoy-reserve-settle.yaml"))
-        .unwrap()
-        .replace("@LISTEN@", &listen.to_string())
-        .replace("@ADMIN@", &admin.to_string())
-        .replace("@BACKEND@", &backend_port.to_string())
-        .replace("@RLS@", &app.grpc_port.to_string());
-    let envoy_dir = TempDir::new("envoy-settle-envoy");
-    let _envoy = run_envoy(&envoy_dir, &text, admin).await;
+    let (_envoy, _envoy_dir, listen) = fixture_envoy(
+        "envoy-reserve-settle.yaml",
+        backend_port,
+        app.grpc_port,
+        "envoy-settle-envoy",
+    )
+    .await;
     let client = reqwest::Client::new();
     let user = unique_key("settle");
-    let json = |hits: u64, refund: bool| {
-        client
-            .post(app.url("/json"))
-            .json(&serde_json::json!({
-                "domain": "ai",
-                "descriptors": [{
-                    "entries": [{"key": "budget", "value": "tokens"}, {"key": "user", "value": user}],
-                    "hits_addend": hits, "is_negative_hits": refund
-                }]
-            }))
-            .send()
-    };
-    let left = || async {
-        let reply: serde_json::Value = json(0, false).await.unwrap().json().await.unwrap();
-        (
-            reply["overallCode"].as_str().unwrap().to_owned(),
-            reply["statuses"][0]["limitRemaining"].as_u64().unwrap_or(0),
-        )
-    };
+    let left = || budget(&client, &app, &user, 0);
     let ask = |estimate: u32, used: u32| {
         client
             .get(format!("http://127.0.0.1:{listen}/v1/chat"))
@@ -877,8 +853,8 @@ async fn envoy_reserves_an_estimate_and_settles_it_after_the_response() {
     );
     settled(("OVER_LIMIT", 0)).await;
     // 110 of 100 counted: 10 back leaves it spent, 11 leaves 1.
-    assert!(json(10, true).await.unwrap().status().is_success());
+    budget(&client, &app, &user, -10).await;
     assert_eq!(left().await.0, "OVER_LIMIT");
-    assert!(json(1, true).await.unwrap().status().is_success());
+    budget(&client, &app, &user, -1).await;
     assert_eq!(left().await, ("OK".to_owned(), 1));
 }
