@@ -56,6 +56,7 @@ pub struct Application {
     tracing: Option<Arc<crate::traces::Tracing>>,
     /// The metrics listener of USE_PROMETHEUS, stopped with the server.
     prometheus: Option<actix_web::dev::ServerHandle>,
+    state: web::Data<AppState>,
 }
 
 impl Application {
@@ -243,8 +244,14 @@ impl Application {
             crate::reload::spawn(path, reload_state.clone());
         }
         crate::reload::spawn_jwks(reload_state.clone());
-        spawn_override_refresh(reload_state);
+        spawn_override_refresh(reload_state.clone());
+        let sweep_state = reload_state.clone();
+        crate::reload::every(crate::limiter::slices::SWEEP_INTERVAL, move || {
+            let state = sweep_state.clone();
+            async move { state.limiter.sweep_slices(false).await }
+        });
         Ok(Application {
+            state: reload_state,
             port,
             grpc_port,
             server,
@@ -273,6 +280,8 @@ impl Application {
     /// then finishes in-flight requests; the gRPC server stops with it.
     pub async fn run_until_stopped(mut self) -> io::Result<()> {
         let result = self.server.await;
+        // What this instance's quota slices did not spend goes back.
+        self.state.limiter.sweep_slices(true).await;
         if let Some(prometheus) = self.prometheus.take() {
             prometheus.stop(true).await;
         }

@@ -66,6 +66,7 @@ impl<S: Store> Limiter<S> {
     ) -> Result<u64, StoreError> {
         let deleted = self.store.reset(counters).await?;
         self.denied.forget(subject);
+        self.slices.forget(subject);
         self.store
             .publish_reset(&overrides::storage_key(subject))
             .await?;
@@ -315,6 +316,7 @@ impl<S: Store> Limiter<S> {
             if log.latest < seen || !log.complete {
                 // The log was lost (a flushed Redis) or trimmed past us.
                 self.denied.clear();
+                self.slices.clear();
             } else {
                 for key in &log.keys {
                     if let Some(subject) = std::str::from_utf8(key)
@@ -322,6 +324,7 @@ impl<S: Store> Limiter<S> {
                         .and_then(overrides::subject_of)
                     {
                         self.denied.forget(&subject);
+                        self.slices.forget(&subject);
                     }
                 }
             }

@@ -165,7 +165,13 @@ impl<S: Store> Limiter<S> {
         // this check's denial stale, and the cache then refuses it.
         let generation = self.denied.generation();
         let counters = Self::counters(request, &items, true);
-        match self.guarded(&counters).await {
+        let sliced = !refunds && counters.iter().any(|c| c.policy.slices() && c.cost > 0);
+        let result = if sliced {
+            self.check_sliced(&counters).await
+        } else {
+            self.guarded(&counters).await
+        };
+        match result {
             Ok(reply) => {
                 // Redis answers: the outage's local counts are done with.
                 self.local.clear();
@@ -204,10 +210,13 @@ impl<S: Store> Limiter<S> {
                     // A debit's charges must reach Redis even while it is
                     // spent, and a concurrency slot can free at any moment
                     // (a release): their denials are never cached.
+                    // A sliced denial may end as soon as another instance
+                    // gives back what it holds (its slices keep their own
+                    // short memory of an empty counter).
                     if !outcome
                         .quotas
                         .iter()
-                        .any(|(p, _)| p.debit() || p.algorithm().is_concurrency())
+                        .any(|(p, _)| p.debit() || p.algorithm().is_concurrency() || p.slices())
                     {
                         self.denied.insert(request, &outcome, generation, valid_for);
                     }
@@ -236,6 +245,93 @@ impl<S: Store> Limiter<S> {
                 }
             }
         }
+    }
+}
+
+impl<S: Store> Limiter<S> {
+    /// Checks `counters` of which some are spent from quota slices (see
+    /// [`slices`]): those spend from this instance's slices first, taking a
+    /// slice from the store when theirs cannot pay; the rest go to the store
+    /// as one check if every sliced one allowed (else they are only read).
+    /// The units of a request refused after all go back to their slices.
+    async fn check_sliced(&self, counters: &[Counter<'_>]) -> Result<StoreReply, StoreError> {
+        let mut quotas: Vec<Option<Quota>> = vec![None; counters.len()];
+        let mut holds = Vec::new();
+        let mut allowed = true;
+        for (quota, counter) in quotas.iter_mut().zip(counters) {
+            if !allowed || !counter.policy.slices() || counter.cost <= 0 {
+                continue;
+            }
+            let take = |need, want, now| {
+                let whole = Counter {
+                    cost: 0,
+                    lease: None,
+                    ..counter.clone()
+                };
+                async move {
+                    self.through_breaker(self.store.take_slice(
+                        &whole,
+                        need,
+                        want,
+                        slices::SHARE,
+                        now,
+                    ))
+                    .await
+                }
+            };
+            match self.slices.spend(counter, take).await {
+                Ok(Some(spent)) => {
+                    allowed &= spent.quota.allowed || counter.policy.non_blocking();
+                    *quota = Some(spent.quota);
+                    holds.extend(spent.hold);
+                }
+                // Too many subjects sliced: this one is decided exactly.
+                Ok(None) => {}
+                Err(err) => {
+                    holds.into_iter().for_each(|h| self.slices.unspend(h));
+                    return Err(err);
+                }
+            }
+        }
+        let (rest, rest_counters): (Vec<usize>, Vec<Counter<'_>>) = counters
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| quotas[*i].is_none())
+            .map(|(i, c)| {
+                let mut c = c.clone();
+                // Refused already: read (but a debit, charged whatever).
+                if !allowed && !c.policy.debit() {
+                    c.cost = 0;
+                    c.lease = None;
+                }
+                (i, c)
+            })
+            .unzip();
+        let mut expired = vec![0; counters.len()];
+        if !rest.is_empty() {
+            match self.guarded(&rest_counters).await {
+                Ok(reply) => {
+                    allowed &= reply.allowed;
+                    for ((i, quota), gone) in rest.into_iter().zip(reply.quotas).zip(reply.expired)
+                    {
+                        quotas[i] = Some(quota);
+                        expired[i] = gone;
+                    }
+                }
+                Err(err) => {
+                    holds.into_iter().for_each(|h| self.slices.unspend(h));
+                    return Err(err);
+                }
+            }
+        }
+        if !allowed {
+            holds.into_iter().for_each(|h| self.slices.unspend(h));
+        }
+        Ok(StoreReply {
+            allowed,
+            quotas: quotas.into_iter().flatten().collect(),
+            expired,
+        })
     }
 }
 

@@ -18,6 +18,7 @@ pub mod local;
 pub mod overrides;
 pub mod request;
 pub mod rules;
+pub mod slices;
 mod status;
 pub mod store;
 pub mod top;
@@ -36,7 +37,7 @@ pub use check::Checked;
 pub use decision::{Decision, LimiterError, Outcome, Standing};
 pub use request::{CheckRequest, Descriptor, Entry, LeaseMode, LimitOverride};
 pub use rules::{Item, Mark, Resolution, Route, Rules, RulesError};
-pub use store::{Counter, RawOverride, ResetLog, Store, StoreError, StoreReply};
+pub use store::{Counter, RawOverride, ResetLog, SliceTaken, Store, StoreError, StoreReply};
 
 pub struct Limiter<S> {
     store: S,
@@ -60,6 +61,8 @@ pub struct Limiter<S> {
     resets_seen: Mutex<Option<u64>>,
     /// Storage keys of bad override entries already reported.
     reported_bad: Mutex<HashSet<Vec<u8>>>,
+    /// The quota slices this instance holds (see [`slices`]).
+    slices: slices::Slices,
     /// Who is being limited (see [`top`]).
     top: top::TopOffenders,
     /// [`top::TopOffenders::recorded`] as last published.
@@ -96,6 +99,10 @@ impl<S: Store> Limiter<S> {
             overrides_seen: Default::default(),
             refreshing: Default::default(),
             reported_bad: Default::default(),
+            slices: slices::Slices::new(
+                slices::Clock::Real(std::time::Instant::now()),
+                metrics.clone(),
+            ),
             top: top::TopOffenders::default(),
             top_published: AtomicU64::new(0),
             instance: uuid::Uuid::new_v4().simple().to_string(),
@@ -109,6 +116,23 @@ impl<S: Store> Limiter<S> {
     pub fn with_breaker(mut self, breaker: breaker::Breaker) -> Self {
         self.breaker = breaker;
         self
+    }
+
+    /// The same limiter with its slices on `clock` (the model tests').
+    pub fn with_slice_clock(mut self, clock: slices::Clock) -> Self {
+        self.slices = slices::Slices::new(clock, self.metrics.clone());
+        self
+    }
+
+    /// The quota slices this instance holds.
+    pub fn slices(&self) -> &slices::Slices {
+        &self.slices
+    }
+
+    /// Gives back the unspent units of expired slices (all of them with
+    /// `all`: the instance stops); run every [`slices::SWEEP_INTERVAL`].
+    pub async fn sweep_slices(&self, all: bool) {
+        self.slices.sweep(&self.store, all).await;
     }
 
     pub fn store(&self) -> &S {
@@ -133,6 +157,25 @@ impl<S: Store> Limiter<S> {
     /// probes the store. The permit is dropped with this future, so a probe
     /// cancelled mid-call frees its slot.
     async fn guarded(&self, counters: &[Counter<'_>]) -> Result<StoreReply, StoreError> {
+        self.through_breaker(async {
+            // A traced request notes the time it waits for the store.
+            if crate::traces::traced() {
+                let (wall, started) = (SystemTime::now(), std::time::Instant::now());
+                let result = self.store.check(counters).await;
+                crate::traces::note_store_call(wall, started.elapsed());
+                result
+            } else {
+                self.store.check(counters).await
+            }
+        })
+        .await
+    }
+
+    /// `call` (a call of the store) through the circuit breaker.
+    async fn through_breaker<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let permit = self.breaker.admit();
         if permit.admission() == breaker::Admission::Reject {
             self.metrics
@@ -141,15 +184,7 @@ impl<S: Store> Limiter<S> {
                 .inc();
             return Err(StoreError::CircuitOpen);
         }
-        // A traced request notes the time it waits for the store.
-        let result = if crate::traces::traced() {
-            let (wall, started) = (SystemTime::now(), std::time::Instant::now());
-            let result = self.store.check(counters).await;
-            crate::traces::note_store_call(wall, started.elapsed());
-            result
-        } else {
-            self.store.check(counters).await
-        };
+        let result = call.await;
         match &result {
             Ok(_) => permit.success(),
             Err(StoreError::Timeout(_) | StoreError::Connection(_)) => permit.failure(),

@@ -30,6 +30,21 @@ pub struct StoreReply {
     pub expired: Vec<u32>,
 }
 
+/// A quota slice taken from a counter ([`Store::take_slice`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SliceTaken {
+    /// Units taken (0: fewer than needed were left).
+    pub granted: u64,
+    /// The counter after the take: `remaining` is what is left in the
+    /// store; `retry_after`, when nothing was granted, is until the units
+    /// needed are there.
+    pub quota: Quota,
+    /// Which life of the counter the slice belongs to: a slice is given
+    /// back only into the counter it was taken from, never into one made
+    /// again after a reset.
+    pub epoch: i64,
+}
+
 /// Why the store could not answer. Backend-neutral: the Redis layer maps its
 /// own errors onto these kinds.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,6 +93,31 @@ pub trait Store: Send + Sync + 'static {
         &self,
         counters: &[Counter<'_>],
     ) -> impl Future<Output = Result<StoreReply, StoreError>> + Send;
+
+    /// Takes a slice of what is left of `counter` (its cost is ignored): at
+    /// least `need` units or none, at most `want`, and at most 1/`share` of
+    /// what is left unless that is below `need`. `now_ms` replaces the
+    /// store's clock (tests only).
+    fn take_slice(
+        &self,
+        counter: &Counter<'_>,
+        need: u64,
+        want: u64,
+        share: u64,
+        now_ms: Option<u64>,
+    ) -> impl Future<Output = Result<SliceTaken, StoreError>> + Send;
+
+    /// Gives `units` of a slice back to `counter`, if it is still the
+    /// counter of `epoch` and, for `until_ms` > 0, the store's clock is
+    /// before it (a fixed window's end). Returns the units given back.
+    fn give_slice(
+        &self,
+        counter: &Counter<'_>,
+        units: u64,
+        epoch: i64,
+        until_ms: u64,
+        now_ms: Option<u64>,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// Round-trip time of a trivial call, for health checks.
     fn ping(&self) -> impl Future<Output = Result<Duration, StoreError>> + Send;

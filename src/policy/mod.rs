@@ -32,6 +32,8 @@ pub enum PolicyError {
     CostAboveLimit { cost: u32, limit: NonZeroU32 },
     #[error("limit × window in ms must stay below 2^53 (limit {limit}, window {window_ms} ms)")]
     TooLarge { limit: NonZeroU32, window_ms: u128 },
+    #[error("{0}")]
+    Slices(&'static str),
 }
 
 impl PolicyError {
@@ -42,6 +44,7 @@ impl PolicyError {
             PolicyError::Window => "window",
             PolicyError::CostAboveLimit { .. } => "cost",
             PolicyError::TooLarge { .. } => "limit",
+            PolicyError::Slices(_) => "slices",
         }
     }
 }
@@ -74,6 +77,9 @@ pub struct Policy {
     /// until the budget has drained; a peek (hits 0) is denied once it is
     /// spent.
     debit: bool,
+    /// Spent from quota slices each instance takes from the store (see
+    /// `limiter::slices`) rather than decided by the store one by one.
+    slices: bool,
 }
 
 impl Policy {
@@ -123,6 +129,7 @@ impl Policy {
             label: None,
             quota_mode: false,
             debit: false,
+            slices: false,
         })
     }
 
@@ -135,6 +142,43 @@ impl Policy {
     /// Whether every positive hit is charged, even past the limit.
     pub fn debit(&self) -> bool {
         self.debit
+    }
+
+    /// The same policy, spent from quota slices or not; an algorithm a
+    /// slice means nothing to (a sliding window, slots) and a debit (a charge
+    /// that must reach the store whatever is left) cannot be.
+    pub fn with_slices(mut self, slices: bool) -> Result<Self, PolicyError> {
+        if slices {
+            match self.algorithm {
+                Algorithm::FixedWindow | Algorithm::TokenBucket | Algorithm::Gcra => {}
+                Algorithm::SlidingWindow => {
+                    return Err(PolicyError::Slices(
+                        "a sliding window cannot be sliced (its estimate weighs the previous \
+                         window, so units taken now are not units spent now): use fixed_window, \
+                         token_bucket or gcra",
+                    ))
+                }
+                Algorithm::Concurrency => {
+                    return Err(PolicyError::Slices(
+                        "a concurrency policy cannot be sliced: a slot is held and given back, \
+                         not spent",
+                    ))
+                }
+            }
+            if self.debit {
+                return Err(PolicyError::Slices(
+                    "a debit policy cannot be sliced: its charges must reach the store even \
+                     past the limit",
+                ));
+            }
+        }
+        self.slices = slices;
+        Ok(self)
+    }
+
+    /// Whether this policy is spent from quota slices.
+    pub fn slices(&self) -> bool {
+        self.slices
     }
 
     /// The same policy, in shadow mode or not.
@@ -196,6 +240,8 @@ impl Policy {
                 .with_per_client_ip(self.per_client_ip)
                 .with_failure_mode(self.failure_mode)
                 .with_quota_mode(self.quota_mode)
+                .with_debit(self.debit)
+                .with_slices(self.slices)?
                 .with_label_of(self),
         )
     }

@@ -56,10 +56,18 @@ pub fn counter_key(subject: &Entry, policy: &Policy) -> String {
 /// The CACHE_KEY_PREFIX of a policy counted under envoyproxy/ratelimit's
 /// own keys (ENVOY_KEY_FORMAT=ratelimit), if it is one.
 pub fn ratelimit_key_prefix(policy: &Policy) -> Option<&str> {
-    if policy.algorithm() != Algorithm::FixedWindow {
+    // A sliced policy needs its epoch beside its counter, in one slot: its
+    // keys are ours, with a hash tag.
+    if policy.algorithm() != Algorithm::FixedWindow || policy.slices() {
         return None;
     }
     policy.label()?.ratelimit_key_prefix.as_deref()
+}
+
+/// Where a sliced counter keeps its epoch (see `lua/slice.lua`): beside
+/// it, under the same hash tag.
+pub fn slice_epoch_key(counter_key: &str) -> String {
+    format!("{counter_key}:slices")
 }
 
 /// envoyproxy/ratelimit's key: `<prefix><domain>_<k1>_<v1>_..._<window

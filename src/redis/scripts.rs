@@ -44,12 +44,13 @@ pub fn module_source(algorithm: Algorithm) -> &'static str {
     }
 }
 
-/// check.lua with every algorithm module before it.
 /// The module of envoyproxy/ratelimit's fixed window with its own keys and
 /// values (ENVOY_KEY_FORMAT=ratelimit).
 pub const RATELIMIT_FIXED_WINDOW: &str = "ratelimit_fixed_window";
 
-pub static CHECK: LazyLock<LuaScript> = LazyLock::new(|| {
+/// The algorithm modules, each in a loader run on first use, reached as
+/// `ALGORITHMS[<name>]`: what check.lua and slice.lua start with.
+fn with_modules(script: &str) -> String {
     let mut source = String::from(
         "local LOADERS = {}\n\
          local ALGORITHMS = setmetatable({}, { __index = function(built, name)\n\
@@ -71,9 +72,16 @@ pub static CHECK: LazyLock<LuaScript> = LazyLock::new(|| {
     for (name, module) in modules {
         source.push_str(&format!("LOADERS['{name}'] = function()\n{module}\nend\n"));
     }
-    source.push_str(include_str!("../../lua/check.lua"));
-    LuaScript::new("check", source)
-});
+    source.push_str(script);
+    source
+}
+
+pub static CHECK: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("check", with_modules(include_str!("../../lua/check.lua"))));
+
+/// Quota slices: taken from a counter and given back (`lua/slice.lua`).
+pub static SLICE: LazyLock<LuaScript> =
+    LazyLock::new(|| LuaScript::new("slice", with_modules(include_str!("../../lua/slice.lua"))));
 
 pub(crate) async fn load<C: ConnectionLike + Send>(
     conn: &mut C,

@@ -4,11 +4,51 @@
 use std::time::{Duration, Instant};
 
 use super::keys::{
-    counter_key, hash_tag, top_key, OVERRIDES_KEY, OVERRIDES_VERSION_FIELD, RESET_KEYS,
-    RESET_LOG_ENTRIES, RESET_LOG_TTL_MS,
+    counter_key, hash_tag, slice_epoch_key, top_key, OVERRIDES_KEY, OVERRIDES_VERSION_FIELD,
+    RESET_KEYS, RESET_LOG_ENTRIES, RESET_LOG_TTL_MS,
 };
 use super::{script_policy, scripts, RedisStore, ScriptPolicy};
-use crate::limiter::{Counter, RawOverride, ResetLog, Store, StoreError, StoreReply};
+use crate::limiter::{
+    Counter, Quota, RawOverride, ResetLog, SliceTaken, Store, StoreError, StoreReply,
+};
+
+impl RedisStore {
+    /// One call of slice.lua on `counter`'s keys: `op`, then need, want,
+    /// share, epoch and until (see the script).
+    async fn slice_call(
+        &self,
+        counter: &Counter<'_>,
+        op: &str,
+        [need, want, share, epoch, until]: [u64; 5],
+        now_ms: Option<u64>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let policy = script_policy(counter);
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(&scripts::SLICE.sha)
+            .arg(2)
+            .arg(&policy.key)
+            .arg(slice_epoch_key(&policy.key))
+            .arg(op)
+            .arg(policy.algorithm)
+            .arg(policy.limit)
+            .arg(policy.window_ms)
+            .arg(need)
+            .arg(want)
+            .arg(share)
+            .arg(epoch as i64)
+            .arg(until);
+        match now_ms {
+            Some(now) => cmd.arg(now),
+            None => cmd.arg(""),
+        };
+        let deadline = Instant::now() + self.timeout;
+        let (cmd, metrics) = (&cmd, &self.metrics);
+        self.call(deadline, |mut conn| async move {
+            scripts::evalsha(&mut conn, &scripts::SLICE, cmd, &metrics.script_reloads).await
+        })
+        .await
+    }
+}
 
 impl Store for RedisStore {
     /// One script call for every counter, except on a Cluster when the
@@ -71,10 +111,16 @@ impl Store for RedisStore {
     }
 
     async fn reset(&self, counters: &[Counter<'_>]) -> Result<u64, StoreError> {
-        let mut keys: Vec<String> = counters
-            .iter()
-            .map(|c| counter_key(c.subject, c.policy))
-            .collect();
+        let mut keys: Vec<String> = Vec::with_capacity(counters.len());
+        for c in counters {
+            let key = counter_key(c.subject, c.policy);
+            // A sliced counter's epoch goes with it: a slice taken before
+            // the reset is then never given back into the new counter.
+            if c.policy.slices() {
+                keys.push(slice_epoch_key(&key));
+            }
+            keys.push(key);
+        }
         keys.sort();
         keys.dedup();
         if keys.is_empty() {
@@ -104,6 +150,57 @@ impl Store for RedisStore {
                 .await?;
         }
         Ok(deleted)
+    }
+
+    async fn take_slice(
+        &self,
+        counter: &Counter<'_>,
+        need: u64,
+        want: u64,
+        share: u64,
+        now_ms: Option<u64>,
+    ) -> Result<SliceTaken, StoreError> {
+        let reply = self
+            .slice_call(counter, "take", [need, want, share, 0, 0], now_ms)
+            .await?;
+        let [granted, now, remaining, reset, retry_after, epoch] = reply[..] else {
+            return Err(StoreError::Script(format!(
+                "slice.lua returned {} values for a take, expected 6",
+                reply.len()
+            )));
+        };
+        let non_negative = |v: i64| v.max(0) as u64;
+        Ok(SliceTaken {
+            granted: non_negative(granted),
+            quota: Quota {
+                allowed: granted > 0,
+                limit: counter.policy.limit().get(),
+                remaining: non_negative(remaining).min(u64::from(u32::MAX)) as u32,
+                reset: Duration::from_millis(non_negative(reset)),
+                retry_after: Duration::from_millis(non_negative(retry_after)),
+                now_ms: non_negative(now),
+            },
+            epoch,
+        })
+    }
+
+    async fn give_slice(
+        &self,
+        counter: &Counter<'_>,
+        units: u64,
+        epoch: i64,
+        until_ms: u64,
+        now_ms: Option<u64>,
+    ) -> Result<u64, StoreError> {
+        let reply = self
+            .slice_call(
+                counter,
+                "give",
+                [units, 0, 0, epoch as u64, until_ms],
+                now_ms,
+            )
+            .await?;
+        Ok(reply.first().map_or(0, |&given| given.max(0) as u64))
     }
 
     async fn load_overrides(&self) -> Result<Vec<RawOverride>, StoreError> {

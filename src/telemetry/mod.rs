@@ -7,7 +7,7 @@
 
 mod parts;
 
-pub use parts::{ConcurrencyMetrics, XdsMetrics};
+pub use parts::{ConcurrencyMetrics, SliceMetrics, XdsMetrics};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -44,6 +44,7 @@ pub struct Metrics {
     pub xds: XdsMetrics,
     /// Concurrency policies (requests in flight).
     pub concurrency: ConcurrencyMetrics,
+    pub slices: SliceMetrics,
 }
 
 /// envoyproxy/ratelimit's metrics under the names of its Prometheus mapper,
@@ -272,10 +273,12 @@ impl Metrics {
             .expect("unique metric");
         let xds = XdsMetrics::new(&registry);
         let concurrency = ConcurrencyMetrics::new(&registry);
+        let slices = SliceMetrics::new(&registry);
         Metrics {
             envoy,
             xds,
             concurrency,
+            slices,
             tls_certificate_expiry,
             redis_tls: gauge(
                 "ratelimit_redis_tls",

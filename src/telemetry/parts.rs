@@ -1,5 +1,5 @@
-//! The metrics of the xDS client and of concurrency policies, registered
-//! in the application's registry.
+//! The metrics of the xDS client, of concurrency policies and of quota
+//! slices, registered in the application's registry.
 
 use prometheus::{IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
@@ -64,6 +64,46 @@ impl ConcurrencyMetrics {
         } else if cost < 0 && granted {
             self.released.with_label_values(&[policy]).inc();
             in_flight.dec();
+        }
+    }
+}
+
+/// Quota slices, by policy (bounded by the configuration, as above).
+/// Local decisions per Redis call is
+/// `rate(ratelimit_slice_decisions_total[1m]) / rate(ratelimit_slice_calls_total[1m])`.
+pub struct SliceMetrics {
+    /// result: taken | empty (slice takes asked of Redis).
+    pub calls: IntCounterVec,
+    /// what: taken | spent | returned | lost (units: taken from Redis,
+    /// spent on requests, given back, and dropped unspent: a reset, or a
+    /// window that ended before they could go back).
+    pub units: IntCounterVec,
+    /// result: allowed | denied (decisions made from a slice, without
+    /// Redis).
+    pub decisions: IntCounterVec,
+}
+
+impl SliceMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        SliceMetrics {
+            calls: counter_vec(
+                registry,
+                "ratelimit_slice_calls_total",
+                "Quota slices asked of Redis, by policy and result (taken, or empty: none left).",
+                &["policy", "result"],
+            ),
+            units: counter_vec(
+                registry,
+                "ratelimit_slice_units_total",
+                "Units of quota slices, by policy and what became of them (taken, spent, returned, lost).",
+                &["policy", "what"],
+            ),
+            decisions: counter_vec(
+                registry,
+                "ratelimit_slice_decisions_total",
+                "Decisions made from a quota slice without Redis, by policy and result.",
+                &["policy", "result"],
+            ),
         }
     }
 }

@@ -49,6 +49,8 @@ struct PolicyToml {
     shadow: Option<bool>,
     /// A debit policy: every positive hit charged, even past the limit.
     debit: Option<bool>,
+    /// Spent from quota slices (see `limiter::slices`).
+    slices: Option<bool>,
     /// A concurrency policy's lease time-to-live.
     lease: Option<WindowToml>,
     per: Option<String>,
@@ -255,6 +257,8 @@ impl Parser<'_> {
             .map_err(|err| place.bad(err.key(), err.to_string()))?
             .with_shadow(table.shadow.unwrap_or(false))
             .with_debit(table.debit.unwrap_or(false))
+            .with_slices(table.slices.unwrap_or(false))
+            .map_err(|err| place.bad(err.key(), err.to_string()))?
             .with_per_client_ip(per_client_ip)
             .with_failure_mode(failure_mode);
         let host = table

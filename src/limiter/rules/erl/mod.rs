@@ -5,8 +5,8 @@
 //! its error messages, compiled to one rule tree per domain.
 //!
 //! Every file it accepts loads here unchanged. Our extensions are extra
-//! keys: `algorithm`, `unit_multiplier`, `window` and `debit` in a
-//! `rate_limit`, and
+//! keys: `algorithm`, `unit_multiplier`, `window`, `debit`, `lease` and
+//! `slices` in a `rate_limit`, and
 //! `rate_limits` (a list) for several limits on one descriptor.
 //!
 //! Layout: two loaders feed one compiler. `files` finds and reads the
@@ -285,6 +285,8 @@ impl Builder {
                     .with_shadow(shadow)
                     .with_quota_mode(quota)
                     .with_debit(parsed.debit)
+                    .with_slices(parsed.slices)
+                    .map_err(|err| format!("'{composite}': {err}"))?
                     .with_label(label);
                 tree.insert(
                     &path,

@@ -108,8 +108,15 @@ impl RateLimitDescriptor {
 
 /// Our extension keys a descriptor's `metadata` may carry for its
 /// `rate_limit` (the proto has no field for them): `algorithm`, `window`,
-/// `unit_multiplier`, `debit`, `lease`, as in the YAML form.
-const EXTENSION_KEYS: [&str; 5] = ["algorithm", "window", "unit_multiplier", "debit", "lease"];
+/// `unit_multiplier`, `debit`, `lease`, `slices`, as in the YAML form.
+const EXTENSION_KEYS: [&str; 6] = [
+    "algorithm",
+    "window",
+    "unit_multiplier",
+    "debit",
+    "lease",
+    "slices",
+];
 
 /// The YAML root of one resource, as envoyproxy/ratelimit converts it.
 pub fn to_yaml(config: &RateLimitConfig) -> Mapping {

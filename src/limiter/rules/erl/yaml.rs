@@ -9,7 +9,7 @@ use serde_yaml::{Mapping, Value};
 use crate::policy::{parse_window, Algorithm, Unit};
 
 /// Every key envoyproxy/ratelimit accepts anywhere in a file, and ours.
-pub(super) const VALID_KEYS: [&str; 22] = [
+pub(super) const VALID_KEYS: [&str; 23] = [
     "domain",
     "key",
     "value",
@@ -33,6 +33,7 @@ pub(super) const VALID_KEYS: [&str; 22] = [
     "window",
     "debit",
     "lease",
+    "slices",
 ];
 
 /// A file's text as a YAML root: a map (an empty file is an empty one).
@@ -57,6 +58,8 @@ pub(super) struct ParsedLimit {
     pub(super) algorithm: Algorithm,
     /// Ours: every positive hit charged, even past the limit.
     pub(super) debit: bool,
+    /// Ours: spent from quota slices (see `limiter::slices`).
+    pub(super) slices: bool,
 }
 
 pub(super) fn parse_limit(map: &Mapping) -> Result<ParsedLimit, String> {
@@ -133,6 +136,7 @@ pub(super) fn parse_limit(map: &Mapping) -> Result<ParsedLimit, String> {
         window,
         algorithm,
         debit: field_bool(map, "debit")?,
+        slices: field_bool(map, "slices")?,
     })
 }
 
