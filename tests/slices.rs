@@ -259,3 +259,322 @@ async fn sliced_buckets_never_admit_more_than_burst_plus_refill() {
         );
     }
 }
+
+/// Three instances of the binary, one Redis, one subject limited to 500 an
+/// hour (GCRA: no window edge; it refills one unit every 7.2 s), sliced:
+/// 1,000 requests at once, spread over the three.
+#[tokio::test]
+async fn three_instances_admit_at_most_the_limit_of_one_hot_subject() {
+    use support::binary::{log_lines, serve, signal, wait_for_port};
+    let redis = RedisServer::start().await;
+    let dir = support::TempDir::new("slices-fleet");
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[policy]]\nname = \"hot\"\nalgorithm = \"gcra\"\nlimit = 500\nwindow = \"1h\"\n\
+         strategy = \"user\"\nslices = true\n",
+    )
+    .unwrap();
+    let mut children = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..3 {
+        let mut child = serve(
+            &dir,
+            &redis,
+            &[("RATE_LIMIT_CONFIG", rules.to_str().unwrap())],
+        );
+        let lines = log_lines(&mut child);
+        ports.push(wait_for_port(&lines));
+        children.push(child);
+    }
+    let client = reqwest::Client::new();
+    let key = unique_key("fleet");
+    let burst = |count: usize| {
+        let (client, key, ports) = (&client, &key, &ports);
+        futures::future::join_all((0..count).map(move |i| async move {
+            client
+                .post(format!("http://127.0.0.1:{}/api/resource", ports[i % 3]))
+                .header("X-API-Key", key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }))
+    };
+    let calls = redis.evalsha_calls().await;
+    let statuses = burst(1000).await;
+    let calls = redis.evalsha_calls().await - calls;
+    let admitted = statuses.iter().filter(|&&s| s == 200).count();
+    assert_eq!(
+        statuses.iter().filter(|&&s| s != 200 && s != 429).count(),
+        0,
+        "{statuses:?}"
+    );
+    // At most the limit (plus a unit refilled while the test runs); at
+    // least the limit less the slices the instances still hold, each at
+    // most an eighth of what was left when taken.
+    assert!(admitted <= 501, "{admitted} admitted");
+    assert!(admitted >= 500 - 3 * 500 / 8, "{admitted} admitted");
+    eprintln!("1,000 requests at once: {admitted} admitted, {calls} Redis calls");
+
+    // What the instances held goes back within a second (and a sweep): the
+    // rest of the limit is then admitted, and nothing beyond it.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let more = burst(300).await.iter().filter(|&&s| s == 200).count();
+    let total = admitted + more;
+    assert!((499..=501).contains(&total), "{admitted} + {more} admitted");
+
+    // A stopping instance gives back what it holds: the first takes
+    // slices for a second subject and stops at once (before any slice
+    // expires); the second then admits exactly the rest.
+    let second = unique_key("stop");
+    let post = |port: u16, key: String| {
+        let client = client.clone();
+        async move {
+            client
+                .post(format!("http://127.0.0.1:{port}/api/resource"))
+                .header("X-API-Key", key)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for _ in 0..40 {
+        assert_eq!(post(ports[0], second.clone()).await, 200);
+    }
+    let metrics = client
+        .get(format!("http://127.0.0.1:{}/metrics", ports[0]))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let units = |what: &str| {
+        let name = format!("ratelimit_slice_units_total{{policy=\"hot\",what=\"{what}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&name)?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let held = units("taken") - units("spent") - units("returned") - units("lost");
+    assert!(held > 0, "the first instance holds units: {metrics}");
+    signal(&children[0], "-TERM");
+    assert!(children[0].wait().unwrap().success());
+    let mut rest = 0;
+    for _ in 0..3 {
+        let answers = futures::future::join_all((0..200).map(|_| post(ports[1], second.clone())));
+        rest += answers.await.iter().filter(|&&s| s == 200).count();
+    }
+    assert!(
+        (459..=461).contains(&rest),
+        "40 admitted by the stopped instance ({held} units held at stop), {rest} after"
+    );
+    for child in &mut children[1..] {
+        signal(child, "-TERM");
+        assert!(child.wait().unwrap().success());
+    }
+}
+
+/// A slice is given back only into the counter it was taken from: after
+/// a reset (which deletes the counter and its epoch), a give-back of a
+/// slice taken before is refused, and the new counter stays whole.
+#[tokio::test]
+async fn a_slice_taken_before_a_reset_never_goes_back_into_the_new_counter() {
+    use rate_limiter::limiter::{Counter, Store};
+    let redis = RedisServer::start().await;
+    let store = RedisStore::connect(&RedisSettings::single(redis.url(), Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let rules = rules("gcra", 100, "1h");
+    let policy = rules.policies().next().unwrap().clone();
+    let subject = ("user".into(), unique_key("epoch"));
+    let counter = Counter {
+        subject: &subject,
+        policy: &policy,
+        cost: 0,
+        lease: None,
+    };
+    let taken = store.take_slice(&counter, 1, 40, 2, None).await.unwrap();
+    assert_eq!(taken.granted, 40, "at most half of 100: {taken:?}");
+    assert_eq!(taken.quota.remaining, 60);
+    // Given back before a reset: it counts again.
+    assert_eq!(
+        store
+            .give_slice(&counter, 10, taken.epoch, 0, None)
+            .await
+            .unwrap(),
+        10
+    );
+    let again = store.take_slice(&counter, 1, 1, 1, None).await.unwrap();
+    assert_eq!((again.quota.remaining, again.epoch), (69, taken.epoch));
+    // Reset: the counter and its epoch go; the old slice's units stay out.
+    store.reset(&[counter.clone()]).await.unwrap();
+    assert_eq!(
+        store
+            .give_slice(&counter, 30, taken.epoch, 0, None)
+            .await
+            .unwrap(),
+        0
+    );
+    let fresh = store.take_slice(&counter, 1, 1, 1, None).await.unwrap();
+    assert_eq!(
+        fresh.quota.remaining, 99,
+        "the new counter is whole, not 129"
+    );
+    assert_ne!(fresh.epoch, taken.epoch);
+    // A fixed window's units never go back after the window's end.
+    let rules = rules_fixed();
+    let policy = rules.policies().next().unwrap().clone();
+    let counter = Counter {
+        policy: &policy,
+        ..counter
+    };
+    let start = 1_900_000_000_000u64;
+    let taken = store
+        .take_slice(&counter, 1, 5, 1, Some(start))
+        .await
+        .unwrap();
+    let end = start + taken.quota.reset.as_millis() as u64;
+    assert_eq!(
+        store
+            .give_slice(&counter, 5, taken.epoch, end, Some(end))
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        store
+            .give_slice(&counter, 5, taken.epoch, end, Some(end - 1))
+            .await
+            .unwrap(),
+        5
+    );
+}
+
+fn rules_fixed() -> Rules {
+    rules("fixed_window", 100, "10s")
+}
+
+/// Admin resets and overrides reach a sliced policy on every instance
+/// within about a second (the refresh of the reset log and of the
+/// overrides; a slice lives a second at most).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resets_and_overrides_reach_sliced_policies_on_every_instance() {
+    const TOKEN: &str = "slices-admin-token-0123456789";
+    let redis = RedisServer::start().await;
+    let rules = support::RulesFile::new(
+        "[[policy]]\nname = \"hot\"\nalgorithm = \"gcra\"\nlimit = 20\nwindow = \"1h\"\n\
+         strategy = \"user\"\nslices = true\n",
+    );
+    let settings = [("ADMIN_TOKEN", TOKEN)];
+    let a = support::spawn_app_with_rules(&redis, &rules, &settings).await;
+    let b = support::spawn_app_with_rules(&redis, &rules, &settings).await;
+    let key = unique_key("admin");
+    let mut admitted = 0;
+    for _ in 0..30 {
+        admitted += usize::from(b.post_resource(Some(&key)).await.status() == 200);
+    }
+    assert_eq!(admitted, 20);
+
+    // Reset on a: b admits again, and the two together exactly 20 more
+    // (what b held before the reset is not given back into the new counter).
+    let r = a
+        .admin(
+            TOKEN,
+            reqwest::Method::DELETE,
+            &format!("/admin/identities/user/{key}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = std::time::Instant::now();
+    support::eventually("b admits after the reset", || async {
+        b.post_resource(Some(&key)).await.status() == 200
+    })
+    .await;
+    eprintln!("reset seen by b after {:?}", started.elapsed());
+    let mut after = 1;
+    for i in 0..60 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        after += usize::from(app.post_resource(Some(&key)).await.status() == 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for i in 0..20 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        after += usize::from(app.post_resource(Some(&key)).await.status() == 200);
+    }
+    assert_eq!(after, 20, "exactly the limit after the reset");
+
+    // An override reaches b's sliced decisions (GCRA keeps the spent
+    // limit's debt in time, so the answer is still a refusal, now under
+    // the override's limit).
+    let r = a
+        .admin(
+            TOKEN,
+            reqwest::Method::PUT,
+            &format!("/admin/overrides/user/{key}"),
+        )
+        .json(&serde_json::json!({"limit": 50, "window": "1h"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let started = std::time::Instant::now();
+    support::eventually("b applies the override", || async {
+        let r = b.post_resource(Some(&key)).await;
+        support::header_u64(&r, "X-RateLimit-Limit") == 50
+    })
+    .await;
+    eprintln!("override seen by b after {:?}", started.elapsed());
+}
+
+/// `slices = true` in a rules file, `slices: true` in a YAML `rate_limit`;
+/// refused, naming the key, where a slice has no meaning (a sliding
+/// window, a concurrency policy, a debit).
+#[test]
+fn slices_is_a_key_of_the_rules_file_and_of_the_yaml() {
+    let policy = |algorithm: &str, extra: &str| {
+        Rules::parse(
+            "rules.toml",
+            &format!(
+                "[[policy]]\nname = \"p\"\nalgorithm = \"{algorithm}\"\nlimit = 100\n\
+                 {extra}slices = true\n"
+            ),
+        )
+        .map(|r| r.policies().next().unwrap().slices())
+    };
+    for algorithm in ["fixed_window", "token_bucket", "gcra"] {
+        assert_eq!(policy(algorithm, "window = \"1h\"\n"), Ok(true));
+    }
+    for (algorithm, extra) in [
+        ("sliding_window", "window = \"1h\"\n"),
+        ("gcra", "window = \"1h\"\ndebit = true\n"),
+        ("concurrency", "lease = \"30s\"\n"),
+    ] {
+        let err = policy(algorithm, extra).unwrap_err().to_string();
+        assert!(err.contains("slices"), "{algorithm}: {err}");
+    }
+    let yaml = |limit: &str| {
+        rate_limiter::limiter::rules::erl::parse(
+            &[(
+                "config.hot.yaml".into(),
+                format!("domain: hot\ndescriptors:\n  - key: user\n    rate_limit: {limit}\n"),
+            )],
+            false,
+        )
+    };
+    assert!(yaml("{ unit: hour, requests_per_unit: 5, slices: true }").is_ok());
+    let err = yaml("{ unit: hour, requests_per_unit: 5, slices: true, algorithm: sliding_window }")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sliding window cannot be sliced"), "{err}");
+    let err = yaml("{ unit: hour, requests_per_unit: 5, slices: often }")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("slices"), "{err}");
+}

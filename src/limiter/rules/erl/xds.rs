@@ -307,6 +307,12 @@ mod tests {
                 kind: Some(Kind::StringValue("gcra".into())),
             },
         );
+        metadata.fields.insert(
+            "slices".into(),
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(Kind::BoolValue(true)),
+            },
+        );
         let config = RateLimitConfig {
             name: "eg".into(),
             domain: "default/eg/http".into(),
@@ -329,6 +335,7 @@ mod tests {
         let walk = tree.walk(&entries(&[("route", "r1")])).unwrap();
         let policy = &walk.limits()[0].policy;
         assert_eq!(policy.algorithm(), crate::policy::Algorithm::Gcra);
+        assert!(policy.slices());
         assert!(policy.shadow());
         assert!(policy.quota_mode());
         let label = policy.label().unwrap();
