@@ -412,7 +412,7 @@ async fn a_slice_taken_before_a_reset_never_goes_back_into_the_new_counter() {
     let again = store.take_slice(&counter, 1, 1, 1, None).await.unwrap();
     assert_eq!((again.quota.remaining, again.epoch), (69, taken.epoch));
     // Reset: the counter and its epoch go; the old slice's units stay out.
-    store.reset(&[counter.clone()]).await.unwrap();
+    store.reset(std::slice::from_ref(&counter)).await.unwrap();
     assert_eq!(
         store
             .give_slice(&counter, 30, taken.epoch, 0, None)
