@@ -31,7 +31,8 @@
 # all at once against the one Redis, for decisions per second per Redis
 # core. Then the same allowed traffic through Sentinel and Cluster topologies,
 # interleaved with the single server, as a ratio to it (TOPOLOGIES=0 skips
-# that part, TOPOLOGIES=only runs nothing else).
+# that part, TOPOLOGIES=only runs nothing else). Then one hot subject from 1,
+# 2 and 3 instances, exact and with quota slices (HOTKEY=0 skips it).
 #   scripts/bench.sh                      # ROUNDS=3 DURATION=10s
 #   ROUNDS=1 DURATION=5s scripts/bench.sh # a quick look
 #   CASES="livez allowed-10k grpc" ROUNDS=3 scripts/bench.sh  # some cases
@@ -322,6 +323,46 @@ if [[ $fleet -gt 0 && ${TOPOLOGIES:-1} != only ]]; then
       'BEGIN {busy = d / hz / t; us = (r > 0 ? d / hz * 1e6 / (r * t) : 0);
               printf "  REDIS_BATCH_MAX=%-3s %8.0f decisions/s, errors %s, Redis busy %.2f of a core, %.1f us per decision: %.0f decisions/s per Redis core\n",
               b, r, e, busy, us, (us > 0 ? 1e6 / us : 0)}'
+  done
+fi
+
+# --- One hot subject, sliced and exact ------------------------------------------
+# Every request of one API key, from 1, 2 and 3 instances (WORKERS=1, a wrk
+# -t1 -c64 each) against the one Redis: exact (every decision a script call
+# on the subject's one slot) and with quota slices (slices = true), in turn.
+if [[ ${HOTKEY:-1} != 0 && ${TOPOLOGIES:-1} != only ]]; then
+  echo
+  echo "One hot subject: every request of one API key, a wrk -t1 -c64 per instance (WORKERS=1), all at once:"
+  for mode in exact sliced; do
+    extra=""; [[ $mode == sliced ]] && extra="slices = true"
+    printf '[[policy]]\nname = "hot"\nalgorithm = "gcra"\nlimit = 100000000\nwindow = "1m"\nstrategy = "user"\n%s\n' \
+      "$extra" >"$work/hot-$mode.toml"
+    for i in 1 2 3; do
+      p=$(free_port)
+      start_instance "hot-$mode-$i" "$p" WORKERS=1 RATE_LIMIT_CONFIG="$work/hot-$mode.toml"
+      eval "hot_${mode}_$i=$p"
+    done
+  done
+  printf '  %-9s %-7s %12s %8s %12s %16s\n' instances mode decisions/s errors "Redis busy" "Redis us/decision"
+  for n in 1 2 3; do
+    for mode in exact sliced; do
+      r0=$(cpu_ticks "$redis_pid"); started=$(date +%s.%N)
+      outs=()
+      for i in $(seq 1 "$n"); do
+        port_var="hot_${mode}_$i"
+        KEYS=1 KEY_PREFIX="hot-$mode-$n" wrk -t1 -c64 -d"$duration" -s scripts/wrk/random_keys.lua \
+          "http://127.0.0.1:${!port_var}/api/resource" >"$work/hot-$i.out" 2>&1 &
+        outs+=($!)
+      done
+      wait "${outs[@]}"
+      r1=$(cpu_ticks "$redis_pid"); ended=$(date +%s.%N)
+      total=$(for i in $(seq 1 "$n"); do cat "$work/hot-$i.out"; done | awk '/Requests\/sec/ {s += $2} END {print s + 0}')
+      errors=$(for i in $(seq 1 "$n"); do cat "$work/hot-$i.out"; done | awk '/Non-2xx/ {e += $5} /Socket errors/ {gsub(",",""); e += $4+$6+$8+$10} END {print e + 0}')
+      awk -v n="$n" -v m="$mode" -v r="$total" -v d="$((r1 - r0))" -v hz="$hz" -v e="$errors" \
+        -v t="$(awk -v a="$started" -v b="$ended" 'BEGIN {print b - a}')" \
+        'BEGIN {busy = d / hz / t; us = (r > 0 ? d / hz * 1e6 / (r * t) : 0);
+                printf "  %-9s %-7s %12.0f %8s %12.2f %16.2f\n", n, m, r, e, busy, us}'
+    done
   done
 fi
 

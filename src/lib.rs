@@ -44,7 +44,8 @@
 //!   per-second refresh that shares them across instances.
 //!   [`limiter::overrides`]: the override format. [`limiter::deny_cache`]:
 //!   denials answered without Redis. [`limiter::local`]: the `local`
-//!   failure mode. [`limiter::top`]: the top offenders.
+//!   failure mode. [`limiter::top`]: the top offenders. [`limiter::slices`]:
+//!   quota slices of hot subjects (`back`: the units given back).
 //! - [`redis`]: the only code that talks to Redis: the pools of multiplexed
 //!   connections (`pool`), one call with its deadline (`call`), coalescing
 //!   of checks into one script call (`batch`), Sentinel failover

@@ -1,45 +1,29 @@
 //! Quota slices: a hot subject's decisions made without Redis, never
-//! admitting more than the limit.
+//! admitting more than the limit (README "Hot keys: quota slices").
 //!
-//! Every counter of one subject lives in one Redis slot, so one Redis core
-//! caps one subject's exact decisions whatever the number of instances.
 //! A policy with `slices = true` is spent differently: an instance takes a
 //! slice of what is left of the counter in one script call
 //! (`lua/slice.lua`: the counter counts the slice as spent), spends it on
-//! its own requests without Redis, takes the next when it runs out, and
-//! gives back what it did not spend when the slice expires
-//! ([`LIFETIME_MS`], or a fixed window's end), when the policy's limit
-//! changes, or when the instance stops.
+//! its own requests, takes the next when it runs out, and gives back what it
+//! did not spend ([`back`]) when the slice expires ([`LIFETIME_MS`], or a
+//! fixed window's end), when the policy's limit changes, or at stop.
 //!
-//! Exact from above: Redis counts every unit taken, and an instance admits
-//! only units it took, so the sum admitted over all instances never exceeds
-//! what the counter allows, also when an instance crashes (its slice is
-//! simply not given back: spent, as far as Redis knows). A unit of a fixed
-//! window is never spent after the window's end (a slice expires at the
-//! end by the instance's monotonic clock, measured from before the call, so
-//! never late whatever the clocks of the hosts), nor given back into the
-//! next (the script refuses it then).
+//! Exact from above: Redis counts every unit taken and an instance admits
+//! only units it took, so all instances together never admit more than the
+//! counter allows, also when one crashes (its slice is spent, as far as
+//! Redis knows). A fixed window's unit is never spent after the window's
+//! end (the slice expires then by the instance's monotonic clock, measured
+//! from before the call), nor given back into the next (the script refuses).
 //!
-//! What it costs (the stated bound): a request may be refused that an exact
-//! counter would have admitted, while other instances hold unspent units:
-//! at most the units in their slices, each at most 1/[`SHARE`] of what was
-//! left when it was taken and about [`TARGET_MS`] of its instance's own
-//! traffic, and for at most [`LIFETIME_MS`] plus one sweep
-//! ([`SWEEP_INTERVAL`]) before they go back. A crashed instance's slice
-//! is lost until its fixed window ends (a token bucket or GCRA refills it
-//! at the policy's rate). After an empty take, an instance refuses locally
-//! for at most [`EMPTY_MS`] (or the counter's `retry_after`, if sooner)
-//! before asking again.
-//!
-//! Slices are sized from the instance's own rate (the units it spent from
-//! its last slice over the time that slice lasted, to last about
-//! [`TARGET_MS`], growing at most fourfold per take) and the remainder (at
-//! most 1/[`SHARE`] of it), so they shrink as the remainder does and the
-//! last units of a window go in slices of one.
-//!
-//! Bounded: at most [`MAX_CELLS`] subjects are sliced at once; a request of
-//! another is decided by Redis exactly, as if unsliced. Idle subjects are
-//! dropped by the sweep.
+//! The bound: a request may be refused that an exact counter would admit
+//! while other instances hold unspent units, at most their slices' units,
+//! for at most [`LIFETIME_MS`] plus a sweep ([`SWEEP_INTERVAL`]); a crashed
+//! instance's until its window ends (a bucket refills it); after an empty
+//! take, local refusals for at most [`EMPTY_MS`]. Slices are sized to
+//! about [`TARGET_MS`] of the instance's own rate (growing at most fourfold
+//! per take) and at most 1/[`SHARE`] of the remainder, so the last units go
+//! in slices of one. At most [`MAX_CELLS`] subjects are sliced at once;
+//! others are decided exactly.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
