@@ -15,6 +15,10 @@
 #   grpc          Envoy's ShouldRateLimit over gRPC, 10,000 descriptors, from
 #                 a Rust client (examples/rls_bench.rs), as many calls in
 #                 flight as connections
+#   grpc-h2load   the same call for one descriptor from h2load (nghttp2), a
+#                 far lighter client: a prepared gRPC frame POSTed over
+#                 HTTP/2, 16 streams per connection (compare with allowed-1);
+#                 the client's own CPU per call is printed beside it
 #   via-envoy     POST through a real Envoy (deploy/envoy/envoy.yaml, from
 #                 .venv-envoy) asking the gRPC service, to the nginx backend
 #   allowed-rtls  allowed-10k on an instance that reaches Redis over TLS (a
@@ -42,7 +46,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_packages.sh redis-server=redis-server redis-cli=redis-tools \
-  redis-sentinel=redis-sentinel wrk=wrk curl=curl nginx=nginx-light openssl=openssl
+  redis-sentinel=redis-sentinel wrk=wrk curl=curl nginx=nginx-light openssl=openssl \
+  h2load=nghttp2-client
 
 rounds=${ROUNDS:-3}
 duration=${DURATION:-10s}
@@ -194,7 +199,7 @@ run() {
     forward-auth) url="http://127.0.0.1:$allow_port/v1/forward-auth"; env=(KEYS=10000 FORWARD=1) ;;
     via-nginx)   url="http://127.0.0.1:$nginx_port/v1/orders"; env=(KEYS=10000) ;;
     via-envoy)   url="http://127.0.0.1:$envoy_port/v1/orders"; env=(KEYS=10000) ;;
-    grpc|grpc-tls) [[ $case == grpc-tls ]] && service=tls ;;
+    grpc|grpc-tls|grpc-h2load) [[ $case == grpc-tls ]] && service=tls ;;
     allowed-rtls) url="http://127.0.0.1:$rtls_port/api/resource"; env=(KEYS=10000); service=rtls
                  redis=$redis_tls_pid ;;
     allowed-https) url="https://localhost:$https_port/api/resource"; env=(KEYS=10000); service=tls ;;
@@ -214,12 +219,44 @@ run() {
     'BEGIN {n = r * t; printf "%s %.1f %.1f\n", l, (n > 0 ? s / hz * 1e6 / n : 0), (n > 0 ? d / hz * 1e6 / n : 0)}'
 }
 
+# One ShouldRateLimit request as a gRPC frame: no compression, the length,
+# then RateLimitRequest { domain: "bench", descriptors: [{ entries: [{ key:
+# "user", value: "bench-1" }] }] } in protobuf (field 1 domain, 2 descriptors;
+# a descriptor's field 1 entries; an entry's 1 key and 2 value).
+printf '\x00\x00\x00\x00\x1a\x0a\x05bench\x12\x11\x0a\x0f\x0a\x04user\x12\x07bench-1' >"$work/rls-frame"
+
+# h2load_grpc CALLS-IN-FLIGHT -> "rps p50 p99 errors", and the client's CPU
+# per call on stderr. 16 streams per connection; p50/p99 from its log of
+# every call (microseconds).
+h2load_grpc() {
+  local inflight=$1 conns out cpu
+  conns=$(( (inflight + 15) / 16 ))
+  rm -f "$work/h2load.calls"
+  out=$( { TIMEFORMAT='%U %S'; time h2load -c"$conns" -m16 -t1 -D"${duration%s}" --warm-up-time=1 \
+    -d "$work/rls-frame" -H 'content-type: application/grpc' -H 'te: trailers' \
+    --log-file="$work/h2load.calls" \
+    "http://127.0.0.1:$grpc_port/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"; } 2>&1)
+  cpu=$(tail -1 <<<"$out")
+  local rps done_ failed
+  rps=$(awk '/^finished in/ {gsub(",",""); print $4}' <<<"$out")
+  done_=$(awk '/^requests:/ {print $8}' <<<"$out")
+  failed=$(awk '/^requests:/ {print $10 + $12 + $14}' <<<"$out")
+  read -r p50 p99 <<<"$(awk '{print $3}' "$work/h2load.calls" | sort -n |
+    awk '{a[NR]=$1} END {if (NR) printf "%.2fms %.2fms", a[int(NR*0.5)+1]/1000, a[int(NR*0.99)+1]/1000}')"
+  awk -v c="$cpu" -v n="${done_:-0}" 'BEGIN {split(c, t, " "); if (n > 0) printf "    (h2load: %.1f us of CPU per call)\n", (t[1] + t[2]) * 1e6 / n}' >&2
+  echo "${rps:-0} ${p50:-?} ${p99:-?} ${failed:-0}"
+}
+
 # measure CASE CONNECTIONS URL env... -> "rps p50 p99 errors"
 measure() {
   local case=$1 conns=$2 url=$3; shift 3
   local env=("$@")
   if [[ $case == grpc ]]; then
     ./target/release/examples/rls_bench "127.0.0.1:$grpc_port" "$conns" "$duration" 10000 bench
+    return
+  fi
+  if [[ $case == grpc-h2load ]]; then
+    h2load_grpc "$conns"
     return
   fi
   if [[ $case == grpc-tls ]]; then
@@ -253,7 +290,7 @@ median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} E
 
 if [[ ${TOPOLOGIES:-1} != only && ${HOTKEY:-1} != only ]]; then
 declare -A results
-cases=(livez allowed-1 allowed-10k allowed-1call allowed-rtls allowed-https denied denied-body forward-auth via-nginx grpc grpc-tls via-envoy)
+cases=(livez allowed-1 allowed-10k allowed-1call allowed-rtls allowed-https denied denied-body forward-auth via-nginx grpc grpc-h2load grpc-tls via-envoy)
 # CASES="livez allowed-10k grpc" runs only those (and skips the 10,000
 # connections part).
 [[ -n ${CASES:-} ]] && read -ra cases <<<"$CASES"
