@@ -3,7 +3,8 @@
 # same traffic, the cases interleaved round by round, so that the machine's
 # noise falls on both alike. For each case: req/s and the service's CPU time
 # per request (user + system time of its process, from /proc, divided by the
-# requests served), and the ratio of the second build to the first.
+# requests served), and the ratio of the second build to the first; and
+# Redis's CPU time per request of each (per decision, for allowed traffic).
 #   scripts/bench_compare.sh BEFORE_BINARY AFTER_BINARY
 #   ROUNDS=5 DURATION=5s scripts/bench_compare.sh /tmp/rl-before target/release/rate-limiter
 # Cases: livez (GET /livez), allowed-10k (POST /api/resource over 10,000 keys,
@@ -23,6 +24,7 @@ redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$work" \
   --logfile "$work/redis.log" &
 pids+=($!)
+redis_pid=$!
 sleep 0.5
 
 declare -A port pid
@@ -47,21 +49,21 @@ for b in before after; do
 done
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-run() { # build case -> "rps us_per_request"
+run() { # build case -> "rps us_per_request redis_us_per_request"
   local build=$1 case=$2 url env=() script=(-s scripts/wrk/random_keys.lua) name
   case $case in
     livez) name=$build-allow; url="http://127.0.0.1:${port[$name]}/livez"; script=() ;;
     allowed-10k) name=$build-allow; url="http://127.0.0.1:${port[$name]}/api/resource"; env=(KEYS=10000) ;;
     denied) name=$build-deny; url="http://127.0.0.1:${port[$name]}/api/resource"; env=(KEYS=1000 KEY_PREFIX=abuser-$build) ;;
   esac
-  local t0 t1 out total rps
-  t0=$(cpu_ticks "${pid[$name]}")
+  local t0 t1 r0 r1 out total rps
+  t0=$(cpu_ticks "${pid[$name]}"); r0=$(cpu_ticks "$redis_pid")
   out=$(env "${env[@]}" wrk -t2 -c64 -d"$duration" "${script[@]}" "$url" 2>&1)
-  t1=$(cpu_ticks "${pid[$name]}")
+  t1=$(cpu_ticks "${pid[$name]}"); r1=$(cpu_ticks "$redis_pid")
   total=$(awk '/requests in/ {print $1}' <<<"$out")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  awk -v r="$rps" -v d="$((t1 - t0))" -v n="$total" -v hz="$(getconf CLK_TCK)" \
-    'BEGIN {printf "%.0f %.1f\n", r, (n > 0 ? d / hz * 1e6 / n : 0)}'
+  awk -v r="$rps" -v d="$((t1 - t0))" -v e="$((r1 - r0))" -v n="$total" -v hz="$(getconf CLK_TCK)" \
+    'BEGIN {printf "%.0f %.1f %.1f\n", r, (n > 0 ? d / hz * 1e6 / n : 0), (n > 0 ? e / hz * 1e6 / n : 0)}'
 }
 
 declare -A results
@@ -79,12 +81,14 @@ done
 median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k"$2,$2" | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 echo
 echo "Machine: $(nproc) cores; one worker per instance; wrk -t2 -c64, $duration per run, median of $rounds rounds"
-printf '%-12s %12s %12s %8s %14s %14s %8s\n' case "before r/s" "after r/s" ratio "before us/req" "after us/req" ratio
+printf '%-12s %12s %12s %8s %14s %14s %8s %13s %13s\n' case "before r/s" "after r/s" ratio "before us/req" "after us/req" ratio "Redis before" "Redis after"
 for case in "${cases[@]}"; do
   read -r rb _ <<<"$(median "${results[$case,before]}" 1)"
   read -r ra _ <<<"$(median "${results[$case,after]}" 1)"
   read -r _ cb <<<"$(median "${results[$case,before]}" 2)"
   read -r _ ca <<<"$(median "${results[$case,after]}" 2)"
-  awk -v c="$case" -v rb="$rb" -v ra="$ra" -v cb="$cb" -v ca="$ca" \
-    'BEGIN {printf "%-12s %12.0f %12.0f %8.2f %14.1f %14.1f %8.2f\n", c, rb, ra, (rb ? ra / rb : 0), cb, ca, (cb ? ca / cb : 0)}'
+  read -r _ _ db <<<"$(median "${results[$case,before]}" 3)"
+  read -r _ _ da <<<"$(median "${results[$case,after]}" 3)"
+  awk -v c="$case" -v rb="$rb" -v ra="$ra" -v cb="$cb" -v ca="$ca" -v db="$db" -v da="$da" \
+    'BEGIN {printf "%-12s %12.0f %12.0f %8.2f %14.1f %14.1f %8.2f %13.1f %13.1f\n", c, rb, ra, (rb ? ra / rb : 0), cb, ca, (cb ? ca / cb : 0), db, da}'
 done

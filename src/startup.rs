@@ -51,7 +51,7 @@ pub struct Application {
     grpc_port: u16,
     server: Server,
     /// Stops the gRPC server when the HTTP server stops.
-    grpc_stop: Option<tokio::sync::oneshot::Sender<()>>,
+    grpc_stop: Option<tokio::sync::watch::Sender<bool>>,
     /// Flushed at shutdown.
     tracing: Option<Arc<crate::traces::Tracing>>,
     /// The metrics listener of USE_PROMETHEUS, stopped with the server.
@@ -220,16 +220,17 @@ impl Application {
         let server = server.run();
 
         let (grpc_listener, grpc_port) = grpc_listener(&settings.envoy)?;
-        let (grpc_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (grpc_stop, stopped) = tokio::sync::watch::channel(false);
         let grpc_tls = grpc_tls.map(|(config, _)| config);
-        let grpc = crate::envoy::grpc::serve(rls, grpc_listener, grpc_tls, async {
-            let _ = stopped.await;
+        // As many threads as the HTTP server has workers.
+        let grpc_threads = settings.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        tokio::spawn(async move {
-            if let Err(err) = grpc.await {
-                log::error!("gRPC server error: {err}");
-            }
-        });
+        crate::envoy::grpc::spawn(rls, grpc_listener, grpc_tls, grpc_threads, stopped)
+            .map_err(|source| StartupError::GrpcBind {
+                address: format!("{}:{}", settings.envoy.grpc_host, settings.envoy.grpc_port),
+                source,
+            })?;
         if let Some(runtime) = settings.envoy.runtime.clone() {
             crate::reload::spawn_erl(runtime, reload_state.clone(), erl_files);
         }
@@ -286,7 +287,7 @@ impl Application {
             prometheus.stop(true).await;
         }
         if let Some(stop) = self.grpc_stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         if let Some(tracing) = self.tracing.take() {
             // The spans still buffered go out (the SDK's export blocks).

@@ -127,16 +127,73 @@ pub enum Listener {
     Unix(std::os::unix::net::UnixListener),
 }
 
-/// Serves `rls` on `listener` until `stop` resolves; keeps the health
-/// service up to date meanwhile.
-pub async fn serve(
+impl Listener {
+    fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(match self {
+            Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
+            Listener::Unix(l) => Listener::Unix(l.try_clone()?),
+        })
+    }
+}
+
+/// Serves `rls` on `listener` from `threads` threads until `stop` turns
+/// true (or its sender is gone), and keeps the health service up to date
+/// meanwhile (on the caller's runtime).
+///
+/// Each thread has a runtime of its own that accepts connections from the
+/// shared listener and serves their calls: a call, its Redis call (the
+/// thread's connection and queue of checks, see `redis`) and its answer
+/// stay on one thread, as an HTTP request does on its actix worker. On a
+/// work-stealing runtime a call and the task driving its Redis connection
+/// moved between threads, and its check joined whichever thread's queue it
+/// ran on.
+pub fn spawn(
     rls: Rls,
     listener: Listener,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    threads: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let health_task = tokio::spawn(report_health(rls.clone(), reporter));
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    let health_stop = stopped(stop.clone());
+    tokio::spawn(async move {
+        health_stop.await;
+        health_task.abort();
+    });
+    for i in 0..threads.max(1) {
+        let listener = listener.try_clone()?;
+        let (rls, tls, health) = (rls.clone(), tls.clone(), health.clone());
+        let stop = stopped(stop.clone());
+        std::thread::Builder::new()
+            .name(format!("grpc-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => return log::error!("gRPC server: no runtime: {err}"),
+                };
+                if let Err(err) = runtime.block_on(serve(rls, listener, tls, health, stop)) {
+                    log::error!("gRPC server error: {err}");
+                }
+            })?;
+    }
+    Ok(())
+}
+
+/// Serves `rls` and `health` on `listener` until `stop` resolves.
+async fn serve(
+    rls: Rls,
+    listener: Listener,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     // Bounds on what one peer can hold (issue 19, item 8: 6,400-8,800
     // unfinished streams on one connection held ~100 MB). Envoy opens
     // another connection when one has MAX_STREAMS in flight.
@@ -175,7 +232,6 @@ pub async fn serve(
             router.serve_with_incoming_shutdown(incoming, stop).await
         }
     };
-    health_task.abort();
     result.map_err(std::io::Error::other)
 }
 

@@ -68,15 +68,7 @@ pub fn insert_quota_headers(headers: &mut HeaderMap, outcome: &Outcome) {
             policy_field.push_str(", ");
             state_field.push_str(", ");
         }
-        // Policy names are restricted to [A-Za-z0-9_-], so they need no
-        // escaping inside an sf-string. w: whole seconds, at least 1.
-        let window = policy.window().as_millis().div_ceil(1000).max(1);
-        let _ = write!(
-            policy_field,
-            "\"{}\";q={};w={window}",
-            policy.name(),
-            policy.limit()
-        );
+        policy_field.push_str(policy.field_item());
         let t = quota.effective_window_secs(policy.algorithm(), policy.window());
         let _ = write!(
             state_field,

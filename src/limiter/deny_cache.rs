@@ -35,7 +35,7 @@
 use super::request::path_subject;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -68,10 +68,13 @@ struct Shard {
 }
 
 impl Shard {
-    fn remove(&mut self, key: &Key) {
-        if let Some(entry) = self.entries.remove(key) {
+    /// Whether there was one.
+    fn remove(&mut self, key: &Key) -> bool {
+        let entry = self.entries.remove(key);
+        if let Some(entry) = &entry {
             self.bytes -= entry.bytes;
         }
+        entry.is_some()
     }
 }
 
@@ -90,6 +93,9 @@ pub struct DenyCache {
     budget: usize,
     /// Bumped by every clear and forget.
     generation: AtomicU64,
+    /// Entries over all shards: a lookup in an empty cache (most of the
+    /// time, for most services) hashes nothing and takes no lock.
+    entries: AtomicUsize,
 }
 
 impl Default for DenyCache {
@@ -115,6 +121,7 @@ impl DenyCache {
             hashers: Default::default(),
             budget,
             generation: AtomicU64::new(0),
+            entries: AtomicUsize::new(0),
         }
     }
 
@@ -165,6 +172,9 @@ impl DenyCache {
     }
 
     fn get_at(&self, request: &CheckRequest, now: Instant) -> Option<Outcome> {
+        if self.entries.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         let key = self.key(request);
         let mut shard = self.shard(key);
         let entry = shard.entries.get(&key)?;
@@ -172,7 +182,9 @@ impl DenyCache {
             return None;
         }
         if now >= entry.until {
-            shard.remove(&key);
+            if shard.remove(&key) {
+                self.entries.fetch_sub(1, Ordering::Relaxed);
+            }
             return None;
         }
         let elapsed = now - entry.cached_at;
@@ -233,17 +245,22 @@ impl DenyCache {
         if self.generation() != generation {
             return;
         }
-        shard.remove(&key);
+        if shard.remove(&key) {
+            self.entries.fetch_sub(1, Ordering::Relaxed);
+        }
         if shard.bytes + bytes > per_shard {
-            let before = shard.bytes;
+            let (before, count) = (shard.bytes, shard.entries.len());
             shard.entries.retain(|_, e| e.until > now);
             shard.bytes = shard.entries.values().map(|e| e.bytes).sum();
             debug_assert!(shard.bytes <= before);
+            self.entries
+                .fetch_sub(count - shard.entries.len(), Ordering::Relaxed);
             if shard.bytes + bytes > per_shard {
                 return;
             }
         }
         shard.bytes += bytes;
+        self.entries.fetch_add(1, Ordering::Relaxed);
         shard.entries.insert(
             key,
             Cached {
@@ -288,6 +305,8 @@ impl DenyCache {
         let mut index = self.index();
         for shard in &self.shards {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            self.entries
+                .fetch_sub(shard.entries.len(), Ordering::Relaxed);
             shard.entries.clear();
             shard.bytes = 0;
         }
@@ -304,7 +323,9 @@ impl DenyCache {
             .remove(&self.subject_hash(subject))
             .unwrap_or_default()
         {
-            self.shard(key).remove(&key);
+            if self.shard(key).remove(&key) {
+                self.entries.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 

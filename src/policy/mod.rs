@@ -80,6 +80,8 @@ pub struct Policy {
     /// Spent from quota slices each instance takes from the store (see
     /// `limiter::slices`) rather than decided by the store one by one.
     slices: bool,
+    /// This policy's item of the IETF `RateLimit-Policy` field, made once.
+    field_item: String,
 }
 
 impl Policy {
@@ -118,7 +120,6 @@ impl Policy {
             });
         }
         Ok(Policy {
-            name,
             algorithm,
             limit,
             window,
@@ -130,6 +131,13 @@ impl Policy {
             quota_mode: false,
             debit: false,
             slices: false,
+            // Names are [A-Za-z0-9_-]: no escaping inside an sf-string. w:
+            // whole seconds, at least 1.
+            field_item: format!(
+                "\"{name}\";q={limit};w={}",
+                window.as_millis().div_ceil(1000).max(1)
+            ),
+            name,
         })
     }
 
@@ -261,6 +269,12 @@ impl Policy {
             })
         });
         self
+    }
+
+    /// `"<name>";q=<limit>;w=<window in s>`: this policy's item of the IETF
+    /// `RateLimit-Policy` field (draft-ietf-httpapi-ratelimit-headers-11).
+    pub fn field_item(&self) -> &str {
+        &self.field_item
     }
 
     /// Unique within a rules file; part of the Redis key.

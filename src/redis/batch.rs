@@ -39,6 +39,11 @@ const MAX_KEYS_PER_CALL: usize = 4096;
 pub(super) struct Job {
     pub policies: Vec<ScriptPolicy>,
     pub now_ms: Option<u64>,
+    /// When its caller stops waiting: its call must answer by then (a call
+    /// takes the earliest deadline of its checks), and a check still
+    /// queued then is answered with a timeout, uncharged. One timer per
+    /// call instead of one per check.
+    pub deadline: std::time::Instant,
     pub reply: oneshot::Sender<Reply>,
 }
 
@@ -80,10 +85,16 @@ impl Queue {
 
     /// Everything waiting, grouped into calls: at most `max` checks and
     /// [`MAX_KEYS_PER_CALL`] keys each, and, on a Cluster, one slot each;
-    /// checks keep their order within a call. None when nothing waits: the flusher then stops (and the next
-    /// check starts another). Checks whose caller stopped waiting (a
-    /// timeout, a closed connection) are dropped here, uncharged.
-    pub fn take(&self, max: usize, cluster: bool) -> Option<Vec<Vec<Job>>> {
+    /// checks keep their order within a call. None when nothing waits: the
+    /// flusher then stops (and the next check starts another). Checks whose
+    /// caller stopped waiting (a closed connection) are dropped here, and
+    /// those past their deadline answered `late`, both uncharged.
+    pub fn take(
+        &self,
+        max: usize,
+        cluster: bool,
+        late: impl Fn() -> Reply,
+    ) -> Option<Vec<Vec<Job>>> {
         let jobs = {
             let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
             if state.waiting.is_empty() {
@@ -94,8 +105,13 @@ impl Queue {
         };
         // (slot, keys, checks) of each call.
         let mut calls: Vec<(u16, usize, Vec<Job>)> = Vec::new();
+        let now = std::time::Instant::now();
         for job in jobs {
             if job.reply.is_closed() {
+                continue;
+            }
+            if job.deadline <= now {
+                let _ = job.reply.send(late());
                 continue;
             }
             let slot = if cluster { job.slot() } else { 0 };
@@ -125,6 +141,10 @@ impl Queue {
 mod tests {
     use super::*;
 
+    fn late() -> Reply {
+        Err(StoreError::Timeout(std::time::Duration::ZERO))
+    }
+
     fn job(key: &str) -> (Job, oneshot::Receiver<Reply>) {
         job_of(key, 1)
     }
@@ -146,6 +166,7 @@ mod tests {
             Job {
                 policies: vec![policy; policies],
                 now_ms: None,
+                deadline: std::time::Instant::now() + std::time::Duration::from_secs(60),
                 reply: tx,
             },
             rx,
@@ -161,7 +182,7 @@ mod tests {
             queue.push(job);
             receivers.push(rx);
         }
-        let calls = queue.take(64, false).unwrap();
+        let calls = queue.take(64, false, late).unwrap();
         let keys: Vec<usize> = calls
             .iter()
             .map(|c| c.iter().map(|j| j.policies.len()).sum())
@@ -189,12 +210,12 @@ mod tests {
             assert_eq!(queue.push(job), i == 0, "only the first starts one");
             receivers.push(rx);
         }
-        let calls = queue.take(2, false).expect("three wait");
+        let calls = queue.take(2, false, late).expect("three wait");
         let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
         assert_eq!(sizes, [2, 1], "at most max per call, in order");
         assert_eq!(calls[0][0].policies[0].key, "a");
         assert!(
-            queue.take(2, false).is_none(),
+            queue.take(2, false, late).is_none(),
             "nothing left: the flusher stops"
         );
         let (next, _rx) = job("d");

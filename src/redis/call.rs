@@ -9,7 +9,7 @@ use tokio::time::timeout_at;
 
 use super::pool::{AnyConnection, ConnectFailure, Connection, Manager};
 use super::reply::map_error;
-use super::{connect_timeout, RedisStore, THREAD_POOLS};
+use super::{connect_timeout, RedisStore, THREAD_HELD, THREAD_POOLS};
 use crate::limiter::StoreError;
 
 impl RedisStore {
@@ -42,24 +42,55 @@ impl RedisStore {
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let deadline = tokio::time::Instant::from_std(deadline);
-        match timeout_at(deadline, self.checkout()).await {
-            Err(_) => Err(self.timed_out()),
-            Ok(Err(err)) => Err(err),
-            Ok(Ok(conn)) => match timeout_at(deadline, op(conn.conn.clone())).await {
-                Err(_) => {
-                    conn.record_timeout();
-                    Err(self.timed_out())
-                }
-                Ok(Err(err)) => {
-                    conn.record_error(&err);
-                    Err(map_error(&err))
-                }
-                Ok(Ok(value)) => {
-                    conn.record_success();
-                    Ok(value)
+        // The thread's connection as last used, when it is still sound: no
+        // pool checkout, and one timer for the call.
+        let conn = match self.held() {
+            Some(conn) => conn,
+            None => match timeout_at(deadline, self.checkout()).await {
+                Err(_) => return Err(self.timed_out()),
+                Ok(Err(err)) => return Err(err),
+                Ok(Ok(conn)) => {
+                    self.hold(&conn);
+                    conn
                 }
             },
+        };
+        match timeout_at(deadline, op(conn.conn.clone())).await {
+            Err(_) => {
+                conn.record_timeout();
+                Err(self.timed_out())
+            }
+            Ok(Err(err)) => {
+                conn.record_error(&err);
+                Err(map_error(&err))
+            }
+            Ok(Ok(value)) => {
+                conn.record_success();
+                Ok(value)
+            }
         }
+    }
+
+    /// The connection this thread last checked out of its pool, while it is
+    /// sound. A multiplexed connection serves any number of calls at once,
+    /// so holding one per thread costs nothing; one found broken is dropped
+    /// here, and the next checkout lets the pool replace it.
+    fn held(&self) -> Option<Connection> {
+        THREAD_HELD.with(|held| {
+            let mut held = held.borrow_mut();
+            match held.get(&self.id) {
+                Some(conn) if !conn.is_broken() => Some(conn.clone()),
+                Some(_) => {
+                    held.remove(&self.id);
+                    None
+                }
+                None => None,
+            }
+        })
+    }
+
+    fn hold(&self, conn: &Connection) {
+        THREAD_HELD.with(|held| held.borrow_mut().insert(self.id, conn.clone()));
     }
 
     /// This thread's pool, built on first use (its connections' tasks then

@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use redis::RedisError;
 use tokio::sync::oneshot;
-use tokio::time::timeout_at;
 
 use crate::config::{RedisSettings, RedisTopology};
 
@@ -73,6 +72,9 @@ static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
 thread_local! {
     /// This thread's pool of each store, by store id.
     static THREAD_POOLS: RefCell<HashMap<u64, bb8::Pool<Manager>>> = RefCell::new(HashMap::new());
+    /// The connection this thread uses of each store (out of its pool), by
+    /// store id.
+    static THREAD_HELD: RefCell<HashMap<u64, pool::Connection>> = RefCell::new(HashMap::new());
     /// This thread's checks waiting for a call, by store id.
     static THREAD_QUEUES: RefCell<HashMap<u64, Arc<Queue>>> = RefCell::new(HashMap::new());
 }
@@ -235,28 +237,28 @@ impl RedisStore {
         policies: Vec<ScriptPolicy>,
         now_ms: Option<u64>,
     ) -> Result<StoreReply, StoreError> {
+        // The wait is bounded like a call of its own: its call answers by
+        // the check's deadline, and a check still queued then is answered
+        // with a timeout, uncharged (see `batch::Job::deadline`).
+        let deadline = Instant::now() + self.timeout;
         if self.settings.batch_max <= 1 {
-            let mut replies = self.call_script(&[(&policies, now_ms)]).await?;
+            let mut replies = self.call_script(&[(&policies, now_ms)], deadline).await?;
             return Ok(replies.remove(0));
         }
-        // The wait is bounded like a call of its own: a check that waited
-        // out its time is dropped from the queue, uncharged, if its call
-        // has not gone yet.
-        let deadline = tokio::time::Instant::now() + self.timeout;
         let queue = self.queue();
         let (reply, answer) = oneshot::channel();
         let start = queue.push(Job {
             policies,
             now_ms,
+            deadline,
             reply,
         });
         if start {
             tokio::spawn(self.clone().flush(queue));
         }
-        match timeout_at(deadline, answer).await {
-            Err(_) => Err(self.timed_out()),
-            Ok(Ok(reply)) => reply,
-            Ok(Err(_)) => Err(StoreError::Other(
+        match answer.await {
+            Ok(reply) => reply,
+            Err(_) => Err(StoreError::Other(
                 "the Redis call of this check was abandoned".into(),
             )),
         }
@@ -280,7 +282,8 @@ impl RedisStore {
             }
         }
         let mut guard = Abandon(&queue, false);
-        while let Some(calls) = queue.take(self.settings.batch_max, self.cluster) {
+        let late = || Err(self.timed_out());
+        while let Some(calls) = queue.take(self.settings.batch_max, self.cluster, late) {
             futures_util::future::join_all(calls.into_iter().map(|jobs| self.answer(jobs))).await;
         }
         guard.1 = true;
@@ -290,7 +293,11 @@ impl RedisStore {
     async fn answer(&self, jobs: Vec<Job>) {
         let checks: Vec<(&[ScriptPolicy], Option<u64>)> =
             jobs.iter().map(|j| (&j.policies[..], j.now_ms)).collect();
-        match self.call_script(&checks).await {
+        // Every check's caller waits until its own deadline: the call ends
+        // by the earliest.
+        let deadline = jobs.iter().map(|j| j.deadline).min();
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.timeout);
+        match self.call_script(&checks, deadline).await {
             Ok(replies) => {
                 for (job, reply) in jobs.into_iter().zip(replies) {
                     let _ = job.reply.send(Ok(reply));
@@ -309,6 +316,7 @@ impl RedisStore {
     async fn call_script(
         &self,
         checks: &[(&[ScriptPolicy], Option<u64>)],
+        deadline: Instant,
     ) -> Result<Vec<StoreReply>, StoreError> {
         let nkeys: usize = checks.iter().map(|(p, _)| p.len()).sum();
         let mut cmd = redis::cmd("EVALSHA");
@@ -334,7 +342,6 @@ impl RedisStore {
         self.metrics
             .redis_checks_per_call
             .observe(checks.len() as f64);
-        let deadline = Instant::now() + self.timeout;
         let metrics = &self.metrics;
         let cmd = &cmd;
         let reply = self
