@@ -226,11 +226,12 @@ impl Application {
         let grpc_threads = settings.workers.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
-        crate::envoy::grpc::spawn(rls, grpc_listener, grpc_tls, grpc_threads, stopped)
-            .map_err(|source| StartupError::GrpcBind {
+        crate::envoy::grpc::spawn(rls, grpc_listener, grpc_tls, grpc_threads, stopped).map_err(
+            |source| StartupError::GrpcBind {
                 address: format!("{}:{}", settings.envoy.grpc_host, settings.envoy.grpc_port),
                 source,
-            })?;
+            },
+        )?;
         if let Some(runtime) = settings.envoy.runtime.clone() {
             crate::reload::spawn_erl(runtime, reload_state.clone(), erl_files);
         }

@@ -191,7 +191,9 @@ async fn serve(
     rls: Rls,
     listener: Listener,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
-    health: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Bounds on what one peer can hold (issue 19, item 8: 6,400-8,800

@@ -134,7 +134,11 @@ pub async fn access(
         .limiter
         .metrics()
         .http_requests
-        .with_label_values(&[&route, method_label(request.method()), response.status().as_str()])
+        .with_label_values(&[
+            &route,
+            method_label(request.method()),
+            response.status().as_str(),
+        ])
         .inc();
     if let (Some(tracing), Some((parent, start))) = (&state.tracing, traced) {
         trace_request(
