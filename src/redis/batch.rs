@@ -192,6 +192,26 @@ mod tests {
         assert_eq!(keys, [4000, 200, 5000]);
     }
 
+    /// A check still queued at its deadline is answered as late, and goes
+    /// to no call (uncharged); the others go on.
+    #[test]
+    fn a_check_past_its_deadline_is_answered_late_and_never_sent() {
+        let queue = Queue::default();
+        let (mut stale, mut stale_rx) = job("a");
+        stale.deadline = std::time::Instant::now();
+        let (fresh, _fresh_rx) = job("b");
+        queue.push(stale);
+        queue.push(fresh);
+        let calls = queue.take(64, false, late).unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].len(), 1);
+        assert_eq!(calls[0][0].policies[0].key, "b");
+        assert!(matches!(
+            stale_rx.try_recv(),
+            Ok(Err(StoreError::Timeout(_)))
+        ));
+    }
+
     #[test]
     fn slots_follow_the_cluster_specification() {
         // Values from the Redis Cluster specification and CLUSTER KEYSLOT.
@@ -233,7 +253,7 @@ mod tests {
         for j in [a1, b, a2, gone] {
             queue.push(j);
         }
-        let calls = queue.take(64, true).expect("waiting");
+        let calls = queue.take(64, true, late).expect("waiting");
         let keys: Vec<Vec<&str>> = calls
             .iter()
             .map(|c| c.iter().map(|j| j.policies[0].key.as_str()).collect())
