@@ -92,12 +92,28 @@ end
 local function settle(key, charged, value, ttl, px, module, now)
   if charged and module.store then
     module.store(key, value, ttl, px, now)
+  elseif charged and px == 'keep' then
+    redis.call('SET', key, value, 'KEEPTTL')
+    stored[key] = value
   elseif charged then
     redis.call('SET', key, value, 'PX', px or (ttl + TTL_SLACK))
     stored[key] = value
   elseif redis.call('PTTL', key) == -1 then
     redis.call('PEXPIRE', key, ttl + TTL_SLACK)
   end
+end
+
+-- The numbers of ARGV, each string parsed once per call: the checks of a
+-- call repeat the same few (limits, windows, costs, flags), and Lua's
+-- tonumber is a strtod.
+local parsed = {}
+local function num(s)
+  local v = parsed[s]
+  if v == nil then
+    v = tonumber(s)
+    parsed[s] = v
+  end
+  return v
 end
 
 local server_now
@@ -116,7 +132,7 @@ while a <= nargs do
     end
     now = server_now
   end
-  local n = tonumber(ARGV[a + 1])
+  local n = num(ARGV[a + 1])
   a = a + 2
 
   if n == 1 then
@@ -127,11 +143,11 @@ while a <= nargs do
     if not algorithm then
       return redis.error_reply('unknown algorithm ' .. tostring(ARGV[a]))
     end
-    local limit, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 3])
-    local flags = tonumber(ARGV[a + 4])
+    local limit, cost = num(ARGV[a + 1]), num(ARGV[a + 3])
+    local flags = num(ARGV[a + 4])
     local debit = flags >= 2
     local allowed, remaining, reset, retry, ttl, value, px, expired =
-      algorithm.check(stored[key], limit, tonumber(ARGV[a + 2]), (debit and cost == 0) and 1 or cost, now,
+      algorithm.check(stored[key], limit, num(ARGV[a + 2]), (debit and cost == 0) and 1 or cost, now,
         (debit and cost == 0) and 'read' or debit, key, ARGV[a + 5])
     if debit and cost == 0 and allowed then
       remaining = remaining + 1 -- a read: the unit asked about was not taken
@@ -161,8 +177,8 @@ while a <= nargs do
       if not algorithm then
         return redis.error_reply('unknown algorithm ' .. tostring(ARGV[a]))
       end
-      local limit, window, cost = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-      local flags = tonumber(ARGV[a + 4])
+      local limit, window, cost = num(ARGV[a + 1]), num(ARGV[a + 2]), num(ARGV[a + 3])
+      local flags = num(ARGV[a + 4])
       local debit = flags >= 2
       local allowed
       allowed, remaining_[i], reset_[i], retry_[i], ttl_[i], value_[i], px_[i], expired_[i] =

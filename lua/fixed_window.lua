@@ -38,7 +38,11 @@ common reply, plus what check.lua writes:
                is denied (but for a debit); check.lua writes it only when
                every policy of the request allows (all-or-nothing), or for
                a debit always, with SET ... PX px
-  px           the expiry to write; nil means ttl + a second of slack
+  px           the expiry to write; nil means ttl + a second of slack;
+               'keep' keeps the key's own (SET ... KEEPTTL: a later write
+               of the window whose first write set it). A key another tool
+               made persistent mid-window stays so until a write of a later
+               window sets an expiry again.
 ]]
 
 local M = {}
@@ -47,19 +51,21 @@ function M.check(stored, limit, window, cost, now, debit)
   local window_start = now - (now % window)
   local reset = window_start + window - now
 
-  local used = 0
+  local used, same = 0, false
   if stored then
     local w, c = string.match(stored, '^(%d+) (%d+)$')
     -- A count beyond 2^53 was not written by this script: stale.
     if tonumber(w) == window_start and tonumber(c) < 2^53 then
-      used = tonumber(c)
+      used, same = tonumber(c), true
     end
   end
 
   local allowed, remaining, retry_after, count = M.decide(used, limit, cost, reset, debit)
-  -- The counter dies with its window.
+  -- The counter dies with its window: the first write of a window sets
+  -- the expiry, and the later ones of the same window keep it ('keep':
+  -- SET ... KEEPTTL, no new expiry to compute, format or store).
   return allowed, remaining, reset, retry_after, reset,
-    count and string.format('%d %d', window_start, count)
+    count and string.format('%d %d', window_start, count), same and 'keep' or nil
 end
 
 -- The decision of a fixed window that has `used` units of `limit`, ending

@@ -54,7 +54,9 @@ local stored = redis.call('GET', KEYS[1])
 local epoch = redis.call('GET', KEYS[2])
 
 local function write(value, ttl, px)
-  if value ~= nil then
+  if value ~= nil and px == 'keep' then
+    redis.call('SET', KEYS[1], value, 'KEEPTTL')
+  elseif value ~= nil then
     redis.call('SET', KEYS[1], value, 'PX', px or (ttl + 1000))
   end
 end

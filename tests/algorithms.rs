@@ -382,6 +382,21 @@ async fn every_key_expires_once_it_stops_mattering() {
             Algorithm::Concurrency => unreachable!("not a rate"),
         };
         assert!((low..=high).contains(&pttl), "{algorithm}: pttl {pttl}");
+        if algorithm == Algorithm::FixedWindow {
+            // A later write of the same window keeps the expiry its first
+            // write set (SET ... KEEPTTL): still the window's end, not
+            // moved by the clock of the second.
+            one(&store, policy(&key, algorithm, 5, 60_000, 1), now + 5_000).await;
+            let kept: i64 = redis::cmd("PTTL")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(
+                kept <= pttl && kept > 14_000,
+                "{algorithm}: the window's expiry is kept ({pttl} then {kept})"
+            );
+        }
     }
 }
 
