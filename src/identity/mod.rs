@@ -149,15 +149,19 @@ impl Identity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub identity: Identity,
-    /// The client IP as an `ip` identity, when known.
-    pub client_ip: Option<Identity>,
+    /// The client IP, when known (formatted only where a policy counts
+    /// it: most callers identified by a key are not).
+    pub client_ip: Option<IpAddr>,
 }
 
 impl Caller {
     /// A caller known only by its identity (the admin API): an `ip`
     /// identity is its own client IP.
     pub fn from_identity(identity: Identity) -> Self {
-        let client_ip = (identity.strategy == Strategy::Ip).then(|| identity.clone());
+        let client_ip = match identity.strategy {
+            Strategy::Ip => identity.id.parse().ok(),
+            Strategy::User | Strategy::Jwt => None,
+        };
         Caller {
             identity,
             client_ip,
@@ -261,10 +265,10 @@ impl Identifier {
 
     /// The caller: its identity, and its client IP.
     pub fn caller(&self, parts: &RequestParts<'_>) -> Result<Caller, IdentityError> {
-        let identity = self.identify(parts)?;
-        let client_ip = match identity.strategy {
-            Strategy::Ip => Some(identity.clone()),
-            Strategy::User | Strategy::Jwt => self.client_ip(parts).map(Identity::ip),
+        let client_ip = self.client_ip(parts);
+        let identity = match self.identify_by_credentials(parts)? {
+            Some(identity) => identity,
+            None => Identity::ip(client_ip.ok_or(IdentityError::NoClientAddress)?),
         };
         Ok(Caller {
             identity,
@@ -273,19 +277,32 @@ impl Identifier {
     }
 
     pub fn identify(&self, parts: &RequestParts<'_>) -> Result<Identity, IdentityError> {
+        match self.identify_by_credentials(parts)? {
+            Some(identity) => Ok(identity),
+            None => self
+                .client_ip(parts)
+                .map(Identity::ip)
+                .ok_or(IdentityError::NoClientAddress),
+        }
+    }
+
+    /// The identity a verified token or an API key names, if the request
+    /// carries one.
+    fn identify_by_credentials(
+        &self,
+        parts: &RequestParts<'_>,
+    ) -> Result<Option<Identity>, IdentityError> {
         if let (Some(verifier), Some(token)) = (&self.jwt, parts.bearer) {
             let token = std::str::from_utf8(token)
                 .map_err(|_| jwt::TokenError::Invalid("not UTF-8".into()))?;
-            return Ok(Identity::jwt(verifier.identity(token.trim())?));
+            return Ok(Some(Identity::jwt(verifier.identity(token.trim())?)));
         }
         if let Some(raw) = parts.api_key {
             if let Some(key) = self.api_key(raw)? {
-                return Ok(Identity::user(key));
+                return Ok(Some(Identity::user(key)));
             }
         }
-        self.client_ip(parts)
-            .map(Identity::ip)
-            .ok_or(IdentityError::NoClientAddress)
+        Ok(None)
     }
 
     /// A key, or `None` for an empty (all-whitespace) header, which counts as absent.

@@ -103,7 +103,9 @@ impl Kind {
 /// denials than one it keeps.
 #[derive(Debug, Default, Clone)]
 struct Counts {
-    map: HashMap<Entry, (u64, u64)>,
+    /// Keyed by what clients choose, so its hash is seeded at random (and
+    /// its size bounded, see [`CAPACITY`]).
+    map: HashMap<Entry, (u64, u64), foldhash::fast::RandomState>,
 }
 
 impl Counts {

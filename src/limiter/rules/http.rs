@@ -156,9 +156,8 @@ pub fn request(caller: &Caller, route: &Route<'_>, shapes: Shapes) -> CheckReque
     let identity = entry(caller.identity.strategy.as_str(), &caller.identity.id);
     let client_ip = caller
         .client_ip
-        .as_ref()
         .filter(|_| shapes.client_ip)
-        .map(|ip| entry(CLIENT_IP, &ip.id));
+        .map(|ip| entry(CLIENT_IP, &crate::identity::Identity::ip(ip).id));
     let host = route
         .host
         .filter(|_| shapes.host)

@@ -417,7 +417,7 @@ mod tests {
         .unwrap();
         let caller = Caller {
             identity: Identity::user("k"),
-            client_ip: Some(Identity::ip("10.0.0.1".parse().unwrap())),
+            client_ip: Some("10.0.0.1".parse().unwrap()),
         };
         let request = http::request(&caller, &ROUTE, rules.shapes());
         let vip: Entry = ("user".into(), "k".into());
