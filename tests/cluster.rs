@@ -211,3 +211,66 @@ async fn envoy_descriptors_over_several_slots() {
         }
     }
 }
+
+/// A sliced policy on a Cluster: the slice script's two keys (the counter
+/// and its epoch) share the subject's hash tag, so each take and give-back
+/// is one call on the node holding the slot; concurrent requests over two
+/// instances admit exactly the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliced_policies_run_on_a_cluster() {
+    let cluster = Cluster::start().await;
+    let nodes = cluster.nodes_setting();
+    let dir = TempDir::new("cluster-slices");
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[policy]]\nname = \"hot\"\nalgorithm = \"gcra\"\nlimit = 50\nwindow = \"1h\"\nslices = true\n",
+    )
+    .unwrap();
+    let settings = [
+        ("REDIS_CLUSTER_NODES", nodes.as_str()),
+        ("RATE_LIMIT_CONFIG", rules.to_str().unwrap()),
+        ("REDIS_TIMEOUT_MS", "1000"),
+    ];
+    let a = spawn_app_on(&settings).await;
+    let b = spawn_app_on(&settings).await;
+    let key = unique_key("sliced");
+    let asks = (0..120).map(|i| {
+        let app = if i % 2 == 0 { &a } else { &b };
+        let key = key.clone();
+        async move { app.post_resource(Some(&key)).await.status().as_u16() }
+    });
+    let statuses = futures::future::join_all(asks).await;
+    let admitted = statuses.iter().filter(|&&s| s == 200).count();
+    assert!(
+        statuses.iter().all(|&s| s == 200 || s == 429),
+        "{statuses:?}"
+    );
+    assert!((44..=50).contains(&admitted), "{admitted} admitted");
+    // What the instances held goes back within a second and a sweep.
+    tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
+    let mut more = 0;
+    for i in 0..20 {
+        let app = if i % 2 == 0 { &a } else { &b };
+        more += usize::from(app.post_resource(Some(&key)).await.status() == 200);
+    }
+    assert_eq!(
+        admitted + more,
+        50,
+        "exactly the limit: {admitted} then {more}"
+    );
+    let mut holders = 0;
+    for node in &cluster.nodes {
+        let mut conn = node.connection().await.unwrap();
+        let found: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("rate:{{user:{key}}}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !found.is_empty() {
+            assert_eq!(found.len(), 2, "the counter and its epoch: {found:?}");
+            holders += 1;
+        }
+    }
+    assert_eq!(holders, 1);
+}
