@@ -165,7 +165,7 @@ pub const SETTINGS: &[Setting] = &[
     // --- HTTP listener and logs ---
     s("HOST", Http, Host, "0.0.0.0", Like("`HOST`"), "Address the HTTP listener binds (the API, forward-auth, `/json`, admin, dashboard, metrics, docs)."),
     s("PORT", Http, Port, "8000", Like("`PORT` (8080)"), "Port of the HTTP listener; `0` picks a free one (logged)."),
-    s("WORKERS", Http, Integer { min: 1, max: 1024 }, "", Own, "HTTP worker threads; unset: one per CPU core."),
+    s("WORKERS", Http, Integer { min: 1, max: 1024 }, "", Own, "HTTP worker threads, and as many gRPC server threads; unset: one per CPU core."),
     s("ENVIRONMENT", Http, Text, "development", Own, "Free text, shown by `/health`."),
     s("LOG_LEVEL", Http, Choice(&["off", "error", "warn", "info", "debug", "trace"]), "info", Same, "`info` writes one access line per request; `RUST_LOG` refines it per module."),
     s("RUST_LOG", Http, Text, "", Own, "env_logger filters that refine `LOG_LEVEL` per module, e.g. `rate_limiter=debug`."),
