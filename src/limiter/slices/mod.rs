@@ -382,7 +382,9 @@ impl Slices {
         let now = self.clock.now();
         let mut state = hold.cell.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(slice) = &mut state.slice {
-            if slice.epoch == hold.epoch && now < slice.expires {
+            // The same life of the counter and, for a fixed window, the
+            // same window: a unit of one window is never spent in the next.
+            if slice.epoch == hold.epoch && slice.until_ms == hold.until_ms && now < slice.expires {
                 slice.units += hold.units;
                 slice.spent = slice.spent.saturating_sub(hold.units);
                 return;
@@ -396,5 +398,97 @@ impl Slices {
             epoch: hold.epoch,
             until_ms: hold.until_ms,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+    use std::num::NonZeroU32;
+
+    fn policy() -> Policy {
+        Policy::new(
+            "hot",
+            Algorithm::FixedWindow,
+            NonZeroU32::new(1000).unwrap(),
+            Duration::from_secs(10),
+            1,
+        )
+        .unwrap()
+        .with_slices(true)
+        .unwrap()
+    }
+
+    /// A take from a counter with `left` units, its window ending `reset`
+    /// ms after `now`.
+    fn taken(granted: u64, now: u64, reset: u64) -> SliceTaken {
+        SliceTaken {
+            granted,
+            quota: Quota {
+                allowed: granted > 0,
+                limit: 1000,
+                remaining: 500,
+                reset: Duration::from_millis(reset),
+                retry_after: Duration::ZERO,
+                now_ms: now,
+            },
+            epoch: 7,
+        }
+    }
+
+    /// A unit held by a request its other policy refused goes back to its
+    /// slice; but not into the next window's slice (it belongs to its own
+    /// window), and not after its slice expired: then it waits to be given
+    /// back to the store, which refuses it past the window's end.
+    #[tokio::test]
+    async fn a_held_unit_goes_back_only_into_its_own_window() {
+        let clock = Arc::new(AtomicU64::new(1_000));
+        let slices = Slices::new(Clock::Manual(clock.clone()), Arc::new(Metrics::new()));
+        let policy = policy();
+        let subject: Entry = ("user".into(), "k".into());
+        let counter = Counter {
+            subject: &subject,
+            policy: &policy,
+            cost: 1,
+            lease: None,
+        };
+        // A slice of 10 in a window ending 50 ms from now.
+        let spent = slices
+            .spend(&counter, |_, _, _| async { Ok(taken(10, 1_000, 50)) })
+            .await
+            .unwrap()
+            .unwrap();
+        let hold = spent.hold.unwrap();
+        assert_eq!(slices.held(), 9);
+        slices.unspend(hold);
+        assert_eq!(slices.held(), 10, "back into its slice");
+
+        let hold = slices
+            .spend(&counter, |_, _, _| async { unreachable!("the slice pays") })
+            .await
+            .unwrap()
+            .unwrap()
+            .hold
+            .unwrap();
+        // The window ends: the next request takes a slice of the next one.
+        clock.store(1_060, Ordering::Relaxed);
+        slices
+            .spend(&counter, |_, _, _| async { Ok(taken(4, 1_060, 10_000)) })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(slices.held(), 3);
+        slices.unspend(hold);
+        assert_eq!(slices.held(), 3, "not into the next window's slice");
+        let pending = slices.pending.lock().unwrap();
+        assert_eq!(
+            pending
+                .iter()
+                .map(|g| (g.units, g.until_ms))
+                .collect::<Vec<_>>(),
+            [(9, 1_050), (1, 1_050)],
+            "the old slice's rest and the held unit wait to go back, until the old window's end"
+        );
     }
 }
