@@ -5,8 +5,14 @@
 
 use std::sync::Arc;
 
-use super::{Slice, Slices, IDLE_MS, MAX_PENDING};
+use super::{Slice, Slices};
 use crate::limiter::{Counter, Entry, Policy, Store};
+
+/// A subject unused this long is dropped by the sweep.
+const IDLE_MS: u64 = 10_000;
+/// Units waiting to be given back, at most (beyond, they are lost: never
+/// more admitted, only fewer).
+const MAX_PENDING: usize = 100_000;
 
 /// Units to give back to a counter.
 pub(super) struct Give {

@@ -5,7 +5,7 @@
 //! slice of what is left of the counter in one script call
 //! (`lua/slice.lua`: the counter counts the slice as spent), spends it on
 //! its own requests, takes the next when it runs out, and gives back what it
-//! did not spend ([`back`]) when the slice expires ([`LIFETIME_MS`], or a
+//! did not spend (`back`) when the slice expires ([`LIFETIME_MS`], or a
 //! fixed window's end), when the policy's limit changes, or at stop.
 //!
 //! Exact from above: Redis counts every unit taken and an instance admits
@@ -51,11 +51,6 @@ pub const EMPTY_MS: u64 = 100;
 pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 /// Subjects sliced at once, at most.
 pub const MAX_CELLS: usize = 10_000;
-/// A subject unused this long is dropped by the sweep.
-const IDLE_MS: u64 = 10_000;
-/// Units waiting to be given back, at most (beyond, they are lost: never
-/// more admitted, only fewer).
-const MAX_PENDING: usize = 100_000;
 
 /// The local clock, in ms: monotonic in production; set by hand in the
 /// model tests (where it is also the store's clock).
