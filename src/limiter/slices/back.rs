@@ -10,9 +10,12 @@ use crate::limiter::{Counter, Entry, Policy, Store};
 
 /// A subject unused this long is dropped by the sweep.
 const IDLE_MS: u64 = 10_000;
-/// Units waiting to be given back, at most (beyond, they are lost: never
-/// more admitted, only fewer).
-const MAX_PENDING: usize = 100_000;
+/// Give-backs waiting for the sweep, at most (beyond, their units are
+/// lost: never more admitted, only fewer). A sweep drains them every
+/// [`super::SWEEP_INTERVAL`], and each subject sets aside about one slice
+/// per sweep, so twice the subjects is room enough; each holds a subject,
+/// so this bounds their bytes with [`super::MAX_CELLS`].
+const MAX_PENDING: usize = 2 * super::MAX_CELLS;
 
 /// Units to give back to a counter.
 pub(super) struct Give {

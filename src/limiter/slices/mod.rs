@@ -22,8 +22,8 @@
 //! take, local refusals for at most [`EMPTY_MS`]. Slices are sized to
 //! about [`TARGET_MS`] of the instance's own rate (growing at most fourfold
 //! per take) and at most 1/[`SHARE`] of the remainder, so the last units go
-//! in slices of one. At most [`MAX_CELLS`] subjects are sliced at once;
-//! others are decided exactly.
+//! in slices of one. At most [`MAX_CELLS`] subjects are sliced at once
+//! (others are decided exactly), and twice as many give-backs wait.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
