@@ -578,3 +578,47 @@ fn slices_is_a_key_of_the_rules_file_and_of_the_yaml() {
         .to_string();
     assert!(err.contains("slices"), "{err}");
 }
+
+/// A request with a sliced policy and an unsliced one: when the unsliced
+/// one refuses, the units the sliced one took from its slice go back to it,
+/// so refused requests cost the sliced budget nothing. (Here the unsliced
+/// policy limits one route; the caller's other route shows what is left of
+/// the sliced budget.)
+#[tokio::test]
+async fn units_of_a_request_another_policy_refuses_go_back_to_the_slice() {
+    let redis = RedisServer::start().await;
+    let rules = support::RulesFile::new(
+        "[[policy]]\nname = \"hot\"\nalgorithm = \"gcra\"\nlimit = 10\nwindow = \"1h\"\n\
+         strategy = \"user\"\nslices = true\n\n\
+         [[policy]]\nname = \"orders\"\nalgorithm = \"gcra\"\nlimit = 1\nwindow = \"1h\"\n\
+         strategy = \"user\"\nroute = \"POST /v1/orders\"\n",
+    );
+    let app =
+        support::spawn_app_with_rules(&redis, &rules, &[("TRUSTED_PROXIES", "127.0.0.1")]).await;
+    let key = unique_key("refused");
+    let ask = |method: &'static str, uri: &'static str| {
+        let request = app
+            .client
+            .get(app.url("/v1/forward-auth"))
+            .header("X-Forwarded-Method", method)
+            .header("X-Forwarded-Uri", uri)
+            .header("X-API-Key", &key);
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    let mut orders = Vec::new();
+    for _ in 0..5 {
+        orders.push(ask("POST", "/v1/orders").await);
+    }
+    assert_eq!(orders, [200, 429, 429, 429, 429], "orders: one an hour");
+    // The hot budget lost only the one admitted order: nine more requests
+    // elsewhere, and then it is spent.
+    let mut admitted = 0;
+    for _ in 0..12 {
+        admitted += usize::from(ask("GET", "/v1/catalog").await == 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    for _ in 0..4 {
+        admitted += usize::from(ask("GET", "/v1/catalog").await == 200);
+    }
+    assert_eq!(admitted, 9, "the refused orders took nothing of the 10");
+}
