@@ -180,7 +180,7 @@ pub async fn forward_auth(req: HttpRequest, state: web::Data<AppState>) -> HttpR
         path: &path,
         host: host.as_deref(),
     };
-    match verdict(&req, &state, &caller, &route, None).await {
+    match verdict(&req, &state, &caller, &route, state.limiter.shapes(), None).await {
         Verdict::Answer(mut response) => {
             if response.status() == StatusCode::TOO_MANY_REQUESTS {
                 *response.status_mut() = deny_status;

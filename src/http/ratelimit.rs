@@ -177,8 +177,18 @@ pub async fn rate_limit(
         Ok(caller) => caller,
         Err(err) => return Ok(req.into_response(ApiError::from(err).error_response())),
     };
-    let (method, path) = route_of(req.request());
-    let host = host_of(req.headers().get(header::HOST));
+    // The route and the host only when some policy is scoped to one (most
+    // rules scope none): the descriptors have no place for them otherwise.
+    let shapes = state.limiter.shapes();
+    let (method, path) = if shapes.route || shapes.path {
+        route_of(req.request())
+    } else {
+        Default::default()
+    };
+    let host = shapes
+        .host
+        .then(|| host_of(req.headers().get(header::HOST)))
+        .flatten();
     let route = Route {
         method: &method,
         path: &path,
@@ -186,12 +196,17 @@ pub async fn rate_limit(
     };
     // The request holds a slot of the caller's concurrency policies while
     // it runs (a lease named by a fresh id), given back when it is done.
-    let lease = state
-        .limiter
-        .shapes()
-        .leases
-        .then(|| uuid::Uuid::new_v4().to_string());
-    match verdict(req.request(), &state, &caller, &route, lease.as_deref()).await {
+    let lease = shapes.leases.then(|| uuid::Uuid::new_v4().to_string());
+    match verdict(
+        req.request(),
+        &state,
+        &caller,
+        &route,
+        shapes,
+        lease.as_deref(),
+    )
+    .await
+    {
         Verdict::Answer(response) => Ok(req.into_response(response)),
         Verdict::Pass(headers) => {
             let held = req.extensions().get::<super::leases::HeldLease>().is_some();
@@ -214,19 +229,20 @@ pub async fn rate_limit(
 /// With `lease`, concurrency policies take a slot under that id (noted in
 /// `req` as [`super::leases::HeldLease`], for the caller to release);
 /// without, they are only read (forward-auth never learns when the request
-/// ends).
+/// ends). `shapes` are the rules' as `route` was made for them.
 pub async fn verdict(
     req: &HttpRequest,
     state: &AppState,
     caller: &Caller,
     route: &Route<'_>,
+    shapes: rules::Shapes,
     lease: Option<&str>,
 ) -> Verdict {
     let identity = &caller.identity;
     let strategy = identity.strategy.as_str();
     let metrics = state.limiter.metrics();
-    let mut request = rules::http::request(caller, route, state.limiter.shapes());
-    if state.limiter.shapes().leases {
+    let mut request = rules::http::request(caller, route, shapes);
+    if shapes.leases {
         for d in &mut request.descriptors {
             match lease {
                 Some(id) => d.lease = Some(id.to_owned()),

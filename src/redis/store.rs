@@ -66,8 +66,12 @@ impl Store for RedisStore {
         // What decides a key's Cluster slot: its hash tag (a subject's), or
         // the whole key when it has none (envoyproxy/ratelimit's format).
         let slot_of = |p: &ScriptPolicy| hash_tag(&p.key).map_or(p.key.clone(), str::to_owned);
-        let first = policies.first().map(slot_of);
-        let split = self.cluster && policies.iter().any(|p| Some(slot_of(p)) != first);
+        // (Only a Cluster splits: one server or Sentinel never computes a
+        // slot.)
+        let split = self.cluster && {
+            let first = policies.first().map(slot_of);
+            policies.iter().any(|p| Some(slot_of(p)) != first)
+        };
         if !split {
             return self.check_policies(policies, None).await;
         }
