@@ -253,10 +253,25 @@ impl<S: Store> Limiter<S> {
     /// [`slices`]): those spend from this instance's slices first, taking a
     /// slice from the store when theirs cannot pay; the rest go to the store
     /// as one check if every sliced one allowed (else they are only read).
-    /// The units of a request refused after all go back to their slices.
+    /// The units of a request refused after all (or left undecided by a
+    /// store error) go back to their slices.
     async fn check_sliced(&self, counters: &[Counter<'_>]) -> Result<StoreReply, StoreError> {
-        let mut quotas: Vec<Option<Quota>> = vec![None; counters.len()];
         let mut holds = Vec::new();
+        let reply = self.spend_then_check(counters, &mut holds).await;
+        if !matches!(&reply, Ok(reply) if reply.allowed) {
+            holds.into_iter().for_each(|h| self.slices.unspend(h));
+        }
+        reply
+    }
+
+    /// [`Limiter::check_sliced`]'s decision; the units it took from slices
+    /// are in `holds`.
+    async fn spend_then_check(
+        &self,
+        counters: &[Counter<'_>],
+        holds: &mut Vec<slices::Hold>,
+    ) -> Result<StoreReply, StoreError> {
+        let mut quotas: Vec<Option<Quota>> = vec![None; counters.len()];
         let mut allowed = true;
         for (quota, counter) in quotas.iter_mut().zip(counters) {
             if !allowed || !counter.policy.slices() || counter.cost <= 0 {
@@ -279,18 +294,11 @@ impl<S: Store> Limiter<S> {
                     .await
                 }
             };
-            match self.slices.spend(counter, take).await {
-                Ok(Some(spent)) => {
-                    allowed &= spent.quota.allowed || counter.policy.non_blocking();
-                    *quota = Some(spent.quota);
-                    holds.extend(spent.hold);
-                }
-                // Too many subjects sliced: this one is decided exactly.
-                Ok(None) => {}
-                Err(err) => {
-                    holds.into_iter().for_each(|h| self.slices.unspend(h));
-                    return Err(err);
-                }
+            // None: too many subjects sliced; this one is decided exactly.
+            if let Some(spent) = self.slices.spend(counter, take).await? {
+                allowed &= spent.quota.allowed || counter.policy.non_blocking();
+                *quota = Some(spent.quota);
+                holds.extend(spent.hold);
             }
         }
         let (rest, rest_counters): (Vec<usize>, Vec<Counter<'_>>) = counters
@@ -309,23 +317,12 @@ impl<S: Store> Limiter<S> {
             .unzip();
         let mut expired = vec![0; counters.len()];
         if !rest.is_empty() {
-            match self.guarded(&rest_counters).await {
-                Ok(reply) => {
-                    allowed &= reply.allowed;
-                    for ((i, quota), gone) in rest.into_iter().zip(reply.quotas).zip(reply.expired)
-                    {
-                        quotas[i] = Some(quota);
-                        expired[i] = gone;
-                    }
-                }
-                Err(err) => {
-                    holds.into_iter().for_each(|h| self.slices.unspend(h));
-                    return Err(err);
-                }
+            let reply = self.guarded(&rest_counters).await?;
+            allowed &= reply.allowed;
+            for ((i, quota), gone) in rest.into_iter().zip(reply.quotas).zip(reply.expired) {
+                quotas[i] = Some(quota);
+                expired[i] = gone;
             }
-        }
-        if !allowed {
-            holds.into_iter().for_each(|h| self.slices.unspend(h));
         }
         Ok(StoreReply {
             allowed,
