@@ -15,7 +15,6 @@ pub(super) fn parse_reply(reply: &[i64], policies: usize) -> Result<StoreReply, 
             2 + 6 * policies
         )));
     }
-    let non_negative = |v: i64| v.max(0) as u64;
     let now_ms = non_negative(reply[1]);
     let expired = reply[2..]
         .chunks_exact(6)
@@ -23,13 +22,13 @@ pub(super) fn parse_reply(reply: &[i64], policies: usize) -> Result<StoreReply, 
         .collect();
     let quotas = reply[2..]
         .chunks_exact(6)
-        .map(|q| Quota {
-            allowed: q[0] == 1,
-            limit: non_negative(q[1]) as u32,
-            remaining: non_negative(q[2]).min(u64::from(u32::MAX)) as u32,
-            reset: Duration::from_millis(non_negative(q[3])),
-            retry_after: Duration::from_millis(non_negative(q[4])),
-            now_ms,
+        .map(|q| {
+            quota(
+                q[0] == 1,
+                non_negative(q[1]) as u32,
+                [q[2], q[3], q[4]],
+                now_ms,
+            )
         })
         .collect();
     Ok(StoreReply {
@@ -37,6 +36,29 @@ pub(super) fn parse_reply(reply: &[i64], policies: usize) -> Result<StoreReply, 
         quotas,
         expired,
     })
+}
+
+/// A script's integer as the unsigned number it stands for (never below 0).
+pub(super) fn non_negative(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+/// A quota from a script's reply: `remaining`, `reset` (ms) and
+/// `retry_after` (ms), each read as [`non_negative`].
+pub(super) fn quota(
+    allowed: bool,
+    limit: u32,
+    [remaining, reset, retry_after]: [i64; 3],
+    now_ms: u64,
+) -> Quota {
+    Quota {
+        allowed,
+        limit,
+        remaining: non_negative(remaining).min(u64::from(u32::MAX)) as u32,
+        reset: Duration::from_millis(non_negative(reset)),
+        retry_after: Duration::from_millis(non_negative(retry_after)),
+        now_ms,
+    }
 }
 
 /// Whether `err` says the credentials were refused (a wrong password, no

@@ -7,10 +7,9 @@ use super::keys::{
     counter_key, hash_tag, slice_epoch_key, top_key, OVERRIDES_KEY, OVERRIDES_VERSION_FIELD,
     RESET_KEYS, RESET_LOG_ENTRIES, RESET_LOG_TTL_MS,
 };
+use super::reply::{non_negative, quota};
 use super::{script_policy, scripts, RedisStore, ScriptPolicy};
-use crate::limiter::{
-    Counter, Quota, RawOverride, ResetLog, SliceTaken, Store, StoreError, StoreReply,
-};
+use crate::limiter::{Counter, RawOverride, ResetLog, SliceTaken, Store, StoreError, StoreReply};
 
 impl RedisStore {
     /// One call of slice.lua on `counter`'s keys: `op`, then need, want,
@@ -173,17 +172,14 @@ impl Store for RedisStore {
                 reply.len()
             )));
         };
-        let non_negative = |v: i64| v.max(0) as u64;
         Ok(SliceTaken {
             granted: non_negative(granted),
-            quota: Quota {
-                allowed: granted > 0,
-                limit: counter.policy.limit().get(),
-                remaining: non_negative(remaining).min(u64::from(u32::MAX)) as u32,
-                reset: Duration::from_millis(non_negative(reset)),
-                retry_after: Duration::from_millis(non_negative(retry_after)),
-                now_ms: non_negative(now),
-            },
+            quota: quota(
+                granted > 0,
+                counter.policy.limit().get(),
+                [remaining, reset, retry_after],
+                non_negative(now),
+            ),
             epoch,
         })
     }
@@ -204,7 +200,7 @@ impl Store for RedisStore {
                 now_ms,
             )
             .await?;
-        Ok(reply.first().map_or(0, |&given| given.max(0) as u64))
+        Ok(reply.first().map_or(0, |&given| non_negative(given)))
     }
 
     async fn load_overrides(&self) -> Result<Vec<RawOverride>, StoreError> {
