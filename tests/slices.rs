@@ -622,3 +622,52 @@ async fn units_of_a_request_another_policy_refuses_go_back_to_the_slice() {
     }
     assert_eq!(admitted, 9, "the refused orders took nothing of the 10");
 }
+
+/// A flood of made-up subjects under a sliced policy: at most
+/// `MAX_CELLS` are sliced at once (a request of any other is decided
+/// exactly, by Redis), and the sweep drops the idle ones, so what the
+/// slices hold does not grow with client input.
+#[tokio::test]
+async fn sliced_subjects_are_bounded_and_idle_ones_dropped() {
+    use rate_limiter::limiter::slices::{Slices, MAX_CELLS};
+    use rate_limiter::limiter::{Counter, Quota, SliceTaken};
+    let redis = RedisServer::start().await;
+    let store = RedisStore::connect(&RedisSettings::single(redis.url(), Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let clock = Arc::new(AtomicU64::new(1_000));
+    let slices = Slices::new(Clock::Manual(clock.clone()), Arc::new(Metrics::new()));
+    let rules = rules("gcra", 100, "1h");
+    let policy = rules.policies().next().unwrap().clone();
+    // Each take grants exactly the unit asked: nothing is left to give back.
+    let take = |need: u64, _want: u64, now: Option<u64>| async move {
+        Ok(SliceTaken {
+            granted: need,
+            quota: Quota {
+                allowed: true,
+                limit: 100,
+                remaining: 50,
+                reset: Duration::from_secs(60),
+                retry_after: Duration::ZERO,
+                now_ms: now.unwrap_or_default(),
+            },
+            epoch: 1,
+        })
+    };
+    for i in 0..MAX_CELLS + 100 {
+        let subject = ("user".into(), format!("flood-{i}"));
+        let counter = Counter {
+            subject: &subject,
+            policy: &policy,
+            cost: 1,
+            lease: None,
+        };
+        let spent = slices.spend(&counter, take).await.unwrap();
+        assert_eq!(spent.is_some(), i < MAX_CELLS, "subject {i}");
+    }
+    assert_eq!(slices.len(), MAX_CELLS);
+    // Past their slices' life and idle: the sweep drops them all.
+    clock.store(1_000 + 20_000, Ordering::Relaxed);
+    slices.sweep(&store, false).await;
+    assert!(slices.is_empty(), "{} subjects left", slices.len());
+}
