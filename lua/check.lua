@@ -44,16 +44,22 @@ ARGV, per check, in order:
                      for such a read, false otherwise.
           lease      a concurrency lease's id, or empty
 
-Reply, an array of integers, per check, in order:
-  allowed   1 if every enforced policy allowed (and the policies that
-            allowed were charged), else 0 (and nothing was charged)
-  now       the clock the decision used (ms since the epoch)
-  then six per policy i, the common reply shape of every algorithm:
-     allowed, limit, remaining, reset (ms until full again),
-     retry_after (ms until this policy would allow; 0 if it does),
-     expired (concurrency: leases found expired without release; else 0)
+Reply, an array of integers:
+  now       the Redis server's clock (ms since the epoch) if a check used
+            it, else 0 (every check's decision used its own `now`)
+  then four per policy of every check, in order:
+     code         1 if this policy allowed, + 2 if its check is allowed
+                  (every enforced policy allowed, and the policies that
+                  allowed were charged; else nothing was charged), + 4 x
+                  expired (concurrency: leases found expired without
+                  release; else 0)
+     remaining
+     reset        ms until full again
+     retry_after  ms until this policy would allow; 0 if it does
   When a check is denied, `remaining` of the policies that would have
-  allowed it is their level before the (uncharged) request.
+  allowed it is their level before the (uncharged) request. The caller
+  knows each policy's limit and each check's `now` it passed: they are not
+  repeated (every value costs Redis a conversion and the client a parse).
 
 Cost in Redis: one MGET for every key of the call, one SET per charged
 counter, one TIME per call; the script body itself runs once per call, so
@@ -117,18 +123,19 @@ local function num(s)
 end
 
 local server_now
-local reply, r = {}, 0
+local reply, r = {0}, 1
 local a, k = 1, 0 -- the next ARGV, the keys used so far
 local nargs = #ARGV
 -- Per policy of a check of several: what its module said (made on first
 -- use: most calls have none).
-local allowed_, limit_, remaining_, reset_, retry_, ttl_, value_, px_, cost_, debit_, expired_, module_
+local allowed_, remaining_, reset_, retry_, ttl_, value_, px_, cost_, debit_, expired_, module_
 while a <= nargs do
   local now = tonumber(ARGV[a])
   if not now then
     if not server_now then
       local t = redis.call('TIME')
       server_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      reply[1] = server_now
     end
     now = server_now
   end
@@ -154,22 +161,19 @@ while a <= nargs do
     end
     settle(key, (cost < 0 and value ~= nil) or ((allowed or debit) and cost > 0 and value ~= nil),
       value, ttl, px, algorithm, now)
-    reply[r + 1] = (allowed or flags % 2 == 1) and 1 or 0
-    reply[r + 2] = now
-    reply[r + 3] = allowed and 1 or 0
-    reply[r + 4] = limit
-    reply[r + 5] = remaining
-    reply[r + 6] = reset
-    reply[r + 7] = retry
-    reply[r + 8] = expired or 0
-    r = r + 8
+    reply[r + 1] = (allowed and 1 or 0) + ((allowed or flags % 2 == 1) and 2 or 0)
+      + 4 * (expired or 0)
+    reply[r + 2] = remaining
+    reply[r + 3] = reset
+    reply[r + 4] = retry
+    r = r + 4
     a = a + 6
     k = k + 1
   else
     -- Several policies, all-or-nothing.
     if not allowed_ then
-      allowed_, limit_, remaining_, reset_, retry_, ttl_, value_, px_, cost_, debit_, expired_, module_ =
-        {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+      allowed_, remaining_, reset_, retry_, ttl_, value_, px_, cost_, debit_, expired_, module_ =
+        {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
     end
     local all_allowed = true
     for i = 1, n do
@@ -188,16 +192,13 @@ while a <= nargs do
       if debit and cost == 0 and allowed then
         remaining_[i] = remaining_[i] + 1
       end
-      allowed_[i], limit_[i], cost_[i], debit_[i] = allowed, limit, cost, debit
+      allowed_[i], cost_[i], debit_[i] = allowed, cost, debit
       if flags % 2 == 0 then
         all_allowed = all_allowed and allowed
       end
       a = a + 6
     end
 
-    reply[r + 1] = all_allowed and 1 or 0
-    reply[r + 2] = now
-    r = r + 2
     for i = 1, n do
       local cost, remaining = cost_[i], remaining_[i]
       local charged = cost > 0 and (debit_[i] or (all_allowed and allowed_[i]))
@@ -206,13 +207,11 @@ while a <= nargs do
       if allowed_[i] and not charged and cost > 0 then
         remaining = remaining + cost -- nothing was taken
       end
-      reply[r + 1] = allowed_[i] and 1 or 0
-      reply[r + 2] = limit_[i]
-      reply[r + 3] = remaining
-      reply[r + 4] = reset_[i]
-      reply[r + 5] = retry_[i]
-      reply[r + 6] = expired_[i] or 0
-      r = r + 6
+      reply[r + 1] = (allowed_[i] and 1 or 0) + (all_allowed and 2 or 0) + 4 * (expired_[i] or 0)
+      reply[r + 2] = remaining
+      reply[r + 3] = reset_[i]
+      reply[r + 4] = retry_[i]
+      r = r + 4
     end
     k = k + n
   end

@@ -27,7 +27,7 @@ use crate::telemetry::Metrics;
 use batch::{Job, Queue};
 pub use keys::{counter_key, OVERRIDES_KEY, RESET_KEYS};
 use pool::Manager;
-use reply::parse_reply;
+use reply::{non_negative, parse_reply};
 
 /// A counter as the script takes it.
 pub(super) fn script_policy(counter: &Counter<'_>) -> ScriptPolicy {
@@ -349,7 +349,7 @@ impl RedisStore {
                 scripts::evalsha(&mut conn, &scripts::CHECK, cmd, &metrics.script_reloads).await
             })
             .await?;
-        let expected: usize = checks.iter().map(|(p, _)| 2 + 6 * p.len()).sum();
+        let expected = 1 + 4 * nkeys;
         if reply.len() != expected {
             return Err(StoreError::Script(format!(
                 "check.lua returned {} values for {} checks of {nkeys} policies, expected {expected}",
@@ -357,13 +357,15 @@ impl RedisStore {
                 checks.len()
             )));
         }
-        let mut rest = &reply[..];
+        // The server's clock, for the checks that passed none.
+        let server_now = non_negative(reply[0]);
+        let mut rest = &reply[1..];
         checks
             .iter()
-            .map(|(policies, _)| {
-                let (this, next) = rest.split_at(2 + 6 * policies.len());
+            .map(|(policies, now_ms)| {
+                let (this, next) = rest.split_at(4 * policies.len());
                 rest = next;
-                parse_reply(this, policies.len())
+                parse_reply(this, policies, now_ms.unwrap_or(server_now))
             })
             .collect()
     }

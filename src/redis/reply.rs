@@ -4,35 +4,38 @@ use std::time::Duration;
 
 use redis::RedisError;
 
-use super::pool;
+use super::{pool, ScriptPolicy};
 use crate::limiter::{Quota, StoreError, StoreReply};
 
-pub(super) fn parse_reply(reply: &[i64], policies: usize) -> Result<StoreReply, StoreError> {
-    if reply.len() != 2 + 6 * policies {
+/// One check's part of a check.lua reply: four values per policy (code,
+/// remaining, reset, retry_after; see the script), read with the limits
+/// the check passed and the clock its decision used.
+pub(super) fn parse_reply(
+    reply: &[i64],
+    policies: &[ScriptPolicy],
+    now_ms: u64,
+) -> Result<StoreReply, StoreError> {
+    if reply.len() != 4 * policies.len() {
         return Err(StoreError::Script(format!(
-            "check.lua returned {} values for {policies} policies, expected {}",
+            "check.lua returned {} values for {} policies, expected {}",
             reply.len(),
-            2 + 6 * policies
+            policies.len(),
+            4 * policies.len()
         )));
     }
-    let now_ms = non_negative(reply[1]);
-    let expired = reply[2..]
-        .chunks_exact(6)
-        .map(|q| non_negative(q[5]).min(u64::from(u32::MAX)) as u32)
+    let codes = || reply.chunks_exact(4).map(|q| non_negative(q[0]));
+    let expired = codes()
+        .map(|code| (code >> 2).min(u64::from(u32::MAX)) as u32)
         .collect();
-    let quotas = reply[2..]
-        .chunks_exact(6)
-        .map(|q| {
-            quota(
-                q[0] == 1,
-                non_negative(q[1]) as u32,
-                [q[2], q[3], q[4]],
-                now_ms,
-            )
-        })
+    let quotas = reply
+        .chunks_exact(4)
+        .zip(policies)
+        .map(|(q, p)| quota(q[0] & 1 == 1, p.limit, [q[1], q[2], q[3]], now_ms))
         .collect();
     Ok(StoreReply {
-        allowed: reply[0] == 1,
+        // A check's code says whether the check is allowed (the same in
+        // each of its policies); a check of no policies is.
+        allowed: codes().next().is_none_or(|code| code & 2 == 2),
         quotas,
         expired,
     })
