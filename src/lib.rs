@@ -65,8 +65,8 @@
 //!   Gateway's controller).
 //! - [`http`]: the HTTP front ends: routes (`routes`), reading the caller
 //!   and route of a request (`caller`), the rate-limit middleware and its
-//!   verdict (`ratelimit`; `degraded` the headers of an answer made
-//!   without Redis), concurrency leases (`leases`: held while
+//!   verdict (`ratelimit`; `headers` the quota headers of a decision and
+//!   those of an answer made without Redis), concurrency leases (`leases`: held while
 //!   `/api/resource` runs, and `/api/leases`), forward-auth for gateways
 //!   (`forward_auth`), who
 //!   may reach each route: public, decision and operator planes (`planes`),

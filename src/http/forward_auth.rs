@@ -189,9 +189,7 @@ pub async fn forward_auth(req: HttpRequest, state: web::Data<AppState>) -> HttpR
         }
         Verdict::Pass(headers) => {
             let mut response = HttpResponse::Ok().json(ForwardAllowed { allowed: true });
-            for (name, value) in headers {
-                response.headers_mut().insert(name, value);
-            }
+            headers.apply(response.headers_mut());
             response
         }
     }

@@ -1,35 +1,25 @@
 //! The rate-limit middleware: identify the caller, ask the limiter, then
 //! either run the handler and add the `X-RateLimit-*` headers, or answer 429.
 
-use std::fmt::Write;
-
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::caller::{host_of, identify, route_of};
-use super::degraded::{enforced_limit, mark_degraded};
 use super::errors::ApiError;
+use super::headers::{
+    enforced_limit, insert_quota_headers, mark_degraded, DecisionHeaders, SetHeader,
+    X_RATELIMIT_REMAINING,
+};
 use super::{app_state, AppState};
 use crate::identity::{Caller, Identity};
 
 use crate::limiter::{rules, Decision, LimiterError, Outcome, Policy, Route};
 use crate::telemetry::Metrics;
-
-pub const X_RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
-pub const X_RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
-pub const X_RATELIMIT_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-/// Set when a request was let through without asking Redis (failure mode
-/// `open`); its value says why, e.g. `redis-timeout`.
-pub const X_RATELIMIT_DEGRADED: HeaderName = HeaderName::from_static("x-ratelimit-degraded");
-/// IETF draft-ietf-httpapi-ratelimit-headers: the policies that apply.
-pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
-/// IETF draft-ietf-httpapi-ratelimit-headers: the state under each policy.
-pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// The 429 body.
 #[derive(Debug, Serialize, ToSchema)]
@@ -45,44 +35,6 @@ pub struct RateLimitExceeded {
     /// Seconds to wait; equal to the `Retry-After` header.
     #[schema(example = 42)]
     pub retry_after: u64,
-}
-
-/// `X-RateLimit-Limit`, `-Remaining` and `-Reset` (Unix seconds) of the
-/// reported policy, and the IETF `RateLimit-Policy` / `RateLimit` fields
-/// (draft-ietf-httpapi-ratelimit-headers-11) with one item per policy.
-///
-/// Shadow policies appear in none of them: they decide nothing a client
-/// sees except `X-RateLimit-Shadow`.
-pub fn insert_quota_headers(headers: &mut HeaderMap, outcome: &Outcome) {
-    let Some((_, quota)) = outcome.enforced_reported() else {
-        return;
-    };
-    headers.insert(X_RATELIMIT_LIMIT, HeaderValue::from(quota.limit));
-    headers.insert(X_RATELIMIT_REMAINING, HeaderValue::from(quota.remaining));
-    headers.insert(X_RATELIMIT_RESET, HeaderValue::from(quota.reset_at_unix()));
-
-    let mut policy_field = String::new();
-    let mut state_field = String::new();
-    for (i, (policy, quota)) in outcome.enforced().enumerate() {
-        if i > 0 {
-            policy_field.push_str(", ");
-            state_field.push_str(", ");
-        }
-        policy_field.push_str(policy.field_item());
-        let t = quota.effective_window_secs(policy.algorithm(), policy.window());
-        let _ = write!(
-            state_field,
-            "\"{}\";r={};t={t}",
-            policy.name(),
-            quota.remaining
-        );
-    }
-    if let Ok(value) = HeaderValue::from_str(&policy_field) {
-        headers.insert(RATELIMIT_POLICY, value);
-    }
-    if let Ok(value) = HeaderValue::from_str(&state_field) {
-        headers.insert(RATELIMIT, value);
-    }
 }
 
 fn too_many_requests(identity: &Identity, outcome: &Outcome) -> HttpResponse {
@@ -162,7 +114,7 @@ pub const X_RATELIMIT_SHADOW: HeaderName = HeaderName::from_static("x-ratelimit-
 /// What the limiter's decision means for one HTTP request.
 pub enum Verdict {
     /// Go ahead: serve the request and add these headers to its response.
-    Pass(HeaderMap),
+    Pass(DecisionHeaders),
     /// Answer this instead (429, 403, 503).
     Answer(HttpResponse),
 }
@@ -215,9 +167,7 @@ pub async fn rate_limit(
                 super::leases::release(&state, &caller, &route, &lease).await;
             }
             let mut response = result?.map_into_boxed_body();
-            for (name, value) in headers {
-                response.headers_mut().insert(name, value);
-            }
+            headers.apply(response.headers_mut());
             Ok(response)
         }
     }
@@ -257,7 +207,7 @@ pub async fn verdict(
             return Verdict::Answer(ApiError::Unavailable(err).error_response());
         }
     };
-    let mut headers = HeaderMap::new();
+    let mut headers = DecisionHeaders::default();
     match decision {
         Decision::Allowed(outcome) => {
             let shadow_denied: Vec<&str> = outcome
@@ -295,7 +245,7 @@ pub async fn verdict(
             if !shadow_denied.is_empty() {
                 let names: Vec<String> = shadow_denied.iter().map(|n| format!("\"{n}\"")).collect();
                 if let Ok(value) = HeaderValue::from_str(&names.join(", ")) {
-                    headers.insert(X_RATELIMIT_SHADOW, value);
+                    headers.set(X_RATELIMIT_SHADOW, value);
                 }
             }
             Verdict::Pass(headers)
