@@ -48,7 +48,15 @@ pub async fn buffer(
         }
         Ok(body.freeze())
     };
-    let body = match tokio::time::timeout(timeout, read).await {
+    // Most bodies have arrived with their head: read them without arming
+    // the deadline's timer (one fewer timer per request); the timer starts
+    // when the body is not all there.
+    let mut read = std::pin::pin!(read);
+    let read = match futures_util::poll!(read.as_mut()) {
+        std::task::Poll::Ready(read) => Ok(read),
+        std::task::Poll::Pending => tokio::time::timeout(timeout, read).await,
+    };
+    let body = match read {
         Ok(Ok(body)) => body,
         Ok(Err(err)) => return Ok(ServiceResponse::new(http_req, err.error_response())),
         Err(_) => {
