@@ -532,6 +532,11 @@ async fn out_of_range_stored_values_are_stale() {
             Algorithm::FixedWindow,
             format!("{T0} 99999999999999999999999"),
         ),
+        // This window's prefix, but no whole count after it.
+        (Algorithm::FixedWindow, format!("{T0} 1.5")),
+        (Algorithm::FixedWindow, format!("{T0} -3")),
+        (Algorithm::FixedWindow, format!("{T0} ")),
+        (Algorithm::FixedWindow, format!("{T0} 1e400")),
         (
             Algorithm::SlidingWindow,
             format!("{T0} 99999999999999999999999 1"),
