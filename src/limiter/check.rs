@@ -113,8 +113,10 @@ impl<S: Store> Limiter<S> {
         if !refunds {
             if let Some(outcome) = self.denied.get(request) {
                 self.metrics.deny_cache_hits.inc();
-                let marks = match (marks, self.resolve(request)) {
-                    (true, Resolution::Limited { marks, .. }) => marks,
+                // Resolved again only for the marks, which only the
+                // front ends that answer per descriptor ask for.
+                let marks = match marks.then(|| self.resolve(request)) {
+                    Some(Resolution::Limited { marks, .. }) => marks,
                     _ => Vec::new(),
                 };
                 return Ok(Checked {
