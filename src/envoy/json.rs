@@ -17,15 +17,13 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{Rls, RlsError};
-use crate::http::body::Buffered;
 use crate::policy::Unit;
 
 /// Largest `/json` body accepted.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
 /// `POST /json`.
-pub async fn json(rls: web::Data<Rls>, body: Buffered) -> HttpResponse {
-    let body = body.0;
+pub async fn json(rls: web::Data<Rls>, body: web::Bytes) -> HttpResponse {
     let request: JsonRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(err) => return bad_request(&format!("invalid RateLimitRequest JSON: {err}")),

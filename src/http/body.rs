@@ -12,8 +12,8 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Next;
-use actix_web::web::{Bytes, BytesMut};
-use actix_web::{Error, FromRequest, HttpMessage, HttpRequest, ResponseError};
+use actix_web::web::BytesMut;
+use actix_web::{Error, ResponseError};
 use futures_util::StreamExt;
 
 use super::app_state;
@@ -66,31 +66,6 @@ pub async fn buffer(
             ))
         }
     };
-    // The handler takes it as [`Buffered`], without a second read and
-    // copy; the payload is there too, for any other extractor.
-    http_req.extensions_mut().insert(Buffered(body.clone()));
     let req = ServiceRequest::from_parts(http_req, Payload::from(body));
     Ok(next.call(req).await?.map_into_boxed_body())
-}
-
-/// The body [`buffer`] read, as a handler's argument: the same bytes, not
-/// read and copied again as the `Bytes` extractor would (it then also looks
-/// up its configuration per request). Behind no [`buffer`], the body is
-/// read as the `Bytes` extractor reads it.
-pub struct Buffered(pub Bytes);
-
-impl FromRequest for Buffered {
-    type Error = Error;
-    type Future = futures_util::future::Either<
-        std::future::Ready<Result<Self, Error>>,
-        futures_util::future::MapOk<<Bytes as FromRequest>::Future, fn(Bytes) -> Self>,
-    >;
-
-    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        use futures_util::future::{Either, TryFutureExt};
-        match req.extensions_mut().remove::<Buffered>() {
-            Some(body) => Either::Left(std::future::ready(Ok(body))),
-            None => Either::Right(Bytes::from_request(req, payload).map_ok(Buffered as fn(_) -> _)),
-        }
-    }
 }

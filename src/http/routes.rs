@@ -7,7 +7,6 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::access::request_id;
-use super::body::Buffered;
 use super::caller::{host_of, identify};
 use super::errors::{ApiError, ErrorBody};
 use super::ratelimit::RateLimitExceeded;
@@ -56,8 +55,7 @@ pub struct ResourceResponse {
         (status = 503, description = "Redis cannot answer and RATE_LIMIT_FAILURE_MODE is `closed`", body = ErrorBody),
     )
 )]
-pub async fn resource(req: HttpRequest, body: Buffered) -> Result<HttpResponse, ApiError> {
-    let body = body.0;
+pub async fn resource(req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     if !body.iter().all(u8::is_ascii_whitespace) {
         serde_json::from_slice::<serde::de::IgnoredAny>(&body)
             .map_err(|err| ApiError::InvalidJson(err.to_string()))?;
