@@ -8,7 +8,8 @@
 #   scripts/bench_compare.sh BEFORE_BINARY AFTER_BINARY
 #   ROUNDS=5 DURATION=5s scripts/bench_compare.sh /tmp/rl-before target/release/rate-limiter
 # Cases: livez (GET /livez), allowed-10k (POST /api/resource over 10,000 keys,
-# always allowed), denied (1,000 keys over their limit), all at 64 connections.
+# always allowed), denied (1,000 keys over their limit), all at 64 connections
+# (CONNS=1000 for another count).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# -eq 2 ]] || { echo "usage: $0 BEFORE_BINARY AFTER_BINARY" >&2; exit 2; }
@@ -17,6 +18,7 @@ scripts/install_packages.sh redis-server=redis-server wrk=wrk curl=curl
 
 rounds=${ROUNDS:-3}
 duration=${DURATION:-5s}
+conns=${CONNS:-64}
 # shellcheck source=scripts/bench_lib.sh
 source scripts/bench_lib.sh
 
@@ -58,7 +60,7 @@ run() { # build case -> "rps us_per_request redis_us_per_request"
   esac
   local t0 t1 r0 r1 out total rps
   t0=$(cpu_ticks "${pid[$name]}"); r0=$(cpu_ticks "$redis_pid")
-  out=$(env "${env[@]}" wrk -t2 -c64 -d"$duration" "${script[@]}" "$url" 2>&1)
+  out=$(env "${env[@]}" wrk -t2 -c"$conns" -d"$duration" "${script[@]}" "$url" 2>&1)
   t1=$(cpu_ticks "${pid[$name]}"); r1=$(cpu_ticks "$redis_pid")
   total=$(awk '/requests in/ {print $1}' <<<"$out")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
@@ -80,7 +82,7 @@ done
 
 median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k"$2,$2" | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 echo
-echo "Machine: $(nproc) cores; one worker per instance; wrk -t2 -c64, $duration per run, median of $rounds rounds"
+echo "Machine: $(nproc) cores; one worker per instance; wrk -t2 -c$conns, $duration per run, median of $rounds rounds"
 printf '%-12s %12s %12s %8s %14s %14s %8s %13s %13s\n' case "before r/s" "after r/s" ratio "before us/req" "after us/req" ratio "Redis before" "Redis after"
 for case in "${cases[@]}"; do
   read -r rb _ <<<"$(median "${results[$case,before]}" 1)"
