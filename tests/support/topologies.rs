@@ -2,6 +2,7 @@
 //! from real redis-server and redis-sentinel processes.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -47,28 +48,8 @@ impl SentinelGroup {
         let mut sentinels = Vec::new();
         let mut sentinel_ports = Vec::new();
         for i in 0..3 {
-            let port = free_port();
-            let conf = dir.path().join(format!("sentinel-{i}.conf"));
-            std::fs::write(
-                &conf,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndir {}\n\
-                     sentinel monitor mymaster 127.0.0.1 {} 2\n\
-                     sentinel down-after-milliseconds mymaster 1000\n\
-                     sentinel failover-timeout mymaster 5000\n\
-                     sentinel parallel-syncs mymaster 1\n",
-                    dir.path().display(),
-                    master.port
-                ),
-            )
-            .unwrap();
-            let child = Command::new(require("redis-sentinel"))
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start redis-sentinel");
-            sentinels.push(Process(child));
+            let (child, port) = start_sentinel(dir.path(), i, master.port).await;
+            sentinels.push(child);
             sentinel_ports.push(port);
         }
         let group = SentinelGroup {
@@ -165,6 +146,55 @@ impl SentinelGroup {
         }
         true
     }
+}
+
+/// Sentinel `i` of a group watching the master on `master_port`, answering
+/// PING, and its port. A free port can be taken by another test between
+/// being found and being bound: a sentinel that exits before it answers is
+/// started again on another port (a group that never settles was the
+/// symptom).
+async fn start_sentinel(dir: &Path, i: usize, master_port: u16) -> (Process, u16) {
+    for _ in 0..5 {
+        let port = free_port();
+        let conf = dir.join(format!("sentinel-{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds mymaster 1000\n\
+                 sentinel failover-timeout mymaster 5000\n\
+                 sentinel parallel-syncs mymaster 1\n",
+                dir.display(),
+            ),
+        )
+        .unwrap();
+        let child = Command::new(require("redis-sentinel"))
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-sentinel");
+        let mut process = Process(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = process.0.try_wait() {
+                break;
+            }
+            if let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) {
+                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                    let pong: redis::RedisResult<String> =
+                        redis::cmd("PING").query_async(&mut conn).await;
+                    if pong.is_ok() {
+                        return (process, port);
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(process);
+    }
+    panic!("redis-sentinel {i} did not start on any of 5 free ports");
 }
 
 /// Three Redis Cluster masters on loopback, slots spread by
