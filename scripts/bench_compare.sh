@@ -9,7 +9,7 @@
 #   ROUNDS=5 DURATION=5s scripts/bench_compare.sh /tmp/rl-before target/release/rate-limiter
 # Cases: livez (GET /livez), allowed-10k (POST /api/resource over 10,000 keys,
 # always allowed), denied (1,000 keys over their limit), all at 64 connections
-# (CONNS=1000 for another count).
+# (CONNS=1000 for another count), one worker per instance (WORKERS=2 for two).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ $# -eq 2 ]] || { echo "usage: $0 BEFORE_BINARY AFTER_BINARY" >&2; exit 2; }
@@ -19,6 +19,7 @@ scripts/install_packages.sh redis-server=redis-server wrk=wrk curl=curl
 rounds=${ROUNDS:-3}
 duration=${DURATION:-5s}
 conns=${CONNS:-64}
+workers=${WORKERS:-1}
 # shellcheck source=scripts/bench_lib.sh
 source scripts/bench_lib.sh
 
@@ -33,7 +34,7 @@ declare -A port pid
 start() { # name binary limit window -> sets port[name], pid[name]
   local name=$1 binary=$2 limit=$3 window=$4 p
   p=$(free_port)
-  env HOST=127.0.0.1 GRPC_PORT=0 PORT="$p" REDIS_URL="redis://127.0.0.1:$redis_port/0" LOG_LEVEL=warn WORKERS=1 \
+  env HOST=127.0.0.1 GRPC_PORT=0 PORT="$p" REDIS_URL="redis://127.0.0.1:$redis_port/0" LOG_LEVEL=warn WORKERS="$workers" \
     RATE_LIMIT_USER_LIMIT="$limit" RATE_LIMIT_USER_WINDOW="$window" "$binary" >"$work/$name.log" 2>&1 &
   pids+=($!)
   pid[$name]=$!
@@ -82,7 +83,7 @@ done
 
 median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k"$2,$2" | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 echo
-echo "Machine: $(nproc) cores; one worker per instance; wrk -t2 -c$conns, $duration per run, median of $rounds rounds"
+echo "Machine: $(nproc) cores; $workers worker(s) per instance; wrk -t2 -c$conns, $duration per run, median of $rounds rounds"
 printf '%-12s %12s %12s %8s %14s %14s %8s %13s %13s\n' case "before r/s" "after r/s" ratio "before us/req" "after us/req" ratio "Redis before" "Redis after"
 for case in "${cases[@]}"; do
   read -r rb _ <<<"$(median "${results[$case,before]}" 1)"

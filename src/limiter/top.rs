@@ -11,6 +11,7 @@
 //! subjects). Nothing of it is a metric label.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -175,14 +176,42 @@ impl Slot {
     }
 }
 
-/// Every instance's heavy hitters: the minute's and the hour's, behind one
-/// lock (one lock per request).
-#[derive(Debug, Default)]
+/// Shards at most: one per thread that records, up to this many.
+const MAX_SHARDS: usize = 16;
+
+/// The next thread's shard number (see [`TopOffenders::shard`]).
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// This thread's shard number, taken on its first request.
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
+}
+
+/// One shard's counts: the minute's, the hour's, and the requests recorded.
+type Shard = (Slot, Slot, u64);
+
+/// Every instance's heavy hitters: the minute's and the hour's, in one
+/// shard per worker thread (as many as the machine has cores, at most
+/// [`MAX_SHARDS`]), so a request takes its own thread's lock and touches
+/// its own thread's maps, never another core's; the shards are summed when
+/// read (once a second, to publish). Each shard is bounded as one count
+/// is ([`CAPACITY`]).
+#[derive(Debug)]
 pub struct TopOffenders {
-    /// The minute's and the hour's counts, and the requests recorded so far
-    /// (what is published is rewritten only when that moved: an idle
-    /// instance writes nothing), behind the one lock a request takes.
-    slots: Mutex<(Slot, Slot, u64)>,
+    /// Each with the requests it recorded (what is published is rewritten
+    /// only when their sum moved: an idle instance writes nothing).
+    shards: Box<[Mutex<Shard>]>,
+}
+
+impl Default for TopOffenders {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        TopOffenders {
+            shards: (0..cores.clamp(1, MAX_SHARDS))
+                .map(|_| Mutex::default())
+                .collect(),
+        }
+    }
 }
 
 /// Unix seconds now.
@@ -206,8 +235,8 @@ impl TopOffenders {
         denied: bool,
         now: u64,
     ) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let (minute, hour, recorded) = &mut *slots;
+        let mut shard = lock(self.shard());
+        let (minute, hour, recorded) = &mut *shard;
         *recorded += 1;
         let minute = minute.at(Window::Minute.index(now));
         for subject in subjects.clone() {
@@ -219,25 +248,44 @@ impl TopOffenders {
         }
     }
 
+    /// This thread's shard: threads take numbers in turn, so the workers
+    /// of a server get shards of their own as long as there are enough.
+    fn shard(&self) -> &Mutex<Shard> {
+        &self.shards[SHARD.with(|n| *n) % self.shards.len()]
+    }
+
     /// Requests recorded so far (see [`TopOffenders::record`]).
     pub fn recorded(&self) -> u64 {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner()).2
+        self.shards.iter().map(|shard| lock(shard).2).sum()
     }
 
     /// This instance's largest counts of `window` as it stands at `now`:
-    /// the window's index and the [`PUBLISHED`] largest subjects of `kind`.
+    /// the window's index and the [`PUBLISHED`] largest subjects of `kind`,
+    /// summed over the shards.
     pub fn snapshot(&self, window: Window, kind: Kind, now: u64) -> (u64, Vec<(Entry, u64)>) {
-        let slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = match window {
-            Window::Minute => &slots.0,
-            Window::Hour => &slots.1,
-        };
         let index = window.index(now);
-        if slot.index != index {
-            return (index, Vec::new());
+        let mut sum = Counts::default();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            let slot = match window {
+                Window::Minute => &shard.0,
+                Window::Hour => &shard.1,
+            };
+            if slot.index != index {
+                continue;
+            }
+            for (subject, (requests, denied)) in &slot.counts.map {
+                let total = sum.map.entry(subject.clone()).or_default();
+                total.0 += requests;
+                total.1 += denied;
+            }
         }
-        (index, slot.counts.top(kind, PUBLISHED))
+        (index, sum.top(kind, PUBLISHED))
     }
+}
+
+fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Sums the counts of several instances and keeps the `n` largest.
@@ -274,8 +322,12 @@ mod tests {
         assert_eq!(requests[0], (heavy.clone(), 2000));
         let (_, denied) = top.snapshot(Window::Hour, Kind::Denied, now);
         assert_eq!(denied, vec![(heavy, 2000)]);
-        // Bounded: never more than twice the capacity.
-        assert!(top.slots.lock().unwrap().0.counts.map.len() < 2 * CAPACITY);
+        // Bounded: never more than twice the capacity (one thread: one
+        // shard).
+        assert!(top
+            .shards
+            .iter()
+            .all(|s| s.lock().unwrap().0.counts.map.len() < 2 * CAPACITY));
     }
 
     /// Regression (issue 19, item 9): 24 KB subjects were kept and
@@ -311,6 +363,32 @@ mod tests {
             top.snapshot(Window::Minute, Kind::Requests, 61).1,
             vec![(subject("b"), 1)]
         );
+    }
+
+    #[test]
+    fn the_threads_shards_are_summed() {
+        let top = std::sync::Arc::new(TopOffenders::default());
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let top = top.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..100 {
+                        top.record(std::iter::once(&subject("shared")), t == 0, 7);
+                    }
+                    top.record(std::iter::once(&subject(&format!("own-{t}"))), true, 7);
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        assert_eq!(top.recorded(), 404);
+        let (_, requests) = top.snapshot(Window::Hour, Kind::Requests, 7);
+        assert_eq!(requests[0], (subject("shared"), 400));
+        assert_eq!(requests.len(), 5);
+        let (_, denied) = top.snapshot(Window::Minute, Kind::Denied, 7);
+        assert_eq!(denied[0], (subject("shared"), 100));
+        assert_eq!(denied.iter().map(|(_, n)| n).sum::<u64>(), 104);
     }
 
     #[test]
