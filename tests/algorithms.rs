@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use rate_limiter::config::RedisSettings;
 use rate_limiter::limiter::{Algorithm, StoreReply};
 use rate_limiter::redis::{RedisStore, ScriptPolicy};
 use support::models::{self, Model};
@@ -16,12 +15,6 @@ use support::RedisServer;
 
 /// A window start: 2026-11-27T00:00:00Z, a multiple of every window used here.
 const T0: u64 = 1_795_737_600_000;
-
-async fn store(redis: &RedisServer) -> RedisStore {
-    RedisStore::connect(&RedisSettings::single(redis.url(), Duration::from_secs(5)))
-        .await
-        .expect("store")
-}
 
 fn policy(key: &str, algorithm: Algorithm, limit: u32, window_ms: u64, cost: u32) -> ScriptPolicy {
     ScriptPolicy {
@@ -71,7 +64,7 @@ fn agrees_with_model(algorithm: Algorithm) {
 fn run_against_model(algorithm: Algorithm, coalesced: bool) -> (u64, u64) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let redis = runtime.block_on(RedisServer::start());
-    let store = runtime.block_on(store(&redis));
+    let store = runtime.block_on(redis.store());
     let cases = (1u32..=12, 1u64..=3000).prop_flat_map(|(limit, window)| {
         let step = 0..=window * 3 / 2;
         (
@@ -180,7 +173,7 @@ async fn window_edges_per_algorithm() {
     // `limit` sent in the last millisecond of one window, then `limit` in the
     // first millisecond of the next: what each algorithm lets through.
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     let (limit, window) = (10u32, 60_000u64);
     let end = T0 + window - 1;
     let start = T0 + window;
@@ -218,7 +211,7 @@ async fn sliding_window_stays_within_its_bound_across_an_edge() {
     // edge, and no fixed window ever holds more than `limit`, so no span of
     // one window sees more than 2 x limit.
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     let (limit, window) = (10u64, 1_000u64);
     let p = policy(
         "rate:{user:slide}:sw",
@@ -247,7 +240,7 @@ async fn sliding_window_stays_within_its_bound_across_an_edge() {
 #[tokio::test]
 async fn token_bucket_and_gcra_admit_exactly_their_refill() {
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     // 10 per second: one every 100 ms after the burst.
     for algorithm in [Algorithm::TokenBucket, Algorithm::Gcra] {
         let key = format!("rate:{{user:refill}}:{}", algorithm.as_str());
@@ -283,7 +276,7 @@ async fn token_bucket_and_gcra_admit_exactly_their_refill() {
 #[tokio::test]
 async fn retry_after_is_exactly_long_enough() {
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     for algorithm in Algorithm::ALL {
         let key = format!("rate:{{user:retry}}:{}", algorithm.as_str());
         let p = policy(&key, algorithm, 3, 7_000, 1);
@@ -311,7 +304,7 @@ async fn retry_after_is_exactly_long_enough() {
 #[tokio::test]
 async fn a_denied_request_charges_no_policy() {
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     let mut conn = redis.connection().await.unwrap();
     let policies: Vec<ScriptPolicy> = Algorithm::ALL
         .into_iter()
@@ -364,7 +357,7 @@ async fn a_denied_request_charges_no_policy() {
 #[tokio::test]
 async fn every_key_expires_once_it_stops_mattering() {
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     let mut conn = redis.connection().await.unwrap();
     let now = T0 + 45_000;
     for algorithm in Algorithm::ALL {
@@ -403,7 +396,7 @@ async fn every_key_expires_once_it_stops_mattering() {
 #[tokio::test]
 async fn a_key_without_ttl_gets_one_and_a_foreign_key_is_replaced() {
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     let mut conn = redis.connection().await.unwrap();
     for algorithm in Algorithm::ALL {
         let key = format!("rate:{{user:foreign}}:{}", algorithm.as_str());
@@ -439,7 +432,7 @@ async fn a_key_without_ttl_gets_one_and_a_foreign_key_is_replaced() {
 #[tokio::test]
 async fn a_peek_reads_without_writing() {
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     let mut conn = redis.connection().await.unwrap();
     for algorithm in Algorithm::ALL {
         let key = format!("rate:{{user:peek}}:{}", algorithm.as_str());
@@ -461,7 +454,7 @@ async fn a_peek_reads_without_writing() {
 #[tokio::test]
 async fn without_now_the_redis_clock_is_used() {
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     let mut conn = redis.connection().await.unwrap();
     let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut conn).await.unwrap();
     let redis_now = secs * 1000 + micros / 1000;
@@ -491,7 +484,7 @@ async fn without_now_the_redis_clock_is_used() {
 async fn a_lowered_limit_never_reports_more_than_itself() {
     // A reload may lower a limit below what an identity already used.
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     for algorithm in Algorithm::ALL {
         let key = format!("rate:{{user:lowered}}:{}", algorithm.as_str());
         burst(&store, &policy(&key, algorithm, 10, 60_000, 1), T0, 5).await;
@@ -518,7 +511,7 @@ async fn a_lowered_limit_never_reports_more_than_itself() {
 #[tokio::test]
 async fn out_of_range_stored_values_are_stale() {
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     let mut conn = redis.connection().await.unwrap();
     let year_us = 366 * 24 * 3600 * 1_000_000u64;
     let window = 60_000u64;
@@ -581,7 +574,7 @@ async fn out_of_range_stored_values_are_stale() {
 #[tokio::test]
 async fn refunds_give_units_back_and_never_go_below_empty() {
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     let window = 3_600_000;
     for algorithm in Algorithm::ALL {
         let key = format!("rate:{{user:refund}}:{}", algorithm.as_str());
@@ -622,7 +615,7 @@ async fn refunds_give_units_back_and_never_go_below_empty() {
 #[tokio::test]
 async fn debit_policies_charge_past_the_limit_and_peeks_wait_until_it_drains() {
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     let (limit, window) = (10u32, 60_000u64);
     for algorithm in Algorithm::ALL {
         let key = format!("rate:{{user:debit}}:{}", algorithm.as_str());
@@ -735,7 +728,7 @@ fn lease(key: &str, id: &str, limit: u32, ttl_ms: u64, cost: i64) -> ScriptPolic
 #[tokio::test]
 async fn concurrency_leases_are_counted_renewed_released_and_expire() {
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     let key = "rate:{user:conc}:leases";
     let at = |id: &str, cost: i64| lease(key, id, 3, 10_000, cost);
     let now = T0;
@@ -784,7 +777,7 @@ async fn concurrency_leases_are_counted_renewed_released_and_expire() {
 #[tokio::test]
 async fn concurrent_acquires_over_two_instances_never_exceed_the_limit() {
     let redis = RedisServer::start().await;
-    let (a, b) = (store(&redis).await, store(&redis).await);
+    let (a, b) = (redis.store().await, redis.store().await);
     let key = "rate:{user:race}:leases";
     let sampling = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
     let max_seen = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
@@ -877,7 +870,7 @@ fn debit_policies_agree_with_the_models() {
     for algorithm in Algorithm::ALL {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let redis = runtime.block_on(RedisServer::start());
-        let store = runtime.block_on(store(&redis));
+        let store = runtime.block_on(redis.store());
         let cases = (1u32..=12, 1u64..=3000).prop_flat_map(|(limit, window)| {
             (
                 Just(limit),
@@ -941,7 +934,7 @@ fn debit_policies_agree_with_the_models() {
 #[tokio::test]
 async fn a_huge_debit_is_stored_and_spends_the_budget() {
     let redis = RedisServer::start().await;
-    let store = store(&redis).await;
+    let store = redis.store().await;
     let year = 365 * 24 * 3_600_000;
     for algorithm in Algorithm::ALL {
         for window in [3_600_000, year] {

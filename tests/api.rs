@@ -428,12 +428,7 @@ async fn hostile_keys_are_refused_or_isolated_never_a_5xx() {
     assert_eq!(victim["remaining"], 2);
     // Every counter lives under the rate: prefix with one hash tag each
     // (the top offenders, published every second, have their own tag).
-    let mut conn = redis.connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = redis.keys("*").await;
     let keys: Vec<String> = keys
         .into_iter()
         .filter(|k| !k.starts_with("rate:{top}:"))

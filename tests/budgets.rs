@@ -412,11 +412,7 @@ async fn an_acquire_is_charged_to_the_callers_rate_policies() {
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"], "Rate limit exceeded");
     let mut conn = redis.connection().await.unwrap();
-    let sets: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("*{key}*slots*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let sets = redis.keys(&format!("*{key}*slots*")).await;
     let held: i64 = if let Some(set) = sets.first() {
         redis::cmd("ZCARD")
             .arg(set)

@@ -121,20 +121,9 @@ window = "1d"
     assert_eq!(status["policies"][2]["remaining"], 998);
 
     // All three keys of the identity sit on one node, in one slot.
-    let mut holders = 0;
-    for node in &cluster.nodes {
-        let mut conn = node.connection().await.unwrap();
-        let found: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("rate:{{user:{key}}}*"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if !found.is_empty() {
-            assert_eq!(found.len(), 3);
-            holders += 1;
-        }
-    }
-    assert_eq!(holders, 1);
+    let holders = cluster.holders(&format!("rate:{{user:{key}}}*")).await;
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_eq!(holders[0].len(), 3);
 }
 
 /// Envoy requests on a Cluster: several descriptors (each its own slot), a
@@ -259,18 +248,11 @@ async fn sliced_policies_run_on_a_cluster() {
         50,
         "exactly the limit: {admitted} then {more}"
     );
-    let mut holders = 0;
-    for node in &cluster.nodes {
-        let mut conn = node.connection().await.unwrap();
-        let found: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("rate:{{user:{key}}}*"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        if !found.is_empty() {
-            assert_eq!(found.len(), 2, "the counter and its epoch: {found:?}");
-            holders += 1;
-        }
-    }
-    assert_eq!(holders, 1);
+    let holders = cluster.holders(&format!("rate:{{user:{key}}}*")).await;
+    assert_eq!(holders.len(), 1, "{holders:?}");
+    assert_eq!(
+        holders[0].len(),
+        2,
+        "the counter and its epoch: {holders:?}"
+    );
 }

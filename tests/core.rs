@@ -32,9 +32,7 @@ per = "client_ip"
 "#;
 
 async fn limiter(redis: &RedisServer) -> Limiter<RedisStore> {
-    let store = RedisStore::connect(&RedisSettings::single(redis.url(), Duration::from_secs(5)))
-        .await
-        .expect("store");
+    let store = redis.store().await;
     Limiter::new(
         store,
         Rules::parse("core.toml", RULES).expect("rules"),

@@ -344,18 +344,9 @@ async fn overrides_raise_a_limit_bypass_or_block() {
     assert_eq!(status["status"], "blocked");
 
     // Neither touched Redis.
-    let mut conn = redis.connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("rate:{user:internal}*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = redis.keys("rate:{user:internal}*").await;
     assert!(keys.is_empty());
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("rate:{user:abuser}*")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = redis.keys("rate:{user:abuser}*").await;
     assert!(keys.is_empty());
 
     // Callers without a key get the ip policy alone.

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rate_limiter::config::RedisSettings;
 use rate_limiter::limiter::slices::{Clock, SWEEP_INTERVAL};
 use rate_limiter::limiter::{CheckRequest, Decision, Descriptor, FailureMode, Limiter, Rules};
 use rate_limiter::redis::RedisStore;
@@ -55,9 +54,7 @@ async fn instance(
     rules: &Rules,
     clock: &Arc<AtomicU64>,
 ) -> Limiter<RedisStore> {
-    let store = RedisStore::connect(&RedisSettings::single(redis.url(), Duration::from_secs(5)))
-        .await
-        .expect("store");
+    let store = redis.store().await;
     Limiter::new(
         store,
         rules.clone(),
@@ -386,9 +383,7 @@ async fn three_instances_admit_at_most_the_limit_of_one_hot_subject() {
 async fn a_slice_taken_before_a_reset_never_goes_back_into_the_new_counter() {
     use rate_limiter::limiter::{Counter, Store};
     let redis = RedisServer::start().await;
-    let store = RedisStore::connect(&RedisSettings::single(redis.url(), Duration::from_secs(5)))
-        .await
-        .unwrap();
+    let store = redis.store().await;
     let rules = rules("gcra", 100, "1h");
     let policy = rules.policies().next().unwrap().clone();
     let subject = ("user".into(), unique_key("epoch"));
@@ -632,9 +627,7 @@ async fn sliced_subjects_are_bounded_and_idle_ones_dropped() {
     use rate_limiter::limiter::slices::{Slices, MAX_CELLS};
     use rate_limiter::limiter::{Counter, Quota, SliceTaken};
     let redis = RedisServer::start().await;
-    let store = RedisStore::connect(&RedisSettings::single(redis.url(), Duration::from_secs(5)))
-        .await
-        .unwrap();
+    let store = redis.store().await;
     let clock = Arc::new(AtomicU64::new(1_000));
     let slices = Slices::new(Clock::Manual(clock.clone()), Arc::new(Metrics::new()));
     let rules = rules("gcra", 100, "1h");

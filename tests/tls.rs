@@ -57,12 +57,7 @@ async fn counts_exactly(app: &TestApp, redis: &RedisServer) {
         assert_eq!(response.status(), 200);
         assert_eq!(header_u64(&response, "X-RateLimit-Remaining"), expected);
     }
-    let mut conn = redis.connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("rate:{{user:{key}}}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let keys = redis.keys(&format!("rate:{{user:{key}}}*")).await;
     assert_eq!(keys.len(), 1, "{keys:?}");
 }
 
@@ -681,12 +676,7 @@ async fn cluster_over_tls() {
             assert_eq!(header_u64(&response, "X-RateLimit-Remaining"), expected);
         }
         for (n, (node, _)) in nodes.iter().enumerate() {
-            let mut conn = node.connection().await.unwrap();
-            let found: Vec<String> = redis::cmd("KEYS")
-                .arg(format!("rate:{{user:{key}}}*"))
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            let found = node.keys(&format!("rate:{{user:{key}}}*")).await;
             per_node[n] += found.len();
         }
     }

@@ -229,12 +229,7 @@ async fn erl_app(redis: &RedisServer, dir: &TempDir) -> TestApp {
 
 /// The Redis keys whose name holds `part`.
 async fn keys_with(redis: &RedisServer, part: &str) -> Vec<String> {
-    let mut conn = redis.connection().await.unwrap();
-    redis::cmd("KEYS")
-        .arg(format!("*{part}*"))
-        .query_async(&mut conn)
-        .await
-        .unwrap()
+    redis.keys(&format!("*{part}*")).await
 }
 
 /// Item 7: an anonymous per-descriptor `limit` made counters of the

@@ -87,6 +87,26 @@ impl RedisServer {
             .await
     }
 
+    /// The service's store on this server (a 5 s command timeout).
+    pub async fn store(&self) -> rate_limiter::redis::RedisStore {
+        rate_limiter::redis::RedisStore::connect(&rate_limiter::config::RedisSettings::single(
+            self.url(),
+            Duration::from_secs(5),
+        ))
+        .await
+        .expect("store")
+    }
+
+    /// The keys matching `pattern` (KEYS: a test's small keyspace).
+    pub async fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut conn = self.connection().await.unwrap();
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
     /// How many EVALSHA calls the server has run (INFO commandstats).
     pub async fn evalsha_calls(&self) -> u64 {
         self.command_calls("evalsha").await

@@ -204,6 +204,18 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// The keys matching `pattern` of each node that has any.
+    pub async fn holders(&self, pattern: &str) -> Vec<Vec<String>> {
+        let mut holders = Vec::new();
+        for node in &self.nodes {
+            let found = node.keys(pattern).await;
+            if !found.is_empty() {
+                holders.push(found);
+            }
+        }
+        holders
+    }
+
     pub async fn start() -> Self {
         let mut nodes = Vec::new();
         for _ in 0..3 {
