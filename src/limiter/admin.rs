@@ -106,8 +106,8 @@ impl<S: Store> Limiter<S> {
         }
         let now = top::now_secs();
         for window in top::Window::ALL {
-            for kind in [top::Kind::Requests, top::Kind::Denied] {
-                let (index, entries) = self.top.snapshot(window, kind, now);
+            let (index, requests, denied) = self.top.snapshot(window, now);
+            for (kind, entries) in [(top::Kind::Requests, requests), (top::Kind::Denied, denied)] {
                 if entries.is_empty() {
                     continue;
                 }

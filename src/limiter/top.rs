@@ -124,6 +124,19 @@ impl Counts {
         }
     }
 
+    /// Adds every count of `other` (a finished minute folded into its
+    /// hour), bounded as [`Counts::add`] is.
+    fn absorb(&mut self, other: Counts) {
+        for (subject, (requests, denied)) in other.map {
+            let total = self.map.entry(subject).or_default();
+            total.0 += requests;
+            total.1 += denied;
+            if self.map.len() >= 2 * CAPACITY {
+                self.prune(CAPACITY);
+            }
+        }
+    }
+
     /// Keeps at most the `keep` largest by requests: those above the
     /// `keep`-th largest count (ties at it go, so a flood of subjects seen
     /// once leaves none of them behind).
@@ -136,25 +149,31 @@ impl Counts {
         let threshold = *threshold;
         self.map.retain(|_, count| count.0 > threshold);
     }
+}
 
-    /// The `n` largest of `kind` (none at 0), largest first.
-    fn top(&self, kind: Kind, n: usize) -> Vec<(Entry, u64)> {
-        let mut all: Vec<(Entry, u64)> = self
-            .map
-            .iter()
-            .map(|(e, (requests, denied))| {
-                let count = match kind {
-                    Kind::Requests => *requests,
-                    Kind::Denied => *denied,
-                };
-                (e.clone(), count)
-            })
-            .filter(|(_, count)| *count > 0)
-            .collect();
-        all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+/// The `n` largest of `kind` (none at 0) among `counts`, largest first
+/// (ties by subject): only those `n` are cloned.
+fn largest<'a>(
+    counts: impl Iterator<Item = (&'a Entry, (u64, u64))>,
+    kind: Kind,
+    n: usize,
+) -> Vec<(Entry, u64)> {
+    let mut all: Vec<(u64, &Entry)> = counts
+        .map(|(e, (requests, denied))| match kind {
+            Kind::Requests => (requests, e),
+            Kind::Denied => (denied, e),
+        })
+        .filter(|(count, _)| *count > 0)
+        .collect();
+    let order = |a: &(u64, &Entry), b: &(u64, &Entry)| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1));
+    if all.len() > n {
+        all.select_nth_unstable_by(n, order);
         all.truncate(n);
-        all
     }
+    all.sort_unstable_by(order);
+    all.into_iter()
+        .map(|(count, e)| (e.clone(), count))
+        .collect()
 }
 
 /// The counts of one window.
@@ -187,8 +206,54 @@ thread_local! {
     static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
 }
 
-/// One shard's counts: the minute's, the hour's, and the requests recorded.
-type Shard = (Slot, Slot, u64);
+/// One shard's counts: the current minute's, and its hour's past minutes
+/// (a minute is added to its hour when the next one begins, so a request
+/// updates one map, not one per window); and the requests recorded.
+#[derive(Debug, Default)]
+struct Shard {
+    minute: Slot,
+    hour: Slot,
+    recorded: u64,
+}
+
+/// The hour a minute (by index) falls in.
+fn hour_of(minute: u64) -> u64 {
+    minute * Window::Minute.seconds() / Window::Hour.seconds()
+}
+
+impl Shard {
+    /// The current minute's counts, the minute before added to its hour.
+    fn minute(&mut self, now: u64) -> &mut Counts {
+        let index = Window::Minute.index(now);
+        if self.minute.index != index {
+            let done = std::mem::replace(
+                &mut self.minute,
+                Slot {
+                    index,
+                    counts: Counts::default(),
+                },
+            );
+            // A minute of an earlier hour is dropped with its hour.
+            if hour_of(done.index) == hour_of(index) {
+                self.hour.at(hour_of(done.index)).absorb(done.counts);
+            }
+        }
+        &mut self.minute.counts
+    }
+
+    /// The counts that make `window` (of index `index`): the minute's, or
+    /// the hour's past minutes and its current one.
+    fn counts(&self, window: Window, index: u64) -> impl Iterator<Item = &Counts> {
+        let (hour, minute) = match window {
+            Window::Minute => (None, (self.minute.index == index).then_some(&self.minute)),
+            Window::Hour => (
+                (self.hour.index == index).then_some(&self.hour),
+                (hour_of(self.minute.index) == index).then_some(&self.minute),
+            ),
+        };
+        hour.into_iter().chain(minute).map(|slot| &slot.counts)
+    }
+}
 
 /// Every instance's heavy hitters: the minute's and the hour's, in one
 /// shard per worker thread (as many as the machine has cores, at most
@@ -229,22 +294,12 @@ pub fn now_ms() -> u64 {
 impl TopOffenders {
     /// Counts one request of `subjects`, denied or not, at `now` (Unix
     /// seconds).
-    pub fn record<'a>(
-        &self,
-        subjects: impl Iterator<Item = &'a Entry> + Clone,
-        denied: bool,
-        now: u64,
-    ) {
+    pub fn record<'a>(&self, subjects: impl Iterator<Item = &'a Entry>, denied: bool, now: u64) {
         let mut shard = lock(self.shard());
-        let (minute, hour, recorded) = &mut *shard;
-        *recorded += 1;
-        let minute = minute.at(Window::Minute.index(now));
-        for subject in subjects.clone() {
-            minute.add(subject, denied);
-        }
-        let hour = hour.at(Window::Hour.index(now));
+        shard.recorded += 1;
+        let minute = shard.minute(now);
         for subject in subjects {
-            hour.add(subject, denied);
+            minute.add(subject, denied);
         }
     }
 
@@ -256,33 +311,48 @@ impl TopOffenders {
 
     /// Requests recorded so far (see [`TopOffenders::record`]).
     pub fn recorded(&self) -> u64 {
-        self.shards.iter().map(|shard| lock(shard).2).sum()
+        self.shards.iter().map(|shard| lock(shard).recorded).sum()
     }
 
     /// This instance's largest counts of `window` as it stands at `now`:
-    /// the window's index and the [`PUBLISHED`] largest subjects of `kind`,
-    /// summed over the shards.
-    pub fn snapshot(&self, window: Window, kind: Kind, now: u64) -> (u64, Vec<(Entry, u64)>) {
+    /// the window's index and its [`PUBLISHED`] largest subjects by
+    /// requests and by denials, summed over the shards. The shards are
+    /// held while they are summed, by reference: only what is published is
+    /// cloned.
+    pub fn snapshot(&self, window: Window, now: u64) -> Snapshot {
         let index = window.index(now);
-        let mut sum = Counts::default();
-        for shard in &self.shards {
-            let shard = lock(shard);
-            let slot = match window {
-                Window::Minute => &shard.0,
-                Window::Hour => &shard.1,
-            };
-            if slot.index != index {
-                continue;
-            }
-            for (subject, (requests, denied)) in &slot.counts.map {
-                let total = sum.map.entry(subject.clone()).or_default();
+        let shards: Vec<_> = self.shards.iter().map(lock).collect();
+        let parts: Vec<&Counts> = shards
+            .iter()
+            .flat_map(|s| s.counts(window, index))
+            .collect();
+        let mut sum: HashMap<&Entry, (u64, u64), foldhash::fast::RandomState> = HashMap::default();
+        if let [one] = parts[..] {
+            let each = || one.map.iter().map(|(e, c)| (e, *c));
+            return (
+                index,
+                largest(each(), Kind::Requests, PUBLISHED),
+                largest(each(), Kind::Denied, PUBLISHED),
+            );
+        }
+        for part in parts {
+            for (subject, (requests, denied)) in &part.map {
+                let total = sum.entry(subject).or_default();
                 total.0 += requests;
                 total.1 += denied;
             }
         }
-        (index, sum.top(kind, PUBLISHED))
+        let each = || sum.iter().map(|(e, c)| (*e, *c));
+        (
+            index,
+            largest(each(), Kind::Requests, PUBLISHED),
+            largest(each(), Kind::Denied, PUBLISHED),
+        )
     }
 }
+
+/// A window's index, and its largest subjects by requests and by denials.
+pub type Snapshot = (u64, Vec<(Entry, u64)>, Vec<(Entry, u64)>);
 
 fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(|e| e.into_inner())
@@ -296,7 +366,7 @@ pub fn merge(parts: impl IntoIterator<Item = Vec<(Entry, u64)>>, n: usize) -> Ve
             sum.map.entry(subject).or_default().0 += count;
         }
     }
-    sum.top(Kind::Requests, n)
+    largest(sum.map.iter().map(|(e, c)| (e, *c)), Kind::Requests, n)
 }
 
 #[cfg(test)]
@@ -305,6 +375,15 @@ mod tests {
 
     fn subject(id: &str) -> Entry {
         ("user".into(), id.to_owned())
+    }
+
+    /// The published largest of `kind` in `window` at `now`.
+    fn top_of(top: &TopOffenders, window: Window, kind: Kind, now: u64) -> Vec<(Entry, u64)> {
+        let (_, requests, denied) = top.snapshot(window, now);
+        match kind {
+            Kind::Requests => requests,
+            Kind::Denied => denied,
+        }
     }
 
     #[test]
@@ -318,16 +397,16 @@ mod tests {
                 top.record(std::iter::once(&heavy), true, now);
             }
         }
-        let (_, requests) = top.snapshot(Window::Minute, Kind::Requests, now);
+        let requests = top_of(&top, Window::Minute, Kind::Requests, now);
         assert_eq!(requests[0], (heavy.clone(), 2000));
-        let (_, denied) = top.snapshot(Window::Hour, Kind::Denied, now);
+        let denied = top_of(&top, Window::Hour, Kind::Denied, now);
         assert_eq!(denied, vec![(heavy, 2000)]);
         // Bounded: never more than twice the capacity (one thread: one
         // shard).
         assert!(top
             .shards
             .iter()
-            .all(|s| s.lock().unwrap().0.counts.map.len() < 2 * CAPACITY));
+            .all(|s| s.lock().unwrap().minute.counts.map.len() < 2 * CAPACITY));
     }
 
     /// Regression (issue 19, item 9): 24 KB subjects were kept and
@@ -338,7 +417,7 @@ mod tests {
         let huge = subject(&"é".repeat(12_000));
         top.record(std::iter::once(&huge), true, 5);
         top.record(std::iter::once(&huge), true, 5);
-        let (_, denied) = top.snapshot(Window::Minute, Kind::Denied, 5);
+        let denied = top_of(&top, Window::Minute, Kind::Denied, 5);
         assert_eq!(denied.len(), 1);
         let ((key, value), count) = &denied[0];
         assert_eq!((key.as_ref(), *count), ("user", 2));
@@ -355,14 +434,59 @@ mod tests {
     fn windows_roll_over() {
         let top = TopOffenders::default();
         top.record(std::iter::once(&subject("a")), true, 59);
-        assert_eq!(top.snapshot(Window::Minute, Kind::Denied, 59).1.len(), 1);
-        assert!(top.snapshot(Window::Minute, Kind::Denied, 60).1.is_empty());
-        assert_eq!(top.snapshot(Window::Hour, Kind::Denied, 60).1.len(), 1);
+        assert_eq!(top_of(&top, Window::Minute, Kind::Denied, 59).len(), 1);
+        assert!(top_of(&top, Window::Minute, Kind::Denied, 60).is_empty());
+        assert_eq!(top_of(&top, Window::Hour, Kind::Denied, 60).len(), 1);
         top.record(std::iter::once(&subject("b")), false, 61);
         assert_eq!(
-            top.snapshot(Window::Minute, Kind::Requests, 61).1,
+            top_of(&top, Window::Minute, Kind::Requests, 61),
             vec![(subject("b"), 1)]
         );
+    }
+
+    /// A minute's counts go into its hour when the next minute begins (a
+    /// request updates one map), and an hour's go with it.
+    #[test]
+    fn the_hour_is_its_minutes() {
+        let top = TopOffenders::default();
+        let hour = 3600 * 10;
+        top.record(std::iter::once(&subject("a")), true, hour + 5);
+        top.record(std::iter::once(&subject("a")), false, hour + 65);
+        top.record(std::iter::once(&subject("b")), true, hour + 65);
+        // The first minute is folded, the second is still the minute's.
+        assert_eq!(
+            top_of(&top, Window::Minute, Kind::Requests, hour + 65).len(),
+            2
+        );
+        assert_eq!(
+            top_of(&top, Window::Hour, Kind::Requests, hour + 65),
+            vec![(subject("a"), 2), (subject("b"), 1)]
+        );
+        // Read later in the hour, before any request folds the minute.
+        assert_eq!(
+            top_of(&top, Window::Hour, Kind::Denied, hour + 3000),
+            vec![(subject("a"), 1), (subject("b"), 1)]
+        );
+        assert!(top_of(&top, Window::Minute, Kind::Denied, hour + 3000).is_empty());
+        // The next hour starts empty, and its first minute drops the last
+        // hour's.
+        assert!(top_of(&top, Window::Hour, Kind::Requests, hour + 3600).is_empty());
+        top.record(std::iter::once(&subject("c")), false, hour + 3601);
+        assert_eq!(
+            top_of(&top, Window::Hour, Kind::Requests, hour + 3601),
+            vec![(subject("c"), 1)]
+        );
+        // Folding is bounded as counting is: a flood spread over minutes.
+        for minute in 0..5 {
+            for i in 0..3000 {
+                let s = subject(&format!("once-{minute}-{i}"));
+                top.record(std::iter::once(&s), false, hour + 3600 + 60 * minute);
+            }
+        }
+        assert!(top
+            .shards
+            .iter()
+            .all(|s| s.lock().unwrap().hour.counts.map.len() < 2 * CAPACITY));
     }
 
     #[test]
@@ -383,10 +507,10 @@ mod tests {
             thread.join().unwrap();
         }
         assert_eq!(top.recorded(), 404);
-        let (_, requests) = top.snapshot(Window::Hour, Kind::Requests, 7);
+        let requests = top_of(&top, Window::Hour, Kind::Requests, 7);
         assert_eq!(requests[0], (subject("shared"), 400));
         assert_eq!(requests.len(), 5);
-        let (_, denied) = top.snapshot(Window::Minute, Kind::Denied, 7);
+        let denied = top_of(&top, Window::Minute, Kind::Denied, 7);
         assert_eq!(denied[0], (subject("shared"), 100));
         assert_eq!(denied.iter().map(|(_, n)| n).sum::<u64>(), 104);
     }
