@@ -47,19 +47,20 @@ ARGV, per check, in order:
 Reply, an array of integers:
   now       the Redis server's clock (ms since the epoch) if a check used
             it, else 0 (every check's decision used its own `now`)
-  then four per policy of every check, in order:
-     code         1 if this policy allowed, + 2 if its check is allowed
-                  (every enforced policy allowed, and the policies that
-                  allowed were charged; else nothing was charged), + 4 x
-                  expired (concurrency: leases found expired without
-                  release; else 0)
-     remaining
+  then, per policy of every check, in order, two to four:
+     word         code + 16 x remaining (whole units, 0 to 2^32 - 1), where
+                  code is the sum of: 1 if this policy allowed; 2 if its
+                  check is allowed (every enforced policy allowed, and the
+                  policies that allowed were charged; else nothing was
+                  charged); 4 if retry_after follows; 8 if expired follows
      reset        ms until full again
-     retry_after  ms until this policy would allow; 0 if it does
-  When a check is denied, `remaining` of the policies that would have
-  allowed it is their level before the (uncharged) request. The caller
-  knows each policy's limit and each check's `now` it passed: they are not
-  repeated (every value costs Redis a conversion and the client a parse).
+     retry_after  ms until this policy would allow, if not 0
+     expired      concurrency: leases found expired without release, if any
+  Most policies allow, so most take two integers: every value costs Redis
+  a conversion and the client a parse. When a check is denied, `remaining`
+  of the policies that would have allowed it is their level before the
+  (uncharged) request. The caller knows each policy's limit and each
+  check's `now` it passed: they are not repeated.
 
 Cost in Redis: one MGET for every key of the call, one SET per charged
 counter, one TIME per call; the script body itself runs once per call, so
@@ -124,6 +125,35 @@ end
 
 local server_now
 local reply, r = {0}, 1
+
+-- Appends one policy's part of the reply (see above).
+local function put(allowed, check_allowed, remaining, reset, retry, expired)
+  local code = (allowed and 1 or 0) + (check_allowed and 2 or 0)
+  if retry > 0 then
+    code = code + 4
+  end
+  if expired and expired > 0 then
+    code = code + 8
+  end
+  remaining = math.floor(remaining)
+  if remaining < 0 then
+    remaining = 0
+  elseif remaining > 4294967295 then
+    remaining = 4294967295
+  end
+  reply[r + 1] = code + 16 * remaining
+  reply[r + 2] = reset
+  r = r + 2
+  if retry > 0 then
+    r = r + 1
+    reply[r] = retry
+  end
+  if expired and expired > 0 then
+    r = r + 1
+    reply[r] = expired
+  end
+end
+
 local a, k = 1, 0 -- the next ARGV, the keys used so far
 local nargs = #ARGV
 -- Per policy of a check of several: what its module said (made on first
@@ -161,12 +191,7 @@ while a <= nargs do
     end
     settle(key, (cost < 0 and value ~= nil) or ((allowed or debit) and cost > 0 and value ~= nil),
       value, ttl, px, algorithm, now)
-    reply[r + 1] = (allowed and 1 or 0) + ((allowed or flags % 2 == 1) and 2 or 0)
-      + 4 * (expired or 0)
-    reply[r + 2] = remaining
-    reply[r + 3] = reset
-    reply[r + 4] = retry
-    r = r + 4
+    put(allowed, allowed or flags % 2 == 1, remaining, reset, retry, expired)
     a = a + 6
     k = k + 1
   else
@@ -207,11 +232,7 @@ while a <= nargs do
       if allowed_[i] and not charged and cost > 0 then
         remaining = remaining + cost -- nothing was taken
       end
-      reply[r + 1] = (allowed_[i] and 1 or 0) + (all_allowed and 2 or 0) + 4 * (expired_[i] or 0)
-      reply[r + 2] = remaining
-      reply[r + 3] = reset_[i]
-      reply[r + 4] = retry_[i]
-      r = r + 4
+      put(allowed_[i], all_allowed, remaining, reset_[i], retry_[i], expired_[i])
     end
     k = k + n
   end

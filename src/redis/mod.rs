@@ -349,24 +349,24 @@ impl RedisStore {
                 scripts::evalsha(&mut conn, &scripts::CHECK, cmd, &metrics.script_reloads).await
             })
             .await?;
-        let expected = 1 + 4 * nkeys;
-        if reply.len() != expected {
+        let Some((server_now, mut rest)) = reply.split_first() else {
+            return Err(StoreError::Script("check.lua returned nothing".into()));
+        };
+        // The server's clock, for the checks that passed none.
+        let server_now = non_negative(*server_now);
+        let replies = checks
+            .iter()
+            .map(|(policies, now_ms)| {
+                parse_reply(&mut rest, policies, now_ms.unwrap_or(server_now))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if !rest.is_empty() {
             return Err(StoreError::Script(format!(
-                "check.lua returned {} values for {} checks of {nkeys} policies, expected {expected}",
-                reply.len(),
+                "check.lua returned {} values more than {} checks of {nkeys} policies take",
+                rest.len(),
                 checks.len()
             )));
         }
-        // The server's clock, for the checks that passed none.
-        let server_now = non_negative(reply[0]);
-        let mut rest = &reply[1..];
-        checks
-            .iter()
-            .map(|(policies, now_ms)| {
-                let (this, next) = rest.split_at(4 * policies.len());
-                rest = next;
-                parse_reply(this, policies, now_ms.unwrap_or(server_now))
-            })
-            .collect()
+        Ok(replies)
     }
 }

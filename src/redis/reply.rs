@@ -7,35 +7,59 @@ use redis::RedisError;
 use super::{pool, ScriptPolicy};
 use crate::limiter::{Quota, StoreError, StoreReply};
 
-/// One check's part of a check.lua reply: four values per policy (code,
-/// remaining, reset, retry_after; see the script), read with the limits
-/// the check passed and the clock its decision used.
+/// One check's part of a check.lua reply, read off the front of `rest`:
+/// per policy a word (code + 16 x remaining) and `reset`, then
+/// `retry_after` and the expired leases when the code says they follow
+/// (see the script); read with the limits the check passed and the clock
+/// its decision used.
 pub(super) fn parse_reply(
-    reply: &[i64],
+    rest: &mut &[i64],
     policies: &[ScriptPolicy],
     now_ms: u64,
 ) -> Result<StoreReply, StoreError> {
-    if reply.len() != 4 * policies.len() {
-        return Err(StoreError::Script(format!(
-            "check.lua returned {} values for {} policies, expected {}",
-            reply.len(),
-            policies.len(),
-            4 * policies.len()
-        )));
+    let mut quotas = Vec::with_capacity(policies.len());
+    let mut expired = Vec::with_capacity(policies.len());
+    // A check's code says whether the check is allowed (the same in each
+    // of its policies); a check of no policies is.
+    let mut allowed = true;
+    for (i, policy) in policies.iter().enumerate() {
+        let short = || {
+            StoreError::Script(format!(
+                "check.lua's reply ends within policy {} of {}",
+                i + 1,
+                policies.len()
+            ))
+        };
+        let [word, reset, tail @ ..] = *rest else {
+            return Err(short());
+        };
+        let word = non_negative(*word);
+        let (code, remaining) = (word & 15, word >> 4);
+        let (retry_after, tail) = match (code & 4 != 0, tail) {
+            (true, [retry, tail @ ..]) => (*retry, tail),
+            (true, []) => return Err(short()),
+            (false, tail) => (0, tail),
+        };
+        let (leases, tail) = match (code & 8 != 0, tail) {
+            (true, [n, tail @ ..]) => (non_negative(*n), tail),
+            (true, []) => return Err(short()),
+            (false, tail) => (0, tail),
+        };
+        *rest = tail;
+        if i == 0 {
+            allowed = code & 2 == 2;
+        }
+        let remaining = remaining.min(u64::from(u32::MAX)) as i64;
+        quotas.push(quota(
+            code & 1 == 1,
+            policy.limit,
+            [remaining, *reset, retry_after],
+            now_ms,
+        ));
+        expired.push(leases.min(u64::from(u32::MAX)) as u32);
     }
-    let codes = || reply.chunks_exact(4).map(|q| non_negative(q[0]));
-    let expired = codes()
-        .map(|code| (code >> 2).min(u64::from(u32::MAX)) as u32)
-        .collect();
-    let quotas = reply
-        .chunks_exact(4)
-        .zip(policies)
-        .map(|(q, p)| quota(q[0] & 1 == 1, p.limit, [q[1], q[2], q[3]], now_ms))
-        .collect();
     Ok(StoreReply {
-        // A check's code says whether the check is allowed (the same in
-        // each of its policies); a check of no policies is.
-        allowed: codes().next().is_none_or(|code| code & 2 == 2),
+        allowed,
         quotas,
         expired,
     })
@@ -91,5 +115,54 @@ pub(super) fn map_error(err: &RedisError) -> StoreError {
         StoreError::Connection(err.to_string())
     } else {
         StoreError::Other(err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(limit: u32) -> ScriptPolicy {
+        ScriptPolicy {
+            key: "k".into(),
+            algorithm: "fixed_window",
+            limit,
+            window_ms: 1000,
+            cost: 1,
+            shadow: false,
+            debit: false,
+            lease: String::new(),
+        }
+    }
+
+    /// Two integers for a policy that allows, more when `retry_after` or
+    /// expired leases follow; each check reads its own part off the front.
+    #[test]
+    fn replies_are_read_policy_by_policy() {
+        let policies = [policy(10), policy(5)];
+        // Check 1: allowed (7 left, reset 900); denied by the second
+        // policy (retry 300, 2 leases expired). Check 2 follows.
+        let reply = [1 + 16 * 7, 900, 4 + 8, 400, 300, 2, 3 + 16 * 9, 100];
+        let mut rest = &reply[..];
+        let first = parse_reply(&mut rest, &policies, 5).unwrap();
+        assert!(!first.allowed);
+        assert_eq!(first.expired, vec![0, 2]);
+        let q = &first.quotas;
+        assert!(q[0].allowed && !q[1].allowed);
+        assert_eq!((q[0].remaining, q[0].reset.as_millis()), (7, 900));
+        assert_eq!((q[1].remaining, q[1].retry_after.as_millis()), (0, 300));
+        let second = parse_reply(&mut rest, &policies[..1], 5).unwrap();
+        assert!(second.allowed);
+        assert_eq!(second.quotas[0].remaining, 9);
+        assert!(rest.is_empty());
+    }
+
+    #[test]
+    fn a_short_reply_is_a_script_error() {
+        for reply in [&[3][..], &[3 + 4, 10], &[3 + 8, 10], &[3 + 4 + 8, 10, 5]] {
+            let mut rest = reply;
+            let err = parse_reply(&mut rest, &[policy(1)], 0).unwrap_err();
+            assert!(matches!(err, StoreError::Script(_)), "{reply:?}: {err:?}");
+        }
     }
 }
