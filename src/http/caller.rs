@@ -9,6 +9,7 @@ use actix_web::HttpRequest;
 use crate::identity::{Caller, Identifier, IdentityError, RequestParts};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Identifies the caller of `req`: its identity and its client IP.
 pub fn identify(req: &HttpRequest, identifier: &Identifier) -> Result<Caller, IdentityError> {
@@ -27,7 +28,14 @@ pub fn identify(req: &HttpRequest, identifier: &Identifier) -> Result<Caller, Id
 /// The raw API key: the configured header's value or, when that header is
 /// `Authorization`, the token of its `Bearer` scheme (any case).
 fn api_key<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    let value = headers.get(name)?.as_bytes();
+    // A name looked up as a string is made into a header name first, and
+    // one that is not a standard header is allocated: the default's is
+    // made once.
+    let value = match name {
+        "x-api-key" => headers.get(&X_API_KEY),
+        name => headers.get(name),
+    }?
+    .as_bytes();
     if !name.eq_ignore_ascii_case("authorization") {
         return Some(value);
     }

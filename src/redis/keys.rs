@@ -32,17 +32,22 @@ pub fn counter_key(subject: &Entry, policy: &Policy) -> String {
         }
     }
     let window_ms = policy.window().as_millis();
-    let window = if window_ms.is_multiple_of(1000) {
-        (window_ms / 1000).to_string()
-    } else {
-        format!("{window_ms}ms")
-    };
-    let mut key = format!(
-        "rate:{{{}:{}}}:{}",
-        utf8_percent_encode(&subject.0, KEY_SAFE),
-        utf8_percent_encode(&subject.1, KEY_SAFE),
-        window
+    let (subject_key, subject_value) = subject;
+    let mut key = String::with_capacity(
+        16 + subject_key.len() + subject_value.len() + policy.name().len() + 32,
     );
+    key.push_str("rate:{");
+    key.extend(utf8_percent_encode(subject_key, KEY_SAFE));
+    key.push(':');
+    key.extend(utf8_percent_encode(subject_value, KEY_SAFE));
+    key.push_str("}:");
+    let mut digits = itoa::Buffer::new();
+    if window_ms.is_multiple_of(1000) {
+        key.push_str(digits.format(window_ms / 1000));
+    } else {
+        key.push_str(digits.format(window_ms));
+        key.push_str("ms");
+    }
     let builtin = policy.algorithm() == Algorithm::FixedWindow && policy.name() == subject.0;
     if !builtin {
         key.push(':');

@@ -69,14 +69,18 @@ pub struct ScriptPolicy {
 
 static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(0);
 
+/// A map by store id: ids are ours (a counter), never a client's, so a
+/// plain fast hash serves (the queue's map is read on every check).
+type ById<T> = HashMap<u64, T, foldhash::fast::FixedState>;
+
 thread_local! {
     /// This thread's pool of each store, by store id.
-    static THREAD_POOLS: RefCell<HashMap<u64, bb8::Pool<Manager>>> = RefCell::new(HashMap::new());
+    static THREAD_POOLS: RefCell<ById<bb8::Pool<Manager>>> = RefCell::default();
     /// The connection this thread uses of each store (out of its pool), by
     /// store id.
-    static THREAD_HELD: RefCell<HashMap<u64, pool::Connection>> = RefCell::new(HashMap::new());
+    static THREAD_HELD: RefCell<ById<pool::Connection>> = RefCell::default();
     /// This thread's checks waiting for a call, by store id.
-    static THREAD_QUEUES: RefCell<HashMap<u64, Arc<Queue>>> = RefCell::new(HashMap::new());
+    static THREAD_QUEUES: RefCell<ById<Arc<Queue>>> = RefCell::default();
 }
 
 /// Connecting may take longer than a command: it is not on a request's path
