@@ -2,6 +2,10 @@
 # The benchmark: starts its own Redis and two instances of the release
 # build, then measures in ONE run, interleaved, each case ROUNDS times:
 #   livez         GET /livez: the ceiling of this binary on this machine
+#   livez-same    GET /livez from the client of the POST cases: wrk running
+#                 the same Lua request() per request (random_keys.lua, GET=1),
+#                 whose CPU shares the two cores with the service (about 3
+#                 us per request more than plain wrk's)
 #   allowed-1     POST /api/resource, one key, always allowed
 #   allowed-10k   POST /api/resource, 10,000 keys, always allowed
 #   allowed-1call the same on an instance with REDIS_BATCH_MAX=1: one script
@@ -29,8 +33,11 @@
 # Every POST carries a JSON body (scripts/wrk/random_keys.lua). Prints per
 # case (the median round): req/s, p50, p99, errors, the CPU time per request
 # of the service and of Redis (user + system time of each process, read from
-# /proc around the run, divided by the requests served), and as ratios to
-# /livez at the same connection count: throughput and service CPU.
+# /proc around the run, divided by the requests served) and of the load
+# client (from `time`), and as ratios to /livez at the same connection
+# count: throughput and service CPU; and throughput as a ratio to
+# livez-same (when it ran), where the client does the same work per
+# request as in the POST cases.
 # Then a fleet: FLEET instances (default 3, one worker each) with a wrk each,
 # all at once against the one Redis, for decisions per second per Redis
 # core. Then the same allowed traffic through Sentinel and Cluster topologies,
@@ -187,11 +194,12 @@ curl -fsSk "https://127.0.0.1:$https_port/livez" >/dev/null || { cat "$work/tls.
 KEYS=1000 KEY_PREFIX=abuser ORDER=sequential wrk -t1 -c1 -d2s -s scripts/wrk/random_keys.lua \
   "http://127.0.0.1:$deny_port/api/resource" >/dev/null
 
-# run CASE CONNECTIONS -> "rps p50 p99 errors service-us/req redis-us/req"
+# run CASE CONNECTIONS -> "rps p50 p99 errors client-us/req service-us/req redis-us/req"
 run() {
   local case=$1 conns=$2 url="" env=() service=allow redis=$redis_pid
   case $case in
     livez)       url="http://127.0.0.1:$allow_port/livez" ;;
+    livez-same)  url="http://127.0.0.1:$allow_port/livez"; env=(KEYS=10000 GET=1) ;;
     allowed-1)   url="http://127.0.0.1:$allow_port/api/resource"; env=(KEYS=1) ;;
     allowed-10k) url="http://127.0.0.1:$allow_port/api/resource"; env=(KEYS=10000) ;;
     allowed-1call) url="http://127.0.0.1:$one_call_port/api/resource"; env=(KEYS=10000); service=one-call ;;
@@ -225,9 +233,9 @@ run() {
 # a descriptor's field 1 entries; an entry's 1 key and 2 value).
 printf '\x00\x00\x00\x00\x1a\x0a\x05bench\x12\x11\x0a\x0f\x0a\x04user\x12\x07bench-1' >"$work/rls-frame"
 
-# h2load_grpc CALLS-IN-FLIGHT -> "rps p50 p99 errors", and the client's CPU
-# per call on stderr. 16 streams per connection; p50/p99 from its log of
-# every call (microseconds).
+# h2load_grpc CALLS-IN-FLIGHT -> "rps p50 p99 errors client-us/call". 16
+# streams per connection; p50/p99 from its log of every call
+# (microseconds).
 h2load_grpc() {
   local inflight=$1 conns out cpu
   conns=$(( (inflight + 15) / 16 ))
@@ -243,16 +251,28 @@ h2load_grpc() {
   failed=$(awk '/^requests:/ {print $10 + $12 + $14}' <<<"$out")
   read -r p50 p99 <<<"$(awk '{print $3}' "$work/h2load.calls" | sort -n |
     awk '{a[NR]=$1} END {if (NR) printf "%.2fms %.2fms", a[int(NR*0.5)+1]/1000, a[int(NR*0.99)+1]/1000}')"
-  awk -v c="$cpu" -v n="${done_:-0}" 'BEGIN {split(c, t, " "); if (n > 0) printf "    (h2load: %.1f us of CPU per call)\n", (t[1] + t[2]) * 1e6 / n}' >&2
-  echo "${rps:-0} ${p50:-?} ${p99:-?} ${failed:-0}"
+  echo "${rps:-0} ${p50:-?} ${p99:-?} ${failed:-0} $(per_request "$cpu" "${done_:-0}")"
 }
 
-# measure CASE CONNECTIONS URL env... -> "rps p50 p99 errors"
+# per_request "USER SYSTEM" N -> us of CPU per request (0 without requests)
+per_request() { awk -v c="$1" -v n="$2" 'BEGIN {split(c, t, " "); printf "%.1f", (n > 0 ? (t[1] + t[2]) * 1e6 / n : 0)}'; }
+
+# rls_bench PORT CONNECTIONS env... -> "rps p50 p99 errors client-us/call"
+rls_bench() {
+  local port=$1 conns=$2 out; shift 2
+  out=$( { TIMEFORMAT='%U %S'; time env "$@" ./target/release/examples/rls_bench "127.0.0.1:$port" \
+    "$conns" "$duration" 10000 bench; } 2>&1)
+  local line rps
+  line=$(head -1 <<<"$out"); read -r rps _ <<<"$line"
+  echo "$line $(per_request "$(tail -1 <<<"$out")" "$(awk -v r="$rps" -v d="${duration%s}" 'BEGIN {print r * d}')")"
+}
+
+# measure CASE CONNECTIONS URL env... -> "rps p50 p99 errors client-us/req"
 measure() {
   local case=$1 conns=$2 url=$3; shift 3
   local env=("$@")
   if [[ $case == grpc ]]; then
-    ./target/release/examples/rls_bench "127.0.0.1:$grpc_port" "$conns" "$duration" 10000 bench
+    rls_bench "$grpc_port" "$conns"
     return
   fi
   if [[ $case == grpc-h2load ]]; then
@@ -260,14 +280,14 @@ measure() {
     return
   fi
   if [[ $case == grpc-tls ]]; then
-    RLS_BENCH_CA="$work/ca.pem" ./target/release/examples/rls_bench "127.0.0.1:$grpc_tls_port" \
-      "$conns" "$duration" 10000 bench
+    rls_bench "$grpc_tls_port" "$conns" RLS_BENCH_CA="$work/ca.pem"
     return
   fi
   local script=()
   [[ $case != livez ]] && script=(-s scripts/wrk/random_keys.lua)
   local out
-  out=$(env "${env[@]}" wrk -t"$threads" -c"$conns" -d"$duration" --latency --timeout 10s "${script[@]}" "$url" 2>&1)
+  out=$( { TIMEFORMAT='%U %S'; time env "${env[@]}" wrk -t"$threads" -c"$conns" -d"$duration" --latency \
+    --timeout 10s "${script[@]}" "$url"; } 2>&1)
   local rps p50 p99 sock non2xx total errors
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out")
@@ -282,7 +302,7 @@ measure() {
   else
     errors=$((errors + ${non2xx:-0}))
   fi
-  echo "${rps:-0} ${p50:-?} ${p99:-?} $errors"
+  echo "${rps:-0} ${p50:-?} ${p99:-?} $errors $(per_request "$(tail -1 <<<"$out")" "${total:-0}")"
 }
 
 # The median round of a case, by throughput.
@@ -290,7 +310,7 @@ median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} E
 
 if [[ ${TOPOLOGIES:-1} != only && ${HOTKEY:-1} != only ]]; then
 declare -A results
-cases=(livez allowed-1 allowed-10k allowed-1call allowed-rtls allowed-https denied denied-body forward-auth via-nginx grpc grpc-h2load grpc-tls via-envoy)
+cases=(livez livez-same allowed-1 allowed-10k allowed-1call allowed-rtls allowed-https denied denied-body forward-auth via-nginx grpc grpc-h2load grpc-tls via-envoy)
 # CASES="livez allowed-10k grpc" runs only those (and skips the 10,000
 # connections part).
 [[ -n ${CASES:-} ]] && read -ra cases <<<"$CASES"
@@ -307,15 +327,17 @@ done
 
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t$threads, $duration per run, median of $rounds rounds"
-echo "CPU columns: us of CPU per request of the serving instance (svc) and of Redis; the x-livez columns: throughput and svc CPU as ratios to /livez"
-printf '%-13s %5s %8s %9s %9s %6s %7s %7s %7s %7s\n' case conns req/s p50 p99 errors "svc us" "redis us" "x livez" "cpu x"
+echo "CPU columns: us of CPU per request of the serving instance (svc), of Redis and of the load client; x livez: throughput and svc CPU as ratios to /livez; x same: throughput as a ratio to livez-same"
+printf '%-13s %5s %8s %9s %9s %6s %7s %7s %7s %7s %7s %7s\n' case conns req/s p50 p99 errors "svc us" "redis us" "client" "x livez" "cpu x" "x same"
 for conns in 64 1000; do
-  read -r base _ _ _ base_cpu _ <<<"$(median "${results[livez,$conns]}")"
+  read -r base _ _ _ _ base_cpu _ <<<"$(median "${results[livez,$conns]}")"
+  read -r same _ <<<"$(median "${results[livez-same,$conns]:-}")"
   for case in "${cases[@]}"; do
-    read -r rps p50 p99 errors svc redis <<<"$(median "${results[$case,$conns]}")"
+    read -r rps p50 p99 errors client svc redis <<<"$(median "${results[$case,$conns]}")"
     awk -v c="$case" -v n="$conns" -v r="$rps" -v a="$p50" -v b="$p99" -v e="$errors" -v s="$svc" -v d="$redis" \
-      -v base="$base" -v bc="$base_cpu" 'BEGIN {printf "%-13s %5s %8.0f %9s %9s %6s %7.1f %7.1f %7.2f %7.2f\n",
-        c, n, r, a, b, e, s, d, (base > 0 ? r / base : 0), (bc > 0 ? s / bc : 0)}'
+      -v k="$client" -v base="$base" -v bc="$base_cpu" -v same="${same:-0}" \
+      'BEGIN {printf "%-13s %5s %8.0f %9s %9s %6s %7.1f %7.1f %7.1f %7.2f %7.2f %7.2f\n",
+        c, n, r, a, b, e, s, d, k, (base > 0 ? r / base : 0), (bc > 0 ? s / bc : 0), (same > 0 ? r / same : 0)}'
   done
 done
 

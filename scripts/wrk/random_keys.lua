@@ -14,6 +14,9 @@ local body = os.getenv("BODY")
 -- FORWARD=1: ask forward-auth about POST /v1/orders/<n> instead (a gateway's
 -- question), with the key of the original request.
 local forward = os.getenv("FORWARD") == "1"
+-- GET=1: the same work per request, sent as a GET without a body (for
+-- GET /livez with the client cost of the POST cases: bench.sh's livez-same).
+local get = os.getenv("GET") == "1"
 local counter = 0
 local thread_id = 0
 local next_id = 0
@@ -44,5 +47,9 @@ request = function()
     return wrk.format("GET", nil, headers)
   end
   headers["Content-Type"] = "application/json"
-  return wrk.format("POST", nil, headers, body or ('{"item": "sku-' .. n .. '", "quantity": 1}'))
+  local payload = body or ('{"item": "sku-' .. n .. '", "quantity": 1}')
+  if get then
+    return wrk.format("GET", nil, headers)
+  end
+  return wrk.format("POST", nil, headers, payload)
 end
