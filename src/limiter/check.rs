@@ -169,7 +169,10 @@ impl<S: Store> Limiter<S> {
         let counters = Self::counters(request, &items, true);
         let sliced = !refunds && counters.iter().any(|c| c.policy.slices() && c.cost > 0);
         let result = if sliced {
-            self.check_sliced(&counters).await
+            // Boxed: its future is about 3 KB (slice takes through the
+            // breaker), and inline it would make every request's future,
+            // boxed and moved at each middleware, that large.
+            Box::pin(self.check_sliced(&counters)).await
         } else {
             self.guarded(&counters).await
         };

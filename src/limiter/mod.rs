@@ -155,20 +155,23 @@ impl<S: Store> Limiter<S> {
     /// Asks the store through the circuit breaker: while it is open the
     /// answer is `CircuitOpen` at once, and one call in each cool-down
     /// probes the store. The permit is dropped with this future, so a probe
-    /// cancelled mid-call frees its slot.
+    /// cancelled mid-call frees its slot. (Written out rather than through
+    /// [`Limiter::through_breaker`]: a future passed by value is held
+    /// twice in the caller's state, and every request's future, boxed by
+    /// each middleware, would carry both copies of the store call.)
     async fn guarded(&self, counters: &[Counter<'_>]) -> Result<StoreReply, StoreError> {
-        self.through_breaker(async {
-            // A traced request notes the time it waits for the store.
-            if crate::traces::traced() {
-                let (wall, started) = (SystemTime::now(), std::time::Instant::now());
-                let result = self.store.check(counters).await;
-                crate::traces::note_store_call(wall, started.elapsed());
-                result
-            } else {
-                self.store.check(counters).await
-            }
-        })
-        .await
+        let permit = self.admit()?;
+        // A traced request notes the time it waits for the store.
+        let result = if crate::traces::traced() {
+            let (wall, started) = (SystemTime::now(), std::time::Instant::now());
+            let result = self.store.check(counters).await;
+            crate::traces::note_store_call(wall, started.elapsed());
+            result
+        } else {
+            self.store.check(counters).await
+        };
+        settle(permit, &result);
+        result
     }
 
     /// `call` (a call of the store) through the circuit breaker.
@@ -176,6 +179,15 @@ impl<S: Store> Limiter<S> {
         &self,
         call: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        let permit = self.admit()?;
+        let result = call.await;
+        settle(permit, &result);
+        result
+    }
+
+    /// The breaker's permit for one store call, or `CircuitOpen` (counted)
+    /// while it is open.
+    fn admit(&self) -> Result<breaker::Permit<'_>, StoreError> {
         let permit = self.breaker.admit();
         if permit.admission() == breaker::Admission::Reject {
             self.metrics
@@ -184,15 +196,7 @@ impl<S: Store> Limiter<S> {
                 .inc();
             return Err(StoreError::CircuitOpen);
         }
-        let result = call.await;
-        match &result {
-            Ok(_) => permit.success(),
-            Err(StoreError::Timeout(_) | StoreError::Connection(_)) => permit.failure(),
-            // Says nothing about the store's health; the permit's drop
-            // releases a probe.
-            Err(_) => drop(permit),
-        }
-        result
+        Ok(permit)
     }
 
     pub fn failure_mode(&self) -> FailureMode {
@@ -284,5 +288,16 @@ impl<S: Store> Limiter<S> {
         self.rules
             .load()
             .resolve(request, |subject| self.dynamic_action(subject))
+    }
+}
+
+/// Tells the breaker how a store call went.
+fn settle<T>(permit: breaker::Permit<'_>, result: &Result<T, StoreError>) {
+    match result {
+        Ok(_) => permit.success(),
+        Err(StoreError::Timeout(_) | StoreError::Connection(_)) => permit.failure(),
+        // Says nothing about the store's health; the permit's drop
+        // releases a probe.
+        Err(_) => drop(permit),
     }
 }
