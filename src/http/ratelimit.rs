@@ -325,3 +325,40 @@ pub async fn verdict(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::body::BoxBody;
+    use actix_web::dev::ServiceRequest;
+    use actix_web::middleware::Next;
+
+    use crate::limiter::{CheckRequest, Limiter};
+    use crate::redis::RedisStore;
+
+    /// The size of what `f` returns.
+    fn returned_size<A, B, R>(_: impl FnOnce(A, B) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+
+    /// Every middleware boxes and moves the future of the layer inside it,
+    /// and a request waiting on Redis holds it: a store call through the
+    /// breaker, held twice, and the sliced check inline made the rate-limit
+    /// layer's 4.6 KB (BENCHMARKS.md, third round). A bound, not a timing.
+    #[test]
+    fn a_requests_futures_stay_small() {
+        fn check<'a>(
+            limiter: &'a Limiter<RedisStore>,
+            request: &'a CheckRequest,
+        ) -> impl std::future::Future + 'a {
+            limiter.check(request)
+        }
+        let rate_limit =
+            returned_size(|req: ServiceRequest, next: Next<BoxBody>| super::rate_limit(req, next));
+        let check = returned_size(check);
+        assert!(
+            rate_limit <= 2048,
+            "rate_limit's future: {rate_limit} bytes"
+        );
+        assert!(check <= 1536, "the check's future: {check} bytes");
+    }
+}
