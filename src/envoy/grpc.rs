@@ -40,9 +40,15 @@ impl RateLimitService for Rls {
         };
         let parent = tracing.parent(&crate::traces::MetadataExtractor(request.metadata()));
         let start = std::time::SystemTime::now();
-        let (result, store_time) =
-            crate::traces::timing_store(Rls::should_rate_limit(self, request.get_ref(), METHOD))
-                .await;
+        // Boxed: timing_store holds the call's future twice (taken by
+        // value), and inline it would make every call's future, traced or
+        // not, that much larger.
+        let (result, store_time) = Box::pin(crate::traces::timing_store(Rls::should_rate_limit(
+            self,
+            request.get_ref(),
+            METHOD,
+        )))
+        .await;
         let result = answer(result);
         let request = request.get_ref();
         let known = (self.state().limiter.rules().erl().domains).contains_key(&request.domain);
