@@ -8,7 +8,10 @@
 //! enough to matter stays (one seen more than `1 / CAPACITY` of the time
 //! is never pruned), memory stays bounded, and the work per request is one
 //! hash-map update (pruning, a partial sort, runs once per [`CAPACITY`] new
-//! subjects). Nothing of it is a metric label.
+//! subjects). A request updates the minute's count only; the hour's is made
+//! of its finished minutes, each added when the next begins, so what the
+//! hour keeps is what its minutes kept (a subject above `1 / CAPACITY` of
+//! each minute's requests). Nothing of it is a metric label.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
