@@ -22,7 +22,7 @@
 #   grpc-h2load   the same call for one descriptor from h2load (nghttp2), a
 #                 far lighter client: a prepared gRPC frame POSTed over
 #                 HTTP/2, 16 streams per connection (compare with allowed-1);
-#                 the client's own CPU per call is printed beside it
+#                 the client's own CPU per call is in the client column
 #   via-envoy     POST through a real Envoy (deploy/envoy/envoy.yaml, from
 #                 .venv-envoy) asking the gRPC service, to the nginx backend
 #   allowed-rtls  allowed-10k on an instance that reaches Redis over TLS (a
