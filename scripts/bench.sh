@@ -336,8 +336,9 @@ for conns in 64 1000; do
     read -r rps p50 p99 errors client svc redis <<<"$(median "${results[$case,$conns]}")"
     awk -v c="$case" -v n="$conns" -v r="$rps" -v a="$p50" -v b="$p99" -v e="$errors" -v s="$svc" -v d="$redis" \
       -v k="$client" -v base="$base" -v bc="$base_cpu" -v same="${same:-0}" \
-      'BEGIN {printf "%-13s %5s %8.0f %9s %9s %6s %7.1f %7.1f %7.1f %7.2f %7.2f %7.2f\n",
-        c, n, r, a, b, e, s, d, k, (base > 0 ? r / base : 0), (bc > 0 ? s / bc : 0), (same > 0 ? r / same : 0)}'
+      'BEGIN {printf "%-13s %5s %8.0f %9s %9s %6s %7.1f %7.1f %7.1f %7.2f %7.2f %7s\n",
+        c, n, r, a, b, e, s, d, k, (base > 0 ? r / base : 0), (bc > 0 ? s / bc : 0),
+        (same > 0 ? sprintf("%.2f", r / same) : "-")}'
   done
 done
 
