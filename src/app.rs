@@ -15,6 +15,8 @@ pub type AppLimiter = Limiter<RedisStore>;
 pub struct AppState {
     pub limiter: AppLimiter,
     pub identifier: Identifier,
+    /// The header that carries API keys (API_KEY_HEADER).
+    pub api_key_header: actix_web::http::header::HeaderName,
     pub environment: String,
     pub log_format: LogFormat,
     /// `/admin` exists only when this is set.

@@ -38,7 +38,7 @@ pub enum StartupError {
     #[error(transparent)]
     Tracing(#[from] crate::traces::TracingError),
     #[error("invalid setting {setting}: {problem}")]
-    Tls {
+    Setting {
         setting: &'static str,
         problem: String,
     },
@@ -62,7 +62,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
         crate::tls::install_crypto_provider();
-        let tls_error = |(setting, problem)| StartupError::Tls { setting, problem };
+        let tls_error = |(setting, problem)| StartupError::Setting { setting, problem };
         // The listeners' certificates, checked before anything starts.
         let http_tls = settings
             .http_tls
@@ -157,8 +157,15 @@ impl Application {
             settings.trusted_proxies.clone(),
             settings.max_api_key_length,
             settings.forwarded_header,
-        )
-        .with_api_key_header(&settings.api_key_header);
+        );
+        // Parsed once: a name looked up as a string is parsed (and, not
+        // being a standard header, allocated) on every request.
+        let api_key_header =
+            actix_web::http::header::HeaderName::from_bytes(settings.api_key_header.as_bytes())
+                .map_err(|err| StartupError::Setting {
+                    setting: "API_KEY_HEADER",
+                    problem: err.to_string(),
+                })?;
         if let Some(jwt) = &settings.jwt {
             identifier = identifier.with_jwt(JwtVerifier::new(jwt.clone())?);
         }
@@ -177,6 +184,7 @@ impl Application {
         let state = web::Data::new(AppState {
             limiter,
             identifier,
+            api_key_header,
             environment: settings.environment.clone(),
             log_format: settings.log_format,
             admin_token: settings.admin_token.clone(),

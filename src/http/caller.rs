@@ -6,19 +6,19 @@
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::HttpRequest;
 
-use crate::identity::{Caller, Identifier, IdentityError, RequestParts};
+use crate::app::AppState;
+use crate::identity::{Caller, IdentityError, RequestParts};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 /// Identifies the caller of `req`: its identity and its client IP.
-pub fn identify(req: &HttpRequest, identifier: &Identifier) -> Result<Caller, IdentityError> {
+pub fn identify(req: &HttpRequest, state: &AppState) -> Result<Caller, IdentityError> {
     let headers = req.headers();
     let xff: Vec<&[u8]> = values(headers, &X_FORWARDED_FOR);
     let forwarded: Vec<&[u8]> = values(headers, &header::FORWARDED);
-    identifier.caller(&RequestParts {
-        api_key: api_key(headers, identifier.api_key_header()),
-        bearer: api_key(headers, "authorization"),
+    state.identifier.caller(&RequestParts {
+        api_key: api_key(headers, &state.api_key_header),
+        bearer: api_key(headers, &header::AUTHORIZATION),
         x_forwarded_for: &xff,
         forwarded: &forwarded,
         peer: req.peer_addr(),
@@ -27,16 +27,9 @@ pub fn identify(req: &HttpRequest, identifier: &Identifier) -> Result<Caller, Id
 
 /// The raw API key: the configured header's value or, when that header is
 /// `Authorization`, the token of its `Bearer` scheme (any case).
-fn api_key<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
-    // A name looked up as a string is made into a header name first, and
-    // one that is not a standard header is allocated: the default's is
-    // made once.
-    let value = match name {
-        "x-api-key" => headers.get(&X_API_KEY),
-        name => headers.get(name),
-    }?
-    .as_bytes();
-    if !name.eq_ignore_ascii_case("authorization") {
+fn api_key<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Option<&'a [u8]> {
+    let value = headers.get(name)?.as_bytes();
+    if name != header::AUTHORIZATION {
         return Some(value);
     }
     bearer(value)

@@ -170,7 +170,7 @@ pub async fn forward_auth(req: HttpRequest, state: web::Data<AppState>) -> HttpR
         Ok(original) => original,
         Err(err) => return err.error_response(),
     };
-    let caller = match identify(&req, &state.identifier) {
+    let caller = match identify(&req, &state) {
         Ok(caller) => caller,
         Err(err) => return ApiError::from(err).error_response(),
     };

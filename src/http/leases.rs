@@ -167,7 +167,7 @@ pub async fn acquire(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = identify(&req, &state.identifier)?;
+    let caller = identify(&req, &state)?;
     let id = uuid::Uuid::new_v4().to_string();
     // An acquire is a request of the caller's: its rate policies charge it
     // too, so inventing keys cannot make Redis hold lease sets at will (a
@@ -207,7 +207,7 @@ pub async fn renew(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = identify(&req, &state.identifier)?;
+    let caller = identify(&req, &state)?;
     let id = lease_id(&id)?.to_owned();
     let decision = lease_call(&req, &state, &caller, &id, 0, LeaseMode::OnlyLeases).await?;
     match &decision {
@@ -236,7 +236,7 @@ pub async fn delete(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = identify(&req, &state.identifier)?;
+    let caller = identify(&req, &state)?;
     let id = lease_id(&id)?;
     lease_call(&req, &state, &caller, id, -1, LeaseMode::OnlyLeases).await?;
     Ok(HttpResponse::NoContent().finish())

@@ -125,7 +125,7 @@ pub async fn rate_limit(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, Error> {
     let state = app_state(&req);
-    let caller = match identify(req.request(), &state.identifier) {
+    let caller = match identify(req.request(), &state) {
         Ok(caller) => caller,
         Err(err) => return Ok(req.into_response(ApiError::from(err).error_response())),
     };

@@ -143,7 +143,7 @@ pub async fn rate_limit_status(
     req: HttpRequest,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let caller = identify(&req, &state.identifier)?;
+    let caller = identify(&req, &state)?;
     let host = host_of(req.headers().get(actix_web::http::header::HOST));
     let route = Route {
         method: "POST",

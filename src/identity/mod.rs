@@ -202,8 +202,6 @@ pub enum IdentityError {
 pub struct Identifier {
     trusted_proxies: Vec<IpNet>,
     max_key_length: usize,
-    /// The header that carries API keys (API_KEY_HEADER), lower case.
-    api_key_header: String,
     /// Verifies bearer tokens when JWT identities are configured.
     jwt: Option<std::sync::Arc<jwt::JwtVerifier>>,
     header: ForwardedHeader,
@@ -233,7 +231,6 @@ impl Identifier {
         Identifier {
             trusted_proxies,
             max_key_length,
-            api_key_header: "x-api-key".to_owned(),
             jwt: None,
             header,
         }
@@ -246,21 +243,9 @@ impl Identifier {
         self
     }
 
-    /// The same identifier reading API keys from `header` (e.g.
-    /// `X-Client-Key`, or `Authorization` for `Bearer <key>`).
-    pub fn with_api_key_header(mut self, header: &str) -> Self {
-        self.api_key_header = header.to_ascii_lowercase();
-        self
-    }
-
     /// The JWT verifier, when JWT identities are configured.
     pub fn jwt(&self) -> Option<&jwt::JwtVerifier> {
         self.jwt.as_deref()
-    }
-
-    /// The header that carries API keys, lower case.
-    pub fn api_key_header(&self) -> &str {
-        &self.api_key_header
     }
 
     /// The caller: its identity, and its client IP.
