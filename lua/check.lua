@@ -128,13 +128,9 @@ local reply, r = {0}, 1
 
 -- Appends one policy's part of the reply (see above).
 local function put(allowed, check_allowed, remaining, reset, retry, expired)
+  local has_retry, has_expired = retry > 0, expired ~= nil and expired > 0
   local code = (allowed and 1 or 0) + (check_allowed and 2 or 0)
-  if retry > 0 then
-    code = code + 4
-  end
-  if expired and expired > 0 then
-    code = code + 8
-  end
+    + (has_retry and 4 or 0) + (has_expired and 8 or 0)
   remaining = math.floor(remaining)
   if remaining < 0 then
     remaining = 0
@@ -144,11 +140,11 @@ local function put(allowed, check_allowed, remaining, reset, retry, expired)
   reply[r + 1] = code + 16 * remaining
   reply[r + 2] = reset
   r = r + 2
-  if retry > 0 then
+  if has_retry then
     r = r + 1
     reply[r] = retry
   end
-  if expired and expired > 0 then
+  if has_expired then
     r = r + 1
     reply[r] = expired
   end

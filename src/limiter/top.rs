@@ -329,15 +329,10 @@ impl TopOffenders {
             .iter()
             .flat_map(|s| s.counts(window, index))
             .collect();
-        let mut sum: HashMap<&Entry, (u64, u64), foldhash::fast::RandomState> = HashMap::default();
         if let [one] = parts[..] {
-            let each = || one.map.iter().map(|(e, c)| (e, *c));
-            return (
-                index,
-                largest(each(), Kind::Requests, PUBLISHED),
-                largest(each(), Kind::Denied, PUBLISHED),
-            );
+            return published(index, || one.map.iter().map(|(e, c)| (e, *c)));
         }
+        let mut sum: HashMap<&Entry, (u64, u64), foldhash::fast::RandomState> = HashMap::default();
         for part in parts {
             for (subject, (requests, denied)) in &part.map {
                 let total = sum.entry(subject).or_default();
@@ -345,17 +340,24 @@ impl TopOffenders {
                 total.1 += denied;
             }
         }
-        let each = || sum.iter().map(|(e, c)| (*e, *c));
-        (
-            index,
-            largest(each(), Kind::Requests, PUBLISHED),
-            largest(each(), Kind::Denied, PUBLISHED),
-        )
+        published(index, || sum.iter().map(|(e, c)| (*e, *c)))
     }
 }
 
 /// A window's index, and its largest subjects by requests and by denials.
 pub type Snapshot = (u64, Vec<(Entry, u64)>, Vec<(Entry, u64)>);
+
+/// What window `index` publishes of the counts `each` yields.
+fn published<'a, I>(index: u64, each: impl Fn() -> I) -> Snapshot
+where
+    I: Iterator<Item = (&'a Entry, (u64, u64))>,
+{
+    (
+        index,
+        largest(each(), Kind::Requests, PUBLISHED),
+        largest(each(), Kind::Denied, PUBLISHED),
+    )
+}
 
 fn lock(shard: &Mutex<Shard>) -> std::sync::MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(|e| e.into_inner())
@@ -378,6 +380,14 @@ mod tests {
 
     fn subject(id: &str) -> Entry {
         ("user".into(), id.to_owned())
+    }
+
+    /// Whether every shard's count `slot` holds fewer than twice
+    /// [`CAPACITY`] subjects.
+    fn bounded_counts(top: &TopOffenders, slot: impl Fn(&Shard) -> &Slot) -> bool {
+        top.shards
+            .iter()
+            .all(|s| slot(&s.lock().unwrap()).counts.map.len() < 2 * CAPACITY)
     }
 
     /// The published largest of `kind` in `window` at `now`.
@@ -406,10 +416,7 @@ mod tests {
         assert_eq!(denied, vec![(heavy, 2000)]);
         // Bounded: never more than twice the capacity (one thread: one
         // shard).
-        assert!(top
-            .shards
-            .iter()
-            .all(|s| s.lock().unwrap().minute.counts.map.len() < 2 * CAPACITY));
+        assert!(bounded_counts(&top, |s| &s.minute));
     }
 
     /// Regression (issue 19, item 9): 24 KB subjects were kept and
@@ -486,10 +493,7 @@ mod tests {
                 top.record(std::iter::once(&s), false, hour + 3600 + 60 * minute);
             }
         }
-        assert!(top
-            .shards
-            .iter()
-            .all(|s| s.lock().unwrap().hour.counts.map.len() < 2 * CAPACITY));
+        assert!(bounded_counts(&top, |s| &s.hour));
     }
 
     #[test]

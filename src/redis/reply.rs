@@ -35,16 +35,8 @@ pub(super) fn parse_reply(
         };
         let word = non_negative(*word);
         let (code, remaining) = (word & 15, word >> 4);
-        let (retry_after, tail) = match (code & 4 != 0, tail) {
-            (true, [retry, tail @ ..]) => (*retry, tail),
-            (true, []) => return Err(short()),
-            (false, tail) => (0, tail),
-        };
-        let (leases, tail) = match (code & 8 != 0, tail) {
-            (true, [n, tail @ ..]) => (non_negative(*n), tail),
-            (true, []) => return Err(short()),
-            (false, tail) => (0, tail),
-        };
+        let (retry_after, tail) = follows(code & 4 != 0, tail).ok_or_else(short)?;
+        let (leases, tail) = follows(code & 8 != 0, tail).ok_or_else(short)?;
         *rest = tail;
         if i == 0 {
             allowed = code & 2 == 2;
@@ -56,13 +48,23 @@ pub(super) fn parse_reply(
             [remaining, *reset, retry_after],
             now_ms,
         ));
-        expired.push(leases.min(u64::from(u32::MAX)) as u32);
+        expired.push(non_negative(leases).min(u64::from(u32::MAX)) as u32);
     }
     Ok(StoreReply {
         allowed,
         quotas,
         expired,
     })
+}
+
+/// The optional value at the front of `tail` when the code says it
+/// `present`s (else 0), and what follows it; `None` when it is missing.
+fn follows(present: bool, tail: &[i64]) -> Option<(i64, &[i64])> {
+    match (present, tail) {
+        (false, tail) => Some((0, tail)),
+        (true, [value, tail @ ..]) => Some((*value, tail)),
+        (true, []) => None,
+    }
 }
 
 /// A script's integer as the unsigned number it stands for (never below 0).
