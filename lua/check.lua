@@ -21,13 +21,11 @@ KEYS      the counters of every check, in order: check j's n_j keys follow
           check j-1's. The keys of one call share one Redis Cluster slot
           (a check's keys carry one hash tag, rate:{<subject>}:...; the
           service coalesces only checks of one slot on a Cluster).
-ARGV, per check, in order:
-          now        ms since the Unix epoch, or empty to use the Redis
-                     server's clock (TIME, read once per call). Only tests
-                     pass it; reading the clock inside Redis makes instances
-                     with skewed clocks agree.
-          n          the number of policies of this check
-          then six per policy i:
+ARGV      first the call's policies, each once (a call's checks mostly
+          share a few: every argument costs Redis a parse and an
+          allocation, and Lua an interned string):
+          s          the number of distinct policies
+          then six per policy j = 1..s:
           algorithm  fixed_window | sliding_window | token_bucket | gcra |
                      ratelimit_fixed_window
           limit      integer >= 1
@@ -43,6 +41,14 @@ ARGV, per check, in order:
                      modules get `debit` as true for such a charge, 'read'
                      for such a read, false otherwise.
           lease      a concurrency lease's id, or empty
+          then per check, in order:
+          now        ms since the Unix epoch, or empty to use the Redis
+                     server's clock (TIME, read once per call). Only tests
+                     pass it; reading the clock inside Redis makes instances
+                     with skewed clocks agree.
+          n          the number of policies of this check
+          then per policy of the check, the number j (1..s) of its policy
+          above; its counter is the check's next key.
 
 Reply, an array of integers:
   now       the Redis server's clock (ms since the epoch) if a check used
@@ -150,7 +156,20 @@ local function put(allowed, check_allowed, remaining, reset, retry, expired)
   end
 end
 
-local a, k = 1, 0 -- the next ARGV, the keys used so far
+-- The call's policies, each read once: by the argument that numbers it,
+-- {module, limit, window, cost, flags, lease}.
+local specs = {}
+local nspecs = tonumber(ARGV[1]) or 0
+for j = 1, nspecs do
+  local s = 2 + 6 * (j - 1)
+  local module = ALGORITHMS[ARGV[s]]
+  if not module then
+    return redis.error_reply('unknown algorithm ' .. tostring(ARGV[s]))
+  end
+  specs[tostring(j)] = { module, num(ARGV[s + 1]), num(ARGV[s + 2]), num(ARGV[s + 3]),
+    num(ARGV[s + 4]), ARGV[s + 5] }
+end
+local a, k = 2 + 6 * nspecs, 0 -- the next ARGV, the keys used so far
 local nargs = #ARGV
 -- Per policy of a check of several: what its module said (made on first
 -- use: most calls have none).
@@ -172,23 +191,22 @@ while a <= nargs do
     -- The common check, one policy: the same decision without the
     -- bookkeeping all-or-nothing needs (nothing else to wait for).
     local key = KEYS[k + 1]
-    local algorithm = ALGORITHMS[ARGV[a]]
-    if not algorithm then
-      return redis.error_reply('unknown algorithm ' .. tostring(ARGV[a]))
+    local sp = specs[ARGV[a]]
+    if not sp then
+      return redis.error_reply('no policy ' .. tostring(ARGV[a]))
     end
-    local limit, cost = num(ARGV[a + 1]), num(ARGV[a + 3])
-    local flags = num(ARGV[a + 4])
+    local algorithm, limit, cost, flags = sp[1], sp[2], sp[4], sp[5]
     local debit = flags >= 2
     local allowed, remaining, reset, retry, ttl, value, px, expired =
-      algorithm.check(stored[key], limit, num(ARGV[a + 2]), (debit and cost == 0) and 1 or cost, now,
-        (debit and cost == 0) and 'read' or debit, key, ARGV[a + 5])
+      algorithm.check(stored[key], limit, sp[3], (debit and cost == 0) and 1 or cost, now,
+        (debit and cost == 0) and 'read' or debit, key, sp[6])
     if debit and cost == 0 and allowed then
       remaining = remaining + 1 -- a read: the unit asked about was not taken
     end
     settle(key, (cost < 0 and value ~= nil) or ((allowed or debit) and cost > 0 and value ~= nil),
       value, ttl, px, algorithm, now)
     put(allowed, allowed or flags % 2 == 1, remaining, reset, retry, expired)
-    a = a + 6
+    a = a + 1
     k = k + 1
   else
     -- Several policies, all-or-nothing.
@@ -198,17 +216,16 @@ while a <= nargs do
     end
     local all_allowed = true
     for i = 1, n do
-      local algorithm = ALGORITHMS[ARGV[a]]
-      if not algorithm then
-        return redis.error_reply('unknown algorithm ' .. tostring(ARGV[a]))
+      local sp = specs[ARGV[a]]
+      if not sp then
+        return redis.error_reply('no policy ' .. tostring(ARGV[a]))
       end
-      local limit, window, cost = num(ARGV[a + 1]), num(ARGV[a + 2]), num(ARGV[a + 3])
-      local flags = num(ARGV[a + 4])
+      local algorithm, limit, window, cost, flags = sp[1], sp[2], sp[3], sp[4], sp[5]
       local debit = flags >= 2
       local allowed
       allowed, remaining_[i], reset_[i], retry_[i], ttl_[i], value_[i], px_[i], expired_[i] =
         algorithm.check(stored[KEYS[k + i]], limit, window, (debit and cost == 0) and 1 or cost, now,
-          (debit and cost == 0) and 'read' or debit, KEYS[k + i], ARGV[a + 5])
+          (debit and cost == 0) and 'read' or debit, KEYS[k + i], sp[6])
       module_[i] = algorithm
       if debit and cost == 0 and allowed then
         remaining_[i] = remaining_[i] + 1
@@ -217,7 +234,7 @@ while a <= nargs do
       if flags % 2 == 0 then
         all_allowed = all_allowed and allowed
       end
-      a = a + 6
+      a = a + 1
     end
 
     for i = 1, n do

@@ -34,7 +34,14 @@ for _ in $(seq 50); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep
 sha=$(redis-cli -p "$port" SCRIPT LOAD "$(cat "$work/script.lua")")
 args=(EVALSHA "$sha" "$batch")
 for _ in $(seq 1 "$batch"); do args+=("rate:{user:k__rand_int__}:60"); done
-for _ in $(seq 1 "$batch"); do args+=("" 1 "${ALG:-fixed_window}" 100000000 60000 1 0 ""); done
+if grep -qF 'specs[ARGV' "$dir/check.lua"; then
+  # Each distinct policy once, then each check's by number.
+  args+=(1 "${ALG:-fixed_window}" 100000000 60000 1 0 "")
+  for _ in $(seq 1 "$batch"); do args+=("" 1 1); done
+else
+  # A copy of lua/ from before 2026-12-05's fourth round: six per policy.
+  for _ in $(seq 1 "$batch"); do args+=("" 1 "${ALG:-fixed_window}" 100000000 60000 1 0 ""); done
+fi
 # The keys exist first, as under steady traffic.
 redis-benchmark -p "$port" -n 2000 -c 4 -r 10000 -q "${args[@]}" >/dev/null
 t0=$(awk '{print $14 + $15}' "/proc/$rpid/stat")

@@ -20,6 +20,7 @@
 //! made before the next reads, exactly as separate calls in that order
 //! would; all of them in one atomic script.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use tokio::sync::oneshot;
@@ -63,6 +64,48 @@ pub(super) fn slot(key: &str) -> u16 {
         _ => key,
     };
     crc16::State::<crc16::XMODEM>::calculate(hashed.as_bytes()) % 16384
+}
+
+/// What check.lua takes of a policy once per call (all but its key): the
+/// checks of a call mostly share a few.
+#[derive(PartialEq, Eq, Hash)]
+struct Spec<'a> {
+    algorithm: &'static str,
+    limit: u32,
+    window_ms: u64,
+    cost: i64,
+    shadow: bool,
+    debit: bool,
+    lease: &'a str,
+}
+
+/// The distinct policies of a call's checks, in order of first use, and
+/// the number (from 1) of each check's policies among them, in order.
+pub(super) fn specs<'a>(
+    checks: &[(&'a [ScriptPolicy], Option<u64>)],
+) -> (Vec<&'a ScriptPolicy>, Vec<usize>) {
+    let mut distinct: Vec<&ScriptPolicy> = Vec::new();
+    let mut index: HashMap<Spec<'a>, usize, foldhash::fast::FixedState> = HashMap::default();
+    let numbers = checks
+        .iter()
+        .flat_map(|(policies, _)| policies.iter())
+        .map(|p| {
+            let spec = Spec {
+                algorithm: p.algorithm,
+                limit: p.limit,
+                window_ms: p.window_ms,
+                cost: p.cost,
+                shadow: p.shadow,
+                debit: p.debit,
+                lease: &p.lease,
+            };
+            *index.entry(spec).or_insert_with(|| {
+                distinct.push(p);
+                distinct.len()
+            })
+        })
+        .collect();
+    (distinct, numbers)
 }
 
 /// A thread's checks waiting for a call, and whether a flusher is on them.
@@ -210,6 +253,27 @@ mod tests {
             stale_rx.try_recv(),
             Ok(Err(StoreError::Timeout(_)))
         ));
+    }
+
+    /// Each distinct policy goes once; a check's policies are numbered
+    /// by it, the key and only the key left out of what makes them one.
+    #[test]
+    fn a_calls_policies_go_once_each() {
+        let (a, _) = job_of("rate:{a}:x", 2);
+        let (b, _) = job_of("rate:{b}:x", 1);
+        let (mut c, _) = job_of("rate:{c}:x", 1);
+        c.policies[0].lease = "lease-1".into();
+        let (mut d, _) = job_of("rate:{d}:x", 1);
+        d.policies[0].cost = -1;
+        let checks: Vec<(&[ScriptPolicy], Option<u64>)> = [&a, &b, &c, &d]
+            .iter()
+            .map(|j| (&j.policies[..], None))
+            .collect();
+        let (distinct, numbers) = specs(&checks);
+        assert_eq!(numbers, [1, 1, 1, 2, 3]);
+        assert_eq!(distinct.len(), 3);
+        assert_eq!(distinct[1].lease, "lease-1");
+        assert_eq!(distinct[2].cost, -1);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::config::{RedisSettings, RedisTopology};
 
 use crate::limiter::{Counter, StoreError, StoreReply};
 use crate::telemetry::Metrics;
-use batch::{Job, Queue};
+use batch::{specs, Job, Queue};
 pub use keys::{counter_key, OVERRIDES_KEY, RESET_KEYS};
 use pool::Manager;
 use reply::{non_negative, parse_reply};
@@ -331,19 +331,26 @@ impl RedisStore {
         for p in checks.iter().flat_map(|(p, _)| p.iter()) {
             cmd.arg(&p.key);
         }
+        // Each distinct policy once, then each check's policies by number.
+        let (specs, numbers) = specs(checks);
+        cmd.arg(specs.len());
+        for p in &specs {
+            cmd.arg(p.algorithm)
+                .arg(p.limit)
+                .arg(p.window_ms)
+                .arg(p.cost)
+                .arg(u8::from(p.shadow) + 2 * u8::from(p.debit))
+                .arg(&p.lease);
+        }
+        let mut numbers = numbers.into_iter();
         for (policies, now_ms) in checks {
             match now_ms {
                 Some(now) => cmd.arg(now),
                 None => cmd.arg(""),
             };
             cmd.arg(policies.len());
-            for p in policies.iter() {
-                cmd.arg(p.algorithm)
-                    .arg(p.limit)
-                    .arg(p.window_ms)
-                    .arg(p.cost)
-                    .arg(u8::from(p.shadow) + 2 * u8::from(p.debit))
-                    .arg(&p.lease);
+            for number in numbers.by_ref().take(policies.len()) {
+                cmd.arg(number);
             }
         }
         self.metrics
