@@ -11,6 +11,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
+use actix_web::web::Bytes;
 use actix_web::{Error, HttpMessage, HttpRequest};
 use serde::Serialize;
 
@@ -23,20 +24,39 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Log target of access lines; `main` writes them as they are in JSON mode.
 pub const ACCESS_TARGET: &str = "access";
 
-/// This request's id (in the request's extensions).
+/// This request's id (in the request's extensions while it is served): the
+/// value of its `X-Request-Id`, so the response takes it without a copy.
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub struct RequestId(HeaderValue);
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        // Only ids that are printable ASCII are kept (`acceptable`, or made
+        // here), so this never falls back.
+        self.0.to_str().unwrap_or("-")
+    }
+}
 
 /// The id of `req` (set by [`access`]), or a fresh one.
 pub fn request_id(req: &HttpRequest) -> String {
-    req.extensions()
-        .get::<RequestId>()
-        .map(|id| id.0.clone())
-        .unwrap_or_else(new_request_id)
+    req.extensions().get::<RequestId>().map_or_else(
+        || new_request_id().as_str().to_owned(),
+        |id| id.as_str().to_owned(),
+    )
 }
 
-fn new_request_id() -> String {
-    format!("req_{}", uuid::Uuid::new_v4().simple())
+fn new_request_id() -> RequestId {
+    let mut hex = [0; uuid::fmt::Simple::LENGTH];
+    let hex = uuid::Uuid::new_v4().simple().encode_lower(&mut hex);
+    let mut id = Vec::with_capacity(4 + hex.len());
+    id.extend_from_slice(b"req_");
+    id.extend_from_slice(hex.as_bytes());
+    // Exactly as long as its capacity: a header value of it takes the
+    // buffer as it is.
+    RequestId(
+        HeaderValue::from_maybe_shared(Bytes::from(id))
+            .unwrap_or_else(|_| HeaderValue::from_static("req_")),
+    )
 }
 
 /// An id a proxy may hand us: short, printable, no spaces or quotes.
@@ -104,11 +124,10 @@ pub async fn access(
     let forwarded = req
         .headers()
         .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| acceptable(id) && state.identifier.trusts(req.peer_addr()))
-        .map(str::to_owned);
-    let id = forwarded.unwrap_or_else(new_request_id);
-    req.extensions_mut().insert(RequestId(id.clone()));
+        .filter(|v| v.to_str().is_ok_and(acceptable) && state.identifier.trusts(req.peer_addr()))
+        .map(|v| RequestId(v.clone()));
+    req.extensions_mut()
+        .insert(forwarded.unwrap_or_else(new_request_id));
 
     let traced = state.tracing.as_ref().map(|tracing| {
         (
@@ -122,9 +141,18 @@ pub async fn access(
         (next.call(req).await, None)
     };
     let mut response = response?;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(X_REQUEST_ID, value);
-    }
+    // Taken back: nothing reads it after this layer.
+    let id = response
+        .request()
+        .extensions_mut()
+        .remove::<RequestId>()
+        .unwrap_or_else(new_request_id);
+    response.headers_mut().insert(X_REQUEST_ID, id.0);
+    let id = response
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
     let request = response.request();
     let route = request
         .match_pattern()
@@ -147,7 +175,7 @@ pub async fn access(
             request,
             &route,
             status,
-            &id,
+            id,
             store_time,
         );
     }
@@ -155,7 +183,7 @@ pub async fn access(
     if log::log_enabled!(target: ACCESS_TARGET, log::Level::Info) {
         let info = request.extensions().get::<LimitInfo>().copied();
         let line = AccessLine {
-            request_id: &id,
+            request_id: id,
             peer: request
                 .peer_addr()
                 .map(|p| p.ip().to_string())

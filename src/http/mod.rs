@@ -42,7 +42,6 @@ pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
     }
     cfg.service(
         web::resource("/api/resource")
-            .app_data(web::PayloadConfig::new(MAX_BODY_BYTES))
             .wrap(from_fn(|req, next| body::buffer(req, next, MAX_BODY_BYTES)))
             // Only the POST route is limited: a wrong method is answered
             // with 405 and costs no quota.

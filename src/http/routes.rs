@@ -2,11 +2,11 @@
 
 use std::time::SystemTime;
 
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::access::request_id;
+use super::access::{request_id, RequestId};
 use super::caller::{host_of, identify};
 use super::errors::{ApiError, ErrorBody};
 use super::ratelimit::RateLimitExceeded;
@@ -20,16 +20,27 @@ pub struct ResourceData {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-pub struct ResourceResponse {
+pub struct ResourceResponse<'a> {
     #[schema(example = "Request successful")]
     pub message: &'static str,
     /// Unique per request.
     #[schema(example = "req_9f1c2d3e4b5a49c8a7d6e5f4a3b2c1d0")]
-    pub request_id: String,
+    pub request_id: &'a str,
     /// When the request was served, RFC 3339 in UTC.
-    #[schema(example = "2026-11-27T23:40:33.123Z")]
-    pub timestamp: String,
+    #[schema(example = "2026-11-27T23:40:33.123Z", value_type = String)]
+    pub timestamp: Millis,
     pub data: ResourceData,
+}
+
+/// A time written as RFC 3339 in UTC with milliseconds, straight into the
+/// JSON (no string of its own per response).
+#[derive(Debug)]
+pub struct Millis(pub SystemTime);
+
+impl Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
 }
 
 /// The protected resource.
@@ -55,16 +66,27 @@ pub struct ResourceResponse {
         (status = 503, description = "Redis cannot answer and RATE_LIMIT_FAILURE_MODE is `closed`", body = ErrorBody),
     )
 )]
-pub async fn resource(req: HttpRequest, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+pub async fn resource(req: HttpRequest, payload: web::Payload) -> Result<HttpResponse, ApiError> {
+    // Read whole by the route's body::buffer: this takes it without a copy.
+    let body = super::body::whole(payload, super::MAX_BODY_BYTES).await?;
     if !body.iter().all(u8::is_ascii_whitespace) {
         serde_json::from_slice::<serde::de::IgnoredAny>(&body)
             .map_err(|err| ApiError::InvalidJson(err.to_string()))?;
     }
+    // The same id as the X-Request-Id header and the access log line.
+    let extensions = req.extensions();
+    let fresh;
+    let request_id = match extensions.get::<RequestId>() {
+        Some(id) => id.as_str(),
+        None => {
+            fresh = request_id(&req);
+            &fresh
+        }
+    };
     Ok(HttpResponse::Ok().json(ResourceResponse {
         message: "Request successful",
-        // The same id as the X-Request-Id header and the access log line.
-        request_id: request_id(&req),
-        timestamp: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        request_id,
+        timestamp: Millis(SystemTime::now()),
         data: ResourceData { processed: true },
     }))
 }
