@@ -4,8 +4,9 @@
 #   livez         GET /livez: the ceiling of this binary on this machine
 #   livez-same    GET /livez from the client of the POST cases: wrk running
 #                 the same Lua request() per request (random_keys.lua, GET=1),
-#                 whose CPU shares the two cores with the service (about 3
-#                 us per request more than plain wrk's)
+#                 whose CPU shares the two cores with the service (it picks
+#                 one of the requests made at start: 0.2-1 us per request
+#                 more than plain wrk's; building each cost about 2 us more)
 #   allowed-1     POST /api/resource, one key, always allowed
 #   allowed-10k   POST /api/resource, 10,000 keys, always allowed
 #   allowed-1call the same on an instance with REDIS_BATCH_MAX=1: one script
