@@ -15,6 +15,7 @@ pub mod planes;
 pub mod ratelimit;
 pub mod routes;
 
+use actix_web::http::Method;
 use actix_web::middleware::from_fn;
 use actix_web::web;
 
@@ -46,7 +47,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
             // Only the POST route is limited: a wrong method is answered
             // with 405 and costs no quota.
             .route(
-                web::post()
+                only(Method::POST)
                     .to(routes::resource)
                     .wrap(from_fn(ratelimit::rate_limit)),
             )
@@ -54,20 +55,20 @@ pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
     )
     .service(
         web::resource("/api/leases")
-            .route(web::post().to(leases::acquire))
+            .route(only(Method::POST).to(leases::acquire))
             .default_service(not_allowed("POST")),
     )
     .service(
         web::resource("/api/leases/{id}")
-            .route(web::put().to(leases::renew))
-            .route(web::delete().to(leases::delete))
+            .route(only(Method::PUT).to(leases::renew))
+            .route(only(Method::DELETE).to(leases::delete))
             .default_service(not_allowed("PUT, DELETE")),
     )
     .service({
         // Any standard method: a gateway may ask with the original one.
         let mut resource = web::resource("/v1/forward-auth");
         for method in forward_auth::METHODS {
-            resource = resource.route(web::route().method(method).to(forward_auth::forward_auth));
+            resource = resource.route(only(method).to(forward_auth::forward_auth));
         }
         resource.default_service(not_allowed(forward_auth::ALLOW))
     })
@@ -79,7 +80,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, admin: bool) {
                 body::buffer(req, next, envoy::json::MAX_BODY_BYTES)
             }))
             .wrap(from_fn(planes::json_api))
-            .route(web::post().to(envoy::json::json))
+            .route(only(Method::POST).to(envoy::json::json))
             .default_service(not_allowed("POST")),
     )
     .service(web::resource("/healthcheck").route(web::route().to(envoy::json::healthcheck)))
@@ -104,8 +105,22 @@ where
     F::Output: actix_web::Responder + 'static,
 {
     web::resource(path)
-        .route(web::get().to(handler))
+        .route(only(Method::GET).to(handler))
         .default_service(not_allowed("GET"))
+}
+
+/// A route for one method. Not actix's `web::post()` and the like: their
+/// guard records every method a request was tried against in its
+/// extensions (a vector and a box per route tried, on every request) for
+/// an `Allow` header that `not_allowed` writes here instead.
+fn only(method: Method) -> actix_web::Route {
+    struct Only(Method);
+    impl actix_web::guard::Guard for Only {
+        fn check(&self, ctx: &actix_web::guard::GuardContext<'_>) -> bool {
+            ctx.head().method == self.0
+        }
+    }
+    web::route().guard(Only(method))
 }
 
 /// The default service of a resource: 405 naming the methods it takes.
