@@ -163,7 +163,22 @@ pub fn request(caller: &Caller, route: &Route<'_>, shapes: Shapes) -> CheckReque
         .filter(|_| shapes.host)
         .map(|h| entry(HOST, &h.to_ascii_lowercase()));
     let mut descriptors = Vec::with_capacity(6);
+    // Each subject goes into this many descriptors: cloned for all but the
+    // last, which takes it (most requests have one, and no clone).
+    let uses = (1 + usize::from(host.is_some()))
+        * (1 + usize::from(shapes.route) + usize::from(shapes.path));
     for subject in client_ip.into_iter().chain(std::iter::once(identity)) {
+        let mut subject = Some(subject);
+        let mut left = uses;
+        let mut take = || {
+            left -= 1;
+            if left == 0 {
+                subject.take()
+            } else {
+                subject.clone()
+            }
+            .unwrap_or_default()
+        };
         // With and without the host in front, when some rule names one.
         for prefix in std::iter::once(None).chain(host.iter().map(Some)) {
             let with = |mut entries: Vec<Entry>| {
@@ -174,12 +189,12 @@ pub fn request(caller: &Caller, route: &Route<'_>, shapes: Shapes) -> CheckReque
             };
             if shapes.route {
                 let route = entry(ROUTE, &format!("{} {}", route.method, route.path));
-                descriptors.push(with(vec![route, subject.clone()]));
+                descriptors.push(with(vec![route, take()]));
             }
             if shapes.path {
-                descriptors.push(with(vec![entry(PATH, route.path), subject.clone()]));
+                descriptors.push(with(vec![entry(PATH, route.path), take()]));
             }
-            descriptors.push(with(vec![subject.clone()]));
+            descriptors.push(with(vec![take()]));
         }
     }
     CheckRequest {
