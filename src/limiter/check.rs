@@ -370,6 +370,7 @@ pub(super) fn item_counters(items: &[Item]) -> Vec<Counter<'_>> {
 }
 
 pub(super) fn outcome(items: Vec<Item>, quotas: Vec<Quota>, allowed: bool) -> Outcome {
-    let (descriptors, policies) = items.into_iter().map(|i| (i.descriptor, i.policy)).unzip();
-    Outcome::new(policies, descriptors, quotas, allowed)
+    let descriptors = items.iter().map(|i| i.descriptor).collect();
+    let quotas = items.into_iter().map(|i| i.policy).zip(quotas).collect();
+    Outcome::new(quotas, descriptors, allowed)
 }

@@ -29,12 +29,10 @@ impl Outcome {
     /// nothing a client sees); only when every policy is a shadow one (global
     /// shadow mode) among all of them, for the status endpoints.
     pub(super) fn new(
-        policies: Vec<Arc<Policy>>,
+        quotas: Vec<(Arc<Policy>, Quota)>,
         descriptors: Vec<usize>,
-        quotas: Vec<Quota>,
         allowed: bool,
     ) -> Self {
-        let quotas: Vec<(Arc<Policy>, Quota)> = policies.into_iter().zip(quotas).collect();
         let any_enforced = quotas.iter().any(|(p, _)| !p.shadow());
         let candidates = || {
             quotas
@@ -231,17 +229,22 @@ mod tests {
     fn the_reported_policy_is_the_closest_to_exhaustion() {
         // 5 of 10 left is tighter than 90 of 100.
         let o = Outcome::new(
-            vec![policy("a"), policy("b")],
+            vec![
+                (policy("a"), quota(90, 100, 0)),
+                (policy("b"), quota(5, 10, 0)),
+            ],
             vec![0, 1],
-            vec![quota(90, 100, 0), quota(5, 10, 0)],
             true,
         );
         assert_eq!(o.reported().0.name(), "b");
         // When denied, the denying policy that frees up last.
         let o = Outcome::new(
-            vec![policy("a"), policy("b"), policy("c")],
+            vec![
+                (policy("a"), quota(0, 10, 2000)),
+                (policy("b"), quota(3, 10, 0)),
+                (policy("c"), quota(0, 10, 9000)),
+            ],
             vec![0, 0, 2],
-            vec![quota(0, 10, 2000), quota(3, 10, 0), quota(0, 10, 9000)],
             false,
         );
         assert_eq!(o.reported().0.name(), "c");
