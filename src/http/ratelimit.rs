@@ -103,8 +103,12 @@ fn record<'a>(
             .with_label_values(&[strategy, "none", decision])
             .inc();
     }
-    req.extensions_mut()
-        .insert(LimitInfo { strategy, decision });
+    // Read only by the access log line and the trace: a box per request
+    // saved when neither is written.
+    if traced || log::log_enabled!(target: super::access::ACCESS_TARGET, log::Level::Info) {
+        req.extensions_mut()
+            .insert(LimitInfo { strategy, decision });
+    }
 }
 
 /// `X-RateLimit-Shadow` on a request that shadow policies would have denied:
