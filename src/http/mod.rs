@@ -31,6 +31,17 @@ pub fn app_state(req: &actix_web::dev::ServiceRequest) -> web::Data<AppState> {
         .clone()
 }
 
+/// A time written as RFC 3339 in UTC with milliseconds, straight into the
+/// JSON (no string of its own per response).
+#[derive(Debug)]
+pub struct Millis(pub std::time::SystemTime);
+
+impl serde::Serialize for Millis {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&humantime::format_rfc3339_millis(self.0))
+    }
+}
+
 /// Largest request body accepted by the protected resource.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 

@@ -10,7 +10,7 @@ use super::access::{request_id, RequestId};
 use super::caller::{host_of, identify};
 use super::errors::{ApiError, ErrorBody};
 use super::ratelimit::RateLimitExceeded;
-use super::AppState;
+use super::{AppState, Millis};
 use crate::limiter::{rules, Outcome, Route, Standing, StoreError};
 use crate::policy::FailureMode;
 
@@ -30,17 +30,6 @@ pub struct ResourceResponse<'a> {
     #[schema(example = "2026-11-27T23:40:33.123Z", value_type = String)]
     pub timestamp: Millis,
     pub data: ResourceData,
-}
-
-/// A time written as RFC 3339 in UTC with milliseconds, straight into the
-/// JSON (no string of its own per response).
-#[derive(Debug)]
-pub struct Millis(pub SystemTime);
-
-impl Serialize for Millis {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(&humantime::format_rfc3339_millis(self.0))
-    }
 }
 
 /// The protected resource.
