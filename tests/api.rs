@@ -342,10 +342,15 @@ async fn other_methods_get_405_and_cost_nothing() {
     let redis = RedisServer::start().await;
     let app = spawn_app(&redis, &[]).await;
     let key = unique_key("method");
+    // Other spellings of POST are other methods (methods are
+    // case-sensitive), and so is one made up.
     for method in [
         reqwest::Method::GET,
         reqwest::Method::PUT,
         reqwest::Method::DELETE,
+        reqwest::Method::from_bytes(b"post").unwrap(),
+        reqwest::Method::from_bytes(b"Post").unwrap(),
+        reqwest::Method::from_bytes(b"FOO").unwrap(),
     ] {
         let r = app
             .client

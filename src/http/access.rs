@@ -27,22 +27,23 @@ pub const ACCESS_TARGET: &str = "access";
 /// This request's id (in the request's extensions while it is served): the
 /// value of its `X-Request-Id`, so the response takes it without a copy.
 #[derive(Debug, Clone)]
-pub struct RequestId(HeaderValue);
+struct RequestId(HeaderValue);
 
 impl RequestId {
-    pub fn as_str(&self) -> &str {
+    fn as_str(&self) -> &str {
         // Only ids that are printable ASCII are kept (`acceptable`, or made
         // here), so this never falls back.
         self.0.to_str().unwrap_or("-")
     }
 }
 
-/// The id of `req` (set by [`access`]), or a fresh one.
-pub fn request_id(req: &HttpRequest) -> String {
-    req.extensions().get::<RequestId>().map_or_else(
-        || new_request_id().as_str().to_owned(),
-        |id| id.as_str().to_owned(),
-    )
+/// `f` of the id of `req` (set by [`access`]), or of a fresh one; lent,
+/// not copied.
+pub fn with_request_id<R>(req: &HttpRequest, f: impl FnOnce(&str) -> R) -> R {
+    match req.extensions().get::<RequestId>() {
+        Some(id) => f(id.as_str()),
+        None => f(new_request_id().as_str()),
+    }
 }
 
 fn new_request_id() -> RequestId {

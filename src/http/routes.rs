@@ -2,11 +2,11 @@
 
 use std::time::SystemTime;
 
-use actix_web::{web, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::access::{request_id, RequestId};
+use super::access::with_request_id;
 use super::caller::{host_of, identify};
 use super::errors::{ApiError, ErrorBody};
 use super::ratelimit::RateLimitExceeded;
@@ -63,20 +63,13 @@ pub async fn resource(req: HttpRequest, payload: web::Payload) -> Result<HttpRes
             .map_err(|err| ApiError::InvalidJson(err.to_string()))?;
     }
     // The same id as the X-Request-Id header and the access log line.
-    let extensions = req.extensions();
-    let fresh;
-    let request_id = match extensions.get::<RequestId>() {
-        Some(id) => id.as_str(),
-        None => {
-            fresh = request_id(&req);
-            &fresh
-        }
-    };
-    Ok(HttpResponse::Ok().json(ResourceResponse {
-        message: "Request successful",
-        request_id,
-        timestamp: Millis(SystemTime::now()),
-        data: ResourceData { processed: true },
+    Ok(with_request_id(&req, |request_id| {
+        HttpResponse::Ok().json(ResourceResponse {
+            message: "Request successful",
+            request_id,
+            timestamp: Millis(SystemTime::now()),
+            data: ResourceData { processed: true },
+        })
     }))
 }
 

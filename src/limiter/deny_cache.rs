@@ -168,7 +168,8 @@ impl DenyCache {
     /// The cached denial, brought forward to now (reset and retry_after
     /// shortened by the time elapsed), if the identity is still denied.
     pub fn get(&self, request: &CheckRequest) -> Option<Outcome> {
-        // Empty (most of the time, for most deployments): no clock read.
+        // Empty (most of the time, for most deployments): no clock read and
+        // no hashing.
         if self.entries.load(Ordering::Relaxed) == 0 {
             return None;
         }
@@ -176,9 +177,6 @@ impl DenyCache {
     }
 
     fn get_at(&self, request: &CheckRequest, now: Instant) -> Option<Outcome> {
-        if self.entries.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
         let key = self.key(request);
         let mut shard = self.shard(key);
         let entry = shard.entries.get(&key)?;
