@@ -41,14 +41,19 @@ ARGV      first the call's policies, each once (a call's checks mostly
                      modules get `debit` as true for such a charge, 'read'
                      for such a read, false otherwise.
           lease      a concurrency lease's id, or empty
-          then per check, in order:
-          now        ms since the Unix epoch, or empty to use the Redis
+          then per check, in order, one of two forms:
+          j          the common check: one policy, number j (1..s) above,
+                     decided by the Redis server's clock; its counter is
+                     the check's key. One argument, where the general form
+                     takes three (every one is a parse and a string).
+          *          the general form, followed by:
+            now      ms since the Unix epoch, or empty to use the Redis
                      server's clock (TIME, read once per call). Only tests
-                     pass it; reading the clock inside Redis makes instances
-                     with skewed clocks agree.
-          n          the number of policies of this check
-          then per policy of the check, the number j (1..s) of its policy
-          above; its counter is the check's next key.
+                     pass it; reading the clock inside Redis makes
+                     instances with skewed clocks agree.
+            n        the number of policies of this check
+            then per policy of the check, the number j (1..s) of its
+            policy above; its counter is the check's next key.
 
 Reply, an array of integers:
   now       the Redis server's clock (ms since the epoch) if a check used
@@ -69,8 +74,9 @@ Reply, an array of integers:
   check's `now` it passed: they are not repeated.
 
 Cost in Redis: one MGET for every key of the call, one SET per charged
-counter, one TIME per call; the script body itself runs once per call, so
-coalesced checks share it.
+counter at the end of the call (a key charged by several checks of the call
+is written once, with its last value), one TIME per call; the script body
+itself runs once per call, so coalesced checks share it.
 ]]
 
 -- Expiry only collects garbage: every stored value carries its own time
@@ -99,17 +105,32 @@ while first <= nkeys do
   first = last + 1
 end
 
--- Writes a charged counter (and remembers it for the rest of the call), or
--- gives one found without a TTL (a PERSIST, a write by another tool) one,
--- so it cannot pin its identity forever.
-local function settle(key, charged, value, ttl, px, module, now)
+-- The charged counters' writes, made at the end of the call, once per key:
+-- a key charged by several checks of a call (one hot identity's requests,
+-- coalesced) costs one SET, not one per check, of its last value (`stored`
+-- has each value at once, for the next check). `expiry`, by the index of
+-- the charge's key in KEYS: the expiry to write (ms, or 'keep' for the
+-- key's own, SET ... KEEPTTL). `set_expiry`, by key: an expiry a charge of
+-- this call set (a new window's first charge, rare), which a later 'keep'
+-- of the same key keeps: within a call time stands still.
+local expiry, set_expiry = {}, {}
+
+-- Charges a counter (or a module stores its own way, at once), or gives one
+-- found without a TTL (a PERSIST, a write by another tool) one, so it
+-- cannot pin its identity forever. Read before the call's writes, the TTL
+-- is what they leave anyway: a SET ... PX replaces it, KEEPTTL keeps this.
+local function settle(index, charged, value, ttl, px, module, now)
+  local key = KEYS[index]
   if charged and module.store then
     module.store(key, value, ttl, px, now)
-  elseif charged and px == 'keep' then
-    redis.call('SET', key, value, 'KEEPTTL')
-    stored[key] = value
   elseif charged then
-    redis.call('SET', key, value, 'PX', px or (ttl + TTL_SLACK))
+    if px == 'keep' then
+      px = set_expiry[key] or 'keep'
+    else
+      px = px or (ttl + TTL_SLACK)
+      set_expiry[key] = px
+    end
+    expiry[index] = px
     stored[key] = value
   elseif redis.call('PTTL', key) == -1 then
     redis.call('PEXPIRE', key, ttl + TTL_SLACK)
@@ -137,7 +158,7 @@ local function put(allowed, check_allowed, remaining, reset, retry, expired)
   local has_retry, has_expired = retry > 0, expired ~= nil and expired > 0
   local code = (allowed and 1 or 0) + (check_allowed and 2 or 0)
     + (has_retry and 4 or 0) + (has_expired and 8 or 0)
-  remaining = math.floor(remaining)
+  remaining = remaining - remaining % 1 -- floor, without a call
   if remaining < 0 then
     remaining = 0
   elseif remaining > 4294967295 then
@@ -174,27 +195,43 @@ local nargs = #ARGV
 -- Per policy of a check of several: what its module said (made on first
 -- use: most calls have none).
 local allowed_, remaining_, reset_, retry_, ttl_, value_, px_, cost_, debit_, expired_, module_
-while a <= nargs do
-  local now = tonumber(ARGV[a])
-  if not now then
-    if not server_now then
-      local t = redis.call('TIME')
-      server_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-      reply[1] = server_now
-    end
-    now = server_now
+-- The Redis server's clock, read once per call by the first check that
+-- uses it.
+local function server_clock()
+  if not server_now then
+    local t = redis.call('TIME')
+    server_now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    reply[1] = server_now
   end
-  local n = num(ARGV[a + 1])
-  a = a + 2
+  return server_now
+end
+while a <= nargs do
+  -- The common check is its policy's number alone; the general form
+  -- starts with '*'.
+  local sp = specs[ARGV[a]]
+  local now, n
+  if sp then
+    now, n = server_now or server_clock(), 1
+    a = a + 1
+  elseif ARGV[a] == '*' then
+    now = tonumber(ARGV[a + 1]) or server_now or server_clock()
+    n = num(ARGV[a + 2])
+    a = a + 3
+    if n == 1 then
+      sp = specs[ARGV[a]]
+      if not sp then
+        return redis.error_reply('no policy ' .. tostring(ARGV[a]))
+      end
+      a = a + 1
+    end
+  else
+    return redis.error_reply('no policy ' .. tostring(ARGV[a]))
+  end
 
   if n == 1 then
     -- The common check, one policy: the same decision without the
     -- bookkeeping all-or-nothing needs (nothing else to wait for).
     local key = KEYS[k + 1]
-    local sp = specs[ARGV[a]]
-    if not sp then
-      return redis.error_reply('no policy ' .. tostring(ARGV[a]))
-    end
     local algorithm, limit, cost, flags = sp[1], sp[2], sp[4], sp[5]
     local debit = flags >= 2
     local allowed, remaining, reset, retry, ttl, value, px, expired =
@@ -203,10 +240,9 @@ while a <= nargs do
     if debit and cost == 0 and allowed then
       remaining = remaining + 1 -- a read: the unit asked about was not taken
     end
-    settle(key, (cost < 0 and value ~= nil) or ((allowed or debit) and cost > 0 and value ~= nil),
+    settle(k + 1, (cost < 0 and value ~= nil) or ((allowed or debit) and cost > 0 and value ~= nil),
       value, ttl, px, algorithm, now)
     put(allowed, allowed or flags % 2 == 1, remaining, reset, retry, expired)
-    a = a + 1
     k = k + 1
   else
     -- Several policies, all-or-nothing.
@@ -240,7 +276,7 @@ while a <= nargs do
     for i = 1, n do
       local cost, remaining = cost_[i], remaining_[i]
       local charged = cost > 0 and (debit_[i] or (all_allowed and allowed_[i]))
-      settle(KEYS[k + i], (cost < 0 or charged) and value_[i] ~= nil, value_[i], ttl_[i], px_[i],
+      settle(k + i, (cost < 0 or charged) and value_[i] ~= nil, value_[i], ttl_[i], px_[i],
         module_[i], now)
       if allowed_[i] and not charged and cost > 0 then
         remaining = remaining + cost -- nothing was taken
@@ -248,6 +284,22 @@ while a <= nargs do
       put(allowed_[i], all_allowed, remaining, reset_[i], retry_[i], expired_[i])
     end
     k = k + n
+  end
+end
+-- Each charged key once, from its last charge: its final value.
+for i = nkeys, 1, -1 do
+  local px = expiry[i]
+  if px then
+    local key = KEYS[i]
+    local value = stored[key]
+    if value ~= true then
+      if px == 'keep' then
+        redis.call('SET', key, value, 'KEEPTTL')
+      else
+        redis.call('SET', key, value, 'PX', px)
+      end
+      stored[key] = true -- written
+    end
   end
 end
 return reply

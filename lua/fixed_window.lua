@@ -71,14 +71,19 @@ function M.check(stored, limit, window, cost, now, debit)
   if stored and string.find(stored, prefix, 1, true) == 1 then
     local c = tonumber(string.sub(stored, #prefix + 1))
     -- A count beyond 2^53 was not written by this script: stale.
-    if c and c >= 0 and c < 2^53 and c == math.floor(c) then
+    if c and c >= 0 and c < 2^53 and c % 1 == 0 then
       used, same = c, true
     end
   end
 
   local allowed, remaining, retry_after, count = M.decide(used, limit, cost, reset, debit)
-  return allowed, remaining, reset, retry_after, reset,
-    count and prefix .. string.format('%d', count), same and 'keep' or nil
+  local value
+  if count then
+    -- Lua writes a whole number below 10^14 as its digits ("%.14g"),
+    -- without the call string.format costs.
+    value = prefix .. (count < 1e14 and count or string.format('%d', count))
+  end
+  return allowed, remaining, reset, retry_after, reset, value, same and 'keep' or nil
 end
 
 -- The decision of a fixed window that has `used` units of `limit`, ending

@@ -7,6 +7,7 @@
 #   scripts/bench_script.sh                  # lua/ as it is
 #   scripts/bench_script.sh /tmp/old-lua     # another copy of lua/
 #   ALG=gcra BATCH=1 N=100000 scripts/bench_script.sh
+#   KEYSPACE=1 scripts/bench_script.sh       # one hot key: every check of a call on it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_packages.sh redis-server=redis-server redis-cli=redis-tools redis-benchmark=redis-tools
@@ -34,8 +35,12 @@ for _ in $(seq 50); do redis-cli -p "$port" PING >/dev/null 2>&1 && break; sleep
 sha=$(redis-cli -p "$port" SCRIPT LOAD "$(cat "$work/script.lua")")
 args=(EVALSHA "$sha" "$batch")
 for _ in $(seq 1 "$batch"); do args+=("rate:{user:k__rand_int__}:60"); done
-if grep -qF 'specs[ARGV' "$dir/check.lua"; then
-  # Each distinct policy once, then each check's by number.
+if grep -qF "ARGV[a] == '*'" "$dir/check.lua"; then
+  # Each distinct policy once, then each check as its policy's number.
+  args+=(1 "${ALG:-fixed_window}" 100000000 60000 1 0 "")
+  for _ in $(seq 1 "$batch"); do args+=(1); done
+elif grep -qF 'specs[ARGV' "$dir/check.lua"; then
+  # A copy of lua/ from the fourth round: each check as now, n, number.
   args+=(1 "${ALG:-fixed_window}" 100000000 60000 1 0 "")
   for _ in $(seq 1 "$batch"); do args+=("" 1 1); done
 else
@@ -43,9 +48,9 @@ else
   for _ in $(seq 1 "$batch"); do args+=("" 1 "${ALG:-fixed_window}" 100000000 60000 1 0 ""); done
 fi
 # The keys exist first, as under steady traffic.
-redis-benchmark -p "$port" -n 2000 -c 4 -r 10000 -q "${args[@]}" >/dev/null
+redis-benchmark -p "$port" -n 2000 -c 4 -r "${KEYSPACE:-10000}" -q "${args[@]}" >/dev/null
 t0=$(awk '{print $14 + $15}' "/proc/$rpid/stat")
-redis-benchmark -p "$port" -n "$n" -c 8 -r 10000 -q "${args[@]}" >"$work/out" 2>&1
+redis-benchmark -p "$port" -n "$n" -c 8 -r "${KEYSPACE:-10000}" -q "${args[@]}" >"$work/out" 2>&1
 t1=$(awk '{print $14 + $15}' "/proc/$rpid/stat")
 if grep -q ERR "$work/out"; then cat "$work/out" >&2; exit 1; fi
 awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v n="$n" -v b="$batch" -v a="${ALG:-fixed_window}" -v l="$dir" \

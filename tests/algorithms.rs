@@ -429,6 +429,79 @@ async fn a_key_without_ttl_gets_one_and_a_foreign_key_is_replaced() {
     }
 }
 
+/// The checks of one hot key coalesced into one call write it once, at the
+/// end of the call, with its last value; and the expiry a new window's first
+/// charge sets is what the key keeps, although the later charges of the call
+/// keep the key's own (a counter another tool made persistent gets one).
+/// Then the same by the Redis server's clock (the common check's one-argument
+/// form): one SET per call, whatever window the call falls in.
+#[tokio::test]
+async fn a_hot_keys_checks_in_one_call_write_it_once() {
+    let redis = RedisServer::start().await;
+    let store = redis.store().await;
+    let mut conn = redis.connection().await.unwrap();
+    let key = "rate:{user:hot}:fixed_window";
+    // Last window's count, made persistent.
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(format!("{} 7", T0 - 60_000))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (sets, calls) = (
+        redis.command_calls("set").await,
+        redis.evalsha_calls().await,
+    );
+    let p = || policy(key, Algorithm::FixedWindow, 100, 60_000, 1);
+    let replies = futures::future::join_all((0..20).map(|i| one(&store, p(), T0 + i))).await;
+    let calls = redis.evalsha_calls().await - calls;
+    assert!(calls < 20, "coalesced: {calls} calls");
+    assert_eq!(
+        redis.command_calls("set").await - sets,
+        calls,
+        "one SET per call"
+    );
+    let remaining: Vec<u32> = replies.iter().map(|r| r.quotas[0].remaining).collect();
+    assert_eq!(remaining, (80..100).rev().collect::<Vec<_>>());
+    let value: String = redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(value, format!("{T0} 20"));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        (59_000..=61_000).contains(&pttl),
+        "the new window's expiry, kept by the call's later charges: {pttl}"
+    );
+
+    let key = "rate:{user:hot-now}:fixed_window";
+    let (sets, calls) = (
+        redis.command_calls("set").await,
+        redis.evalsha_calls().await,
+    );
+    let p = || policy(key, Algorithm::FixedWindow, 1000, 3_600_000, 1);
+    let replies = futures::future::join_all((0..20).map(|_| {
+        let (store, p) = (&store, p());
+        async move { store.run_check(&[p], None).await }
+    }))
+    .await;
+    let calls = redis.evalsha_calls().await - calls;
+    assert!(calls < 20, "coalesced: {calls} calls");
+    assert_eq!(
+        redis.command_calls("set").await - sets,
+        calls,
+        "one SET per call"
+    );
+    for reply in replies {
+        assert!(reply.expect("script runs").allowed);
+    }
+}
+
 #[tokio::test]
 async fn a_peek_reads_without_writing() {
     let redis = RedisServer::start().await;

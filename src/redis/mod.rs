@@ -342,13 +342,18 @@ impl RedisStore {
                 .arg(u8::from(p.shadow) + 2 * u8::from(p.debit))
                 .arg(&p.lease);
         }
+        // A check of one policy by the server's clock is its policy's
+        // number alone; any other is '*', its clock, its count, numbers.
         let mut numbers = numbers.into_iter();
         for (policies, now_ms) in checks {
-            match now_ms {
-                Some(now) => cmd.arg(now),
-                None => cmd.arg(""),
-            };
-            cmd.arg(policies.len());
+            if policies.len() != 1 || now_ms.is_some() {
+                cmd.arg("*");
+                match now_ms {
+                    Some(now) => cmd.arg(now),
+                    None => cmd.arg(""),
+                };
+                cmd.arg(policies.len());
+            }
             for number in numbers.by_ref().take(policies.len()) {
                 cmd.arg(number);
             }
