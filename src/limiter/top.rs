@@ -332,7 +332,13 @@ impl TopOffenders {
         if let [one] = parts[..] {
             return published(index, || one.map.iter().map(|(e, c)| (e, *c)));
         }
-        let mut sum: HashMap<&Entry, (u64, u64), foldhash::fast::RandomState> = HashMap::default();
+        // Sized once for every subject (the parts mostly share them): growing
+        // it rehashed thousands of entries several times per publication.
+        let mut sum: HashMap<&Entry, (u64, u64), foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(
+                parts.iter().map(|p| p.map.len()).sum(),
+                Default::default(),
+            );
         for part in parts {
             for (subject, (requests, denied)) in &part.map {
                 let total = sum.entry(subject).or_default();
