@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::future::Future;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -448,19 +449,9 @@ async fn a_hot_keys_checks_in_one_call_write_it_once() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let (sets, calls) = (
-        redis.command_calls("set").await,
-        redis.evalsha_calls().await,
-    );
     let p = || policy(key, Algorithm::FixedWindow, 100, 60_000, 1);
-    let replies = futures::future::join_all((0..20).map(|i| one(&store, p(), T0 + i))).await;
-    let calls = redis.evalsha_calls().await - calls;
-    assert!(calls < 20, "coalesced: {calls} calls");
-    assert_eq!(
-        redis.command_calls("set").await - sets,
-        calls,
-        "one SET per call"
-    );
+    let checks = futures::future::join_all((0..20).map(|i| one(&store, p(), T0 + i)));
+    let replies = written_once_per_call(&redis, checks).await;
     let remaining: Vec<u32> = replies.iter().map(|r| r.quotas[0].remaining).collect();
     assert_eq!(remaining, (80..100).rev().collect::<Vec<_>>());
     let value: String = redis::cmd("GET")
@@ -480,16 +471,24 @@ async fn a_hot_keys_checks_in_one_call_write_it_once() {
     );
 
     let key = "rate:{user:hot-now}:fixed_window";
+    let p = || policy(key, Algorithm::FixedWindow, 1000, 3_600_000, 1);
+    let checks = futures::future::join_all((0..20).map(|_| {
+        let (store, p) = (&store, p());
+        async move { store.run_check(&[p], None).await }
+    }));
+    for reply in written_once_per_call(&redis, checks).await {
+        assert!(reply.expect("script runs").allowed);
+    }
+}
+
+/// Runs `checks` (20 of one key, at once) and asserts that they shared
+/// calls and that each call wrote the key once (INFO commandstats).
+async fn written_once_per_call<T>(redis: &RedisServer, checks: impl Future<Output = T>) -> T {
     let (sets, calls) = (
         redis.command_calls("set").await,
         redis.evalsha_calls().await,
     );
-    let p = || policy(key, Algorithm::FixedWindow, 1000, 3_600_000, 1);
-    let replies = futures::future::join_all((0..20).map(|_| {
-        let (store, p) = (&store, p());
-        async move { store.run_check(&[p], None).await }
-    }))
-    .await;
+    let replies = checks.await;
     let calls = redis.evalsha_calls().await - calls;
     assert!(calls < 20, "coalesced: {calls} calls");
     assert_eq!(
@@ -497,9 +496,7 @@ async fn a_hot_keys_checks_in_one_call_write_it_once() {
         calls,
         "one SET per call"
     );
-    for reply in replies {
-        assert!(reply.expect("script runs").allowed);
-    }
+    replies
 }
 
 #[tokio::test]
