@@ -71,9 +71,14 @@ run() { # build case -> "rps us_per_request redis_us_per_request"
 
 declare -A results
 cases=(livez allowed-10k denied)
+# Which build goes first alternates round by round: the second run of a
+# pair read 5-9 % more CPU for the same code in some runs (BENCHMARKS.md,
+# "Fifth round"), and alternating cancels that out of the medians.
 for round in $(seq 1 "$rounds"); do
+  order=(before after)
+  ((round % 2 == 0)) && order=(after before)
   for case in "${cases[@]}"; do
-    for build in before after; do
+    for build in "${order[@]}"; do
       r=$(run "$build" "$case")
       printf '  round %s/%s  %-12s %-7s %s\n' "$round" "$rounds" "$case" "$build" "$r" >&2
       results[$case,$build]+="$r;"
