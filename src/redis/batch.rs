@@ -12,8 +12,9 @@
 //! and waits for its reply; the first check that finds no flusher running
 //! starts one, a task that takes everything waiting, sends it as one call
 //! (on a Cluster: one call per slot, all in flight at once), answers each
-//! check, lets the thread's other tasks run and read their sockets once,
-//! and goes again until the queue is empty. Under no load a check is alone
+//! check, lets the thread's other tasks run and read their sockets once
+//! (unless a full call already waits), and goes again until the queue is
+//! empty. Under no load a check is alone
 //! in its call; under load, the checks that arrived during one round trip,
 //! and while its answers went out, share the next.
 //!
@@ -171,6 +172,15 @@ impl Queue {
             }
         }
         Some(calls.into_iter().map(|(_, _, call)| call).collect())
+    }
+
+    /// How many checks wait.
+    pub fn waiting(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .len()
     }
 
     /// A flusher that ends without `take` saying so (its task was dropped):
