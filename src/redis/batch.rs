@@ -83,9 +83,7 @@ struct Spec<'a> {
 
 /// The distinct policies of a call's checks, in order of first use, and
 /// the number (from 1) of each check's policies among them, in order.
-pub(super) fn specs<'a>(
-    checks: &[(&'a [ScriptPolicy], Option<u64>)],
-) -> (Vec<&'a ScriptPolicy>, Vec<usize>) {
+fn specs<'a>(checks: &[(&'a [ScriptPolicy], Option<u64>)]) -> (Vec<&'a ScriptPolicy>, Vec<usize>) {
     let mut distinct: Vec<&ScriptPolicy> = Vec::new();
     let mut index: HashMap<Spec<'a>, usize, foldhash::fast::FixedState> = HashMap::default();
     let numbers = checks
@@ -108,6 +106,43 @@ pub(super) fn specs<'a>(
         })
         .collect();
     (distinct, numbers)
+}
+
+/// The EVALSHA of check.lua deciding `checks` (of `nkeys` keys in all), in
+/// order: the keys, each distinct policy once, then each check's policies
+/// by number. A check of one policy by the server's clock is its policy's
+/// number alone; any other is '*', its clock, its count, the numbers.
+pub(super) fn check_command(checks: &[(&[ScriptPolicy], Option<u64>)], nkeys: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(&super::scripts::CHECK.sha).arg(nkeys);
+    for p in checks.iter().flat_map(|(p, _)| p.iter()) {
+        cmd.arg(&p.key);
+    }
+    let (specs, numbers) = specs(checks);
+    cmd.arg(specs.len());
+    for p in &specs {
+        cmd.arg(p.algorithm)
+            .arg(p.limit)
+            .arg(p.window_ms)
+            .arg(p.cost)
+            .arg(u8::from(p.shadow) + 2 * u8::from(p.debit))
+            .arg(&p.lease);
+    }
+    let mut numbers = numbers.into_iter();
+    for (policies, now_ms) in checks {
+        if policies.len() != 1 || now_ms.is_some() {
+            cmd.arg("*");
+            match now_ms {
+                Some(now) => cmd.arg(now),
+                None => cmd.arg(""),
+            };
+            cmd.arg(policies.len());
+        }
+        for number in numbers.by_ref().take(policies.len()) {
+            cmd.arg(number);
+        }
+    }
+    cmd
 }
 
 /// A thread's checks waiting for a call, and whether a flusher is on them.
@@ -285,6 +320,34 @@ mod tests {
         assert_eq!(distinct.len(), 3);
         assert_eq!(distinct[1].lease, "lease-1");
         assert_eq!(distinct[2].cost, -1);
+    }
+
+    /// A common check (one policy, the server's clock) is one argument;
+    /// one with its own clock, or of several policies, the general form.
+    #[test]
+    fn a_common_check_is_its_policys_number_alone() {
+        let (a, _) = job_of("rate:{a}:x", 1);
+        let (b, _) = job_of("rate:{b}:x", 2);
+        let (c, _) = job_of("rate:{c}:x", 1);
+        let checks = [
+            (&a.policies[..], None),
+            (&b.policies[..], None),
+            (&c.policies[..], Some(7)),
+        ];
+        let cmd = check_command(&checks, 4);
+        let args: Vec<String> = cmd
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => panic!("check.lua's arguments are plain values"),
+            })
+            .collect();
+        let policy = ["fixed_window", "1", "1000", "1", "0", ""];
+        let mut expected = vec!["EVALSHA", &super::super::scripts::CHECK.sha, "4"];
+        expected.extend(["rate:{a}:x", "rate:{b}:x", "rate:{b}:x", "rate:{c}:x", "1"]);
+        expected.extend(policy);
+        expected.extend(["1", "*", "", "2", "1", "1", "*", "7", "1", "1"]);
+        assert_eq!(args, expected);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::config::{RedisSettings, RedisTopology};
 
 use crate::limiter::{Counter, StoreError, StoreReply};
 use crate::telemetry::Metrics;
-use batch::{specs, Job, Queue};
+use batch::{Job, Queue};
 pub use keys::{counter_key, OVERRIDES_KEY, RESET_KEYS};
 use pool::Manager;
 use reply::{non_negative, parse_reply};
@@ -338,38 +338,7 @@ impl RedisStore {
         deadline: Instant,
     ) -> Result<Vec<StoreReply>, StoreError> {
         let nkeys: usize = checks.iter().map(|(p, _)| p.len()).sum();
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(&scripts::CHECK.sha).arg(nkeys);
-        for p in checks.iter().flat_map(|(p, _)| p.iter()) {
-            cmd.arg(&p.key);
-        }
-        // Each distinct policy once, then each check's policies by number.
-        let (specs, numbers) = specs(checks);
-        cmd.arg(specs.len());
-        for p in &specs {
-            cmd.arg(p.algorithm)
-                .arg(p.limit)
-                .arg(p.window_ms)
-                .arg(p.cost)
-                .arg(u8::from(p.shadow) + 2 * u8::from(p.debit))
-                .arg(&p.lease);
-        }
-        // A check of one policy by the server's clock is its policy's
-        // number alone; any other is '*', its clock, its count, numbers.
-        let mut numbers = numbers.into_iter();
-        for (policies, now_ms) in checks {
-            if policies.len() != 1 || now_ms.is_some() {
-                cmd.arg("*");
-                match now_ms {
-                    Some(now) => cmd.arg(now),
-                    None => cmd.arg(""),
-                };
-                cmd.arg(policies.len());
-            }
-            for number in numbers.by_ref().take(policies.len()) {
-                cmd.arg(number);
-            }
-        }
+        let cmd = batch::check_command(checks, nkeys);
         self.metrics
             .redis_checks_per_call
             .observe(checks.len() as f64);
