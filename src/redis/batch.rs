@@ -14,9 +14,9 @@
 //! (on a Cluster: one call per slot, all in flight at once), answers each
 //! check, lets the thread's other tasks run and read their sockets once
 //! (unless a full call already waits), and goes again until the queue is
-//! empty. Under no load a check is alone
-//! in its call; under load, the checks that arrived during one round trip,
-//! and while its answers went out, share the next.
+//! empty. Under no load a check is alone in its call; under load, the
+//! checks that arrived during one round trip, and while its answers went
+//! out, share the next.
 //!
 //! Exactness: check.lua decides a call's checks in order, each one's writes
 //! made before the next reads, exactly as separate calls in that order
