@@ -31,10 +31,14 @@ struct RequestId(HeaderValue);
 
 impl RequestId {
     fn as_str(&self) -> &str {
-        // Only ids that are printable ASCII are kept (`acceptable`, or made
-        // here), so this never falls back.
-        self.0.to_str().unwrap_or("-")
+        id_str(&self.0)
     }
+}
+
+/// A request id's text. Only ids that are printable ASCII are kept
+/// (`acceptable`, or made here), so this never falls back.
+fn id_str(value: &HeaderValue) -> &str {
+    value.to_str().unwrap_or("-")
 }
 
 /// `f` of the id of `req` (set by [`access`]), or of a fresh one; lent,
@@ -149,11 +153,7 @@ pub async fn access(
         .remove::<RequestId>()
         .unwrap_or_else(new_request_id);
     response.headers_mut().insert(X_REQUEST_ID, id.0);
-    let id = response
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-");
+    let id = response.headers().get(&X_REQUEST_ID).map_or("-", id_str);
     let request = response.request();
     let route = request
         .match_pattern()
