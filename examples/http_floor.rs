@@ -11,6 +11,11 @@
 //!                        any other the service's 200 (its JSON with a
 //!                        request id and a timestamp, the quota headers)
 //!
+//! Its answers differ from the service's in two details: the 200's
+//! timestamp is Unix milliseconds (the service writes RFC 3339), and the
+//! `RateLimit` field is made with `format!` (the service writes its five
+//! quota values into one buffer).
+//!
 //! What the service spends beyond this server, per request, is what its
 //! middleware, its limiter and its Redis client cost; what this server
 //! spends on a POST beyond its GET is what actix-web and the kernel charge
